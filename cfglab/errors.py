@@ -1,0 +1,33 @@
+"""Every error cfglab raises on purpose: one root class, one subclass per kind of bad input.
+
+Library code raises these with a message that names the problem *and the fix*; only `cli.py`
+turns them into `cfglab: error: ...` and an exit code. Anything else escaping is a bug.
+"""
+
+
+class CfglabError(Exception):
+    """Root of all deliberate cfglab errors. The message is shown to the user as is."""
+
+
+class GrammarError(CfglabError):
+    """A grammar file or grammar name that cannot be used (syntax, undefined symbols, ...)."""
+
+
+class GrammarWarning(UserWarning):
+    """A grammar that is usable but probably not what was meant (e.g. an unreachable rule)."""
+
+
+class VocabError(CfglabError):
+    """A token that is not in the vocabulary (e.g. a prompt with an unknown terminal)."""
+
+
+class SamplingError(CfglabError):
+    """Sampling could not produce strings within the requested limits."""
+
+
+class ConfigError(CfglabError):
+    """A config file or override with an unknown key, a wrong type or an invalid value."""
+
+
+class CheckpointError(CfglabError):
+    """A checkpoint or run directory that is missing, incomplete or corrupt."""

@@ -1,0 +1,197 @@
+"""Built-in grammars: the paper's cfg3 family, the random-CFG recipe, and name-or-file loading.
+
+The cfg3 family is read from the authors' own JSON release (facebookresearch/PhysicsLM4,
+`data-synthetic-pretrain/Lano-cfg/configs`, Apache-2.0; see `files/README.md`). The format is
+layered: `all[level][k].children` lists the rules of symbol k of `level`, each rule a list of
+indices into level+1. Worked example (cfg3b, the root and level 1)::
+
+    idx[0] = [22]            all[0][0].children = [[2, 1], [1, 0]]
+    idx[1] = [19, 20, 21]    so the root's rules are 22 -> 21 20 | 20 19, each with p = 1/2
+
+cfglab names each nonterminal by the authors' id ("22") and each terminal by its id ('1'..'3'),
+so `cfglab grammar show cfg3f` reads like the paper's figure, and token ids equal the authors'.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from cfglab.errors import GrammarError
+from cfglab.grammar.cfg import Grammar, Rule
+
+# name -> one-line description; every entry is a file `files/<name>.json`
+BUILTIN_GRAMMARS: dict[str, str] = {
+    "cfg3b": "paper; 2 rules per NT, no repeated symbol in a rule; unambiguous (easiest)",
+    "cfg3i": "paper; 2 rules per NT",
+    "cfg3h": "paper; 2-3 rules per NT",
+    "cfg3g": "paper; 3 rules per NT",
+    "cfg3f": "paper; 3-4 rules per NT (the paper's hard showcase)",
+    "cfg3e1": "paper; wide levels 1,3,9,27,81,27 and 9 terminals",
+    "cfg3e2": "paper; wide levels 1,3,9,27,27,9 and 4 terminals",
+    "cfg3j": "PhysicsLM4 'Lano'; one level deeper, 3 rules per NT",
+    "cfg3k": "PhysicsLM4 'Lano'; one level deeper, 3-4 rules per NT",
+}
+
+
+def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
+    """Convert the authors' layered JSON format into a Grammar (uniform rule probabilities)."""
+    try:
+        idx = data["idx"]
+        symbols = data["all"]
+        n_levels = len(idx)
+        nt_levels = [[str(i) for i in level] for level in idx[:-1]]
+        terminals = [str(i) for i in sorted(idx[-1])]
+        nt_names = [s for level in nt_levels for s in level]
+        nt_id = {s: i for i, s in enumerate(nt_names)}
+        t_id = {s: len(nt_names) + i for i, s in enumerate(terminals)}
+        rules = []
+        for lev in range(n_levels - 1):
+            below = [str(i) for i in idx[lev + 1]]
+            for k, node in enumerate(symbols[lev]):
+                a = nt_id[str(idx[lev][k])]
+                children = node["children"]
+                for child in children:
+                    rhs = tuple(
+                        t_id[below[c]] if lev + 1 == n_levels - 1 else nt_id[below[c]]
+                        for c in child
+                    )
+                    rules.append(Rule(a, rhs, 1.0 / len(children)))
+    except (KeyError, IndexError, TypeError) as exc:
+        raise GrammarError(f"{name or 'grammar JSON'}: not in the authors' layered format "
+                           f"(missing or bad field {exc}); see cfglab/grammar/builtin.py") from None
+    return Grammar(tuple(nt_names), tuple(terminals), tuple(rules), name=name)
+
+
+def load(name_or_path: str | Path) -> Grammar:
+    """A built-in grammar by name, or a grammar file (NLTK text syntax, or the authors' JSON)."""
+    name = str(name_or_path)
+    if name in BUILTIN_GRAMMARS:
+        text = resources.files("cfglab.grammar").joinpath("files", f"{name}.json").read_text()
+        return grammar_from_authors_json(json.loads(text), name=name)
+    path = Path(name)
+    if not path.exists():
+        hint = ", ".join(BUILTIN_GRAMMARS)
+        raise GrammarError(f"unknown grammar {name!r}: give a built-in name ({hint}) or the path "
+                           "of a grammar file")
+    if path.is_dir():
+        raise GrammarError(f"{name} is a directory: give a grammar file (NLTK CFG/PCFG text)")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise GrammarError(f"{name}: not a text file; a grammar file is NLTK CFG/PCFG text, "
+                           "e.g. S -> A 'b'") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GrammarError(f"{name}: invalid JSON ({exc}); a .json grammar must be in the "
+                               "authors' layered format") from None
+        return grammar_from_authors_json(data, name=path.stem)
+    return Grammar.from_text(text, name=path.stem, source=name)
+
+
+def random_cfg(
+    sizes: tuple[int, ...] = (1, 3, 3, 3, 3, 3, 3),
+    rules_per_nt: tuple[int, int] = (2, 3),
+    rule_len: tuple[int, int] = (2, 3),
+    distinct_symbols_in_rule: bool = False,
+    distinct_rules_per_level: bool = True,
+    seed: int = 0,
+    name: str = "",
+) -> Grammar:
+    """A random layered CFG by the authors' recipe (`CFG_Config.build_graph` in PhysicsLM4).
+
+    `sizes` = symbols per level from the root (1) down to the terminals. Each nonterminal gets
+    U{rules_per_nt} rules, each of U{rule_len} symbols drawn uniformly from the next level.
+    `distinct_symbols_in_rule` (the authors' `disallow_duplicate_sym`, used for cfg3b) redraws a
+    symbol already in the rule; `distinct_rules_per_level` (`disallow_duplicate_seq`) redraws a
+    rule that an NT of the same level already has. Uniform rule probabilities. Seeded with
+    NumPy (the authors' generator is unseeded, so their exact draws cannot be reproduced).
+    Nonterminals that no rule above happens to use are dropped (rare for the paper's sizes),
+    so the grammar has no dead rules.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or sizes[0] != 1 or min(sizes) < 1:
+        raise GrammarError(f"random_cfg: sizes {sizes} must start with 1 (the root) and list at "
+                           "least one more level, all >= 1")
+    lo, hi = rules_per_nt
+    llo, lhi = rule_len
+    if not (1 <= lo <= hi and 1 <= llo <= lhi):
+        raise GrammarError(f"random_cfg: need 1 <= min <= max for rules_per_nt {rules_per_nt} "
+                           f"and rule_len {rule_len}")
+    if llo == 1 and len(sizes) > 2 and lhi == 1:
+        raise GrammarError("random_cfg: rules of length 1 only would make every string one token")
+    if distinct_symbols_in_rule and lhi > min(sizes[1:]):
+        raise GrammarError(f"random_cfg: rules of length {lhi} cannot have distinct symbols "
+                           f"with a level of {min(sizes[1:])} symbols; lower rule_len")
+    rng = np.random.default_rng(seed)
+    n_levels = len(sizes)
+    level_rules: list[list[list[tuple[int, ...]]]] = []  # [level][k] -> rules (indices below)
+    for lev in range(n_levels - 1):
+        below = sizes[lev + 1]
+        capacity = sum(below**length for length in range(llo, lhi + 1))
+        if distinct_rules_per_level and sizes[lev] * hi > capacity:
+            raise GrammarError(f"random_cfg: level {lev} needs up to {sizes[lev] * hi} distinct "
+                               f"rules but only {capacity} exist; lower rules_per_nt")
+        seen: set[tuple[int, ...]] = set()
+        per_nt = []
+        for _ in range(sizes[lev]):
+            rules = []
+            for _ in range(int(rng.integers(lo, hi + 1))):
+                while True:
+                    length = int(rng.integers(llo, lhi + 1))
+                    rhs: list[int] = []
+                    while len(rhs) < length:
+                        s = int(rng.integers(0, below))
+                        if not (distinct_symbols_in_rule and s in rhs):
+                            rhs.append(s)
+                    if tuple(rhs) not in seen and (distinct_rules_per_level or rhs not in rules):
+                        break
+                rules.append(tuple(rhs))
+                if distinct_rules_per_level:
+                    seen.add(tuple(rhs))
+            per_nt.append(rules)
+        level_rules.append(per_nt)
+
+    data = {"idx": [], "all": []}
+    next_id = 1
+    ids_per_level: list[list[int]] = [[] for _ in sizes]
+    for lev in reversed(range(n_levels)):  # the authors' numbering: terminals 1..T, root last
+        ids_per_level[lev] = list(range(next_id, next_id + sizes[lev]))
+        next_id += sizes[lev] + (3 if lev == n_levels - 1 else 0)  # skip EOS, MASK, SEP ids
+    data["idx"] = ids_per_level
+    data["all"] = [
+        [{"children": [list(r) for r in level_rules[lev][k]]} for k in range(sizes[lev])]
+        for lev in range(n_levels - 1)
+    ] + [[{"children": None} for _ in range(sizes[-1])]]
+    g = grammar_from_authors_json(data, name=name or f"random-{seed}")
+    return _drop_unreachable(g)
+
+
+def _drop_unreachable(g: Grammar) -> Grammar:
+    """Remove nonterminals that the start symbol cannot reach (possible when a level could not
+    be fully connected), renumbering the rest."""
+    reach = {0}
+    frontier = [0]
+    while frontier:
+        a = frontier.pop()
+        for ri in g.rules_of[a]:
+            for s in g.rules[ri].rhs:
+                if not g.is_terminal(s) and s not in reach:
+                    reach.add(s)
+                    frontier.append(s)
+    if len(reach) == g.n_nt:
+        return g
+    keep = sorted(reach)
+    new = {a: i for i, a in enumerate(keep)}
+    shift = g.n_nt - len(keep)
+    rules = tuple(
+        Rule(new[r.lhs], tuple(new[s] if s < g.n_nt else s - shift for s in r.rhs), r.prob)
+        for r in g.rules
+        if r.lhs in reach
+    )
+    return Grammar(tuple(g.nonterminals[a] for a in keep), g.terminals, rules, name=g.name)

@@ -1,0 +1,432 @@
+"""The `Grammar` value object and NLTK's CFG/PCFG text syntax: stage 1 of the pipeline.
+
+Words used everywhere in cfglab, defined once here:
+
+- **terminal**: a symbol that appears in strings (`'a'`, or `'1' '2' '3'` for the paper's grammars).
+- **nonterminal** (`nt`): a symbol that is rewritten by a rule; nonterminal 0 is the start symbol.
+- **rule**: `lhs -> rhs` with a probability; the rules of one nonterminal sum to 1. A grammar
+  written without weights is uniform over each nonterminal's rules, as in the paper.
+- **root**: the start symbol, the root of every derivation tree.
+- **level**: in a *layered* grammar (the paper's cfg3 family) every rule of a level-l nonterminal
+  rewrites into symbols of level l+1 only; level 0 holds the root, the last level the terminals.
+- **ancestor**: the nonterminal at level l above a token.  **boundary**: a token is a level-l
+  boundary when it is the last token of its level-l ancestor's subtree.
+
+Symbols are coded as ints for speed: `0 .. n_nt-1` are nonterminals, `n_nt .. n_nt+n_t-1`
+terminals (`grammar.terminal_id(sym) = sym - n_nt`).
+
+Text syntax (NLTK's `CFG.fromstring` / `PCFG.fromstring`)::
+
+    # a comment
+    %start S                    (optional; else the first rule's left-hand side)
+    S -> NP VP [0.7] | 'a' [0.3]
+    NP -> 'b'                   (no weights at all: uniform over each nonterminal's rules)
+
+Supported: several rules per nonterminal, ambiguity, recursion, unary rules (`A -> B`).
+Rejected with a message: epsilon rules (`A -> `), unary cycles (`A -> B`, `B -> A`), symbols that
+derive no finite string, and PCFGs whose expected string length is infinite.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from cfglab.errors import GrammarError, GrammarWarning
+
+PROB_TOLERANCE = 1e-6  # how far an NT's rule probabilities may sum away from 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    lhs: int  # nonterminal id
+    rhs: tuple[int, ...]  # symbol ids: < n_nt nonterminal, >= n_nt terminal
+    prob: float
+
+
+@dataclass(frozen=True, eq=False)
+class Grammar:
+    """A probabilistic context-free grammar. Build with `Grammar.from_text` or `builtin.load`."""
+
+    nonterminals: tuple[str, ...]  # names; index 0 is the start symbol
+    terminals: tuple[str, ...]  # names, numbers first then sorted; the order fixes vocabulary ids
+    rules: tuple[Rule, ...]  # grouped by lhs, lhs in increasing order
+    name: str = ""
+    rules_of: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # nt -> rule indices
+
+    def __post_init__(self) -> None:
+        by_lhs: list[list[int]] = [[] for _ in self.nonterminals]
+        for i, rule in enumerate(self.rules):
+            by_lhs[rule.lhs].append(i)
+        object.__setattr__(self, "rules_of", tuple(tuple(r) for r in by_lhs))
+
+    # ---- basic facts -------------------------------------------------------------------------
+    @property
+    def n_nt(self) -> int:
+        return len(self.nonterminals)
+
+    @property
+    def n_t(self) -> int:
+        return len(self.terminals)
+
+    def is_terminal(self, sym: int) -> bool:
+        return sym >= self.n_nt
+
+    def symbol_name(self, sym: int) -> str:
+        return self.terminals[sym - self.n_nt] if sym >= self.n_nt else self.nonterminals[sym]
+
+    def __eq__(self, other: object) -> bool:  # same language *and* probabilities, names included
+        if not isinstance(other, Grammar):
+            return NotImplemented
+        return (self.nonterminals, self.terminals, self.rules) == (
+            other.nonterminals,
+            other.terminals,
+            other.rules,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.nonterminals, self.terminals, self.rules))
+
+    def __repr__(self) -> str:
+        return (
+            f"Grammar({self.name or 'unnamed'}: {self.n_nt} nonterminals, {self.n_t} terminals, "
+            f"{len(self.rules)} rules)"
+        )
+
+    # ---- derived structure -------------------------------------------------------------------
+    @cached_property
+    def levels(self) -> tuple[tuple[int, ...], ...] | None:
+        """Nonterminal ids per level from the root, if the grammar is layered; else None.
+
+        Layered: every rule of a level-l nonterminal rewrites into level-(l+1) nonterminals only,
+        or into terminals only at the last nonterminal level. The terminals are the level below
+        the last entry (not listed here). Unreachable nonterminals never occur and are not
+        listed (cfg3e1 has ten of them in the authors' file).
+        """
+        depth = {0: 0}
+        frontier = [0]
+        while frontier:
+            nxt = []
+            for a in frontier:
+                for ri in self.rules_of[a]:
+                    for s in self.rules[ri].rhs:
+                        if self.is_terminal(s):
+                            continue
+                        d = depth.get(s)
+                        if d is None:
+                            depth[s] = depth[a] + 1
+                            nxt.append(s)
+                        elif d != depth[a] + 1:
+                            return None
+            frontier = nxt
+        n_levels = max(depth.values()) + 1
+        for a, d in depth.items():
+            for ri in self.rules_of[a]:
+                rhs = self.rules[ri].rhs
+                all_t = all(self.is_terminal(s) for s in rhs)
+                if (d == n_levels - 1) != all_t:  # terminals only and exactly at the last level
+                    return None
+        return tuple(
+            tuple(sorted(a for a, d in depth.items() if d == lev)) for lev in range(n_levels)
+        )
+
+    @cached_property
+    def expected_counts(self) -> np.ndarray:
+        """M[a, s]: expected number of symbol s on the right-hand side of one expansion of nt a."""
+        m = np.zeros((self.n_nt, self.n_nt + self.n_t))
+        for rule in self.rules:
+            for s in rule.rhs:
+                m[rule.lhs, s] += rule.prob
+        return m
+
+    @cached_property
+    def expected_lengths(self) -> np.ndarray:
+        """E[length of the string derived from nt a], for every nonterminal (finite by validation)."""
+        m = self.expected_counts
+        nn = self.n_nt
+        # e = M_nt e + M_t 1  =>  (I - M_nt) e = M_t 1
+        return np.linalg.solve(np.eye(nn) - m[:, :nn], m[:, nn:].sum(axis=1))
+
+    @property
+    def mean_length(self) -> float:
+        return float(self.expected_lengths[0])
+
+    # ---- text ----------------------------------------------------------------------------------
+    @classmethod
+    def from_text(cls, text: str, name: str = "", source: str = "<text>") -> Grammar:
+        """Read NLTK CFG/PCFG syntax; raise GrammarError naming the line and the fix."""
+        return _read_grammar(text, name=name, source=source)
+
+    def to_text(self) -> str:
+        """Write NLTK syntax. Weights are omitted when every nonterminal is uniform, so a file
+        written without weights round-trips to the same text; floats are written with `repr`
+        so weighted grammars round-trip exactly."""
+        uniform = all(
+            self.rules[ri].prob == 1.0 / len(rs) for rs in self.rules_of for ri in rs
+        )
+        lines = []
+        if self.name:
+            lines.append(f"# grammar {self.name}")
+        lines.append(f"%start {self.nonterminals[0]}")
+        for a, rs in enumerate(self.rules_of):
+            alts = []
+            for ri in rs:
+                rule = self.rules[ri]
+                body = " ".join(_quote(self.symbol_name(s)) if self.is_terminal(s)
+                                else self.symbol_name(s) for s in rule.rhs)
+                alts.append(body if uniform else f"{body} [{rule.prob!r}]")
+            lines.append(f"{self.nonterminals[a]} -> " + " | ".join(alts))
+        return "\n".join(lines) + "\n"
+
+
+def _quote(s: str) -> str:
+    return f'"{s}"' if "'" in s else f"'{s}'"
+
+
+# ---- reading ---------------------------------------------------------------------------------
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<arrow>->)
+    | (?P<bar>\|)
+    | \[(?P<prob>[^\]]*)\]
+    | '(?P<sq>[^']*)'
+    | "(?P<dq>[^"]*)"
+    | (?P<nt>[\w/][\w/^<>-]*)
+    | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+
+
+def _fail(source: str, line_no: int, msg: str) -> GrammarError:
+    where = f"{source}:{line_no}: " if line_no else f"{source}: "
+    return GrammarError(where + msg)
+
+
+def _read_grammar(text: str, name: str, source: str) -> Grammar:
+    start: str | None = None
+    start_line = 0
+    # (lhs, [(is_terminal, name)], prob or None, line_no)
+    raw: list[tuple[str, list[tuple[bool, str]], float | None, int]] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        body = line.split("#", 1)[0] if "'" not in line and '"' not in line else _strip_comment(line)
+        body = body.strip()
+        if not body:
+            continue
+        if body.startswith("%start"):
+            parts = body.split()
+            if len(parts) != 2:
+                raise _fail(source, line_no, "'%start' needs exactly one nonterminal: '%start S'")
+            start, start_line = parts[1], line_no
+            continue
+        raw.extend(_read_line(body, source, line_no))
+    if not raw:
+        raise _fail(source, 0, "the grammar is empty: write at least one rule such as S -> 'a'")
+
+    # weights: all or none
+    weighted = [r[2] is not None for r in raw]
+    if any(weighted) and not all(weighted):
+        bad = raw[weighted.index(False)] if weighted[0] else raw[weighted.index(True)]
+        raise _fail(source, bad[3], "some rules have a probability [p] and some do not: give "
+                    "every rule a probability, or none (then each nonterminal is uniform)")
+
+    nt_names: list[str] = []
+    for lhs, _, _, _ in raw:
+        if lhs not in nt_names:
+            nt_names.append(lhs)
+    if start is not None:
+        if start not in nt_names:
+            raise _fail(source, start_line, f"start symbol {start!r} has no rules: add a rule "
+                        f"'{start} -> ...' or name another symbol in '%start'")
+        nt_names.remove(start)
+        nt_names.insert(0, start)
+    nt_index = {n: i for i, n in enumerate(nt_names)}
+
+    t_names: list[str] = []
+    for lhs, rhs, _, line_no in raw:
+        for is_t, s in rhs:
+            if is_t and s not in t_names:
+                t_names.append(s)
+            elif not is_t and s not in nt_index:
+                raise _fail(source, line_no, f"nonterminal {s!r} (in a rule of {lhs!r}) has no "
+                            f"rules: add a rule '{s} -> ...', or quote it ('{s}') if it is a "
+                            "terminal")
+    t_names.sort(key=_natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
+    n_nt = len(nt_names)
+    t_index = {n: n_nt + i for i, n in enumerate(t_names)}
+
+    # group rules by lhs; compute probabilities
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    by_lhs: list[list[tuple[tuple[int, ...], float | None, int]]] = [[] for _ in nt_names]
+    for lhs, rhs, p, line_no in raw:
+        a = nt_index[lhs]
+        ids = tuple(t_index[s] if is_t else nt_index[s] for is_t, s in rhs)
+        if (a, ids) in seen:
+            raise _fail(source, line_no, f"duplicate rule for {lhs!r}: "
+                        f"{lhs} -> {' '.join(s for _, s in rhs)}; remove one copy (merge their "
+                        "probabilities)")
+        seen.add((a, ids))
+        by_lhs[a].append((ids, p, line_no))
+    rules = []
+    for a, alts in enumerate(by_lhs):
+        if alts[0][1] is None:
+            rules.extend(Rule(a, ids, 1.0 / len(alts)) for ids, _, _ in alts)
+            continue
+        total = sum(p for _, p, _ in alts)
+        if abs(total - 1.0) > PROB_TOLERANCE:
+            raise _fail(source, alts[0][2], f"the probabilities of {nt_names[a]!r}'s rules sum to "
+                        f"{total:.6g}, not 1: fix them so they sum to 1")
+        rules.extend(Rule(a, ids, p) for ids, p, _ in alts)
+
+    g = Grammar(tuple(nt_names), tuple(t_names), tuple(rules), name=name)
+    line_of = {a: alts[0][2] for a, alts in enumerate(by_lhs)}
+    _check_structure(g, source, line_of)
+    return g
+
+
+def _natural_key(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a '#' comment that is not inside quotes."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return line[:i]
+    return line
+
+
+def _read_line(body: str, source: str, line_no: int):
+    tokens = []
+    pos = 0
+    while pos < len(body):
+        m = _TOKEN.match(body, pos)
+        if m is None or m.end() == pos:
+            break
+        pos = m.end()
+        kind = m.lastgroup
+        if kind == "bad":
+            raise _fail(source, line_no, f"unexpected character {m.group('bad')!r} at column "
+                        f"{m.start('bad') + 1}: terminals are quoted ('a'), nonterminals are "
+                        "words, alternatives are separated by '|'")
+        tokens.append((kind, m.group(kind)))
+    if len(tokens) < 2 or tokens[0][0] != "nt" or tokens[1][0] != "arrow":
+        raise _fail(source, line_no, "expected a rule 'LHS -> RHS' with a nonterminal on the "
+                    f"left, e.g. S -> A 'b'; got {body!r}")
+    lhs = tokens[0][1]
+    alts: list[list[tuple[str, str]]] = [[]]
+    for kind, val in tokens[2:]:
+        if kind == "arrow":
+            raise _fail(source, line_no, "a second '->' on one line: write one rule per line")
+        if kind == "bar":
+            alts.append([])
+        else:
+            alts[-1].append((kind, val))
+    out = []
+    for alt in alts:
+        prob = None
+        if alt and alt[-1][0] == "prob":
+            text = alt.pop()[1]
+            try:
+                prob = float(text)
+            except ValueError:
+                raise _fail(source, line_no, f"probability [{text}] is not a number: write it "
+                            "like [0.25]") from None
+            if not (0.0 < prob <= 1.0):
+                raise _fail(source, line_no, f"probability [{text}] must be in (0, 1]: drop "
+                            "rules with probability 0 and fix the rest")
+        if any(k == "prob" for k, _ in alt):
+            raise _fail(source, line_no, "a probability [p] must come last in its alternative, "
+                        "e.g. S -> A B [0.5] | 'a' [0.5]")
+        if not alt:
+            raise _fail(source, line_no, f"empty right-hand side for {lhs!r}: cfglab does not "
+                        "support epsilon rules; rewrite the grammar without them (inline the "
+                        "empty alternative into the rules that use it)")
+        out.append((lhs, [(k in ("sq", "dq"), v) for k, v in alt], prob, line_no))
+    return out
+
+
+def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
+    """Unary cycles, non-productive and unreachable nonterminals, infinite expected length."""
+    n = g.n_nt
+    # unary cycle: A -> B -> ... -> A through single-nonterminal rules
+    unary = [[r.rhs[0] for r in (g.rules[i] for i in g.rules_of[a])
+              if len(r.rhs) == 1 and not g.is_terminal(r.rhs[0])] for a in range(n)]
+    state = [0] * n  # 0 new, 1 on stack, 2 done
+
+    def visit(a: int) -> list[int] | None:
+        stack = [(a, iter(unary[a]))]
+        path = [a]
+        state[a] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state[nxt] == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(unary[nxt])))
+                path.append(nxt)
+        return None
+
+    for a in range(n):
+        if state[a] == 0:
+            cycle = visit(a)
+            if cycle:
+                names = " -> ".join(g.nonterminals[c] for c in cycle)
+                raise _fail(source, line_of[cycle[0]], f"unary cycle {names}: cfglab does not "
+                            "support cycles of single-nonterminal rules; merge those nonterminals")
+
+    # productive: derives some finite terminal string (fixed point)
+    productive = [False] * n
+    changed = True
+    while changed:
+        changed = False
+        for rule in g.rules:
+            if not productive[rule.lhs] and all(
+                g.is_terminal(s) or productive[s] for s in rule.rhs
+            ):
+                productive[rule.lhs] = changed = True
+    for a in range(n):
+        if not productive[a]:
+            raise _fail(source, line_of[a], f"nonterminal {g.nonterminals[a]!r} derives no finite "
+                        "string (every rule of it leads back to itself): give it a rule that "
+                        "ends in terminals")
+
+    reachable = {0}
+    frontier = [0]
+    while frontier:
+        a = frontier.pop()
+        for ri in g.rules_of[a]:
+            for s in g.rules[ri].rhs:
+                if not g.is_terminal(s) and s not in reachable:
+                    reachable.add(s)
+                    frontier.append(s)
+    for a in range(n):
+        if a not in reachable:
+            warnings.warn(f"{source}:{line_of[a]}: nonterminal {g.nonterminals[a]!r} is not "
+                          f"reachable from the start symbol {g.nonterminals[0]!r}; its rules are "
+                          "never used", GrammarWarning, stacklevel=4)
+
+    # infinite expected length: the branching process of nonterminals is (super)critical
+    sub = sorted(reachable)
+    m = g.expected_counts[np.ix_(sub, sub)]
+    radius = float(max(abs(np.linalg.eigvals(m)))) if len(sub) else 0.0
+    if radius >= 1.0 - 1e-9:
+        raise _fail(source, 0, f"the expected string length is infinite (the mean number of "
+                    f"nonterminals a nonterminal rewrites into has spectral radius {radius:.4g} "
+                    "≥ 1): lower the probabilities of the recursive rules")
