@@ -1,0 +1,123 @@
+"""The `cfglab` command: one dispatch table, argparse, and the only place errors become exit codes.
+
+Every command is a pair (add its arguments, run it) in COMMANDS. Library code raises
+`CfglabError`; here it becomes `cfglab: error: <message>` on stderr and exit 2, with no
+traceback unless CFGLAB_DEBUG=1. Heavy imports (torch) happen inside the commands that need them,
+so `cfglab grammar list` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from cfglab.errors import CfglabError, GrammarWarning
+
+
+def _out(path: str | None):
+    """An output stream: the file at `path`, or stdout."""
+    return open(path, "w") if path else sys.stdout
+
+
+def _read_lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise CfglabError(f"no such file: {path}; give a text file with one string per line")
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+# ---- grammar ---------------------------------------------------------------------------------
+def add_grammar(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="the built-in grammars: name, levels, NTs, rules, mean length")
+    show = sub.add_parser("show", help="print a grammar in NLTK syntax")
+    show.add_argument("grammar", help="built-in name or grammar file")
+    check = sub.add_parser("check", help="validate a grammar file")
+    check.add_argument("grammar", help="grammar file (NLTK CFG/PCFG syntax)")
+    rnd = sub.add_parser("random", help="a random layered CFG by the paper's recipe")
+    rnd.add_argument("--levels", type=int, nargs="+", default=[1, 3, 3, 3, 3, 3, 3],
+                     help="symbols per level from the root (1) to the terminals")
+    rnd.add_argument("--rules", type=int, nargs=2, default=[2, 3], metavar=("MIN", "MAX"),
+                     help="rules per nonterminal")
+    rnd.add_argument("--length", type=int, nargs=2, default=[2, 3], metavar=("MIN", "MAX"),
+                     help="symbols per rule")
+    rnd.add_argument("--distinct-symbols", action="store_true",
+                     help="no symbol twice in one rule (the paper's cfg3b)")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("-o", "--output", help="write here instead of stdout")
+
+
+def run_grammar(args: argparse.Namespace) -> int:
+    from cfglab.grammar import BUILTIN_GRAMMARS, Grammar, load, random_cfg
+
+    if args.action == "list":
+        print(f"{'name':8} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
+              "  description")
+        for name, desc in BUILTIN_GRAMMARS.items():
+            g = load(name)
+            print(f"{name:8} {len(g.levels) + 1:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
+                  f"{g.mean_length:>9.1f}  {desc}")
+    elif args.action == "show":
+        print(load(args.grammar).to_text(), end="")
+    elif args.action == "check":
+        if args.grammar in BUILTIN_GRAMMARS:
+            g = load(args.grammar)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", GrammarWarning)
+                g = load(args.grammar)
+            for w in caught:
+                print(f"cfglab: warning: {w.message}", file=sys.stderr)
+        layered = f"layered, {len(g.levels) + 1} levels" if g.levels else "not layered"
+        print(f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "
+              f"rules, {layered}, mean length {g.mean_length:.1f})")
+    elif args.action == "random":
+        g = random_cfg(sizes=tuple(args.levels), rules_per_nt=tuple(args.rules),
+                       rule_len=tuple(args.length), distinct_symbols_in_rule=args.distinct_symbols,
+                       seed=args.seed)
+        text = g.to_text()
+        Grammar.from_text(text)  # what we write must read back
+        with _out(args.output) as f:
+            f.write(text)
+    return 0
+
+
+# ---- the dispatch table ----------------------------------------------------------------------
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    # name: (help, add_arguments, run)
+    "grammar": ("list, show, check and generate grammars", add_grammar, run_grammar),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfglab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except CfglabError as exc:
+        if os.environ.get("CFGLAB_DEBUG") == "1":
+            raise
+        print(f"cfglab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cfglab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cfglab sample ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
