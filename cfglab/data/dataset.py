@@ -1,0 +1,274 @@
+"""Training data as tensors: the fresh-sample stream, saved datasets, and window packing.
+
+This is the one module of `cfglab.data` that makes torch tensors (the tensor edge). Strings are
+packed as the paper does, `BOS x EOS BOS x EOS ...`, and cut into windows. Worked example with
+terminals 1..3 (BOS=0, EOS=4), strings [2 1] and [3 3 1], window length 6::
+
+    stream   0 2 1 4 0 3 3 1 4 ...
+    window   0 2 1 4 0 3          (the rest of the second string is dropped)
+
+Fresh samples (the paper's setting): global window j of step s is the packing of strings drawn
+with a seed derived from (seed, split, step, j). A window never depends on the world size or on
+which rank reads it: rank r of W reads windows r*B/W .. (r+1)*B/W - 1 of the global batch B.
+So a resumed run, or the same run on a different number of processes, sees the same tokens.
+
+Saved datasets (`write_dataset`, the `cfglab data` command): a folder with `tokens.npy` (the
+packed stream, uint16), `offsets.npy` (where each string's BOS sits), the sampler's labels
+aligned to the packed stream (`ancestors.npy`, `is_boundary.npy`, `subtree.npy` for layered
+grammars, -1/False at BOS and EOS) and `meta.json`. `SavedDataset` opens them with
+`mmap_mode="r"`, so only the windows read are loaded; window j of step s starts at an offset
+drawn from (seed, split, step, j).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfglab.data.sampler import SampleBatch, sample
+from cfglab.data.vocab import BOS, Vocab
+from cfglab.errors import ConfigError
+from cfglab.grammar.cfg import Grammar
+
+TRAIN, VAL = 0, 1  # split ids in the seed key
+
+
+def key_seed(*key: int) -> int:
+    """A 63-bit sampler seed from an integer key (SeedSequence mixes the parts)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def pack(batch: SampleBatch, eos: int) -> np.ndarray:
+    """Strings of a SampleBatch as one stream `BOS x EOS BOS x EOS ...` (int64)."""
+    n = len(batch)
+    lengths = batch.lengths
+    out = np.empty(len(batch.ids) + 2 * n, dtype=np.int64)
+    shift = 2 * np.arange(n)  # each earlier string adds a BOS and an EOS
+    out[batch.offsets[:-1] + shift] = BOS
+    out[batch.offsets[1:] + shift + 1] = eos
+    string_of = np.repeat(np.arange(n), lengths)  # (N_total,) string index of each token
+    out[np.arange(len(batch.ids)) + 2 * string_of + 1] = batch.ids
+    return out
+
+
+def sample_window(
+    grammar: Grammar, length: int, key: tuple[int, ...], eos: int, max_len: int | None = None
+) -> np.ndarray:
+    """`length` tokens of packed fresh strings, determined by `key` alone. (length,) int64."""
+    parts, have, i = [], 0, 0
+    per_string = grammar.mean_length + 2
+    while have < length:
+        # enough strings for the expected need plus a margin; topped up if the draw ran short
+        n = math.ceil((length - have) / per_string * 1.25) + 1
+        packed = pack(sample(grammar, n, key_seed(*key, i), max_len=max_len, labels=False), eos)
+        parts.append(packed)
+        have += len(packed)
+        i += 1
+    return np.concatenate(parts)[:length]
+
+
+class FreshStream:
+    """Batches of fresh windows: `batch(step)` -> LongTensor (B_local, window) for this rank.
+
+    `prefetch` > 0 samples the next steps in a background thread (NumPy releases the GIL in its
+    kernels, and the model step releases it in torch ops), so sampling overlaps compute.
+    """
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        window: int,
+        global_batch: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        max_len: int | None = None,
+        split: int = TRAIN,
+    ) -> None:
+        if global_batch % world_size:
+            raise ConfigError(
+                f"train.batch_size {global_batch} is not divisible by the world "
+                f"size {world_size}; pick a multiple of the number of processes"
+            )
+        self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
+        self.local = global_batch // world_size
+        self.first = rank * self.local  # first global window index of this rank
+        self.max_len = max_len
+        self.eos = Vocab.from_grammar(grammar).eos
+
+    def batch_np(self, step: int) -> np.ndarray:
+        rows = [
+            sample_window(
+                self.grammar, self.window, (self.seed, self.split, step, j), self.eos, self.max_len
+            )
+            for j in range(self.first, self.first + self.local)
+        ]
+        return np.stack(rows)  # (B_local, window)
+
+    def batch(self, step: int) -> torch.Tensor:
+        return torch.from_numpy(self.batch_np(step))
+
+    def iterate(self, start: int, stop: int, prefetch: int = 0) -> Iterator[torch.Tensor]:
+        """Batches for steps start..stop-1, optionally sampled ahead in a thread."""
+        if prefetch <= 0:
+            for step in range(start, stop):
+                yield self.batch(step)
+            return
+        yield from _prefetched(self.batch, start, stop, prefetch)
+
+
+def _prefetched(make, start: int, stop: int, depth: int) -> Iterator[torch.Tensor]:
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    halt = threading.Event()
+
+    def worker() -> None:
+        try:
+            for step in range(start, stop):
+                item = make(step)
+                while not halt.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if halt.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer)
+            q.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True, name="cfglab-prefetch")
+    thread.start()
+    try:
+        for _ in range(start, stop):
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+
+
+# ---- saved datasets --------------------------------------------------------------------------
+def write_dataset(
+    grammar: Grammar,
+    out: str | Path,
+    n: int,
+    seed: int = 0,
+    max_len: int | None = None,
+    chunk: int = 20_000,
+) -> Path:
+    """Sample `n` strings and write them as a memory-mappable dataset folder (see above)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = Vocab.from_grammar(grammar)
+    levels = grammar.levels
+    tokens, offsets, labels = [], [], {"ancestors": [], "subtree": [], "is_boundary": []}
+    total = 0
+    for c, start in enumerate(range(0, n, chunk)):
+        b = sample(
+            grammar,
+            min(chunk, n - start),
+            key_seed(seed, 2, c),
+            max_len=max_len,
+            labels=levels is not None,
+        )
+        packed = pack(b, vocab.eos)
+        k = len(b)
+        tokens.append(packed.astype(np.uint16))
+        offsets.append(b.offsets[:-1] + 2 * np.arange(k) + total)
+        if levels is not None:
+            pos = np.arange(len(b.ids)) + 2 * np.repeat(np.arange(k), b.lengths) + 1
+            for name, fill in (("ancestors", -1), ("subtree", -1), ("is_boundary", False)):
+                src = getattr(b, name)  # (L, N_total)
+                arr = np.full((src.shape[0], len(packed)), fill, dtype=src.dtype)
+                arr[:, pos] = src
+                labels[name].append(arr)
+        total += len(packed)
+    np.save(out / "tokens.npy", np.concatenate(tokens))
+    np.save(out / "offsets.npy", np.concatenate(offsets).astype(np.int64))
+    if levels is not None:
+        for name, parts in labels.items():
+            np.save(out / f"{name}.npy", np.concatenate(parts, axis=1))
+    meta = {
+        "grammar": grammar.name,
+        "grammar_text": grammar.to_text(),
+        "n_strings": n,
+        "seed": seed,
+        "max_len": max_len,
+        "n_tokens": total,
+        "eos": vocab.eos,
+        "vocab_size": vocab.size,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+class SavedDataset:
+    """A dataset folder from `write_dataset`, memory-mapped. Same `batch`/`iterate` as
+    FreshStream; window j of step s starts at a position drawn from (seed, split, step, j)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        grammar: Grammar,
+        window: int,
+        global_batch: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        split: int = TRAIN,
+    ) -> None:
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            self.tokens = np.load(path / "tokens.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"data.dataset: {path} is not a saved dataset ({exc}); write one "
+                "with `cfglab data CONFIG --out DIR`"
+            ) from None
+        if meta["eos"] != Vocab.from_grammar(grammar).eos:
+            raise ConfigError(
+                f"data.dataset: {path} was written for another grammar "
+                f"({meta['grammar']}); set grammar.name to match it"
+            )
+        if len(self.tokens) < window:
+            raise ConfigError(
+                f"data.dataset: {path} has {len(self.tokens)} tokens, fewer than "
+                f"one window ({window}); write more strings"
+            )
+        if global_batch % world_size:
+            raise ConfigError(
+                f"train.batch_size {global_batch} is not divisible by the world "
+                f"size {world_size}; pick a multiple of the number of processes"
+            )
+        self.meta, self.window, self.seed, self.split = meta, window, seed, split
+        self.local = global_batch // world_size
+        self.first = rank * self.local
+
+    def batch_np(self, step: int) -> np.ndarray:
+        hi = len(self.tokens) - self.window + 1
+        starts = [
+            np.random.default_rng(key_seed(self.seed, self.split, step, j)).integers(hi)
+            for j in range(self.first, self.first + self.local)
+        ]
+        return np.stack([self.tokens[s : s + self.window] for s in starts]).astype(np.int64)
+
+    def batch(self, step: int) -> torch.Tensor:
+        return torch.from_numpy(self.batch_np(step))
+
+    def iterate(self, start: int, stop: int, prefetch: int = 0) -> Iterator[torch.Tensor]:
+        if prefetch <= 0:
+            for step in range(start, stop):
+                yield self.batch(step)
+            return
+        yield from _prefetched(self.batch, start, stop, prefetch)

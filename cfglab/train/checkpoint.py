@@ -1,0 +1,240 @@
+"""Checkpoints: atomic save, keep-last-K, load for resume, and `load_model` for later stages.
+
+Layout inside a run directory (the only place these file formats are defined)::
+
+    ckpt/step_0000500/model.safetensors   weights of the raw model (DDP/compile unwrapped)
+    ckpt/step_0000500/optim.pt            optimizer state_dict, read with weights_only=True
+    ckpt/step_0000500/state.json          step, tokens seen, RNG states as plain data
+    ckpt/latest                           text: the name of the last complete checkpoint
+
+A checkpoint is written into `step_XXXXXXX.tmp/`, each file fsynced, then the folder is renamed;
+`latest` is replaced by `os.replace` only after that. A process killed at any moment leaves
+`latest` naming a complete checkpoint. No pickles: weights are safetensors, metadata JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from cfglab.errors import CheckpointError
+
+CKPT_DIR = "ckpt"
+LATEST = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on this platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop touches, as JSON-able data (torch states base64-encoded)."""
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state(legacy=False)),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(raw))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(
+            [
+                torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+                for s in state["cuda"]
+            ]
+        )
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write ckpt/step_XXXXXXX atomically, point ckpt/latest at it, prune to `keep_last`.
+
+    `model` must be the raw module (see dist.unwrap). Call on the master rank only.
+    """
+    ckpt = Path(run_dir) / CKPT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    final = ckpt / step_dir_name(step)
+    tmp = ckpt / (final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # safetensors.save_model handles tied weights (wte / lm_head) that save_file refuses
+    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step (e.g. after resume at the same step)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt)
+    latest_tmp = ckpt / (LATEST + ".tmp")
+    latest_tmp.write_text(final.name + "\n")
+    _fsync_file(latest_tmp)
+    os.replace(latest_tmp, ckpt / LATEST)
+    _fsync_dir(ckpt)
+    _prune(ckpt, keep_last, keep=final.name)
+    return final
+
+
+def _prune(ckpt: Path, keep_last: int, keep: str) -> None:
+    done = sorted(p for p in ckpt.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt.glob("step_*.tmp"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The folder `ckpt/latest` names; CheckpointError if there is none or it is incomplete."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        raise CheckpointError(
+            f"no checkpoint in {run_dir} (missing {pointer}); train first, or "
+            "drop --resume to start from scratch"
+        )
+    name = pointer.read_text().strip()
+    path = run_dir / CKPT_DIR / name
+    if not name.startswith("step_") or not path.is_dir():
+        raise CheckpointError(
+            f"{pointer} names {name!r}, which is not a checkpoint folder; "
+            f"delete {pointer} to start over"
+        )
+    for f in ("model.safetensors", "state.json"):
+        if not (path / f).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} is incomplete (no {f}); delete it and "
+                "point ckpt/latest at an earlier step_* folder"
+            )
+    return path
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path / 'state.json'} is corrupt ({type(exc).__name__}); delete "
+            f"{path} and point ckpt/latest at an earlier checkpoint"
+        ) from None
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load model.safetensors into `model` (strict: every name and shape must match)."""
+    try:
+        missing, unexpected = safetensors.torch.load_model(
+            model, str(path / "model.safetensors"), strict=False
+        )
+    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path / 'model.safetensors'} is corrupt or does not fit the model "
+            f"({first}); check the config or delete the checkpoint"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / 'model.safetensors'} does not fit the model (missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); was "
+            "the config changed since the run was trained?"
+        )
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    f = path / "optim.pt"
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(sd)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path} has no optim.pt, so the run cannot resume exactly; start a new run"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (any unreadable file: one clear message)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{f} is corrupt ({first}); delete {path} and point ckpt/latest "
+            "at an earlier checkpoint"
+        ) from None
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """The trained model of a run (latest complete checkpoint) and its config.
+
+    Returns (GPT in eval mode on `device`, ExperimentConfig). CheckpointError if the run has
+    no usable checkpoint.
+    """
+    from cfglab.config import read_config
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(
+            f"no run directory {run_dir}; give the folder that `cfglab train` wrote (runs/<name>)"
+        )
+    cfg = read_config(run_dir / "config.json")
+    path = latest_checkpoint(run_dir)
+    vocab = Vocab.from_grammar(cfg.grammar.load())
+    model = build_model(cfg.model.to_gpt_config(vocab.size))
+    load_weights(model, path)
+    return model.to(device).eval(), cfg

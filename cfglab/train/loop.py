@@ -1,0 +1,334 @@
+"""Stage 5: the training loop, read top to bottom. `train(cfg)` learns a grammar; that is all.
+
+Order of work (each numbered block below):
+  1. resolve everything that can fail (device, world size, grammar, objective, model variant,
+     the checkpoint to resume) before any sampling, so a bad config fails in a second;
+  2. build the model, AdamW (decay on matrices only), the learning-rate schedule;
+  3. the step loop: fresh windows -> grad-accumulated forward/backward (bf16 autocast on CUDA)
+     -> clip -> step; a NaN/inf loss stops the run and keeps the last good checkpoint;
+  4. every log_every steps a metrics.jsonl line (the record; TensorBoard, if installed, is a
+     view of the same numbers), every eval_every steps a validation loss on a fixed held-out
+     set, every ckpt_every steps and at the end an atomic checkpoint;
+  5. Ctrl-C: finish the current step, save, exit 130 (resume with --resume).
+
+Same code for 1 process or N under torchrun (see dist.py): each rank computes its slice of the
+fixed global batch, DDP averages gradients, rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cfglab.config import ExperimentConfig, read_config, save_config
+from cfglab.data.dataset import TRAIN, VAL, FreshStream, SavedDataset, key_seed
+from cfglab.data.vocab import Vocab
+from cfglab.errors import CfglabError, ConfigError
+from cfglab.model import build_model
+from cfglab.train import checkpoint as ckpt
+from cfglab.train import dist
+from cfglab.train.objectives import get_objective, loss_fn
+
+
+class DivergedError(CfglabError):
+    """The loss became NaN or infinite."""
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then decay to min_lr."""
+    t = cfg.train if hasattr(cfg, "train") else cfg
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.decay == "constant":
+        return t.lr
+    span = max(1, t.max_steps - t.warmup_steps)
+    frac = min(1.0, (step - t.warmup_steps) / span)  # 0 -> 1 over the decay
+    shape = {"linear": 1.0 - frac, "cosine": 0.5 * (1.0 + math.cos(math.pi * frac))}[t.decay]
+    return t.min_lr + (t.lr - t.min_lr) * shape
+
+
+def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, as GPT-2 / nanoGPT do."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True
+    )
+
+
+def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, split: int):
+    """The batch source for a split: fresh samples, or a saved dataset if data.dataset is set."""
+    kw = {"seed": cfg.data.seed, "rank": info.rank, "world_size": info.world_size, "split": split}
+    batch = cfg.train.batch_size
+    if cfg.data.dataset:
+        return SavedDataset(cfg.data.dataset, grammar, window, batch, **kw)
+    return FreshStream(grammar, window, batch, max_len=cfg.data.max_len, **kw)
+
+
+def _check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
+    old = read_config(run_dir / "config.json")
+    for section in ("grammar", "model"):
+        a, b = getattr(old, section), getattr(cfg, section)
+        if a != b:
+            diff = [k for k in vars(a) if getattr(a, k) != getattr(b, k)]
+            raise ConfigError(
+                f"--resume: {section}.{diff[0]} differs from the run's "
+                f"config.json ({getattr(a, diff[0])!r} vs {getattr(b, diff[0])!r}); "
+                "resume with the same model and grammar, or start a new run"
+            )
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Train per `cfg`; returns the run directory. `stop_after` ends the process's work after
+    that many steps as if interrupted (for tests of resume), without the exit."""
+    t = cfg.train
+    # ---- 1. resolve everything before any work --------------------------------------------
+    info = dist.setup(t.device)
+    local_batch = dist.local_batch(t.batch_size, info.world_size)
+    if local_batch % t.grad_accum:
+        raise ConfigError(
+            f"per-process batch {local_batch} (train.batch_size {t.batch_size} / "
+            f"{info.world_size} processes) is not divisible by train.grad_accum "
+            f"{t.grad_accum}"
+        )
+    run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
+    grammar = cfg.grammar.load()
+    vocab = Vocab.from_grammar(grammar)
+    objective = get_objective(t.objective, t.mlm_prob)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model.to_gpt_config(vocab.size))  # checks the position variant
+    device = info.device
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    start = 0
+    resume_from = None
+    if resume:
+        resume_from = ckpt.latest_checkpoint(run_dir)
+        _check_resume_compatible(run_dir, cfg)
+        state = ckpt.read_state(resume_from)
+        ckpt.load_weights(model, resume_from)
+        ckpt.load_optimizer(optimizer, resume_from)
+        start = int(state["step"])
+    elif (run_dir / ckpt.CKPT_DIR / ckpt.LATEST).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a trained run; pass --resume to continue it, "
+            "or choose another run name (--set name=...) or --out"
+        )
+    window = cfg.model.block_size + 1  # x = window[:-1], y = window[1:] (see objectives.py)
+    train_data = make_data(cfg, grammar, window, info, TRAIN)
+    val_data = make_data(cfg, grammar, window, info, VAL)
+
+    # ---- 2. wrappers, precision --------------------------------------------------------------
+    if resume_from is not None:
+        ckpt.set_rng_state(state["rng"])
+    raw_model = model
+    if t.compile:
+        model = torch.compile(model)
+    if info.is_distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    tokens_per_step = t.batch_size * cfg.model.block_size
+
+    # ---- master-only files -------------------------------------------------------------------
+    writer = None
+    if info.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        (run_dir / "grammar.cfg").write_text(grammar.to_text())
+        if t.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard not installed: metrics.jsonl is the record anyway
+                writer = None
+        dist.print0(
+            f"cfglab train: {run_dir} | {n_params / 1e6:.2f}M parameters | "
+            f"{info.world_size} process(es) on {device} | steps {start}->{t.max_steps} | "
+            f"{tokens_per_step} tokens/step | grammar {grammar.name}"
+        )
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if info.is_master else None  # noqa: SIM115
+
+    def log(record: dict[str, Any]) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        if writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, record["step"])
+
+    @torch.no_grad()
+    def val_loss() -> float:
+        model.eval()
+        total = torch.zeros((), device=device)
+        for i in range(t.eval_batches):
+            w = val_data.batch(i).to(device)
+            gen = torch.Generator(device=device).manual_seed(
+                key_seed(cfg.data.seed, VAL, i, info.rank)
+            )
+            x, y = objective.make_batch(w, vocab.eos, vocab.mask, gen)
+            with autocast:
+                total += loss_fn(model(x), y)
+        model.train()
+        return float(dist.all_reduce_mean(total / t.eval_batches))
+
+    def save(step: int) -> None:
+        if info.is_master:
+            ckpt.save_checkpoint(
+                run_dir,
+                step,
+                raw_model,
+                optimizer,
+                {"tokens": step * tokens_per_step, "rng": ckpt.rng_state()},
+                keep_last=t.keep_last,
+            )
+        dist.barrier()
+
+    # Ctrl-C sets a flag; the step in flight finishes, then we save and exit 130
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted["flag"]:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+
+    # ---- 3. the loop -------------------------------------------------------------------------
+    bar = None
+    if progress and info.is_master:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.max_steps, initial=start, unit="step", dynamic_ncols=True)
+    model.train()
+    micro = local_batch // t.grad_accum
+    t0 = time.perf_counter()
+    data_wait = 0.0
+    last_loss = float("nan")
+    end = t.max_steps if stop_after is None else min(t.max_steps, start + stop_after)
+    step = start
+    batches = train_data.iterate(start, end, prefetch=cfg.data.prefetch)
+    try:
+        while step < end:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tw = time.perf_counter()
+            windows = next(batches).to(device, non_blocking=True)  # (B_local, T+1)
+            data_wait += time.perf_counter() - tw
+            gen = torch.Generator(device=device).manual_seed(
+                key_seed(cfg.data.seed, TRAIN, step, info.rank)
+            )
+            loss_sum = torch.zeros((), device=device)
+            for k in range(t.grad_accum):
+                x, y = objective.make_batch(
+                    windows[k * micro : (k + 1) * micro], vocab.eos, vocab.mask, gen
+                )
+                # gradients are all-reduced on the last micro-step only
+                sync = (
+                    nullcontext()
+                    if not info.is_distributed or k == t.grad_accum - 1
+                    else model.no_sync()
+                )
+                with sync:
+                    with autocast:
+                        loss = loss_fn(model(x), y) / t.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            # one collective carries the global loss and "someone pressed Ctrl-C"
+            packet = torch.stack(
+                [loss_sum, torch.tensor(float(interrupted["flag"]), device=device)]
+            )
+            if info.is_distributed:
+                torch.distributed.all_reduce(packet)
+                packet[0] /= info.world_size
+            last_loss, stop = float(packet[0]), bool(packet[1] > 0)
+            if not math.isfinite(last_loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise DivergedError(
+                    f"loss is {last_loss} at step {step + 1}; stopped without saving, so the "
+                    f"last good checkpoint in {run_dir / 'ckpt'} stays. Lower train.lr or raise "
+                    "train.warmup_steps, then --resume"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            # ---- 4. record, evaluate, checkpoint ---------------------------------------------
+            elapsed = time.perf_counter() - t0
+            tok_s = (step - start) * tokens_per_step / elapsed
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            record = None
+            if step % t.log_every == 0 or step == t.max_steps:
+                record = {
+                    "step": step,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "tokens": step * tokens_per_step,
+                    "tokens_per_s": tok_s,
+                    "elapsed_s": elapsed,
+                    "data_wait_frac": data_wait / elapsed,
+                }
+            if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+                record = record or {"step": step, "loss": last_loss, "lr": lr}
+                record["val_loss"] = val_loss()
+                if bar is not None:
+                    bar.write(f"step {step}: loss {last_loss:.4f}, val {record['val_loss']:.4f}")
+            if record is not None:
+                log(record)
+            if step % t.ckpt_every == 0 or step == t.max_steps:
+                save(step)
+            if stop:
+                if step % t.ckpt_every and step != t.max_steps:
+                    save(step)
+                dist.print0(
+                    f"\ncfglab: interrupted; saved step {step} in {run_dir}; continue with --resume"
+                )
+                raise KeyboardInterrupt
+        if step == end and stop_after is not None and step % t.ckpt_every and step < t.max_steps:
+            save(step)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        batches.close()
+        if bar is not None:
+            bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if writer is not None:
+            writer.close()
+    if info.is_master:
+        dist.print0(
+            f"cfglab train: done, step {step}, loss {last_loss:.4f}, "
+            f"{(step - start) * tokens_per_step / max(time.perf_counter() - t0, 1e-9):,.0f}"
+            f" tokens/s, {time.perf_counter() - t0:.0f} s"
+        )
+    return run_dir
