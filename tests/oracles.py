@@ -69,3 +69,44 @@ def all_token_strings(terminals: tuple[str, ...], max_len: int):
     """Every string over `terminals` of length 1..max_len."""
     for n in range(1, max_len + 1):
         yield from itertools.product(terminals, repeat=n)
+
+
+def bruteforce_next_token_dist(grammar: Grammar, string: list[int], max_len: int):
+    """Exact next-symbol distributions of a token-id string by enumeration, (n+1, T+1) numpy
+    array: row k = P(next | first k tokens), column 0 = EOS, column j = token id j. The grammar's
+    language must be finite with every string of length <= max_len (or the rest negligible)."""
+    import numpy as np
+
+    ids = {name: i + 1 for i, name in enumerate(grammar.terminals)}
+    table = [(tuple(ids[t] for t in s), p) for s, p in all_strings(grammar, max_len).items()]
+    n = len(string)
+    rows = np.zeros((n + 1, grammar.n_t + 1))
+    for k in range(n + 1):
+        prefix = tuple(string[:k])
+        for s, p in table:
+            if s[:k] == prefix:
+                rows[k, 0 if len(s) == k else s[k]] += p
+        total = rows[k].sum()
+        rows[k] = rows[k] / total if total > 0 else rows[k]
+    return rows
+
+
+def bruteforce_logprob_model(grammar: Grammar, max_len: int):
+    """An oracle 'model' (evaluate.metrics.LogProbFn) from `bruteforce_next_token_dist`:
+    vocabulary of T+4 ids, -inf outside EOS and the terminals."""
+    import numpy as np
+
+    t = grammar.n_t
+    cols = np.concatenate([[t + 1], np.arange(1, t + 1)])
+
+    def model(batch):
+        out = []
+        for seq in batch:
+            rows = bruteforce_next_token_dist(grammar, [int(v) for v in seq[1:]], max_len)
+            lq = np.full((len(seq), t + 4), -np.inf)
+            with np.errstate(divide="ignore"):
+                lq[:, cols] = np.log(rows)
+            out.append(lq)
+        return out
+
+    return model

@@ -1,0 +1,618 @@
+"""Behaviour metrics of a language model against a grammar's exact ground truth (stage 6a).
+
+Three questions from the paper, each answered exactly with `cfglab.exact`:
+
+- **accuracy**: are the model's generations in the language? (`generation_accuracy`)
+- **diversity**: does the model produce many different strings, not memorised ones? (`diversity`)
+- **distribution**: how far is the model's next-token distribution from the grammar's?
+  (`distribution_metrics`: the paper's smoothed next-token KL, per position, sequence-level KL,
+  cross-entropy against the true entropy rate)
+
+A *model* here is any callable `LogProbFn`: a batch of token sequences (1-D int arrays of vocab
+ids, each starting with BOS) -> for each, a (len, V) array of next-token log-probabilities, row k
+= log p(next token | tokens[:k+1]); V >= T+2 so columns 1..T are the terminals and T+1 is EOS
+(cfglab.data.vocab). So the metrics run on a trained GPT (`torch_logprob_fn`), on the grammar's
+exact distribution (`exact_logprob_fn`, the oracle: accuracy 1, KL 0) or on a uniform baseline
+(`uniform_logprob_fn`) alike. A *generator* (`GenerateFn`) maps prompts (each starting with BOS)
+and a numpy Generator to full sequences (prompt + completion, EOS included if produced).
+
+Conventions: a "string" is a 1-D array of terminal ids 1..T (no BOS/EOS), as everywhere in cfglab.
+Every definition (what is averaged over what, which positions, smoothing) is in the docstring of
+the function that computes it, and is repeated in the report (`DEFINITIONS`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cfglab.data.vocab import BOS
+from cfglab.errors import CfglabError
+from cfglab.grammar.cfg import Grammar
+
+LogProbFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+GenerateFn = Callable[[list[np.ndarray], np.random.Generator], list[np.ndarray]]
+
+KL_EPS = 1e-5  # the authors' smoothing constant for both distributions (SPEC.md, KL bullet)
+DEFAULT_POSITION_BUCKETS = (0, 1, 10, 50, 100, 200, 300, 400)  # left edges of KL position buckets
+
+# One line per reported number; the report prints these verbatim (keep them in sync with the code).
+DEFINITIONS: dict[str, str] = {
+    "accuracy": "share of generated strings (prompt + completion, up to the first EOS, EOS "
+    "excluded) that are in the grammar's language, by exact CYK recognition; a generation that "
+    "never emits EOS within the token budget, or emits a special token (BOS/MASK/PAD) before EOS, "
+    "is wrong. cutC: the prompt is BOS + the first C tokens of a fresh true sample (samples no "
+    "longer than C are redrawn); cut0 = BOS only.",
+    "accuracy_ci": "95% confidence interval of the accuracy: Wilson score interval (Clopper-"
+    "Pearson exact interval also stored) over the n generations, treated as independent Bernoulli "
+    "trials.",
+    "first_error": "for a wrong generation, the 0-based index (in the whole string, prompt "
+    "included) of the first token after which the string is no longer a prefix of any sentence; "
+    "a premature EOS counts as a token at index len(string); generations that stop without EOS "
+    "while still viable are counted as 'unfinished'.",
+    "kl": "next-token KL(true || model) on fresh true strings x (length n): for each of the n+1 "
+    "prefixes x_<=k (k = 0..n) take the exact next-symbol distribution P* over [EOS, terminals] "
+    "and the model's probabilities of the same T+1 symbols; smooth both as P~ = (P + 1e-5) / "
+    "rowsum (this also renormalises the model's mass on the T+1 symbols); row KL = sum_c P*_c "
+    "(log P~*_c - log P~model_c) with the unsmoothed P* as weights; KL(x) = mean over the n+1 "
+    "rows; reported KL = mean over strings (± standard error over strings).",
+    "kl_by_position": "row KL pooled over all strings' rows whose prefix length k falls in the "
+    "bucket [lo, hi), averaged over those rows (so long strings weigh more than in 'kl').",
+    "seq_kl": "sequence-level KL(P || Q) per token = sum over true strings of (log P(x) - log "
+    "Q(x)) / sum over strings of (n + 1), where P(x) is the exact string probability and Q(x) the "
+    "model's probability of x followed by EOS (full-vocabulary softmax, unsmoothed); nats per "
+    "predicted token (n tokens + EOS). Equals cross_entropy - entropy_rate on the same strings.",
+    "cross_entropy": "the model's mean negative log-likelihood of the true strings' tokens and "
+    "their EOS: -sum log Q(x) / sum (n + 1), nats per predicted token.",
+    "entropy_rate": "the grammar's true entropy per predicted token on the same strings: -sum log "
+    "P(x) / sum (n + 1); 'entropy_rate_rb' is the lower-variance estimate sum over rows of "
+    "H(P*(.|x_<=k)) / sum (n + 1). A perfect model's cross-entropy.",
+    "distinct": "number (and share) of distinct strings among the M generations, and among M "
+    "completions of one fixed prompt.",
+    "collision_support": "birthday estimate of the effective support 1 / sum_x q(x)^2 of the "
+    "generations: C(M, 2) / (number of equal pairs); with no equal pair, only the lower bound "
+    "C(M, 2) / 3 (rule of three, pairs treated as independent) is given: M distinct samples "
+    "imply a support of order M^2 (the paper's argument).",
+    "model_entropy": "entropy of the model's string distribution estimated on its own "
+    "generations: mean of -log Q(x) per string (nats) and per predicted token; "
+    "exp(per-string entropy) is the entropy-based effective support.",
+    "reverse_kl": "E_{x~Q}[log Q(x) - log P(x)] per predicted token, over the grammatical "
+    "generations only (log P = -inf otherwise; their share is given): string-level KL from the "
+    "model to the truth, which a memorising or mode-collapsed model makes large.",
+    "seen_in_training": "share of generations (full strings) that occur in the saved training "
+    "dataset; absent when training used fresh samples.",
+}
+
+
+# ---- confidence intervals ---------------------------------------------------------------------
+def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (good coverage even near 0 and 1)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z = statistics.NormalDist().inv_cdf(0.5 + conf / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@functools.lru_cache(maxsize=8)
+def _log_binom_coef(n: int) -> np.ndarray:
+    """log C(n, j) for j = 0..n, (n+1,)."""
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    return log_fact[n] - log_fact - log_fact[::-1]
+
+
+def _binom_log_pmf(n: int, p: float) -> np.ndarray:
+    j = np.arange(n + 1)
+    return _log_binom_coef(n) + j * math.log(p) + (n - j) * math.log1p(-p)
+
+
+def _binom_tail(n: int, k: int, p: float, upper: bool) -> float:
+    """P(X >= k) if upper else P(X <= k), X ~ Binomial(n, p)."""
+    lp = _binom_log_pmf(n, p)
+    part = lp[k:] if upper else lp[: k + 1]
+    m = part.max()
+    return float(np.exp(m) * np.exp(part - m).sum())
+
+
+@functools.lru_cache(maxsize=4096)
+def clopper_pearson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval: coverage >= conf for every true rate, conservative."""
+    if n <= 0:
+        return (0.0, 1.0)
+    alpha = 1 - conf
+
+    def solve(target: Callable[[float], float]) -> float:
+        lo, hi = 0.0, 1.0  # target(p) is increasing in p; find target(p) = alpha / 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if target(mid) < alpha / 2 else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if k == 0 else solve(lambda p: _binom_tail(n, k, p, upper=True))
+    high = 1.0 if k == n else solve(lambda p: -_binom_tail(n, k, p, upper=False) + alpha)
+    return (low, high)
+
+
+# ---- accuracy ---------------------------------------------------------------------------------
+@dataclass
+class AccuracyResult:
+    """Generation accuracy for one (cut, temperature); see DEFINITIONS['accuracy']."""
+
+    cut: int
+    temperature: float
+    n: int
+    n_correct: int
+    accuracy: float
+    ci_low: float  # Wilson, 95%
+    ci_high: float
+    cp_low: float  # Clopper-Pearson, 95%
+    cp_high: float
+    n_unfinished: int  # no EOS within the budget, still a viable prefix
+    n_bad_token: int  # a special token (BOS/MASK/PAD) before EOS
+    first_error: list[int] = field(default_factory=list)  # per wrong generation, -1 = unfinished
+    lengths: list[int] = field(default_factory=list)  # generated string lengths (prompt included)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_generation(seq: np.ndarray, n_terminals: int) -> tuple[np.ndarray, bool, int]:
+    """A generated sequence (BOS + prompt + completion [+ EOS ...]) -> (string, ended, bad_at).
+
+    string: the terminal ids before the first EOS (BOS dropped); ended: an EOS was produced;
+    bad_at: index in `string` of the first special token (not 1..T) before EOS, or -1.
+    """
+    seq = np.asarray(seq, dtype=np.int64)
+    if len(seq) and seq[0] == BOS:
+        seq = seq[1:]
+    eos = n_terminals + 1
+    where = np.flatnonzero(seq == eos)
+    ended = len(where) > 0
+    string = seq[: where[0]] if ended else seq
+    bad = np.flatnonzero((string < 1) | (string > n_terminals))
+    return string, ended, int(bad[0]) if len(bad) else -1
+
+
+def judge_generations(
+    grammar: Grammar, sequences: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Judge generated sequences exactly: (correct, first_error, strings, ended, bad_token).
+
+    first_error[i]: -1 if correct or unfinished-but-viable; else the index defined in
+    DEFINITIONS['first_error'].
+    """
+    from cfglab.exact import cyk
+
+    t = grammar.n_t
+    parts = [split_generation(s, t) for s in sequences]
+    strings = [p[0] for p in parts]
+    ended = np.array([p[1] for p in parts], dtype=bool)
+    bad_at = np.array([p[2] for p in parts], dtype=np.int64)
+    # judge only the clean part: the tokens before any special token
+    clean = [s if b < 0 else s[:b] for s, b in zip(strings, bad_at, strict=True)]
+    n = len(clean)
+    in_lang = np.zeros(n, dtype=bool)
+    first_err = np.full(n, -1, dtype=np.int64)
+    if n:
+        in_lang = np.asarray(cyk.recognize(grammar, clean), dtype=bool)
+        first_err = np.asarray(cyk.first_error(grammar, clean), dtype=np.int64).copy()
+    correct = in_lang & ended & (bad_at < 0)
+    for i in range(n):
+        if correct[i] or first_err[i] >= 0:
+            continue
+        # every prefix of the clean part is viable: the error is the special token, the premature
+        # EOS (both sit at index len(clean)), or there is none yet (unfinished)
+        if bad_at[i] >= 0 or ended[i]:
+            first_err[i] = len(clean[i])
+    first_err[correct] = -1
+    return correct, first_err, strings, ended, bad_at >= 0
+
+
+def accuracy_from_judgements(
+    correct: np.ndarray,
+    *,
+    cut: int = 0,
+    temperature: float = 1.0,
+    first_error: np.ndarray | None = None,
+    ended: np.ndarray | None = None,
+    bad_token: np.ndarray | None = None,
+    lengths: Sequence[int] = (),
+    conf: float = 0.95,
+) -> AccuracyResult:
+    """Accuracy with its Wilson and Clopper-Pearson intervals from per-generation verdicts."""
+    correct = np.asarray(correct, dtype=bool)
+    n, k = len(correct), int(correct.sum())
+    lo, hi = wilson_interval(k, n, conf)
+    cp_lo, cp_hi = clopper_pearson_interval(k, n, conf)
+    wrong = ~correct
+    fe = first_error if first_error is not None else np.full(n, -1)
+    unfinished = wrong & (fe < 0)
+    return AccuracyResult(
+        cut=cut,
+        temperature=temperature,
+        n=n,
+        n_correct=k,
+        accuracy=k / n if n else float("nan"),
+        ci_low=lo,
+        ci_high=hi,
+        cp_low=cp_lo,
+        cp_high=cp_hi,
+        n_unfinished=int(unfinished.sum()),
+        n_bad_token=int(np.asarray(bad_token).sum()) if bad_token is not None else 0,
+        first_error=[int(x) for x in np.asarray(fe)[wrong]],
+        lengths=[int(x) for x in lengths],
+    )
+
+
+def make_prompts(true_strings: Sequence[np.ndarray], cut: int, n: int) -> list[np.ndarray]:
+    """cutC prompts: BOS + the first `cut` tokens of the first n true strings longer than `cut`."""
+    out = [np.concatenate([[BOS], s[:cut]]).astype(np.int64) for s in true_strings if len(s) > cut][
+        :n
+    ]
+    if len(out) < n:
+        raise CfglabError(
+            f"only {len(out)} of the true strings are longer than cut={cut}; "
+            "give more strings or a smaller --cut"
+        )
+    return out
+
+
+def generation_accuracy(
+    grammar: Grammar,
+    generate: GenerateFn,
+    prompts: list[np.ndarray],
+    rng: np.random.Generator,
+    *,
+    cut: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+) -> tuple[AccuracyResult, list[np.ndarray]]:
+    """Generate one completion per prompt and judge it: (AccuracyResult, generated strings).
+
+    See DEFINITIONS['accuracy'], ['accuracy_ci'], ['first_error'].
+    """
+    sequences: list[np.ndarray] = []
+    for b in range(0, len(prompts), batch_size):
+        sequences.extend(generate(prompts[b : b + batch_size], rng))
+    correct, first_err, strings, ended, bad = judge_generations(grammar, sequences)
+    res = accuracy_from_judgements(
+        correct,
+        cut=cut,
+        temperature=temperature,
+        first_error=first_err,
+        ended=ended,
+        bad_token=bad,
+        lengths=[len(s) for s in strings],
+    )
+    return res, strings
+
+
+# ---- distribution: next-token and sequence KL ------------------------------------------------
+def smooth(p: np.ndarray, eps: float = KL_EPS) -> np.ndarray:
+    """The authors' smoothing: (P + eps) / rowsum(P + eps), row-wise."""
+    q = p + eps
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+def row_kl(p_true: np.ndarray, q_model: np.ndarray, eps: float = KL_EPS) -> np.ndarray:
+    """Per-row KL as in the paper: sum_c P*_c (log P~*_c - log P~model_c), (R, C) -> (R,).
+
+    Both are probability rows over the same C symbols; the weights are the unsmoothed P*.
+    """
+    return (p_true * (np.log(smooth(p_true, eps)) - np.log(smooth(q_model, eps)))).sum(axis=-1)
+
+
+def model_symbol_probs(logq: np.ndarray, n_terminals: int) -> np.ndarray:
+    """Model log-probs over the full vocabulary (R, V) -> probabilities over [EOS, 1..T] (R, T+1),
+    the column order of the exact distribution. Not renormalised (smoothing does that)."""
+    cols = np.concatenate([[n_terminals + 1], np.arange(1, n_terminals + 1)])
+    return np.exp(logq[:, cols])
+
+
+@dataclass
+class DistributionResult:
+    """Exact distribution metrics on fresh true strings; see DEFINITIONS."""
+
+    n_strings: int
+    n_rows: int  # sum over strings of (n + 1)
+    kl: float
+    kl_stderr: float
+    kl_by_position: list[dict]  # {lo, hi, kl, n_rows}
+    seq_kl: float
+    cross_entropy: float
+    entropy_rate: float
+    entropy_rate_rb: float
+    eps: float = KL_EPS
+    kl_per_string: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distribution_metrics(
+    true_strings: Sequence[np.ndarray],
+    p_true: Sequence[np.ndarray],
+    model_logq: Sequence[np.ndarray],
+    n_terminals: int,
+    *,
+    eps: float = KL_EPS,
+    buckets: Sequence[int] = DEFAULT_POSITION_BUCKETS,
+) -> DistributionResult:
+    """All distribution metrics from the exact rows and the model's rows of each true string.
+
+    true_strings[i]: (n,) terminal ids; p_true[i]: (n+1, T+1) exact next-symbol probabilities
+    (column 0 EOS, column j terminal j), as `exact.inside.next_token_dist`; model_logq[i]:
+    (n+1, V) the model's next-token log-probabilities for input [BOS, x_1..x_n].
+    Definitions: DEFINITIONS['kl'], ['kl_by_position'], ['seq_kl'], ['cross_entropy'],
+    ['entropy_rate'].
+    """
+    edges = list(buckets)
+    bucket_sum = np.zeros(len(edges))
+    bucket_cnt = np.zeros(len(edges), dtype=np.int64)
+    kl_strings, logp_sum, logq_sum, h_rows, n_rows = [], 0.0, 0.0, 0.0, 0
+    for x, p, lq in zip(true_strings, p_true, model_logq, strict=True):
+        n = len(x)
+        if p.shape != (n + 1, n_terminals + 1) or lq.shape[0] != n + 1:
+            raise CfglabError(
+                f"distribution rows do not match a string of length {n}: exact "
+                f"{p.shape}, model {lq.shape}; expected ({n + 1}, {n_terminals + 1})"
+                f" and ({n + 1}, V)"
+            )
+        rk = row_kl(p, model_symbol_probs(lq, n_terminals), eps)  # (n+1,)
+        kl_strings.append(float(rk.mean()))
+        b = np.searchsorted(edges, np.arange(n + 1), side="right") - 1  # bucket of row k
+        np.add.at(bucket_sum, b, rk)
+        np.add.at(bucket_cnt, b, 1)
+        # the symbol that follows each prefix: x_1..x_n then EOS; in P*'s columns and in vocab ids
+        nxt_col = np.concatenate([x, [0]]).astype(np.int64)
+        nxt_id = np.concatenate([x, [n_terminals + 1]]).astype(np.int64)
+        with np.errstate(divide="ignore"):
+            logp_sum += float(np.log(p[np.arange(n + 1), nxt_col]).sum())
+            h_rows += float(-(p * np.log(np.where(p > 0, p, 1.0))).sum())
+        logq_sum += float(lq[np.arange(n + 1), nxt_id].sum())
+        n_rows += n + 1
+    kls = np.asarray(kl_strings)
+    m = len(kls)
+    by_pos = []
+    for i, lo in enumerate(edges):
+        if bucket_cnt[i]:
+            hi = edges[i + 1] if i + 1 < len(edges) else None
+            by_pos.append(
+                {
+                    "lo": lo,
+                    "hi": hi,
+                    "kl": float(bucket_sum[i] / bucket_cnt[i]),
+                    "n_rows": int(bucket_cnt[i]),
+                }
+            )
+    return DistributionResult(
+        n_strings=m,
+        n_rows=n_rows,
+        kl=float(kls.mean()) if m else float("nan"),
+        kl_stderr=float(kls.std(ddof=1) / math.sqrt(m)) if m > 1 else float("nan"),
+        kl_by_position=by_pos,
+        seq_kl=(logp_sum - logq_sum) / n_rows if n_rows else float("nan"),
+        cross_entropy=-logq_sum / n_rows if n_rows else float("nan"),
+        entropy_rate=-logp_sum / n_rows if n_rows else float("nan"),
+        entropy_rate_rb=h_rows / n_rows if n_rows else float("nan"),
+        eps=eps,
+        kl_per_string=[float(v) for v in kls],
+    )
+
+
+def evaluate_distribution(
+    grammar: Grammar,
+    model: LogProbFn,
+    true_strings: Sequence[np.ndarray],
+    *,
+    batch_size: int = 32,
+    eps: float = KL_EPS,
+    buckets: Sequence[int] = DEFAULT_POSITION_BUCKETS,
+) -> DistributionResult:
+    """Exact rows from `exact.inside.next_token_dist`, the model's rows from `model`, then
+    `distribution_metrics`."""
+    from cfglab.exact import inside
+
+    strings = [np.asarray(s, dtype=np.int64) for s in true_strings]
+    p_true = list(inside.next_token_dist(grammar, strings))
+    logq: list[np.ndarray] = []
+    for b in range(0, len(strings), batch_size):
+        batch = [np.concatenate([[BOS], s]) for s in strings[b : b + batch_size]]
+        logq.extend(model(batch))
+    return distribution_metrics(strings, p_true, logq, grammar.n_t, eps=eps, buckets=buckets)
+
+
+# ---- diversity --------------------------------------------------------------------------------
+def _key(s: np.ndarray) -> bytes:
+    return np.asarray(s, dtype=np.int64).tobytes()
+
+
+def collision_stats(strings: Sequence[np.ndarray]) -> dict:
+    """Distinct strings and the birthday estimate of the support; DEFINITIONS['distinct'],
+    ['collision_support']."""
+    m = len(strings)
+    counts = Counter(_key(s) for s in strings)
+    pairs = m * (m - 1) / 2
+    equal_pairs = sum(c * (c - 1) // 2 for c in counts.values())
+    return {
+        "n": m,
+        "distinct": len(counts),
+        "distinct_share": len(counts) / m if m else float("nan"),
+        "equal_pairs": int(equal_pairs),
+        "collision_support": pairs / equal_pairs if equal_pairs else None,
+        "collision_support_lower": pairs / 3 if not equal_pairs and m > 1 else None,
+    }
+
+
+def sequence_log_probs(
+    model: LogProbFn, strings: Sequence[np.ndarray], eos_id: int, batch_size: int = 32
+) -> np.ndarray:
+    """log Q(x EOS) under the model for each string, (N,) float64 (full-vocab, unsmoothed)."""
+    out = []
+    for b in range(0, len(strings), batch_size):
+        chunk = [np.asarray(s, dtype=np.int64) for s in strings[b : b + batch_size]]
+        rows = model([np.concatenate([[BOS], s]) for s in chunk])
+        for s, lq in zip(chunk, rows, strict=True):
+            nxt = np.concatenate([s, [eos_id]])
+            out.append(float(lq[np.arange(len(nxt)), nxt].sum()))
+    return np.asarray(out, dtype=np.float64)
+
+
+def diversity(
+    strings: Sequence[np.ndarray],
+    *,
+    fixed_prompt_strings: Sequence[np.ndarray] | None = None,
+    model_logq: np.ndarray | None = None,
+    true_logp: np.ndarray | None = None,
+    training: set[bytes] | None = None,
+) -> dict:
+    """Diversity of M generations (strings as judged, prompt included, no EOS).
+
+    model_logq: log Q(x EOS) of each generation under the model; true_logp: log P(x) (-inf when
+    not in the language). See DEFINITIONS['distinct'], ['collision_support'], ['model_entropy'],
+    ['reverse_kl'], ['seen_in_training'].
+    """
+    out: dict = {"generations": collision_stats(strings)}
+    if fixed_prompt_strings is not None:
+        out["fixed_prompt"] = collision_stats(fixed_prompt_strings)
+    tokens = np.array([len(s) + 1 for s in strings], dtype=np.float64)  # predicted tokens + EOS
+    if model_logq is not None and len(strings):
+        lq = np.asarray(model_logq, dtype=np.float64)
+        h = float(-lq.mean())
+        out["model_entropy_per_string"] = h
+        out["model_entropy_per_token"] = float(-lq.sum() / tokens.sum())
+        out["entropy_support_log10"] = h / math.log(10)
+        if true_logp is not None:
+            lp = np.asarray(true_logp, dtype=np.float64)
+            ok = np.isfinite(lp)
+            out["reverse_kl_share_used"] = float(ok.mean())
+            out["reverse_kl"] = (
+                float((lq[ok] - lp[ok]).sum() / tokens[ok].sum()) if ok.any() else None
+            )
+    if training is not None:
+        seen = sum(_key(s) in training for s in strings)
+        out["seen_in_training"] = seen / len(strings) if len(strings) else float("nan")
+    return out
+
+
+def training_set(strings: Sequence[np.ndarray]) -> set[bytes]:
+    """A saved dataset's strings as a set for `diversity(training=...)`."""
+    return {_key(s) for s in strings}
+
+
+# ---- models and generators that need no torch -------------------------------------------------
+def exact_logprob_fn(grammar: Grammar) -> LogProbFn:
+    """The oracle model: the grammar's exact next-token distribution (cfglab.exact.inside) as
+    log-probabilities over the vocabulary (V = T+4; -inf on BOS/MASK/PAD). Every sequence
+    (after its BOS) must be a viable prefix of the language."""
+    from cfglab.exact import inside
+
+    t = grammar.n_t
+    cols = np.concatenate([[t + 1], np.arange(1, t + 1)])
+
+    def model(batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        strings = [np.asarray(s[1:], dtype=np.int64) for s in batch]
+        out = []
+        for p in inside.next_token_dist(grammar, strings):
+            lq = np.full((p.shape[0], t + 4), -np.inf)
+            with np.errstate(divide="ignore"):
+                lq[:, cols] = np.log(p)
+            out.append(lq)
+        return out
+
+    return model
+
+
+def uniform_logprob_fn(vocab_size: int) -> LogProbFn:
+    """A baseline model: uniform over the whole vocabulary of `vocab_size` ids."""
+
+    def model(batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.full((len(s), vocab_size), -math.log(vocab_size)) for s in batch]
+
+    return model
+
+
+def sampling_generate_fn(
+    model: LogProbFn, eos_id: int, *, max_new_tokens: int, temperature: float = 1.0
+) -> GenerateFn:
+    """Ancestral sampling from any LogProbFn, one token per call on the whole prefix (no cache:
+    for the oracle and small baselines; trained GPTs use `torch_generate_fn`)."""
+
+    def generate(prompts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        seqs = [list(map(int, p)) for p in prompts]
+        live = list(range(len(seqs)))
+        for _ in range(max_new_tokens):
+            if not live:
+                break
+            rows = model([np.asarray(seqs[i], dtype=np.int64) for i in live])
+            still = []
+            for i, lq in zip(live, rows, strict=True):
+                logits = lq[-1] / temperature
+                p = np.exp(logits - logits.max())
+                tok = int(rng.choice(len(p), p=p / p.sum()))
+                seqs[i].append(tok)
+                if tok != eos_id:
+                    still.append(i)
+            live = still
+        return [np.asarray(s, dtype=np.int64) for s in seqs]
+
+    return generate
+
+
+# ---- adapters for a trained torch model ------------------------------------------------------
+def torch_logprob_fn(model, *, pad_id: int, device: str = "cpu") -> LogProbFn:
+    """A GPT (forward: (B, T) ids -> (B, T, V) logits) as a LogProbFn; pads with `pad_id` on the
+    right (causal attention: padding never changes earlier rows)."""
+    import torch
+
+    block = model.config.block_size
+
+    def fn(batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        longest = max(len(s) for s in batch)
+        if longest > block:
+            raise CfglabError(
+                f"a sequence of {longest} tokens exceeds the model's block_size "
+                f"{block}; evaluate shorter strings (--max-len)"
+            )
+        idx = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        for i, s in enumerate(batch):
+            idx[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        with torch.no_grad():
+            logits = model(idx.to(device)).float()  # (B, T, V)
+            lq = torch.log_softmax(logits, dim=-1).double().cpu().numpy()
+        return [lq[i, : len(s)] for i, s in enumerate(batch)]
+
+    return fn
+
+
+def torch_generate_fn(
+    model, *, eos_id: int, max_new_tokens: int, temperature: float = 1.0, device: str = "cpu"
+) -> GenerateFn:
+    """cfglab.evaluate.generate.generate (batched, KV cache) as a GenerateFn."""
+    import torch
+
+    from cfglab.evaluate.generate import generate
+
+    def fn(prompts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(rng.integers(2**62)))
+        outs = generate(
+            model,
+            [torch.as_tensor(p, dtype=torch.long, device=device) for p in prompts],
+            max_new_tokens,
+            eos_id=eos_id,
+            temperature=temperature,
+            generator=gen,
+        )
+        return [o.cpu().numpy().astype(np.int64) for o in outs]
+
+    return fn

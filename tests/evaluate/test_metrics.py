@@ -1,0 +1,239 @@
+"""Evaluation metrics against independent oracles: textbook intervals, coverage simulations,
+brute-force enumeration on tiny grammars and KL values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from cfglab.evaluate import metrics as M
+from cfglab.grammar.cfg import Grammar
+from tests.oracles import (
+    all_strings,
+    bruteforce_logprob_model,
+    bruteforce_next_token_dist,
+    sample_recursive,
+)
+
+# A finite, weighted grammar (9 strings, lengths 1..5): small enough to enumerate.
+TINY = Grammar.from_text("""
+S -> A B [0.6] | B [0.4]
+A -> 'a' [0.5] | 'a' 'b' [0.5]
+B -> 'b' [0.3] | 'c' A [0.7]
+""")
+TINY_MAX = 5
+COIN = Grammar.from_text("S -> 'a' [0.5] | 'b' [0.5]")
+EPS = M.KL_EPS
+
+
+def ids(grammar: Grammar, names: list[str]) -> np.ndarray:
+    return np.array([grammar.terminals.index(t) + 1 for t in names], dtype=np.int64)
+
+
+def true_strings(grammar: Grammar, n: int, seed: int) -> list[np.ndarray]:
+    rng = random.Random(seed)
+    return [ids(grammar, sample_recursive(grammar, rng)) for _ in range(n)]
+
+
+# ---- confidence intervals ---------------------------------------------------------------------
+def test_intervals_match_textbook_values():
+    # 8 of 10: Wilson (0.4902, 0.9433), Clopper-Pearson (0.4439, 0.9748) (Brown, Cai & DasGupta)
+    assert M.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert M.clopper_pearson_interval(8, 10) == pytest.approx((0.4439, 0.9748), abs=1e-4)
+    # the extremes: 0/n and n/n have a closed form, (alpha/2)^(1/n)
+    assert M.clopper_pearson_interval(20, 20)[0] == pytest.approx(0.025 ** (1 / 20), rel=1e-6)
+    assert M.clopper_pearson_interval(0, 20)[1] == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.98])
+def test_interval_coverage_with_a_planted_error_rate(rate):
+    rng = np.random.default_rng(0)
+    n, reps = 200, 1000
+    ks = rng.binomial(n, rate, size=reps)
+    wilson = np.mean([lo <= rate <= hi for lo, hi in (M.wilson_interval(k, n) for k in ks)])
+    exact = np.mean([lo <= rate <= hi for lo, hi in (M.clopper_pearson_interval(k, n) for k in ks)])
+    assert 0.92 <= wilson <= 0.985, wilson
+    assert exact >= 0.94, exact
+
+
+# ---- judging generations ----------------------------------------------------------------------
+def test_split_generation():
+    t = 3  # EOS = 4, MASK = 5
+    s, ended, bad = M.split_generation(np.array([0, 1, 2, 4, 3]), t)
+    assert s.tolist() == [1, 2] and ended and bad == -1
+    s, ended, bad = M.split_generation(np.array([0, 1, 5, 2]), t)
+    assert s.tolist() == [1, 5, 2] and not ended and bad == 1
+
+
+def test_judge_generations_categories():
+    pytest.importorskip("cfglab.exact.cyk")
+    a, b, c = (ids(TINY, [x])[0] for x in "abc")
+    eos, bos, mask = TINY.n_t + 1, 0, TINY.n_t + 2
+    seqs = [
+        [bos, a, b, eos],  # "a b": correct
+        [bos, c, a, b, eos, a],  # "c a b": correct, tokens after EOS ignored
+        [bos, a, eos],  # premature EOS: error at index 1
+        [bos, a, a, b, eos],  # "a a" is no prefix: error at index 1
+        [bos, c, a],  # viable but no EOS: unfinished
+        [bos, c, mask, eos],  # special token at index 1
+    ]
+    correct, first, _, _, bad = M.judge_generations(TINY, [np.array(s) for s in seqs])
+    assert correct.tolist() == [True, True, False, False, False, False]
+    assert first.tolist() == [-1, -1, 1, 1, -1, 1]
+    assert bad.tolist() == [False] * 5 + [True]
+    res = M.accuracy_from_judgements(correct, first_error=first, bad_token=bad)
+    assert (res.n, res.n_correct, res.n_unfinished, res.n_bad_token) == (6, 2, 1, 1)
+
+
+def test_planted_error_rate_through_the_judge():
+    """A generator that corrupts a true string with probability 0.2: every corruption is
+    ungrammatical, so the judged accuracy estimates 0.8 and its CI covers it."""
+    pytest.importorskip("cfglab.exact.cyk")
+    rate, n = 0.8, 400
+    eos = TINY.n_t + 1
+    bad_tail = ids(TINY, ["c", "c"])  # "cc" occurs in no string of TINY
+
+    def generate(prompts, rng):
+        out = []
+        for _ in prompts:
+            x = true_strings(TINY, 1, int(rng.integers(1 << 30)))[0]
+            if rng.random() > rate:
+                x = np.concatenate([x, bad_tail])
+            out.append(np.concatenate([[0], x, [eos]]))
+        return out
+
+    res, _ = M.generation_accuracy(TINY, generate, [np.array([0])] * n, np.random.default_rng(1))
+    assert res.ci_low <= rate <= res.ci_high
+    assert res.cp_low <= rate <= res.cp_high
+    assert abs(res.accuracy - rate) < 0.06
+
+
+# ---- KL: by hand, brute force ------------------------------------------------------------------
+def test_uniform_model_kl_by_hand():
+    """COIN: S -> 'a' | 'b' (1/2 each); vocabulary of 6 ids so the uniform model gives 1/6 to
+    each of [EOS, a, b], i.e. 1/3 after renormalisation. For x = 'a' the exact rows are
+    [0, .5, .5] then [1, 0, 0]; the smoothed rows are (P + eps) / (1 + 3 eps), so
+    KL(x) = 1/2 [log(3 (.5 + eps) / (1 + 3 eps)) + log(3 (1 + eps) / (1 + 3 eps))]; same for 'b'.
+    Sequence KL per token = (log .5 - 2 log(1/6)) / 2; cross-entropy log 6; entropy rate log 2 / 2.
+    """
+    d = 1 + 3 * EPS
+    kl = 0.5 * (math.log(3 * (0.5 + EPS) / d) + math.log(3 * (1 + EPS) / d))
+    strings = [np.array([1]), np.array([2]), np.array([1])]
+    p_true = [np.array([[0, 0.5, 0.5], [1.0, 0, 0]])] * 3
+    model = M.uniform_logprob_fn(6)
+    logq = model([np.concatenate([[0], s]) for s in strings])
+    res = M.distribution_metrics(strings, p_true, logq, 2, buckets=(0, 1))
+    assert res.kl == pytest.approx(kl, rel=1e-12)
+    assert [b["kl"] for b in res.kl_by_position] == pytest.approx(
+        [math.log(3 * (0.5 + EPS) / d), math.log(3 * (1 + EPS) / d)], rel=1e-12
+    )
+    assert res.seq_kl == pytest.approx((math.log(0.5) + 2 * math.log(6)) / 2, rel=1e-12)
+    assert res.cross_entropy == pytest.approx(math.log(6), rel=1e-12)
+    assert res.entropy_rate == pytest.approx(math.log(2) / 2, rel=1e-12)
+    assert res.entropy_rate_rb == pytest.approx(math.log(2) / 2, rel=1e-12)
+
+
+def test_bruteforce_oracle_scores_zero_and_uniform_matches_direct_sum():
+    strings = true_strings(TINY, 40, seed=3)
+    p_true = [bruteforce_next_token_dist(TINY, list(s), TINY_MAX) for s in strings]
+    oracle = bruteforce_logprob_model(TINY, TINY_MAX)
+    res = M.distribution_metrics(
+        strings, p_true, oracle([np.concatenate([[0], s]) for s in strings]), TINY.n_t
+    )
+    assert abs(res.kl) < 1e-9 and abs(res.seq_kl) < 1e-12
+    assert res.cross_entropy == pytest.approx(res.entropy_rate, rel=1e-12)
+    # log P(x) from the rows equals the enumerated string probability
+    table = all_strings(TINY, TINY_MAX)
+    logp = sum(math.log(table[tuple(TINY.terminals[i - 1] for i in s)]) for s in strings)
+    assert res.entropy_rate == pytest.approx(-logp / sum(len(s) + 1 for s in strings), rel=1e-12)
+
+    # uniform over V = 7: direct double loop with the formula written out
+    uni = M.distribution_metrics(
+        strings,
+        p_true,
+        M.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings]),
+        TINY.n_t,
+    )
+    per_string = []
+    for p in p_true:
+        rows = []
+        for row in p:
+            ps = (row + EPS) / (row + EPS).sum()
+            rows.append(sum(row[c] * (math.log(ps[c]) - math.log(1 / 4)) for c in range(4)))
+        per_string.append(sum(rows) / len(rows))
+    assert uni.kl == pytest.approx(sum(per_string) / len(per_string), rel=1e-12)
+    assert uni.seq_kl == pytest.approx(uni.cross_entropy - uni.entropy_rate, rel=1e-12)
+    assert uni.cross_entropy == pytest.approx(math.log(7), rel=1e-12)
+
+
+def test_entropy_estimates_agree_with_enumeration():
+    """Both entropy-rate estimators converge to H(P) / E[n + 1] computed by enumeration."""
+    table = all_strings(TINY, TINY_MAX)
+    h = -sum(p * math.log(p) for p in table.values())
+    mean_tokens = sum(p * (len(s) + 1) for s, p in table.items())
+    strings = true_strings(TINY, 3000, seed=5)
+    cache: dict[tuple, np.ndarray] = {}
+    p_true = [
+        cache.setdefault(tuple(s), bruteforce_next_token_dist(TINY, list(s), TINY_MAX))
+        for s in strings
+    ]
+    logq = M.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings])
+    res = M.distribution_metrics(strings, p_true, logq, TINY.n_t)
+    assert res.entropy_rate == pytest.approx(h / mean_tokens, rel=0.03)
+    assert res.entropy_rate_rb == pytest.approx(h / mean_tokens, rel=0.02)
+
+
+def test_distribution_metrics_rejects_mismatched_rows():
+    with pytest.raises(M.CfglabError, match="do not match"):
+        M.distribution_metrics([np.array([1, 2])], [np.ones((2, 3)) / 3], [np.zeros((3, 6))], 2)
+
+
+# ---- diversity --------------------------------------------------------------------------------
+def test_collision_support_estimates_a_uniform_support():
+    rng = np.random.default_rng(0)
+    k, m = 5000, 3000
+    strings = [np.array([v]) for v in rng.integers(0, k, size=m)]
+    stats = M.collision_stats(strings)
+    assert stats["collision_support"] == pytest.approx(k, rel=0.25)
+    assert stats["distinct"] == len({int(s[0]) for s in strings})
+    distinct = M.collision_stats([np.array([i]) for i in range(100)])
+    assert distinct["equal_pairs"] == 0 and distinct["collision_support"] is None
+    assert distinct["collision_support_lower"] == pytest.approx(100 * 99 / 2 / 3)
+
+
+def test_diversity_entropy_reverse_kl_and_seen_fraction():
+    strings = [np.array([1]), np.array([2]), np.array([1]), np.array([1, 1])]
+    logq = np.log([0.25, 0.25, 0.25, 0.1])
+    logp = np.array([math.log(0.5)] * 3 + [-math.inf])  # the last one is not in the language
+    out = M.diversity(
+        strings,
+        model_logq=logq,
+        true_logp=logp,
+        training=M.training_set([np.array([1]), np.array([3])]),
+    )
+    assert out["generations"]["distinct"] == 3 and out["generations"]["equal_pairs"] == 1
+    assert out["seen_in_training"] == pytest.approx(0.5)
+    assert out["model_entropy_per_string"] == pytest.approx(-logq.mean())
+    assert out["reverse_kl_share_used"] == pytest.approx(0.75)
+    assert out["reverse_kl"] == pytest.approx(3 * (math.log(0.25) - math.log(0.5)) / 6)
+
+
+def test_sampling_from_the_bruteforce_oracle_matches_the_grammar():
+    """Ancestral sampling from the oracle reproduces the enumerated string distribution."""
+    table = all_strings(TINY, TINY_MAX)
+    gen = M.sampling_generate_fn(
+        bruteforce_logprob_model(TINY, TINY_MAX), TINY.n_t + 1, max_new_tokens=8
+    )
+    outs = gen([np.array([0])] * 600, np.random.default_rng(0))
+    counts: dict[tuple, int] = {}
+    for o in outs:
+        s, ended, bad = M.split_generation(o, TINY.n_t)
+        assert ended and bad < 0
+        key = tuple(TINY.terminals[i - 1] for i in s)
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) <= set(table)
+    for key, p in table.items():  # 4 standard errors
+        assert abs(counts.get(key, 0) / 600 - p) < 4 * math.sqrt(p * (1 - p) / 600)
