@@ -24,11 +24,14 @@ the function that computes it, and is repeated in the report (`DEFINITIONS`).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -599,7 +602,6 @@ def torch_generate_fn(
 ) -> GenerateFn:
     """cfglab.evaluate.generate.generate (batched, KV cache) as a GenerateFn."""
     import torch
-
     from cfglab.evaluate.generate import generate
 
     def fn(prompts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -616,3 +618,312 @@ def torch_generate_fn(
         return [o.cpu().numpy().astype(np.int64) for o in outs]
 
     return fn
+
+
+# ---- the whole evaluation: any model, then a run directory -----------------------------------
+class _Clock:
+    """Seconds spent per stage ('model' = forward passes and generation, 'exact' = cyk/inside)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"model": 0.0, "exact": 0.0, "sample": 0.0}
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - t0
+
+        return timed
+
+
+def evaluate_model(
+    grammar: Grammar,
+    model: LogProbFn,
+    make_generate: Callable[[float], GenerateFn],
+    *,
+    n: int = 100,
+    n_kl: int = 100,
+    cuts: Sequence[int] = (0, 50),
+    temperatures: Sequence[float] = (1.0,),
+    seed: int = 1,
+    max_len: int | None = None,
+    n_fixed_prompt: int = 0,
+    training: set[bytes] | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Accuracy for every (cut, temperature), distribution metrics on `n_kl` fresh true strings
+    and diversity of the cut0 generations at the first temperature: a JSON-ready dict with keys
+    accuracy, distribution, diversity, timing, settings. `make_generate(temperature)` builds the
+    generator; true strings come from `cfglab.data.sampler.sample` (length <= max_len).
+    """
+    from cfglab.data.sampler import sample
+    from cfglab.exact import inside
+
+    clock = _Clock()
+    model_t = clock.wrap("model", model)
+    eos = grammar.n_t + 1
+
+    def true_strings(k: int, stream: int) -> list[np.ndarray]:
+        return clock.wrap(
+            "sample",
+            lambda: sample(
+                grammar, k, seed=seed * 1000 + stream, max_len=max_len, labels=False
+            ).strings(),
+        )()
+
+    # the exact stage is cyk (in judge_generations) and inside: time them through the module
+    judge = clock.wrap("exact", judge_generations)
+    log_prob = clock.wrap("exact", inside.log_prob)
+
+    def prompt_pool(k: int, cut: int) -> list[np.ndarray]:
+        """k true strings longer than `cut` (shorter ones are redrawn)."""
+        got: list[np.ndarray] = []
+        for round_ in range(20):
+            got += [s for s in true_strings(2 * k, stream=2 + 100 * round_ + cut) if len(s) > cut]
+            if len(got) >= k:
+                return got[:k]
+        raise CfglabError(
+            f"too few true strings of {grammar.name or 'the grammar'} are longer "
+            f"than cut={cut} (mean length {grammar.mean_length:.1f}): use a smaller "
+            "--cut"
+        )
+
+    accuracy, diversity_out = [], None
+    for ti, temp in enumerate(temperatures):
+        gen = clock.wrap("model", make_generate(temp))
+        rng = np.random.default_rng([seed, 3, ti])
+        for cut in cuts:
+            prompts = make_prompts(prompt_pool(n, cut), cut, n) if cut else [np.array([BOS])] * n
+            seqs: list[np.ndarray] = []
+            for b in range(0, n, batch_size):
+                seqs.extend(gen(prompts[b : b + batch_size], rng))
+            correct, first_err, strings, ended, bad = judge(grammar, seqs)
+            res = accuracy_from_judgements(
+                correct,
+                cut=cut,
+                temperature=temp,
+                first_error=first_err,
+                ended=ended,
+                bad_token=bad,
+                lengths=[len(s) for s in strings],
+            )
+            accuracy.append(res.to_dict())
+            if cut == 0 and ti == 0:
+                fixed = None
+                if n_fixed_prompt:
+                    c = max(cuts)
+                    prompt = make_prompts(prompt_pool(1, c), c, 1)[0] if c else prompts[0]
+                    fixed_seqs: list[np.ndarray] = []
+                    for b in range(0, n_fixed_prompt, batch_size):
+                        k = min(batch_size, n_fixed_prompt - b)
+                        fixed_seqs.extend(gen([prompt] * k, rng))
+                    fixed = [split_generation(s, grammar.n_t)[0] for s in fixed_seqs]
+                ok = [s for s, b in zip(strings, bad, strict=True) if not b]
+                lq = sequence_log_probs(model_t, ok, eos, batch_size)
+                lp = np.asarray(log_prob(grammar, ok), dtype=np.float64) if ok else np.zeros(0)
+                diversity_out = diversity(
+                    ok, fixed_prompt_strings=fixed, model_logq=lq, true_logp=lp, training=training
+                )
+                diversity_out["temperature"] = temp
+                diversity_out["n_bad_token_dropped"] = int(np.sum(bad))
+    kl_strings = true_strings(n_kl, stream=1)
+    t0 = time.perf_counter()
+    p_true = list(inside.next_token_dist(grammar, kl_strings))
+    clock.seconds["exact"] += time.perf_counter() - t0
+    logq: list[np.ndarray] = []
+    for b in range(0, len(kl_strings), batch_size):
+        logq.extend(model_t([np.concatenate([[BOS], s]) for s in kl_strings[b : b + batch_size]]))
+    dist = distribution_metrics(kl_strings, p_true, logq, grammar.n_t)
+    return {
+        "accuracy": accuracy,
+        "distribution": dist.to_dict(),
+        "diversity": diversity_out,
+        "timing": {
+            "seconds": clock.seconds,
+            "n_generations": n * len(cuts) * len(temperatures),
+            "n_kl_strings": n_kl,
+        },
+        "settings": {
+            "n": n,
+            "n_kl": n_kl,
+            "cuts": list(cuts),
+            "temperatures": list(temperatures),
+            "seed": seed,
+            "max_len": max_len,
+            "n_fixed_prompt": n_fixed_prompt,
+            "kl_eps": KL_EPS,
+            "grammar": grammar.name,
+        },
+        "definitions": DEFINITIONS,
+    }
+
+
+def read_training_strings(dataset_dir: str | Path) -> set[bytes]:
+    """The strings of a saved dataset folder (`tokens.npy`: BOS x EOS ..., `offsets.npy`: each
+    string's BOS) as a set for `diversity(training=...)`."""
+    d = Path(dataset_dir)
+    try:
+        tokens = np.load(d / "tokens.npy", mmap_mode="r")
+        offsets = np.load(d / "offsets.npy")
+        eos = json.loads((d / "meta.json").read_text())["eos"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CfglabError(
+            f"{d}: not a saved dataset ({exc}); the run's data.dataset must be a "
+            "folder written by `cfglab data`"
+        ) from None
+    out = set()
+    for start in offsets:
+        seg = np.asarray(tokens[start + 1 : start + 1 + 4096], dtype=np.int64)  # BOS skipped
+        end = np.flatnonzero(seg == eos)
+        out.add(_key(seg[: end[0]] if len(end) else seg))
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    n: int | None = None,
+    n_kl: int | None = None,
+    cuts: Sequence[int] | None = None,
+    temperatures: Sequence[float] | None = None,
+    seed: int | None = None,
+    n_fixed_prompt: int | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Evaluate a run's latest checkpoint and write `eval/{accuracy,distribution,diversity,
+    summary}.json`. Unset arguments come from the run's EvalConfig (n_kl defaults to n)."""
+    import torch
+
+    from cfglab.data.vocab import Vocab
+    from cfglab.train.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    model, cfg = load_model(run_dir, device=device)
+    grammar = cfg.grammar.load()
+    vocab = Vocab.from_grammar(grammar)
+    block = model.config.block_size
+    e = cfg.eval
+    n = e.n_samples if n is None else n
+    n_kl = n if n_kl is None else n_kl
+    cuts = list(e.cuts if cuts is None else cuts)
+    temperatures = list([e.temperature] if temperatures is None else temperatures)
+    seed = e.seed if seed is None else seed
+    if any(c >= block for c in cuts):
+        raise CfglabError(
+            f"--cut {max(cuts)} leaves no room to generate in the model's "
+            f"block_size {block}; use cuts below {block}"
+        )
+    training = None
+    if cfg.data.dataset:
+        training = read_training_strings(cfg.data.dataset)
+    fn = torch_logprob_fn(model, pad_id=vocab.pad, device=device)
+
+    def make_generate(temp: float) -> GenerateFn:
+        def gen(prompts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+            # BOS + prompt + completion must fit in block_size (an EOS that does not fit is lost)
+            room = block - max(len(p) for p in prompts)
+            return torch_generate_fn(
+                model, eos_id=vocab.eos, max_new_tokens=room, temperature=temp, device=device
+            )(prompts, rng)
+
+        return gen
+
+    torch.manual_seed(seed)
+    out = evaluate_model(
+        grammar,
+        fn,
+        make_generate,
+        n=n,
+        n_kl=n_kl,
+        cuts=cuts,
+        temperatures=temperatures,
+        seed=seed,
+        max_len=block - 1,
+        n_fixed_prompt=min(n, 100) if n_fixed_prompt is None else n_fixed_prompt,
+        training=training,
+    )
+    out["settings"]["run_dir"] = str(run_dir)
+    write_eval(run_dir, out)
+    return out
+
+
+def write_eval(run_dir: str | Path, out: dict) -> Path:
+    """Write an `evaluate_model` result as eval/*.json (one file per metric family)."""
+    d = Path(run_dir) / "eval"
+    d.mkdir(parents=True, exist_ok=True)
+    for key in ("accuracy", "distribution", "diversity"):
+        body = {
+            "settings": out["settings"],
+            key: out[key],
+            "definitions": {k: v for k, v in DEFINITIONS.items()},
+        }
+        (d / f"{key}.json").write_text(json.dumps(body, indent=1, allow_nan=True) + "\n")
+    summary = summary_table(out)
+    (d / "summary.json").write_text(
+        json.dumps(
+            {"settings": out["settings"], "rows": summary, "timing": out["timing"]}, indent=1
+        )
+        + "\n"
+    )
+    return d
+
+
+def summary_table(out: dict) -> list[dict]:
+    """One row per reported number: {metric, value, ci} for the CLI table and the report."""
+    rows = []
+    for a in out["accuracy"]:
+        rows.append(
+            {
+                "metric": f"accuracy cut{a['cut']} T={a['temperature']:g}",
+                "value": a["accuracy"],
+                "ci": [a["ci_low"], a["ci_high"]],
+                "n": a["n"],
+            }
+        )
+    d = out["distribution"]
+    rows.append(
+        {
+            "metric": "next-token KL",
+            "value": d["kl"],
+            "ci": [d["kl"] - 1.96 * d["kl_stderr"], d["kl"] + 1.96 * d["kl_stderr"]],
+            "n": d["n_strings"],
+        }
+    )
+    for key in ("seq_kl", "cross_entropy", "entropy_rate", "entropy_rate_rb"):
+        rows.append({"metric": key, "value": d[key], "ci": None, "n": d["n_strings"]})
+    v = out.get("diversity") or {}
+    if v:
+        g = v["generations"]
+        rows.append(
+            {
+                "metric": "distinct cut0 generations",
+                "value": g["distinct_share"],
+                "ci": None,
+                "n": g["n"],
+            }
+        )
+        if "fixed_prompt" in v:
+            f = v["fixed_prompt"]
+            rows.append(
+                {
+                    "metric": "distinct completions of one prompt",
+                    "value": f["distinct_share"],
+                    "ci": None,
+                    "n": f["n"],
+                }
+            )
+        for key in ("model_entropy_per_token", "reverse_kl", "seen_in_training"):
+            if v.get(key) is not None:
+                rows.append({"metric": key, "value": v[key], "ci": None, "n": g["n"]})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The summary rows as an aligned text table."""
+    lines = [f"{'metric':38} {'value':>10}  {'95% CI':>21} {'n':>6}"]
+    for r in rows:
+        ci = f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]" if r["ci"] else ""
+        lines.append(f"{r['metric']:38} {r['value']:>10.5f}  {ci:>21} {r['n']:>6}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""One function per report figure (no torch): each takes plain data and a path, writes a PNG.
+
+matplotlib runs with the Agg backend (no display needed); figures are closed after saving so a
+report over many runs does not accumulate memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(
+    steps: Sequence[int],
+    loss: Sequence[float],
+    path: Path,
+    *,
+    val: tuple[Sequence[int], Sequence[float]] | None = None,
+    floor: float | None = None,
+) -> Path:
+    """Training loss (and validation loss) per step; `floor`: the grammar's entropy rate."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(steps, loss, label="train loss", lw=1.2)
+    if val and val[0]:
+        ax.plot(val[0], val[1], "o-", label="validation loss", ms=3)
+    if floor is not None:
+        ax.axhline(floor, color="k", ls="--", lw=1, label=f"true entropy rate {floor:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.set_title("training loss")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
+    """Generation accuracy per (cut, temperature) with its 95% Wilson interval."""
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(rows) + 1.5), 3.6))
+    labels = [f"cut{r['cut']}\nT={r['temperature']:g}" for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    err = [
+        [a - r["ci_low"] for a, r in zip(acc, rows, strict=True)],
+        [r["ci_high"] - a for a, r in zip(acc, rows, strict=True)],
+    ]
+    ax.bar(range(len(rows)), acc, yerr=err, capsize=5, color="tab:blue", alpha=0.8)
+    for i, r in enumerate(rows):
+        ax.text(
+            i,
+            min(r["ci_high"] + 0.02, 1.02),
+            f"{r['accuracy']:.3f}\nn={r['n']}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title("generation accuracy")
+    return _save(fig, path)
+
+
+def plot_kl_by_position(buckets: Sequence[dict], path: Path) -> Path:
+    """Mean next-token KL per prefix-length bucket (log scale when all values are positive)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    labels = [
+        f"{b['lo']}-{b['hi'] - 1}"
+        if b["hi"] is not None and b["hi"] - b["lo"] > 1
+        else (f"{b['lo']}" if b["hi"] is not None else f"{b['lo']}+")
+        for b in buckets
+    ]
+    vals = [b["kl"] for b in buckets]
+    ax.bar(range(len(vals)), vals, color="tab:orange")
+    ax.set_xticks(range(len(vals)), labels, rotation=30)
+    if vals and min(vals) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("prefix length k (tokens already seen)")
+    ax.set_ylabel("KL(true || model), nats")
+    ax.set_title("next-token KL by position")
+    return _save(fig, path)
+
+
+def plot_first_errors(positions: Sequence[int], path: Path, *, title: str) -> Path:
+    """Histogram of where wrong generations first go wrong (token index in the string)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(positions, bins=min(40, max(5, len(set(positions)))), color="tab:red", alpha=0.8)
+    ax.set_xlabel("index of the first wrong token")
+    ax.set_ylabel("generations")
+    ax.set_title(title)
+    return _save(fig, path)
