@@ -1,0 +1,167 @@
+"""Batched sampling from a causal model with a KV cache: the strings that evaluation scores.
+
+`generate(model, prompts, max_new_tokens, eos_id=...)` returns each prompt followed by its
+completion. Prompts of different lengths are grouped by length and each group runs as one batch
+(no padding, so every variant, including the window and distance ones, sees exactly the
+positions it would see alone; the paper's cut0 / cut50 prompts all have one length anyway).
+Within a group a sequence stops after it emits EOS (EOS kept) and is dropped from the batch, so
+the batch shrinks as strings end. Sampling: temperature, then top-k, then top-p (nucleus), or
+greedy argmax. Sequences never run past the model's block_size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cfglab.errors import ConfigError
+from cfglab.model.gpt import GPT
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Next token ids (B,) from last-position logits (B, V)."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p (keeps at least one)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _check_args(
+    model: GPT,
+    prompts: list[Tensor],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: bool,
+) -> None:
+    if not model.config.causal:
+        raise ConfigError("generate needs a causal model; this one is an encoder (causal=False)")
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not greedy and not temperature > 0:
+        raise ConfigError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p}")
+    for i, p in enumerate(prompts):
+        if p.dim() != 1 or len(p) == 0:
+            raise ConfigError(
+                f"prompt {i} must be a non-empty 1-D tensor of token ids starting "
+                f"with BOS, got shape {tuple(p.shape)}"
+            )
+        if len(p) > model.config.block_size:
+            raise ConfigError(
+                f"prompt {i} has {len(p)} tokens, more than the model's block_size "
+                f"{model.config.block_size}; shorten it"
+            )
+
+
+@torch.no_grad()
+def _generate_group(
+    model: GPT, prompts: Tensor, max_new_tokens: int, eos_id: int, use_cache: bool, **sampling
+) -> list[Tensor]:
+    """Prompts (B, P) of one length -> B sequences (prompt + completion, EOS included)."""
+    B, P = prompts.shape
+    steps = min(max_new_tokens, model.config.block_size - P)
+    cache = model.new_cache(B, P + steps) if use_cache and steps > 0 else None
+    seqs = torch.empty(B, P + steps, dtype=torch.long, device=prompts.device)  # (B, P + steps)
+    seqs[:, :P] = prompts
+    lengths = torch.full((B,), P + steps, dtype=torch.long)  # final length of each sequence
+    alive = torch.arange(B, device=prompts.device)  # rows of `seqs` still generating
+    inputs = prompts
+    for t in range(P, P + steps):
+        if cache is not None:
+            logits = model(inputs, cache=cache)[:, -1]  # (b, V): only the new tokens are run
+        else:
+            logits = model(seqs[alive, :t])[:, -1]  # (b, V): the whole prefix again
+        nxt = sample_next(logits, **sampling)  # (b,)
+        seqs[alive, t] = nxt
+        done = nxt == eos_id
+        if bool(done.any()):
+            lengths[alive[done].cpu()] = t + 1
+            keep = (~done).nonzero()[:, 0]
+            alive, nxt = alive[keep], nxt[keep]
+            if len(alive) == 0:
+                break
+            if cache is not None:
+                cache.select(keep)
+        inputs = nxt[:, None]  # (b, 1)
+    return [seqs[i, : lengths[i]] for i in range(B)]
+
+
+def generate(
+    model: GPT,
+    prompts: list[Tensor],
+    max_new_tokens: int,
+    *,
+    eos_id: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    max_batch: int | None = None,
+) -> list[Tensor]:
+    """Complete each prompt (1-D LongTensor, BOS first) by sampling; return prompt + completion.
+
+    A completion ends after EOS (included) or after `max_new_tokens`, or when the sequence
+    reaches block_size. `generator` seeds torch.multinomial for reproducible samples.
+    `use_cache=False` recomputes the whole prefix every step (the benchmark's baseline).
+    `max_batch` caps how many prompts run together (memory). The model runs in eval mode.
+    """
+    _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy)
+    device = model.embed.weight.device
+    groups: dict[int, list[int]] = defaultdict(list)  # prompt length -> prompt indices
+    for i, p in enumerate(prompts):
+        groups[len(p)].append(i)
+    out: list[Tensor] = [torch.empty(0)] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for idxs in groups.values():
+            step = max_batch or len(idxs)
+            for s in range(0, len(idxs), step):
+                chunk = idxs[s : s + step]
+                batch = torch.stack([prompts[i] for i in chunk]).to(device)  # (b, P)
+                results = _generate_group(
+                    model,
+                    batch,
+                    max_new_tokens,
+                    eos_id,
+                    use_cache,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    greedy=greedy,
+                    generator=generator,
+                )
+                for i, r in zip(chunk, results, strict=True):
+                    out[i] = r.to(prompts[i].device)
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,311 @@
+"""One readable Transformer: the paper's GPT variants (causal) and the masked-LM encoder.
+
+GPT-2 style pre-LayerNorm blocks in nanoGPT's vocabulary (n_layer, n_head, n_embd, block_size,
+vocab_size, dropout). How attention sees positions is the one thing that varies; it is a module
+from `positions.POSITIONS`, called at three fixed seams (input embedding, q/k transform, logit
+term). `causal=False` makes the same network a bidirectional encoder (the BERT/DeBERTa
+comparison; the masked-LM loss lives in train/objectives.py).
+
+Attention runs through `F.scaled_dot_product_attention` where the variant allows it, or through
+a manual path that materialises the pattern (for hooks, `manual=True`, and the position-only
+variants); a test keeps both equal. A `KVCache` makes generation cost O(T) per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cfglab.errors import ConfigError
+from cfglab.model.hooks import HookPoint
+from cfglab.model.positions import POSITIONS, NoPosition
+
+
+@dataclass(kw_only=True)
+class GPTConfig:
+    vocab_size: int  # BOS, terminals, EOS, MASK, PAD: cfglab.data.vocab.Vocab.size
+    block_size: int = 512  # longest sequence (positions 0..block_size-1)
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    position: str = "rot"  # a key of cfglab.model.positions.POSITIONS
+    causal: bool = True  # False: bidirectional encoder
+    bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
+    # variant parameters (ignored by the other variants)
+    rel_max_distance: int = 512  # rel: |i - j| clipped here (DeBERTa's max_relative_positions)
+    rotary_fraction: float = 1.0  # rot: share of each head's dims rotated (HF GPT-NeoX: 0.25)
+    rotary_base: float = 10000.0  # rot: frequency base
+
+
+def check_config(cfg: GPTConfig) -> None:
+    """ConfigError naming the field and the fix; cheap, so it runs before anything is allocated."""
+    if cfg.position not in POSITIONS:
+        raise ConfigError(
+            f"unknown position variant {cfg.position!r}; choose one of {', '.join(POSITIONS)}"
+        )
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "rel_max_distance"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(
+            f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; choose "
+            f"n_embd a multiple of n_head (e.g. {cfg.n_head * 64})"
+        )
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
+    if (
+        not 0.0 < cfg.rotary_fraction <= 1.0
+        or int(cfg.n_embd // cfg.n_head * cfg.rotary_fraction) < 2
+    ):
+        raise ConfigError(
+            f"rotary_fraction={cfg.rotary_fraction!r} must be in (0, 1] and rotate "
+            f"at least 2 of the {cfg.n_embd // cfg.n_head} dims per head"
+        )
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, preallocated to `max_len`.
+
+    k, v: (n_layer, B, H, max_len, D); k is None for position-only variants (no keys).
+    Keys are stored after the q/k transform (rotated, for rot).
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device=None, dtype=None):
+        H, D = config.n_head, config.n_embd // config.n_head
+        shape = (config.n_layer, batch, H, max_len, D)
+        has_k = POSITIONS[config.position].content
+        self.k = torch.zeros(shape, device=device, dtype=dtype) if has_k else None
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0  # positions filled (advanced by GPT.forward after all layers)
+
+    def update(self, layer: int, k: Tensor | None, v: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Store the new k, v (B, H, Tn, D) after the cached ones; return all (B, H, Tk, D)."""
+        start, end = self.length, self.length + v.shape[2]
+        self.v[layer, :, :, start:end] = v
+        if k is None:
+            return None, self.v[layer, :, :, :end]
+        self.k[layer, :, :, start:end] = k
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only batch rows `rows` (e.g. the sequences that have not produced EOS)."""
+        self.v = self.v[:, rows]
+        if self.k is not None:
+            self.k = self.k[:, rows]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.n_head, self.causal = layer, config.n_head, config.causal
+        self.content = POSITIONS[config.position].content
+        self.use_sdpa = POSITIONS[config.position].sdpa
+        C = config.n_embd
+        # q, k, v (or only v for position-only variants) in one matmul
+        self.c_attn = nn.Linear(C, (3 if self.content else 1) * C, bias=config.bias)
+        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.hook_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+
+    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """This layer's W_q, W_k applied to rows x (N, C) -> q, k each (H, N, D) (rel's seam)."""
+        C = x.shape[-1]
+        w, b = self.c_attn.weight, self.c_attn.bias
+        q = F.linear(x, w[:C], None if b is None else b[:C])
+        k = F.linear(x, w[C : 2 * C], None if b is None else b[C : 2 * C])
+        return self.split_heads(q[None])[0], self.split_heads(k[None])[0]
+
+    def forward(
+        self,
+        x: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        position: NoPosition,
+        cache: KVCache | None = None,
+        manual: bool = False,
+    ) -> Tensor:
+        B, T, C = x.shape  # pos_q (T,) positions of x; pos_k (Tk,) of all keys incl. cached
+        if self.content:
+            q, k, v = (self.split_heads(t) for t in self.c_attn(x).split(C, dim=2))
+            q, k = position.rotate(q, pos_q), position.rotate(k, pos_q)  # (B, H, T, D)
+        else:
+            q, k, v = None, None, self.split_heads(self.c_attn(x))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, Tk, D)
+        bias = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B or 1, H, T, Tk) | None
+        # causal: key j visible to query i iff pos_k[j] <= pos_q[i]; the last key is the last
+        # query, so a single query (decoding) sees every key and needs no mask
+        masked = self.causal and T > 1
+        scale = position.scale(v.shape[-1])
+        dropout_p = self.dropout if self.training else 0.0
+        if (
+            self.use_sdpa
+            and not manual
+            and not self.hook_scores.is_active
+            and not self.hook_pattern.is_active
+        ):
+            if bias is None and masked and T == len(pos_k):  # no past keys: SDPA's own causal
+                y = F.scaled_dot_product_attention(
+                    q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale
+                )
+            else:
+                mask = bias
+                if masked:
+                    visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
+                    mask = visible if bias is None else bias.masked_fill(~visible, float("-inf"))
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
+                )
+        else:
+            scores = (q @ k.transpose(-1, -2)) * scale if self.content else 0.0  # (B, H, T, Tk)
+            if bias is not None:
+                scores = scores + bias
+            if masked:
+                visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
+                scores = scores.masked_fill(~visible, float("-inf"))
+            if scores.shape[0] != B:  # position-only variants: one pattern for the whole batch
+                scores = scores.expand(B, -1, -1, -1)
+            scores = self.hook_scores(scores)
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # (B, H, T, Tk)
+            y = self.attn_dropout(pattern) @ v  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()  # exact erf GELU (HF activation "gelu")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LN: x + attn(ln(x)), then x + mlp(ln(x)); modules registered in forward order."""
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.hook_resid_pre = HookPoint()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = Attention(config, layer)
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        position: NoPosition,
+        cache: KVCache | None,
+        manual: bool,
+    ) -> Tensor:
+        x = self.hook_resid_pre(x)
+        a = self.attn(self.ln_1(x), pos_q, pos_k, position, cache, manual)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.resid_dropout(a)))
+        m = self.mlp(self.ln_2(x))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.resid_dropout(m)))
+
+
+class FinalNorm(nn.LayerNorm):
+    """The last LayerNorm, with a hook on its output (TransformerLens' ln_final.hook_normalized)."""
+
+    def __init__(self, n_embd: int, bias: bool) -> None:
+        super().__init__(n_embd, bias=bias)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hook_normalized(super().forward(x))
+
+
+class GPT(nn.Module):
+    """Token embedding -> position variant -> n_layer blocks -> LayerNorm -> tied unembedding."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        check_config(config)
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.hook_embed = HookPoint()
+        self.position = POSITIONS[config.position](config)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_final = FinalNorm(config.n_embd, config.bias)
+        self.unembed = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.unembed.weight = self.embed.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * config.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Trainable parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to `max_len` (default block_size)."""
+        p = self.embed.weight
+        return KVCache(self.config, batch, max_len or self.config.block_size, p.device, p.dtype)
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        cache: KVCache | None = None,
+        pos_offset: int = 0,
+        manual: bool = False,
+    ) -> Tensor:
+        """idx (B, T) token ids -> logits (B, T, V).
+
+        cache: continue the sequences it holds (idx are the next T tokens) and store their keys.
+        pos_offset: the first position is pos_offset (same value on every call for one cache;
+        shift-invariance tests use it). manual: force the manual attention path.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        end = pos_offset + past + T
+        limit = min(self.config.block_size, pos_offset + cache.max_len) if cache else None
+        if end > (limit or self.config.block_size):
+            raise ConfigError(
+                f"sequence reaches position {end} but the model's block_size is "
+                f"{self.config.block_size} (cache room {limit}); shorten the input "
+                "or build the model with a larger block_size"
+            )
+        pos_k = torch.arange(pos_offset, end, device=idx.device)  # (Tk,) every key position
+        pos_q = pos_k[past:]  # (T,) positions of idx
+        x = self.position.embed(self.hook_embed(self.embed(idx)), pos_q)  # (B, T, C)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, pos_q, pos_k, self.position, cache, manual)
+        if cache is not None:
+            cache.length += T
+        return self.unembed(self.ln_final(x))  # (B, T, V)

@@ -1,0 +1,241 @@
+"""Position variants: how attention sees where tokens are; `POSITIONS` maps a config string to one.
+
+The paper compares GPTs that differ only here (SPEC.md "Models"). Every variant is one class that
+plugs into the model at three fixed seams, and nowhere else:
+
+    embed(x, pos)                          added to the input embedding         (abs)
+    rotate(x, pos)                         transforms q and k before q.k        (rot)
+    bias(layer, pos_q, pos_k, q, k, attn)  a term added to the attention logits (rel, pos, uni,
+                                           alibi); -inf entries hide keys (uni's window)
+
+Positions are absolute indices (`pos_q` (Tq,), `pos_k` (Tk,)), so a KV cache (decoding one query
+against all cached keys) needs nothing special: every relative term is a function of
+pos_q - pos_k. The causal mask (keys after the query) is applied by the attention, not here.
+
+Facts about each variant live beside its class as data, so tests parametrize over POSITIONS:
+    shift_invariant  logits do not change when every position is offset by the same k
+    sdpa             the attention may run through F.scaled_dot_product_attention
+    content          the logits contain q.k (False: the pattern depends on positions only,
+                     and the layer has no q/k projections)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # gpt.py imports this module; only the type names are needed here
+    from cfglab.model.gpt import Attention, GPTConfig
+
+
+class NoPosition(nn.Module):
+    """`nope`: no positional information at all; the base class of every variant.
+
+    A causal model still infers order from the causal mask (e.g. by counting through averages);
+    an encoder with `nope` is permutation-equivariant.
+    """
+
+    shift_invariant: ClassVar[bool] = True
+    sdpa: ClassVar[bool] = True
+    content: ClassVar[bool] = True
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.causal = config.causal
+        self.block_size = config.block_size
+        self.n_head = config.n_head
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Seam 1: the input embedding x (B, T, C) of tokens at positions pos (T,)."""
+        return x
+
+    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Seam 2: q or k (B, H, T, D) of tokens at positions pos (T,), before q.k."""
+        return x
+
+    def scale(self, head_dim: int) -> float:
+        """The factor on q.k (and on nothing else: bias() returns logits already scaled)."""
+        return head_dim**-0.5
+
+    def bias(
+        self,
+        layer: int,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        q: Tensor | None,
+        k: Tensor | None,
+        attn: Attention,
+    ) -> Tensor | None:
+        """Seam 3: an additive logit term broadcastable to (B, H, Tq, Tk), or None."""
+        return None
+
+
+class AbsolutePosition(NoPosition):
+    """`abs` (the paper's GPT): a learned vector per absolute position added to the input."""
+
+    shift_invariant = False
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        return x + self.wpe(pos)  # (B, T, C) + (T, C)
+
+
+class RotaryPosition(NoPosition):
+    """`rot` (GPT_rot): rotary embeddings, GPT-NeoX layout (rotate_half over the first
+    `rotary_fraction` of each head's dims; SPEC [ours]: 1.0 = every dim, where Hugging Face's
+    GPT-NeoX defaults to 0.25). q.k then depends on positions only through i - j."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        head_dim = config.n_embd // config.n_head
+        self.rot_dim = int(head_dim * config.rotary_fraction) // 2 * 2
+        inv_freq = 1.0 / config.rotary_base ** (
+            torch.arange(0, self.rot_dim, 2, dtype=torch.float64) / self.rot_dim
+        )
+        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (block_size, rot_dim)
+        # buffers, not parameters: rebuilt from the config, never saved with the weights
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        r = self.rot_dim
+        cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, r)
+        xr, rest = x[..., :r], x[..., r:]
+        x1, x2 = xr[..., : r // 2], xr[..., r // 2 :]
+        rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, T, r)
+        return torch.cat([xr * cos + rotated * sin, rest], dim=-1)
+
+
+class RelativePosition(NoPosition):
+    """`rel` (GPT_rel): DeBERTa disentangled attention (SPEC [ours]).
+
+    logit(i, j) = (q_i.k_j + q_i.Kr[d(i,j)] + k_j.Qr[d(j,i)]) / sqrt(3 D), d(i,j) = clip(i - j,
+    -M, M), M = `rel_max_distance`. One relative-embedding table (2M+1, C) is shared by all
+    layers and projected per layer with that layer's own W_q, W_k (DeBERTa-v2's
+    `share_att_key`), so GPT_rel has the same parameters as GPT plus the table.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.max_distance = config.rel_max_distance
+        self.table = nn.Embedding(2 * self.max_distance + 1, config.n_embd)
+
+    def scale(self, head_dim: int) -> float:
+        return (3 * head_dim) ** -0.5
+
+    def bias(self, layer, pos_q, pos_k, q, k, attn):
+        M = self.max_distance
+        B, H, Tq, _ = q.shape
+        Tk = k.shape[2]
+        d = (pos_q[:, None] - pos_k[None, :]).clamp(-M, M)  # (Tq, Tk) clipped distance i - j
+        # only the table rows for distances that can occur, |d| <= Tk - 1 (the queries are the
+        # last Tq keys): R = 2 min(Tk-1, M) + 1 rows instead of 2M+1; no device sync needed
+        lo = -min(Tk - 1, M)
+        qr, kr = attn.project_qk(self.table.weight[lo + M : M - lo + 1])  # (H, R, D) each
+        c2p = q @ kr.transpose(-1, -2)  # (B, H, Tq, R): q_i . Kr[r]
+        c2p = c2p.gather(-1, (d - lo).expand(B, H, Tq, Tk))  # (B, H, Tq, Tk)
+        p2c = k @ qr.transpose(-1, -2)  # (B, H, Tk, R): k_j . Qr[r]
+        p2c = p2c.gather(-1, (-d - lo).T.expand(B, H, Tk, Tq))  # (B, H, Tk, Tq) at d(j,i)
+        return (c2p + p2c.transpose(-1, -2)) * self.scale(q.shape[-1])
+
+
+class PositionOnlyAttention(NoPosition):
+    """`pos` (GPT_pos): attention weights depend only on positions and are learned (SPEC [ours]).
+
+    logit(i, j) = b[layer, h][i - j], one learned scalar per layer, head and distance; no q, k
+    (softmax over the allowed j; values and output projection as usual). Initialised to 0, i.e.
+    a uniform average over the prefix. Encoder (causal=False): the table covers i - j in
+    [-(block_size-1), block_size-1], so it may treat left and right differently.
+    """
+
+    sdpa = False
+    content = False
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        n_dist = config.block_size if config.causal else 2 * config.block_size - 1
+        self.table = nn.Parameter(torch.zeros(config.n_layer, config.n_head, n_dist))
+
+    def bias(self, layer, pos_q, pos_k, q, k, attn):
+        d = pos_q[:, None] - pos_k[None, :]  # (Tq, Tk)
+        # causal: d < 0 entries are masked by the attention; clamp only keeps the index valid
+        idx = d.clamp(min=0) if self.causal else d + self.block_size - 1
+        return self.table[layer][:, idx][None]  # (1, H, Tq, Tk)
+
+
+class UniformAttention(NoPosition):
+    """`uni` (GPT_uni): fixed uniform attention; head h = 1..H averages a window of
+    w_h = 2^h - 1 tokens (SPEC [ours]).
+
+    Causal: the window ends at the query, itself included: j in [i - w_h + 1, i], renormalised
+    near the start (the average is over the j >= 0 that exist). Encoder (causal=False, our
+    choice): the window of the same size w_h centred on the query, |i - j| <= 2^(h-1) - 1,
+    clipped at both ends. No q, k; values and output projection are trained. Implemented as a
+    logit term 0 inside the window and -inf outside, so softmax gives exactly 1/(window size).
+    """
+
+    sdpa = False
+    content = False
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        cap = 2 * config.block_size + 1  # any larger window is the whole sequence anyway
+        w = [min(2**h - 1, cap) for h in range(1, config.n_head + 1)]
+        self.register_buffer("window", torch.tensor(w), persistent=False)  # (H,)
+
+    def bias(self, layer, pos_q, pos_k, q, k, attn):
+        d = (pos_q[:, None] - pos_k[None, :])[None]  # (1, Tq, Tk)
+        w = self.window[:, None, None]  # (H, 1, 1)
+        inside = (d < w) & (d >= 0) if self.causal else d.abs() <= (w - 1) // 2  # (H, Tq, Tk)
+        out = torch.zeros(inside.shape, dtype=attn.c_attn.weight.dtype, device=d.device)
+        return out.masked_fill(~inside, float("-inf"))[None]  # (1, H, Tq, Tk)
+
+
+class ALiBiPosition(NoPosition):
+    """`alibi` (Press et al. 2022): logit(i, j) = q_i.k_j / sqrt(D) - m_h |i - j|, with the
+    paper's head slopes m_h (geometric, 2^(-8h/H) for H a power of two, interleaved otherwise).
+    Encoder: the symmetric |i - j| (the causal form's distance on both sides)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.register_buffer(
+            "slopes", torch.tensor(alibi_slopes(config.n_head)), persistent=False
+        )  # (H,)
+
+    def bias(self, layer, pos_q, pos_k, q, k, attn):
+        d = (pos_q[:, None] - pos_k[None, :]).abs()  # (Tq, Tk)
+        dtype = attn.c_attn.weight.dtype
+        return (-self.slopes[:, None, None] * d).to(dtype)[None]  # (1, H, Tq, Tk)
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """ALiBi's head slopes: 2^(-8/n) ... for n a power of two; otherwise those of the nearest
+    lower power of two followed by every other slope of the next one (the ALiBi reference)."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    p = 2 ** math.floor(math.log2(n_head))
+    if p == n_head:
+        return power_of_two(n_head)
+    return power_of_two(p) + power_of_two(2 * p)[0::2][: n_head - p]
+
+
+# The one place variant names live (DESIGN.md): config string -> class.
+POSITIONS: dict[str, type[NoPosition]] = {
+    "abs": AbsolutePosition,
+    "rel": RelativePosition,
+    "rot": RotaryPosition,
+    "pos": PositionOnlyAttention,
+    "uni": UniformAttention,
+    "nope": NoPosition,
+    "alibi": ALiBiPosition,
+}
