@@ -1,0 +1,320 @@
+"""Membership, parse trees, parse counts and error positions: exact ground truth for strings.
+
+Stage 3 of the pipeline (no torch). Every function takes a grammar and a batch of strings, each
+a 1-D array of token ids 1..T (cfglab/data/vocab.py), mixed lengths allowed::
+
+    ok = recognize(g, strings)            # (B,) bool
+    trees = parse(g, strings)             # one parse per string, None if rejected
+    counts = count_parses(g, strings)     # exact Python ints
+    err = first_error(g, strings)         # first token no sentence can have there, else -1
+    dist = min_substitutions(g, strings)  # fewest token substitutions to reach the language
+
+Recognition runs the boolean chart sweep of `sweep.py` (top-down filtered CYK on the binarised
+grammar, compiled with Numba); `min_substitutions` is a separate min-cost CYK (the authors'
+"slow DP", here in compiled code with span lengths pruned to those each symbol can derive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from cfglab.errors import VocabError
+from cfglab.exact import sweep
+from cfglab.exact.normal_form import NormalForm, normal_form
+from cfglab.grammar.cfg import Grammar
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A derivation tree of the grammar (binarisation undone). Leaves are token ids."""
+
+    nt: int  # nonterminal id of the grammar
+    start: int  # first token (0-based)
+    end: int  # one past the last token
+    children: tuple[Tree | int, ...]
+
+    def spans(self) -> np.ndarray:
+        """(K, 3) int64 rows (nt, start, end) of every nonterminal node, in pre-order (as the
+        sampler's `spans`)."""
+        rows, stack = [], [self]
+        while stack:
+            node = stack.pop()
+            rows.append((node.nt, node.start, node.end))
+            stack.extend(c for c in reversed(node.children) if isinstance(c, Tree))
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    def labels(self, grammar: Grammar) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a layered grammar: (ancestors (L, n) int16, subtree (L, n) int32, is_boundary
+        (L, n) bool), defined as the sampler's labels of the same tree."""
+        if grammar.levels is None:
+            raise ValueError(f"{grammar!r} is not layered: use Tree.spans() instead of labels")
+        index = {a: k for lev in grammar.levels for k, a in enumerate(lev)}
+        n_lev, n = len(grammar.levels), self.end - self.start
+        ancestors = np.zeros((n_lev, n), np.int16)
+        subtree = np.zeros((n_lev, n), np.int32)
+        is_boundary = np.zeros((n_lev, n), bool)
+        ordinal = [0] * n_lev
+        for nt, start, end in self.spans():  # pre-order = left to right within each level
+            lev = next(lv for lv in range(n_lev) if nt in grammar.levels[lv])
+            ancestors[lev, start:end] = index[int(nt)]
+            subtree[lev, start:end] = ordinal[lev]
+            is_boundary[lev, end - 1] = True
+            ordinal[lev] += 1
+        return ancestors, subtree, is_boundary
+
+
+def check_strings(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each string as an int64 array; a VocabError names the first string and token out of
+    range."""
+    out = []
+    n_t = grammar.n_t
+    for s, x in enumerate(strings):
+        arr = np.asarray(x)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise VocabError(
+                f"string {s}: expected a 1-D array of token ids 1..{n_t}, got shape "
+                f"{arr.shape} dtype {arr.dtype}; encode names with Vocab.encode"
+            )
+        arr = arr.astype(np.int64)
+        bad = np.flatnonzero((arr < 1) | (arr > n_t))
+        if bad.size:
+            raise VocabError(
+                f"string {s}: token id {arr[bad[0]]} at position {bad[0]} is not a "
+                f"terminal of {grammar.name or 'the grammar'} (ids 1..{n_t}; "
+                "strings carry no BOS/EOS/PAD)"
+            )
+        out.append(arr)
+    return out
+
+
+def recognize(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,) bool: is each string a sentence of the grammar?"""
+    nf = normal_form(grammar)
+    res = np.zeros(len(strings), bool)
+    for s, x in enumerate(check_strings(grammar, strings)):
+        r = sweep.run(nf, x, is_prob=False)
+        res[s] = r[3] == -1 and r[1][len(x)] > 0
+    return res
+
+
+def first_error(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,) int64: index of the first token at which the prefix stops being a prefix of any
+    sentence; -1 if every prefix is viable (a sentence, or an unfinished one)."""
+    nf = normal_form(grammar)
+    return np.array(
+        [sweep.run(nf, x, is_prob=False)[3] for x in check_strings(grammar, strings)],
+        dtype=np.int64,
+    )
+
+
+def _chart(nf: NormalForm, x: np.ndarray) -> dict[tuple[int, int], set[int]] | None:
+    """The filtered boolean chart {(i, j): binarised symbols deriving x[i:j]}, None if x is
+    rejected. Insertion order = the sweep's order, a topological order of the cells."""
+    _, eos, _, err, cell_start, end_off, ent_off, ent_sym, _ = sweep.run(nf, x, is_prob=False)
+    n = len(x)
+    if err != -1 or eos[n] <= 0:
+        return None
+    chart = {}
+    for j in range(1, n + 1):
+        for c in range(end_off[j], end_off[j + 1]):
+            chart[(int(cell_start[c]), j)] = {int(a) for a in ent_sym[ent_off[c] : ent_off[c + 1]]}
+    return chart
+
+
+def _rules_by_parent(nf: NormalForm) -> list[list[tuple[int, int]]]:
+    by_parent: list[list[tuple[int, int]]] = [[] for _ in range(nf.n_sym)]
+    for a, b, c in zip(nf.bin_parent, nf.bin_left, nf.bin_right, strict=True):
+        by_parent[int(a)].append((int(b), int(c)))
+    return by_parent
+
+
+def count_parses(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[int]:
+    """Number of distinct derivation trees of each string (exact; 0 if rejected)."""
+    nf = normal_form(grammar)
+    by_parent = _rules_by_parent(nf)
+    ucount = nf.ustar_count.astype(object)
+    counts = []
+    for x in check_strings(grammar, strings):
+        chart = _chart(nf, x)
+        if chart is None:
+            counts.append(0)
+            continue
+        ends_from: dict[int, list[int]] = {}
+        cnt: dict[tuple[int, int], dict[int, int]] = {}
+        for (i, j), syms in chart.items():  # topological order: parts before wholes
+            pre = {}
+            for a in syms:
+                total = int(j == i + 1 and nf.lex[x[i], a] > 0)
+                for b, c in by_parent[a]:
+                    for k in ends_from.get(i, ()):
+                        right = cnt.get((k, j))
+                        if k < j and right is not None and c in right:
+                            total += cnt[(i, k)].get(b, 0) * right[c]
+                pre[a] = total
+            cnt[(i, j)] = {a: sum(ucount[a, b] * v for b, v in pre.items()) for a in syms}
+            ends_from.setdefault(i, []).append(j)
+        counts.append(int(cnt[(0, len(x))].get(0, 0)))
+    return counts
+
+
+def parse(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[Tree | None]:
+    """One derivation tree per string (None if rejected)."""
+    nf = normal_form(grammar)
+    by_parent = _rules_by_parent(nf)
+    unary_of: list[list[int]] = [[] for _ in range(nf.n_sym)]
+    for a, b, _ in nf.unary:
+        unary_of[a].append(b)
+    trees: list[Tree | None] = []
+    for x in check_strings(grammar, strings):
+        chart = _chart(nf, x)
+        if chart is None:
+            trees.append(None)
+            continue
+        ends_from: dict[int, list[int]] = {}
+        for i, j in chart:
+            ends_from.setdefault(i, []).append(j)
+
+        def expand(a: int, i: int, j: int, chart=chart, ends_from=ends_from, x=x):
+            """The children (symbol, i, j) of one derivation step of a over x[i:j]."""
+            if j == i + 1 and nf.lex[x[i], a] > 0:
+                return [(-1, i, j)]
+            for b, c in by_parent[a]:
+                for k in ends_from[i]:
+                    if k < j and b in chart[(i, k)] and c in chart.get((k, j), ()):
+                        return [(b, i, k), (c, k, j)]
+            for b in unary_of[a]:
+                if b in chart[(i, j)]:
+                    return [(b, i, j)]
+            raise AssertionError("chart entry without a derivation")  # a bug, never bad input
+
+        # iterative post-order, so 2,000-level trees do not hit Python's recursion limit
+        built: dict[tuple[int, int, int], list] = {}  # (sym, i, j) -> children in the grammar
+        stack = [((0, 0, len(x)), False)]
+        while stack:
+            node, ready = stack.pop()
+            a, i, j = node
+            if a == -1 or node in built:
+                continue
+            kids = expand(a, i, j)
+            if not ready:
+                stack.append((node, True))
+                stack.extend((k, False) for k in kids)
+                continue
+            children: list = []
+            for b, ki, kj in kids:
+                if b == -1:
+                    children.append(int(x[ki]))
+                elif nf.is_added[b]:  # splice out suffix and preterminal symbols
+                    children.extend(built[(b, ki, kj)])
+                else:
+                    children.append(Tree(b, ki, kj, tuple(built[(b, ki, kj)])))
+            built[node] = children
+        trees.append(Tree(0, 0, len(x), tuple(built[(0, 0, len(x))])))
+    return trees
+
+
+# ---- minimum substitutions ----------------------------------------------------------------
+INF = 32767  # int16 "unreachable": costs are at most n <= MAX_SUB_LEN
+MAX_SUB_LEN = 30000
+
+
+@njit(cache=True)
+def _derivable_lengths(n, n_sym, has_lex, bin_off, bin_parent, bin_right, up_off, up_sym):
+    """ok[A, L]: some string of length L (1..n) derives from symbol A."""
+    ok = np.zeros((n_sym, n + 1), np.bool_)
+    for a in range(n_sym):
+        ok[a, 1] = has_lex[a]
+    for length in range(1, n + 1):
+        if length > 1:
+            for b in range(n_sym):
+                for lb in range(1, length):
+                    if ok[b, lb]:
+                        for r in range(bin_off[b], bin_off[b + 1]):
+                            if ok[bin_right[r], length - lb]:
+                                ok[bin_parent[r], length] = True
+        for b in range(n_sym):
+            if ok[b, length]:
+                for q in range(up_off[b], up_off[b + 1]):
+                    ok[up_sym[q], length] = True
+    return ok
+
+
+@njit(cache=True)
+def _min_subs(x, n_sym, lex, has_lex, ok, bin_off, bin_parent, bin_right, up_off, up_sym):
+    """Min-cost CYK: cost[A, i, j] = fewest substitutions so that A derives x[i:j]."""
+    n = x.shape[0]
+    big = 32767
+    cost = np.full((n_sym, n + 1, n + 1), big, np.int16)  # (N, n+1, n+1); int16 halves memory
+    pre = np.empty(n_sym, np.int32)
+    for length in range(1, n + 1):
+        for i in range(0, n - length + 1):
+            j = i + length
+            for a in range(n_sym):
+                pre[a] = big
+            if length == 1:
+                for a in range(n_sym):
+                    if has_lex[a]:
+                        pre[a] = 0 if lex[x[i], a] > 0 else 1
+            else:
+                for b in range(n_sym):
+                    for lb in range(1, length):
+                        if not ok[b, lb]:
+                            continue
+                        cb = np.int32(cost[b, i, i + lb])
+                        if cb >= big:
+                            continue
+                        for r in range(bin_off[b], bin_off[b + 1]):
+                            c = bin_right[r]
+                            a = bin_parent[r]
+                            if ok[c, length - lb] and ok[a, length]:
+                                v = cb + np.int32(cost[c, i + lb, j])
+                                if v < pre[a]:
+                                    pre[a] = v
+            for a in range(n_sym):
+                cost[a, i, j] = pre[a]
+            for b in range(n_sym):  # unary chains cost nothing
+                if pre[b] < big:
+                    for q in range(up_off[b], up_off[b + 1]):
+                        a = up_sym[q]
+                        if pre[b] < cost[a, i, j]:
+                            cost[a, i, j] = pre[b]
+    return np.int32(cost[0, 0, n]) if n > 0 else np.int32(big)
+
+
+def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,) int64: the fewest token substitutions that make each string a sentence (0 for a
+    sentence); -1 if no sentence has that length. O(n^3) per string: seconds for long strings."""
+    nf = normal_form(grammar)
+    has_lex = nf.lex[1:].sum(axis=0) > 0
+    xs = check_strings(grammar, strings)
+    n_max = max((len(x) for x in xs), default=0)
+    if n_max > MAX_SUB_LEN:
+        raise VocabError(
+            f"min_substitutions: a string of {n_max} tokens is longer than the "
+            f"{MAX_SUB_LEN} this O(n^3) DP supports; split or shorten it"
+        )
+    ok = _derivable_lengths(
+        n_max, nf.n_sym, has_lex, nf.bin_off, nf.bin_parent, nf.bin_right, nf.up_off, nf.up_sym
+    )
+    res = np.empty(len(xs), np.int64)
+    for s, x in enumerate(xs):
+        v = int(
+            _min_subs(
+                x,
+                nf.n_sym,
+                nf.lex,
+                has_lex,
+                ok,
+                nf.bin_off,
+                nf.bin_parent,
+                nf.bin_right,
+                nf.up_off,
+                nf.up_sym,
+            )
+        )
+        res[s] = -1 if v >= INF else v
+    return res

@@ -1,0 +1,68 @@
+"""String probabilities, prefix probabilities and the exact next-token distribution.
+
+Stage 3 of the pipeline (no torch): the ground truth the KL metric compares a model against
+(SPEC.md "KL"; RESEARCH.md §4.3). All three come from one scaled left-to-right sweep
+(`sweep.py`): inside probabilities of the binarised grammar plus the pending left-corner
+weights, each token's leaf divided by its conditional probability so nothing underflows::
+
+    lp = log_prob(g, strings)             # (B,) log P(x), -inf outside the language
+    lpp = log_prefix_prob(g, strings)     # per string (n+1,): log P(x_1..x_k is a prefix)
+    dist = next_token_dist(g, strings)    # per string (n+1, T+1): row k = P(next | x_1..x_k)
+
+Columns of `next_token_dist`: 0 = EOS, j = the terminal with token id j (so columns 1..T match
+vocabulary ids). Row k sums to 1 for every viable prefix. Note: a sentence can also be a proper
+prefix of a longer sentence (it happens in cfg3f), so row n need not be all EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cfglab.exact import sweep
+from cfglab.exact.cyk import check_strings
+from cfglab.exact.normal_form import normal_form
+from cfglab.grammar.cfg import Grammar
+
+
+def log_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,) float64: natural-log probability of each string; -inf if it is not a sentence."""
+    nf = normal_form(grammar)
+    res = np.full(len(strings), -np.inf)
+    for s, x in enumerate(check_strings(grammar, strings)):
+        log_c, eos, _, err, *_ = sweep.run(nf, x, is_prob=True)
+        if err == -1 and eos[len(x)] > 0:
+            res[s] = log_c.sum() + np.log(eos[len(x)])
+    return res
+
+
+def log_prefix_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per string, (n+1,) float64: log P(a sentence starts with x_1..x_k), k = 0..n (k = 0 gives
+    0); -inf from the first token no sentence can have there."""
+    return [lpp for lpp, _ in _prefix_and_rows(grammar, strings)]
+
+
+def next_token_dist(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per string, (n+1, T+1) float64: row k = distribution of the next symbol after the first
+    k tokens, column 0 = EOS, column j = token id j. Rows sum to 1. Rows after a prefix that no
+    sentence starts with (k > first_error) are NaN."""
+    return [rows for _, rows in _prefix_and_rows(grammar, strings)]
+
+
+def _prefix_and_rows(grammar: Grammar, strings: Sequence[np.ndarray]):
+    nf = normal_form(grammar)
+    out = []
+    for x in check_strings(grammar, strings):
+        n = len(x)
+        log_c, _, rows, err, *_ = sweep.run(nf, x, is_prob=True, want_rows=True)
+        last = n if err == -1 else err  # rows 0..last are defined
+        # scaled rows sum to Z_k = P(prefix k) / prod_{m<k} c_m, which is 1 up to rounding
+        z = rows[: last + 1].sum(axis=1)
+        rows = rows.copy()
+        rows[: last + 1] /= z[:, None]
+        rows[last + 1 :] = np.nan
+        lpp = np.full(n + 1, -np.inf)
+        lpp[: last + 1] = np.concatenate([[0.0], np.cumsum(log_c[:last])]) + np.log(z)
+        out.append((lpp, rows))
+    return out

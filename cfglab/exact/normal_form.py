@@ -1,0 +1,212 @@
+"""A grammar binarised for the exact dynamic programs of `cyk.py` and `inside.py`.
+
+Every rule of the `Grammar` is rewritten so that the DPs see only three kinds of rules:
+
+- lexical  `A -> t`            (prob p)
+- binary   `A -> B C`          (prob p)
+- unary    `A -> B`            (prob p; acyclic, the grammar stage rejects unary cycles)
+
+Long rules are right-binarised with *shared suffix* symbols: `A -> B C D [p]` becomes
+`A -> B <C D> [p]` and `<C D> -> C D [1]`; a terminal inside a rule of length >= 2 gets a
+preterminal `<t> -> t [1]`. Every added symbol has exactly one rule of probability 1, so
+derivations of the original and the binarised grammar are in bijection: inside probabilities,
+prefix probabilities and parse counts are unchanged, and trees map back by splicing the added
+symbols out (`is_added`).
+
+Symbols of the normal form: `0 .. n_nt-1` are the grammar's nonterminals (0 = start), then the
+added suffix and preterminal symbols. Terminals are *token ids* 1..T (cfglab/data/vocab.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cfglab.grammar.cfg import Grammar
+
+
+@dataclass(frozen=True, eq=False)
+class NormalForm:
+    grammar: Grammar
+    n_sym: int  # N: symbols of the binarised grammar
+    n_t: int  # T: terminals (token ids 1..T)
+    names: tuple[str, ...]  # (N,) readable names, e.g. "<C D>" for a suffix symbol
+    is_added: np.ndarray  # (N,) bool: a suffix or preterminal symbol, spliced out of trees
+    # lexical rules, grouped by token: token t's rules are lex_off[t] .. lex_off[t+1]
+    lex: np.ndarray  # (T+1, N) float64: lex[t, A] = P(A -> t); row 0 unused
+    lex_off: np.ndarray  # (T+2,) int64
+    lex_sym: np.ndarray  # (K,) int64: A
+    lex_p: np.ndarray  # (K,) float64
+    # binary rules A -> B C, grouped by the left child B: bin_off[B] .. bin_off[B+1]
+    bin_off: np.ndarray  # (N+1,) int64
+    bin_parent: np.ndarray  # (R,) int64: A
+    bin_left: np.ndarray  # (R,) int64: B
+    bin_right: np.ndarray  # (R,) int64: C
+    bin_p: np.ndarray  # (R,) float64
+    # unary rules A -> B and their closure U* = I + U + U^2 + ... (finite: U is nilpotent)
+    unary: tuple[tuple[int, int, float], ...]  # (A, B, p)
+    ustar: np.ndarray  # (N, N) float64: ustar[A, B] = P(A =>* B by unary rules), diagonal 1
+    ustar_count: np.ndarray  # (N, N) int64: number of unary chains A =>* B
+    # the closure applied by column: for B, the A != B with ustar[A, B] > 0
+    up_off: np.ndarray  # (N+1,) int64
+    up_sym: np.ndarray  # (M,) int64: A
+    up_p: np.ndarray  # (M,) float64
+    # left-corner closure LC = (I - P_L)^-1, P_L[A, B] = P(A -> B ...): by row C, the D with
+    # LC[C, D] > 0 (the diagonal included; entries exceed 1 under left recursion)
+    lc: np.ndarray  # (N, N) float64
+    lc_off: np.ndarray  # (N+1,) int64
+    lc_sym: np.ndarray  # (Q,) int64
+    lc_p: np.ndarray  # (Q,) float64
+
+    @property
+    def has_unary(self) -> bool:
+        return bool(self.unary)
+
+
+def normal_form(grammar: Grammar) -> NormalForm:
+    """Binarise `grammar` (cached on the grammar object: it is immutable)."""
+    cached = grammar.__dict__.get("_cfglab_normal_form")
+    if cached is not None:
+        return cached
+    nf = _build(grammar)
+    object.__setattr__(grammar, "_cfglab_normal_form", nf)
+    return nf
+
+
+def _build(g: Grammar) -> NormalForm:
+    n_nt, n_t = g.n_nt, g.n_t
+    names = list(g.nonterminals)
+    added = [False] * n_nt
+    suffix_of: dict[tuple[int, ...], int] = {}  # suffix of symbols -> its added symbol
+    preterminal_of: dict[int, int] = {}  # token id -> its added preterminal
+    lexical: list[tuple[int, int, float]] = []  # (A, token, p)
+    binary: list[tuple[int, int, int, float]] = []  # (A, B, C, p)
+    unary: list[tuple[int, int, float]] = []
+
+    def new_symbol(name: str) -> int:
+        names.append(name)
+        added.append(True)
+        return len(names) - 1
+
+    def symbol(s: int) -> int:  # a grammar symbol inside a long rule -> a normal-form symbol
+        if s < n_nt:
+            return s
+        tok = s - n_nt + 1
+        if tok not in preterminal_of:
+            preterminal_of[tok] = new_symbol(f"<{g.symbol_name(s)}>")
+            lexical.append((preterminal_of[tok], tok, 1.0))
+        return preterminal_of[tok]
+
+    def suffix(syms: tuple[int, ...]) -> int:  # the shared symbol deriving `syms` (len >= 2)
+        if syms not in suffix_of:
+            z = new_symbol("<" + " ".join(names[s] for s in syms) + ">")
+            suffix_of[syms] = z
+            rest = syms[1] if len(syms) == 2 else suffix(syms[1:])
+            binary.append((z, syms[0], rest, 1.0))
+        return suffix_of[syms]
+
+    for rule in g.rules:
+        rhs = rule.rhs
+        if len(rhs) == 1:
+            if g.is_terminal(rhs[0]):
+                lexical.append((rule.lhs, rhs[0] - n_nt + 1, rule.prob))
+            else:
+                unary.append((rule.lhs, rhs[0], rule.prob))
+            continue
+        syms = tuple(symbol(s) for s in rhs)
+        right = syms[1] if len(syms) == 2 else suffix(syms[1:])
+        binary.append((rule.lhs, syms[0], right, rule.prob))
+
+    n = len(names)
+    lex = np.zeros((n_t + 1, n))
+    for a, tok, p in lexical:
+        lex[tok, a] += p
+    lex_off, lex_sym, lex_p = _group([(tok, a, p) for a, tok, p in lexical], n_t + 1)
+
+    binary.sort(key=lambda r: (r[1], r[0], r[2]))
+    bin_off = np.searchsorted(
+        np.array([r[1] for r in binary], dtype=np.int64), np.arange(n + 1), side="left"
+    ).astype(np.int64)
+    bin_parent = np.array([r[0] for r in binary], dtype=np.int64)
+    bin_left = np.array([r[1] for r in binary], dtype=np.int64)
+    bin_right = np.array([r[2] for r in binary], dtype=np.int64)
+    bin_p = np.array([r[3] for r in binary], dtype=np.float64)
+
+    # unary closure by powers: U is nilpotent (acyclic), so the sum is finite and exact in counts
+    u = np.zeros((n, n))
+    uc = np.zeros((n, n), dtype=np.int64)
+    for a, b, p in unary:
+        u[a, b] += p
+        uc[a, b] += 1
+    ustar, ustar_count = np.eye(n), np.eye(n, dtype=np.int64)
+    power, power_c = np.eye(n), np.eye(n, dtype=np.int64)
+    for _ in range(n):
+        power, power_c = power @ u, power_c @ uc
+        if not power_c.any():
+            break
+        ustar, ustar_count = ustar + power, ustar_count + power_c
+    up = [(b, a, ustar[a, b]) for a in range(n) for b in range(n) if a != b and ustar_count[a, b]]
+    up_off, up_sym, up_p = _group(up, n)
+
+    # left corners: P_L[A, B] = total probability of A's rules whose first symbol is B
+    p_left = np.zeros((n, n))
+    for a, b, _, p in binary:
+        p_left[a, b] += p
+    for a, b, p in unary:
+        p_left[a, b] += p
+    lc = np.linalg.solve(np.eye(n) - p_left, np.eye(n))
+    reach = _reachability(p_left > 0)
+    lc = np.where(reach, np.maximum(lc, 0.0), 0.0)  # exact zeros where no left-corner path
+    lc_off, lc_sym, lc_p = _group(
+        [(c, d, lc[c, d]) for c in range(n) for d in range(n) if reach[c, d]], n
+    )
+
+    return NormalForm(
+        grammar=g,
+        n_sym=n,
+        n_t=n_t,
+        names=tuple(names),
+        is_added=np.array(added),
+        lex=lex,
+        lex_off=lex_off,
+        lex_sym=lex_sym,
+        lex_p=lex_p,
+        bin_off=bin_off,
+        bin_parent=bin_parent,
+        bin_left=bin_left,
+        bin_right=bin_right,
+        bin_p=bin_p,
+        unary=tuple(unary),
+        ustar=ustar,
+        ustar_count=ustar_count,
+        up_off=up_off,
+        up_sym=up_sym,
+        up_p=up_p,
+        lc=lc,
+        lc_off=lc_off,
+        lc_sym=lc_sym,
+        lc_p=lc_p,
+    )
+
+
+def _group(items: list[tuple[int, int, float]], n_keys: int):
+    """(key, sym, p) triples -> CSR arrays (off (n_keys+1,), sym, p) sorted by key."""
+    items = sorted(items, key=lambda x: (x[0], x[1]))
+    keys = np.array([k for k, _, _ in items], dtype=np.int64)
+    off = np.searchsorted(keys, np.arange(n_keys + 1), side="left").astype(np.int64)
+    return (
+        off,
+        np.array([s for _, s, _ in items], dtype=np.int64),
+        np.array([p for _, _, p in items], dtype=np.float64),
+    )
+
+
+def _reachability(edges: np.ndarray) -> np.ndarray:
+    """Reflexive-transitive closure of a boolean (N, N) adjacency matrix."""
+    reach = edges | np.eye(len(edges), dtype=bool)
+    while True:
+        nxt = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+        if (nxt == reach).all():
+            return reach
+        reach = nxt
