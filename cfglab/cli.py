@@ -87,10 +87,81 @@ def run_grammar(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- generate, eval, report (evaluate/metrics.py, report/) ---------------------------------------
+def add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument("-n", type=int, default=10,
+                   help="generations from BOS, or completions per prompt with --prompts")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="prompts, one per line, terminals separated by spaces")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from cfglab.evaluate.metrics import generate_from_run
+
+    prompts = labels = None
+    if args.prompts:
+        p = Path(args.prompts)
+        if not p.is_file():
+            raise CfglabError(f"no such file: {args.prompts}; give a text file with one prompt "
+                              "per line")
+        numbered = [(i + 1, line.split()) for i, line in enumerate(p.read_text().splitlines())
+                    if line.strip()]
+        prompts = [toks for _, toks in numbered]
+        labels = [f"{args.prompts}:{i}" for i, _ in numbered]
+    strings = generate_from_run(args.run_dir, args.n, prompts=prompts, prompt_labels=labels,
+                                temperature=args.temperature, seed=args.seed, device=args.device)
+    sys.stdout.writelines(" ".join(s) + "\n" for s in strings)
+    return 0
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument("--n", type=int,
+                   help="generations per accuracy number (default: eval.n_samples)")
+    p.add_argument("--n-kl", type=int, help="fresh true strings for the KL (default: --n)")
+    p.add_argument("--temperature", type=float, nargs="+", help="sampling temperature(s)")
+    p.add_argument("--cut", type=int, nargs="+", help="prompt lengths, e.g. 0 50 (cut0, cut50)")
+    p.add_argument("--seed", type=int, help="default: eval.seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cfglab.evaluate.metrics import evaluate_run, format_table, summary_table
+
+    out = evaluate_run(args.run_dir, n=args.n, n_kl=args.n_kl, cuts=args.cut,
+                       temperatures=args.temperature, seed=args.seed, device=args.device)
+    print(format_table(summary_table(out)))
+    s = out["timing"]["seconds"]
+    print(f"wrote {Path(args.run_dir) / 'eval'}/*.json (model {s['model']:.1f} s, "
+          f"exact {s['exact']:.1f} s, sampling {s['sample']:.1f} s)")
+    return 0
+
+
+def add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from cfglab.report import build_report
+
+    out = build_report(args.run_dir)
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'figures'}/")
+    return 0
+
+
 # ---- the dispatch table ----------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "grammar": ("list, show, check and generate grammars", add_grammar, run_grammar),
+    "generate": ("generate strings from a trained run (one per line, prompt included)",
+                 add_generate, run_generate),
+    "eval": ("evaluate a run: accuracy, diversity, exact KL -> eval/*.json", add_eval, run_eval),
+    "report": ("build report/report.md, report.html and figures from a run's results",
+               add_report, run_report),
 }
 
 

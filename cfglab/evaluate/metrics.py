@@ -602,6 +602,7 @@ def torch_generate_fn(
 ) -> GenerateFn:
     """cfglab.evaluate.generate.generate (batched, KV cache) as a GenerateFn."""
     import torch
+
     from cfglab.evaluate.generate import generate
 
     def fn(prompts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -927,3 +928,47 @@ def format_table(rows: list[dict]) -> str:
         ci = f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]" if r["ci"] else ""
         lines.append(f"{r['metric']:38} {r['value']:>10.5f}  {ci:>21} {r['n']:>6}")
     return "\n".join(lines)
+
+
+def generate_from_run(
+    run_dir: str | Path,
+    n: int,
+    *,
+    prompts: Sequence[Sequence[str]] | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
+    prompt_labels: Sequence[str] | None = None,
+) -> list[list[str]]:
+    """`n` generations from BOS, or `n` completions of each prompt (terminal names), from a run's
+    latest checkpoint: each a list of token names, prompt included, up to (not including) EOS.
+    A prompt with an unknown token is a VocabError naming it and its label (e.g. 'file:3')."""
+    from cfglab.data.vocab import Vocab
+    from cfglab.train.checkpoint import load_model
+
+    if n < 1:
+        raise CfglabError(f"-n {n}: give at least one generation")
+    if temperature <= 0:
+        raise CfglabError(f"--temperature {temperature}: give a positive temperature")
+    model, cfg = load_model(run_dir, device=device)
+    vocab = Vocab.from_grammar(cfg.grammar.load())
+    block = model.config.block_size
+    prompts = list(prompts or [[]])
+    labels = list(prompt_labels or [f"prompt {i + 1}" for i in range(len(prompts))])
+    encoded = [np.concatenate([[BOS], vocab.encode(p, where=f"{label}: ")])
+               for p, label in zip(prompts, labels, strict=True)]
+    for label, p in zip(labels, encoded, strict=True):
+        if len(p) >= block:
+            raise CfglabError(f"{label}: the prompt has {len(p) - 1} tokens; the model's "
+                              f"block_size {block} leaves no room to generate: shorten it")
+    rng = np.random.default_rng(seed)
+    out: list[list[str]] = []
+    for p in encoded:
+        gen = torch_generate_fn(model, eos_id=vocab.eos, max_new_tokens=block - len(p),
+                                temperature=temperature, device=device)
+        for b in range(0, n, 64):
+            for seq in gen([p] * min(64, n - b), rng):
+                seq = seq[1:]  # drop BOS
+                end = np.flatnonzero(seq == vocab.eos)
+                out.append(vocab.decode(seq[: end[0]] if len(end) else seq))
+    return out

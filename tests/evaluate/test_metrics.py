@@ -237,3 +237,54 @@ def test_sampling_from_the_bruteforce_oracle_matches_the_grammar():
     assert set(counts) <= set(table)
     for key, p in table.items():  # 4 standard errors
         assert abs(counts.get(key, 0) / 600 - p) < 4 * math.sqrt(p * (1 - p) / 600)
+
+
+# ---- the whole pipeline against the exact stage -------------------------------------------------
+def test_uniform_model_through_the_exact_stage_matches_the_hand_value():
+    """The same hand-computed KL, with the exact rows from cfglab.exact.inside."""
+    d = 1 + 3 * EPS
+    kl = 0.5 * (math.log(3 * (0.5 + EPS) / d) + math.log(3 * (1 + EPS) / d))
+    res = M.evaluate_distribution(COIN, M.uniform_logprob_fn(6), [np.array([1]), np.array([2])])
+    assert res.kl == pytest.approx(kl, rel=1e-12)
+    assert res.seq_kl == pytest.approx((math.log(0.5) + 2 * math.log(6)) / 2, rel=1e-12)
+
+
+def test_exact_rows_match_bruteforce_enumeration():
+    strings = true_strings(TINY, 30, seed=11)
+    oracle = M.exact_logprob_fn(TINY)([np.concatenate([[0], s]) for s in strings])
+    brute = bruteforce_logprob_model(TINY, TINY_MAX)([np.concatenate([[0], s]) for s in strings])
+    for a, b in zip(oracle, brute, strict=True):
+        assert np.allclose(np.exp(a), np.exp(b), atol=1e-12)
+
+
+def test_oracle_model_scores_perfectly_on_cfg3b():
+    """The acceptance check: the exact next-token distribution as a model has accuracy 1 at cut0
+    and cut50, next-token KL 0 (to 1e-9) and sequence KL 0; its cross-entropy is the entropy."""
+    from cfglab.grammar import load
+
+    g = load("cfg3b")
+    oracle = M.exact_logprob_fn(g)
+    out = M.evaluate_model(
+        g,
+        oracle,
+        lambda temp: M.sampling_generate_fn(
+            oracle, g.n_t + 1, max_new_tokens=600, temperature=temp
+        ),
+        n=12,
+        n_kl=24,
+        cuts=(0, 50),
+        seed=4,
+        n_fixed_prompt=6,
+    )
+    for acc in out["accuracy"]:
+        assert acc["accuracy"] == 1.0 and acc["n"] == 12, acc
+        assert acc["ci_low"] < 1.0 == acc["ci_high"]
+    dist = out["distribution"]
+    assert abs(dist["kl"]) < 1e-9 and max(map(abs, dist["kl_per_string"])) < 1e-9
+    assert abs(dist["seq_kl"]) < 1e-9
+    assert dist["cross_entropy"] == pytest.approx(dist["entropy_rate"], abs=1e-9)
+    assert 0.3 < dist["entropy_rate_rb"] < 0.55  # SPEC.md: cfg3b's true entropy is 0.423
+    div = out["diversity"]
+    assert div["generations"]["distinct"] == 12 and div["reverse_kl_share_used"] == 1.0
+    assert abs(div["reverse_kl"]) < 1e-9  # the oracle's Q is P
+    assert div["fixed_prompt"]["n"] == 6
