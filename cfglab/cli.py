@@ -87,6 +87,94 @@ def run_grammar(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- sample, corrupt (data/sampler.py, data/noise.py) ------------------------------------------
+def _write_lines(lines, path: str | None) -> None:
+    """Write lines to `path`, or to stdout (left open)."""
+    if path:
+        with open(path, "w") as f:
+            f.writelines(line + "\n" for line in lines)
+    else:
+        sys.stdout.writelines(line + "\n" for line in lines)
+
+
+def add_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grammar", help="built-in name or grammar file")
+    p.add_argument("-n", type=int, default=10, help="number of strings (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-len", type=int, default=None,
+                   help="resample strings longer than this many tokens")
+    p.add_argument("--labels", action="store_true",
+                   help="JSON lines: tokens plus, per level, ancestor NT names and boundaries "
+                   "(layered grammars) or [nt, start, end] spans (other grammars)")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cfglab.data.sampler import sample
+    from cfglab.grammar import load
+
+    g = load(args.grammar)
+    batch = sample(g, args.n, args.seed, max_len=args.max_len, labels=args.labels)
+    names = np.array(["<bos>", *g.terminals], dtype=object)  # token id -> terminal name
+    strings = [names[s].tolist() for s in batch.strings()]
+    if not args.labels:
+        _write_lines((" ".join(s) for s in strings), args.output)
+        return 0
+    lines = []
+    if batch.ancestors is not None:  # layered: per-level labels
+        level_names = [np.array([g.nonterminals[a] for a in lev], dtype=object)
+                       for lev in g.levels]
+        for i, toks in enumerate(strings):
+            a, b = batch.offsets[i], batch.offsets[i + 1]
+            anc = [level_names[lev][batch.ancestors[lev, a:b]].tolist()
+                   for lev in range(len(g.levels))]
+            bnd = batch.is_boundary[:, a:b].astype(int).tolist()
+            lines.append(json.dumps({"tokens": toks, "ancestors": anc, "boundaries": bnd}))
+    else:
+        for toks, spans in zip(strings, batch.spans, strict=True):
+            rows = [[g.nonterminals[nt], int(s), int(e)] for nt, s, e in spans.tolist()]
+            lines.append(json.dumps({"tokens": toks, "spans": rows}))
+    _write_lines(lines, args.output)
+    return 0
+
+
+def add_corrupt(p: argparse.ArgumentParser) -> None:
+    from cfglab.data.noise import KINDS
+
+    p.add_argument("file", help="strings, one per line, terminals separated by spaces")
+    p.add_argument("--rate", type=float, required=True, help="per-token probability, in [0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", nargs="+", default=["substitute"], choices=KINDS,
+                   help="corruptions applied in this order (default: substitute)")
+    p.add_argument("--grammar", help="built-in name or grammar file giving the terminal set "
+                   "(default: the tokens seen in FILE)")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+
+
+def run_corrupt(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cfglab.data.noise import corrupt
+    from cfglab.data.vocab import Vocab
+    from cfglab.grammar import load
+
+    lines = [line.split() for line in _read_lines(args.file)]
+    if args.grammar:
+        vocab = Vocab.from_grammar(load(args.grammar))
+    else:  # the tokens seen, numbers first in numeric order (as the grammar reader orders them)
+        seen = {tok for toks in lines for tok in toks}
+        vocab = Vocab(tuple(sorted(seen, key=lambda s: (0, int(s), "") if s.isdigit()
+                                   else (1, 0, s))))
+    strings = [vocab.encode(toks, where=f"{args.file}:{i + 1}: ") for i, toks in
+               enumerate(lines)]
+    noisy = corrupt(strings, len(vocab.terminals), args.rate, args.seed, tuple(args.kinds))
+    names = np.array(vocab.token_names(), dtype=object)
+    _write_lines((" ".join(names[s].tolist()) for s in noisy), args.output)
+    return 0
+
+
 # ---- generate, eval, report (evaluate/metrics.py, report/) ---------------------------------------
 def add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
@@ -157,6 +245,10 @@ def run_report(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "grammar": ("list, show, check and generate grammars", add_grammar, run_grammar),
+    "sample": ("sample strings (optionally with tree labels) from a grammar", add_sample,
+               run_sample),
+    "corrupt": ("corrupt strings: substitute, insert or delete tokens", add_corrupt,
+                run_corrupt),
     "generate": ("generate strings from a trained run (one per line, prompt included)",
                  add_generate, run_generate),
     "eval": ("evaluate a run: accuracy, diversity, exact KL -> eval/*.json", add_eval, run_eval),

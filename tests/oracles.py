@@ -110,3 +110,21 @@ def bruteforce_logprob_model(grammar: Grammar, max_len: int):
         return out
 
     return model
+
+
+def nltk_chart_accepts(nltk_cfg, tokens: list[str]) -> bool:
+    """Membership by NLTK's chart parser, read off the chart without extracting a tree.
+
+    `nltk_accepts` extracts a tree, which NLTK refuses (ValueError, read there as "no") for
+    long, highly ambiguous strings once the parse forest passes nltk.parse.chart.MAX_PARSE_TREES
+    nodes; here a complete start-symbol edge over the whole input is the answer.
+    """
+    import nltk
+
+    try:
+        nltk_cfg.check_coverage(tokens)
+    except ValueError:  # a token that is not a terminal of the grammar
+        return False
+    chart = nltk.ChartParser(nltk_cfg).chart_parse(tokens)
+    return any(True for _ in chart.select(start=0, end=len(tokens), is_complete=True,
+                                          lhs=nltk_cfg.start()))

@@ -1,0 +1,399 @@
+"""Seeded, vectorised sampling of strings with their derivation-tree labels: stage 2's source.
+
+`sample(grammar, n, seed)` draws `n` strings from a PCFG and, with `labels=True`, the tree
+facts the probes and attention statistics need:
+
+- every grammar: `spans`, per string a (K, 3) array of (nt, start, end_exclusive) for each
+  nonterminal node of the derivation tree, in pre-order (parents before children, left to right);
+- layered grammars (the cfg3 family, `grammar.levels` not None), per token t and level l:
+  `ancestors[l, t]` = index within `grammar.levels[l]` of the level-l nonterminal above t,
+  `subtree[l, t]` = ordinal of that level-l subtree within its string (0-based, left to right),
+  `is_boundary[l, t]` = t is the last token of that subtree.
+
+Worked example (cfg3b-like; levels [[S], [A, B]], rules S -> A B, A -> '1' '2', B -> '3')::
+
+    tokens       1 2 3
+    ancestors[0] 0 0 0      subtree[0] 0 0 0      is_boundary[0] F F T
+    ancestors[1] 0 0 1      subtree[1] 0 0 1      is_boundary[1] F T T
+    spans        (S, 0, 3), (A, 0, 2), (B, 2, 3)
+
+How: a whole batch is expanded one tree generation at a time, with NumPy over all strings at
+once (no Python recursion, so deep recursive grammars work). Generation g holds every node at
+depth g, string-major and left to right; each nonterminal draws its rule by inverse CDF on a
+per-nonterminal cumulative table and is replaced by its right-hand side (np.repeat + a padded
+right-hand-side table). Subtree sizes are then summed bottom-up over the generations and start
+positions pushed top-down, which places the terminals and yields every label.
+
+Randomness: `np.random.default_rng(seed)`; the same (grammar, n, seed, max_len) gives the same
+batch, but strings depend on `n` (draws are interleaved across the batch). `sample_authors` is
+the authors' own generator (one `random.Random.randint` per nonterminal, pre-order), for
+reproducing their strings exactly.
+
+`max_len` policy: rejection. A string whose length provably exceeds `max_len` (terminals so far
+plus the shortest possible yield of its pending nonterminals) is abandoned as soon as that is
+known and a fresh one is drawn in its place, so the batch follows the grammar's distribution
+conditioned on length <= max_len. After `max_tries * n` draws (at least 1000) without `n`
+accepted strings, a SamplingError says how many were accepted and what to change.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cfglab.errors import SamplingError
+from cfglab.grammar.cfg import Grammar
+
+# Nodes (all generations) one batch may hold before sampling is cut into several batches.
+_NODES_PER_BATCH = 2_000_000
+# With max_len=None, a single batch holding more nodes than this is a runaway derivation.
+_RUNAWAY_NODES = 200_000_000
+
+
+@dataclass
+class SampleBatch:
+    """`n` strings concatenated, with optional labels. `strings()` splits them."""
+
+    ids: np.ndarray  # (N_total,) int64 token ids 1..T (vocab.py), strings concatenated
+    offsets: np.ndarray  # (n+1,) int64: string i is ids[offsets[i]:offsets[i+1]]
+    ancestors: np.ndarray | None = None  # (L, N_total) int16, layered grammars with labels
+    subtree: np.ndarray | None = None  # (L, N_total) int32
+    is_boundary: np.ndarray | None = None  # (L, N_total) bool
+    span_rows: np.ndarray | None = None  # (K_total, 3) int64 (nt, start, end), pre-order
+    span_offsets: np.ndarray | None = None  # (n+1,) int64: string i's rows
+    _spans: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def strings(self) -> list[np.ndarray]:
+        return np.split(self.ids, self.offsets[1:-1])
+
+    @property
+    def spans(self) -> list[np.ndarray] | None:
+        """Per string a (K, 3) int64 array (nt, start, end_exclusive), pre-order; None without
+        labels. Positions are within the string."""
+        if self.span_rows is None:
+            return None
+        if self._spans is None:
+            self._spans = np.split(self.span_rows, self.span_offsets[1:-1])
+        return self._spans
+
+
+# ---- tables ----------------------------------------------------------------------------------
+@dataclass
+class _Tables:
+    """The grammar as padded arrays for vectorised expansion."""
+
+    n_nt: int
+    n_rules: np.ndarray  # (n_nt,) rules per nonterminal
+    rule_of: np.ndarray  # (n_nt, R) global rule index of an nt's j-th rule (padded)
+    cum: np.ndarray  # (n_nt, R) cumulative rule probabilities, padded with 2.0
+    rhs_len: np.ndarray  # (n_rules,)
+    rhs: np.ndarray  # (n_rules, max_rhs) symbols, padded with -1
+    min_len: np.ndarray  # (n_nt + n_t,) shortest yield of each symbol (terminals 1)
+
+
+def _tables(grammar: Grammar) -> _Tables:
+    n_nt = grammar.n_nt
+    max_r = max(len(rs) for rs in grammar.rules_of)
+    n_rules = np.array([len(rs) for rs in grammar.rules_of], dtype=np.int64)
+    rule_of = np.zeros((n_nt, max_r), dtype=np.int64)
+    cum = np.full((n_nt, max_r), 2.0)
+    for a, rs in enumerate(grammar.rules_of):
+        rule_of[a, : len(rs)] = rs
+        rule_of[a, len(rs) :] = rs[-1]
+        cum[a, : len(rs)] = np.cumsum([grammar.rules[r].prob for r in rs])
+    max_rhs = max(len(r.rhs) for r in grammar.rules)
+    rhs = np.full((len(grammar.rules), max_rhs), -1, dtype=np.int64)
+    rhs_len = np.array([len(r.rhs) for r in grammar.rules], dtype=np.int64)
+    for i, r in enumerate(grammar.rules):
+        rhs[i, : len(r.rhs)] = r.rhs
+    return _Tables(n_nt, n_rules, rule_of, cum, rhs_len, rhs, _min_lengths(grammar))
+
+
+def _min_lengths(grammar: Grammar) -> np.ndarray:
+    """Shortest terminal yield of every symbol (terminals 1), by Knuth's generalisation of
+    Dijkstra: a nonterminal is final once popped; a rule is priced once all its children are.
+    O(R log R), so grammars with thousands of nonterminals are fine."""
+    n_nt = grammar.n_nt
+    best = np.concatenate([np.full(n_nt, np.inf), np.ones(grammar.n_t)])
+    waiting = [sum(1 for s in r.rhs if s < n_nt) for r in grammar.rules]  # unpriced children
+    used_in: list[list[int]] = [[] for _ in range(n_nt)]  # nt -> rules (once per occurrence)
+    for i, r in enumerate(grammar.rules):
+        for s in r.rhs:
+            if s < n_nt:
+                used_in[s].append(i)
+    heap = [(len(r.rhs), r.lhs) for r, w in zip(grammar.rules, waiting, strict=True) if w == 0]
+    heapq.heapify(heap)
+    done = np.zeros(n_nt, dtype=bool)
+    while heap:
+        value, a = heapq.heappop(heap)
+        if done[a]:
+            continue
+        done[a] = True
+        best[a] = value
+        for i in used_in[a]:
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                r = grammar.rules[i]
+                heapq.heappush(heap, (int(sum(best[s] for s in r.rhs)), r.lhs))
+    return best  # inf never remains for a validated grammar (every nonterminal is productive)
+
+
+def _strict_levels(grammar: Grammar):
+    """`grammar.levels` when generation l of every tree is exactly its level-l nonterminals
+    (so per-level labels exist): no terminal on a right-hand side above the last level."""
+    levels = grammar.levels
+    if levels is None:
+        return None
+    for lev in levels[:-1]:
+        for a in lev:
+            if any(
+                grammar.is_terminal(s) for r in grammar.rules_of[a] for s in grammar.rules[r].rhs
+            ):
+                return None
+    return levels
+
+
+# ---- one batch of derivations ------------------------------------------------------------------
+@dataclass
+class _Generation:
+    sym: np.ndarray  # (G,) symbols of this generation's nodes, string-major, left to right
+    string: np.ndarray  # (G,) string index of each node
+    nt_pos: np.ndarray  # (M,) positions of the nonterminal nodes within sym
+    n_children: np.ndarray  # (M,) right-hand-side length of the rule each one drew
+
+
+def _derive(t: _Tables, m: int, rng: np.random.Generator, max_len: int | None):
+    """Expand `m` roots to full trees. Returns (generations, alive): alive[i] is False for
+    strings abandoned because they exceed max_len (their nodes may linger in early generations
+    and are filtered out by the caller)."""
+    sym = np.zeros(m, dtype=np.int64)  # the roots: nonterminal 0
+    string = np.arange(m, dtype=np.int64)
+    alive = np.ones(m, dtype=bool)
+    emitted = np.zeros(m, dtype=np.int64)  # terminals placed so far, per string
+    gens: list[_Generation] = []
+    total = 0
+    while True:
+        nt_pos = np.flatnonzero(sym < t.n_nt)
+        if nt_pos.size == 0:
+            gens.append(_Generation(sym, string, nt_pos, nt_pos))
+            return gens, alive
+        nts = sym[nt_pos]
+        # inverse CDF: count the cumulative probabilities <= u; clamp guards rounding at 1.0
+        u = rng.random(nt_pos.size)
+        j = (t.cum[nts] <= u[:, None]).sum(axis=1)
+        j = np.minimum(j, t.n_rules[nts] - 1)
+        rule = t.rule_of[nts, j]
+        n_children = t.rhs_len[rule]
+        gens.append(_Generation(sym, string, nt_pos, n_children))
+        # replace each nonterminal by its right-hand side: (C,) children, left to right
+        first = np.cumsum(n_children) - n_children
+        k = np.arange(int(first[-1] + n_children[-1])) - np.repeat(first, n_children)
+        child = t.rhs[np.repeat(rule, n_children), k]
+        child_string = np.repeat(string[nt_pos], n_children)
+        total += child.size
+        if max_len is not None:
+            is_t = child >= t.n_nt
+            emitted += np.bincount(child_string[is_t], minlength=m)
+            pending = np.bincount(child_string[~is_t], weights=t.min_len[child[~is_t]], minlength=m)
+            too_long = (emitted + pending > max_len) & alive
+            if too_long.any():
+                alive &= ~too_long
+                keep = alive[child_string]
+                child, child_string = child[keep], child_string[keep]
+        elif total > _RUNAWAY_NODES:
+            raise SamplingError(
+                f"a derivation grew past {_RUNAWAY_NODES:,} nodes without finishing: the "
+                "grammar's strings are very long with heavy tails; pass max_len to cap them"
+            )
+        sym, string = child, child_string
+
+
+def _assemble(gens: list[_Generation], accept: np.ndarray, t: _Tables, labels: bool, levels):
+    """Turn the accepted strings' generations into a SampleBatch (strings renumbered 0..n-1)."""
+    renumber = np.cumsum(accept) - 1  # old string index -> new one
+    n = int(accept.sum())
+    gsym, gstr, gnt, glen = [], [], [], []
+    for gen in gens:
+        keep = accept[gen.string]
+        pos = np.flatnonzero(keep)
+        # keep only the accepted strings' nodes; nt_pos re-indexed into the filtered array
+        nt_keep = keep[gen.nt_pos]
+        new_index = np.cumsum(keep) - 1
+        gsym.append(gen.sym[pos])
+        gstr.append(renumber[gen.string[pos]])
+        gnt.append(new_index[gen.nt_pos[nt_keep]])
+        glen.append(gen.n_children[nt_keep])
+    n_gen = len(gens)
+    # subtree sizes (tokens), bottom-up: a terminal is 1, a nonterminal the sum of its children
+    size: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * n_gen
+    for g in reversed(range(n_gen)):
+        s = np.ones(gsym[g].size, dtype=np.int64)
+        if gnt[g].size:
+            group = np.cumsum(glen[g]) - glen[g]  # first child of each nonterminal in g+1
+            s[gnt[g]] = np.add.reduceat(size[g + 1], group)
+        size[g] = s
+    # start positions within the string, top-down: parent start + sizes of earlier siblings
+    start: list[np.ndarray] = [np.zeros(gsym[0].size, dtype=np.int64)] + [None] * (n_gen - 1)
+    for g in range(n_gen - 1):
+        if gnt[g].size == 0:
+            start[g + 1] = np.empty(0, dtype=np.int64)
+            continue
+        sz = size[g + 1]
+        before = np.cumsum(sz) - sz  # exclusive prefix sum over the whole generation
+        group = np.cumsum(glen[g]) - glen[g]
+        start[g + 1] = np.repeat(start[g][gnt[g]] - before[group], glen[g]) + before
+    lengths = size[0]  # generation 0 = the roots, one per string, in order
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.empty(int(offsets[-1]), dtype=np.int64)
+    for g in range(n_gen):
+        is_t = gsym[g] >= t.n_nt
+        ids[offsets[gstr[g][is_t]] + start[g][is_t]] = gsym[g][is_t] - t.n_nt + 1
+    batch = SampleBatch(ids=ids, offsets=offsets)
+    if not labels:
+        return batch
+    # spans of every nonterminal node in pre-order: by position in the batch, and for nodes
+    # starting at the same token (a leftmost chain) by depth, which the stable sort keeps
+    rows, where, owner = [], [], []
+    for g in range(n_gen):
+        nt = gnt[g]
+        if nt.size == 0:
+            continue
+        st = start[g][nt]
+        rows.append(np.stack([gsym[g][nt], st, st + size[g][nt]], axis=1))
+        where.append(offsets[gstr[g][nt]] + st)
+        owner.append(gstr[g][nt])
+    order = np.argsort(np.concatenate(where), kind="stable")
+    batch.span_rows = np.concatenate(rows)[order]
+    batch.span_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(np.concatenate(owner), minlength=n), out=batch.span_offsets[1:])
+    if levels is not None:
+        n_lev = len(levels)
+        level_index = np.zeros(t.n_nt, dtype=np.int64)
+        for lev in levels:
+            level_index[list(lev)] = np.arange(len(lev))
+        n_tok = ids.size
+        batch.ancestors = np.empty((n_lev, n_tok), dtype=np.int16)
+        batch.subtree = np.empty((n_lev, n_tok), dtype=np.int32)
+        batch.is_boundary = np.zeros((n_lev, n_tok), dtype=bool)
+        for lev in range(n_lev):
+            # generation lev = the level-lev nonterminals, in token order (layered grammar)
+            sz = size[lev]
+            batch.ancestors[lev] = np.repeat(level_index[gsym[lev]], sz)
+            per_string = np.bincount(gstr[lev], minlength=n)
+            first = np.cumsum(per_string) - per_string
+            ordinal = np.arange(gsym[lev].size) - first[gstr[lev]]
+            batch.subtree[lev] = np.repeat(ordinal, sz)
+            batch.is_boundary[lev, np.cumsum(sz) - 1] = True
+    return batch
+
+
+def _concat(parts: list[SampleBatch]) -> SampleBatch:
+    if len(parts) == 1:
+        return parts[0]
+    lengths = np.concatenate([p.lengths for p in parts])
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = SampleBatch(ids=np.concatenate([p.ids for p in parts]), offsets=offsets)
+    if parts[0].span_rows is not None:
+        out.span_rows = np.concatenate([p.span_rows for p in parts])
+        counts = np.concatenate([np.diff(p.span_offsets) for p in parts])
+        out.span_offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=out.span_offsets[1:])
+    if parts[0].ancestors is not None:
+        out.ancestors = np.concatenate([p.ancestors for p in parts], axis=1)
+        out.subtree = np.concatenate([p.subtree for p in parts], axis=1)
+        out.is_boundary = np.concatenate([p.is_boundary for p in parts], axis=1)
+    return out
+
+
+# ---- public API --------------------------------------------------------------------------------
+def sample(
+    grammar: Grammar,
+    n: int,
+    seed: int,
+    *,
+    max_len: int | None = None,
+    labels: bool = True,
+    max_tries: int = 100,
+) -> SampleBatch:
+    """`n` strings from `grammar` (see the module docstring for labels and the max_len policy).
+
+    Raises SamplingError for n < 0, max_len below the grammar's shortest string, or when
+    fewer than `n` strings of length <= max_len turn up in `max_tries * n` (>= 1000) draws.
+    """
+    if n < 0:
+        raise SamplingError(f"cannot sample n={n} strings: give n >= 0")
+    t = _tables(grammar)
+    name = grammar.name or "the grammar"
+    if max_len is not None and t.min_len[0] > max_len:
+        raise SamplingError(
+            f"max_len={max_len} is below the shortest string of {name} "
+            f"({int(t.min_len[0])} tokens): raise max_len to at least {int(t.min_len[0])}"
+        )
+    rng = np.random.default_rng(seed)
+    levels = _strict_levels(grammar)
+    per_batch = max(1, int(_NODES_PER_BATCH / (2.0 * max(grammar.mean_length, 1.0))))
+    budget = max(1000, max_tries * n)
+    parts: list[SampleBatch] = []
+    got = drawn = 0
+    while got < n:
+        if drawn >= budget:
+            raise SamplingError(
+                f"only {got} of {n} strings of {name} had length <= {max_len} after {drawn} "
+                f"draws (acceptance {got / drawn:.2%}; mean length {grammar.mean_length:.1f}): "
+                "raise max_len, or max_tries to keep drawing"
+            )
+        need = n - got
+        # draw enough for the acceptance rate seen so far, within the batch size and budget
+        rate = max((got + 1) / (drawn + 1), 0.01) if drawn else 1.0
+        m = min(per_batch, budget - drawn, max(need, math.ceil(need / rate * 1.1)))
+        gens, alive = _derive(t, m, rng, max_len)
+        drawn += m
+        accept = alive.copy()
+        accept[np.flatnonzero(alive)[need:]] = False  # keep the first `need` survivors
+        if accept.any():
+            parts.append(_assemble(gens, accept, t, labels, levels))
+            got += int(accept.sum())
+    if not parts:  # n == 0
+        return SampleBatch(ids=np.empty(0, np.int64), offsets=np.zeros(1, np.int64))
+    return _concat(parts)
+
+
+def sample_authors(grammar: Grammar, rng: random.Random) -> list[int]:
+    """One string by the authors' generator (PhysicsLM4 `CFG_Node.generate`): pre-order from the
+    root, one `rng.randint(0, k-1)` per nonterminal (k = its number of rules, in file order),
+    children left to right. Returns token ids 1..T. Uniform grammars only, like the authors'.
+
+    >>> ids = sample_authors(load("cfg3f"), random.Random(7711))  # 305 tokens: 3 3 3 3 1 1 2 ...
+    """
+    for a, rs in enumerate(grammar.rules_of):
+        if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):
+            raise SamplingError(
+                f"sample_authors draws rules uniformly, but nonterminal "
+                f"{grammar.nonterminals[a]!r} has non-uniform rule probabilities: use "
+                "sample() for weighted grammars"
+            )
+    n_nt = grammar.n_nt
+    rhs = [grammar.rules[r].rhs for r in range(len(grammar.rules))]
+    out: list[int] = []
+    stack = [0]  # symbols still to expand, the next one on top (explicit stack: no recursion)
+    while stack:
+        s = stack.pop()
+        if s >= n_nt:
+            out.append(s - n_nt + 1)
+            continue
+        rs = grammar.rules_of[s]
+        stack.extend(reversed(rhs[rs[rng.randint(0, len(rs) - 1)]]))
+    return out
