@@ -88,7 +88,6 @@ def sweep_one(
     fin = np.zeros(nn)
     rv = np.zeros(nn)  # the cell (k, j) scattered densely while it is combined
     base = np.zeros(nn)
-    pt = np.zeros(n_t + 1)
     cell_start = np.empty(64, np.int64)
     ent_off = np.zeros(65, np.int64)
     ent_sym = np.empty(256, np.int64)
