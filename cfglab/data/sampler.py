@@ -52,6 +52,8 @@ from cfglab.grammar.cfg import Grammar
 _NODES_PER_BATCH = 2_000_000
 # With max_len=None, a single batch holding more nodes than this is a runaway derivation.
 _RUNAWAY_NODES = 200_000_000
+# Buckets of the guide table for drawing rules: the search starts at most a bucket away.
+_GUIDE = 256
 
 
 @dataclass
@@ -63,9 +65,8 @@ class SampleBatch:
     ancestors: np.ndarray | None = None  # (L, N_total) int16, layered grammars with labels
     subtree: np.ndarray | None = None  # (L, N_total) int32
     is_boundary: np.ndarray | None = None  # (L, N_total) bool
-    span_rows: np.ndarray | None = None  # (K_total, 3) int64 (nt, start, end), pre-order
-    span_offsets: np.ndarray | None = None  # (n+1,) int64: string i's rows
-    _spans: list[np.ndarray] | None = field(default=None, repr=False)
+    _span_parts: list[_SpanSource] | None = field(default=None, repr=False)
+    _span_cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -77,15 +78,65 @@ class SampleBatch:
     def strings(self) -> list[np.ndarray]:
         return np.split(self.ids, self.offsets[1:-1])
 
+    def _span_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        # computed on first use only: most callers want the per-level labels or nothing
+        if self._span_parts is None:
+            return None
+        if self._span_cache is None:
+            done = [part.rows_and_counts() for part in self._span_parts]
+            rows = np.concatenate([r for r, _ in done])
+            offsets = np.zeros(len(self) + 1, dtype=np.int64)
+            np.cumsum(np.concatenate([c for _, c in done]), out=offsets[1:])
+            self._span_cache = (rows, offsets)
+        return self._span_cache
+
+    @property
+    def span_rows(self) -> np.ndarray | None:
+        """(K_total, 3) int64 rows (nt, start, end_exclusive) of all strings, pre-order."""
+        table = self._span_table()
+        return None if table is None else table[0]
+
+    @property
+    def span_offsets(self) -> np.ndarray | None:
+        """(n+1,) int64: string i's span rows are span_rows[span_offsets[i]:span_offsets[i+1]]."""
+        table = self._span_table()
+        return None if table is None else table[1]
+
     @property
     def spans(self) -> list[np.ndarray] | None:
-        """Per string a (K, 3) int64 array (nt, start, end_exclusive), pre-order; None without
-        labels. Positions are within the string."""
-        if self.span_rows is None:
-            return None
-        if self._spans is None:
-            self._spans = np.split(self.span_rows, self.span_offsets[1:-1])
-        return self._spans
+        """Per string a (K, 3) int64 array (nt, start, end_exclusive), pre-order (parents before
+        children, left to right); None without labels. Positions are within the string."""
+        table = self._span_table()
+        return None if table is None else np.split(table[0], table[1][1:-1])
+
+
+@dataclass
+class _SpanSource:
+    """One batch's derivation trees, kept to compute its spans on demand."""
+
+    gsym: list[np.ndarray]  # per generation: symbols
+    gstr: list[np.ndarray]  # per generation: string index (within this batch)
+    gnt: list[np.ndarray]  # per generation: positions of the nonterminal nodes
+    start: list[np.ndarray]  # per generation: first token of each node, within its string
+    size: list[np.ndarray]  # per generation: tokens under each node
+    offsets: np.ndarray  # (n+1,) token offsets of this batch's strings
+
+    def rows_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        # pre-order = by position in the batch; nodes that start at the same token form a
+        # leftmost chain, ordered by depth, which the stable sort keeps (generations in order)
+        rows, where, owner = [], [], []
+        for g, nt in enumerate(self.gnt):
+            if nt.size == 0:
+                continue
+            st = self.start[g][nt]
+            rows.append(np.stack([self.gsym[g][nt], st, st + self.size[g][nt]], axis=1))
+            where.append(self.offsets[self.gstr[g][nt]] + st)
+            owner.append(self.gstr[g][nt])
+        order = np.argsort(np.concatenate(where), kind="stable")
+        n = self.offsets.size - 1
+        return np.concatenate(rows)[order].astype(np.int64), np.bincount(
+            np.concatenate(owner), minlength=n
+        )
 
 
 # ---- tables ----------------------------------------------------------------------------------
@@ -96,7 +147,8 @@ class _Tables:
     n_nt: int
     n_rules: np.ndarray  # (n_nt,) rules per nonterminal
     rule_of: np.ndarray  # (n_nt, R) global rule index of an nt's j-th rule (padded)
-    cum: np.ndarray  # (n_nt, R) cumulative rule probabilities, padded with 2.0
+    cum: np.ndarray  # (n_nt * R,) flat cumulative rule probabilities; the last rule's is 2.0
+    guide: np.ndarray  # (n_nt, _GUIDE) first rule whose cumulative probability exceeds b/_GUIDE
     rhs_len: np.ndarray  # (n_rules,)
     rhs: np.ndarray  # (n_rules, max_rhs) symbols, padded with -1
     min_len: np.ndarray  # (n_nt + n_t,) shortest yield of each symbol (terminals 1)
@@ -111,13 +163,16 @@ def _tables(grammar: Grammar) -> _Tables:
     for a, rs in enumerate(grammar.rules_of):
         rule_of[a, : len(rs)] = rs
         rule_of[a, len(rs) :] = rs[-1]
-        cum[a, : len(rs)] = np.cumsum([grammar.rules[r].prob for r in rs])
+        cum[a, : len(rs) - 1] = np.cumsum([grammar.rules[r].prob for r in rs])[:-1]
+    # guide table (Chen & Asau): where the inverse-CDF search for u in [b/G, (b+1)/G) starts
+    grid = np.arange(_GUIDE) / _GUIDE
+    guide = (cum[:, None, :] <= grid[None, :, None]).sum(axis=2)  # (n_nt, G)
     max_rhs = max(len(r.rhs) for r in grammar.rules)
     rhs = np.full((len(grammar.rules), max_rhs), -1, dtype=np.int64)
     rhs_len = np.array([len(r.rhs) for r in grammar.rules], dtype=np.int64)
     for i, r in enumerate(grammar.rules):
         rhs[i, : len(r.rhs)] = r.rhs
-    return _Tables(n_nt, n_rules, rule_of, cum, rhs_len, rhs, _min_lengths(grammar))
+    return _Tables(n_nt, n_rules, rule_of, cum.ravel(), guide, rhs_len, rhs, _min_lengths(grammar))
 
 
 def _min_lengths(grammar: Grammar) -> np.ndarray:
@@ -189,10 +244,16 @@ def _derive(t: _Tables, m: int, rng: np.random.Generator, max_len: int | None):
             gens.append(_Generation(sym, string, nt_pos, nt_pos))
             return gens, alive
         nts = sym[nt_pos]
-        # inverse CDF: count the cumulative probabilities <= u; clamp guards rounding at 1.0
+        # inverse CDF with a guide table: start at the bucket's first candidate rule, then
+        # step right while u is past the rule's cumulative probability (rarely more than once)
         u = rng.random(nt_pos.size)
-        j = (t.cum[nts] <= u[:, None]).sum(axis=1)
-        j = np.minimum(j, t.n_rules[nts] - 1)
+        j = t.guide[nts, (u * _GUIDE).astype(np.intp)]
+        base = nts * t.rule_of.shape[1]  # row starts in the flat cumulative table
+        todo = np.arange(nt_pos.size)
+        while todo.size:
+            step = u[todo] >= t.cum[base[todo] + j[todo]]
+            todo = todo[step]
+            j[todo] += 1
         rule = t.rule_of[nts, j]
         n_children = t.rhs_len[rule]
         gens.append(_Generation(sym, string, nt_pos, n_children))
@@ -225,6 +286,12 @@ def _assemble(gens: list[_Generation], accept: np.ndarray, t: _Tables, labels: b
     n = int(accept.sum())
     gsym, gstr, gnt, glen = [], [], [], []
     for gen in gens:
+        if n == accept.size:  # nothing rejected: no filtering, no renumbering
+            gsym.append(gen.sym)
+            gstr.append(gen.string)
+            gnt.append(gen.nt_pos)
+            glen.append(gen.n_children)
+            continue
         keep = accept[gen.string]
         pos = np.flatnonzero(keep)
         # keep only the accepted strings' nodes; nt_pos re-indexed into the filtered array
@@ -263,39 +330,27 @@ def _assemble(gens: list[_Generation], accept: np.ndarray, t: _Tables, labels: b
     batch = SampleBatch(ids=ids, offsets=offsets)
     if not labels:
         return batch
-    # spans of every nonterminal node in pre-order: by position in the batch, and for nodes
-    # starting at the same token (a leftmost chain) by depth, which the stable sort keeps
-    rows, where, owner = [], [], []
-    for g in range(n_gen):
-        nt = gnt[g]
-        if nt.size == 0:
-            continue
-        st = start[g][nt]
-        rows.append(np.stack([gsym[g][nt], st, st + size[g][nt]], axis=1))
-        where.append(offsets[gstr[g][nt]] + st)
-        owner.append(gstr[g][nt])
-    order = np.argsort(np.concatenate(where), kind="stable")
-    batch.span_rows = np.concatenate(rows)[order]
-    batch.span_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(np.concatenate(owner), minlength=n), out=batch.span_offsets[1:])
+    batch._span_parts = [_SpanSource(gsym, gstr, gnt, start, size, offsets)]
     if levels is not None:
-        n_lev = len(levels)
-        level_index = np.zeros(t.n_nt, dtype=np.int64)
+        # generation l = the level-l nonterminals in token order (layered grammar), so one
+        # np.repeat over all levels' nodes, by subtree size, yields the (L, N) label tables
+        n_lev, n_tok = len(levels), ids.size
+        level_index = np.zeros(t.n_nt, dtype=np.int16)  # nt -> index within its level
         for lev in levels:
             level_index[list(lev)] = np.arange(len(lev))
-        n_tok = ids.size
-        batch.ancestors = np.empty((n_lev, n_tok), dtype=np.int16)
-        batch.subtree = np.empty((n_lev, n_tok), dtype=np.int32)
-        batch.is_boundary = np.zeros((n_lev, n_tok), dtype=bool)
+        sizes = np.concatenate(size[:n_lev])  # (sum of level sizes,)
+        ordinals = []
         for lev in range(n_lev):
-            # generation lev = the level-lev nonterminals, in token order (layered grammar)
-            sz = size[lev]
-            batch.ancestors[lev] = np.repeat(level_index[gsym[lev]], sz)
             per_string = np.bincount(gstr[lev], minlength=n)
-            first = np.cumsum(per_string) - per_string
-            ordinal = np.arange(gsym[lev].size) - first[gstr[lev]]
-            batch.subtree[lev] = np.repeat(ordinal, sz)
-            batch.is_boundary[lev, np.cumsum(sz) - 1] = True
+            first = np.cumsum(per_string) - per_string  # first node of each string
+            ordinals.append(np.arange(gsym[lev].size, dtype=np.int32) - first[gstr[lev]])
+        nodes_sym = np.concatenate(gsym[:n_lev])
+        batch.ancestors = np.repeat(level_index[nodes_sym], sizes).reshape(n_lev, n_tok)
+        batch.subtree = np.repeat(np.concatenate(ordinals).astype(np.int32), sizes).reshape(
+            n_lev, n_tok
+        )
+        batch.is_boundary = np.zeros((n_lev, n_tok), dtype=bool)
+        batch.is_boundary.reshape(-1)[np.cumsum(sizes) - 1] = True  # each subtree's last token
     return batch
 
 
@@ -306,11 +361,8 @@ def _concat(parts: list[SampleBatch]) -> SampleBatch:
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = SampleBatch(ids=np.concatenate([p.ids for p in parts]), offsets=offsets)
-    if parts[0].span_rows is not None:
-        out.span_rows = np.concatenate([p.span_rows for p in parts])
-        counts = np.concatenate([np.diff(p.span_offsets) for p in parts])
-        out.span_offsets = np.zeros(counts.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=out.span_offsets[1:])
+    if parts[0]._span_parts is not None:
+        out._span_parts = [src for p in parts for src in p._span_parts]
     if parts[0].ancestors is not None:
         out.ancestors = np.concatenate([p.ancestors for p in parts], axis=1)
         out.subtree = np.concatenate([p.subtree for p in parts], axis=1)
