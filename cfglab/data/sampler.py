@@ -19,10 +19,15 @@ Worked example (cfg3b-like; levels [[S], [A, B]], rules S -> A B, A -> '1' '2', 
 
 How: a whole batch is expanded one tree generation at a time, with NumPy over all strings at
 once (no Python recursion, so deep recursive grammars work). Generation g holds every node at
-depth g, string-major and left to right; each nonterminal draws its rule by inverse CDF on a
-per-nonterminal cumulative table and is replaced by its right-hand side (np.repeat + a padded
-right-hand-side table). Subtree sizes are then summed bottom-up over the generations and start
-positions pushed top-down, which places the terminals and yields every label.
+depth g, string-major and left to right; each nonterminal draws its rule by inverse CDF (one
+`rng.random()` per node, a guide table into the per-nonterminal cumulative probabilities) and
+is replaced by its right-hand side (np.repeat + a padded right-hand-side table). Subtree sizes
+are then summed bottom-up over the generations and start positions pushed top-down, which
+places the terminals and yields every label. Spans are computed on first access (the batch
+keeps its trees until then); `labels=False` skips all of it and is about twice as fast.
+
+"Layered" here is strict: a grammar whose `levels` are set but that puts a terminal on a
+right-hand side above the last level gets spans only (its trees have no per-level cut).
 
 Randomness: `np.random.default_rng(seed)`; the same (grammar, n, seed, max_len) gives the same
 batch, but strings depend on `n` (draws are interleaved across the batch). `sample_authors` is
@@ -427,8 +432,7 @@ def sample_authors(grammar: Grammar, rng: random.Random) -> list[int]:
     """One string by the authors' generator (PhysicsLM4 `CFG_Node.generate`): pre-order from the
     root, one `rng.randint(0, k-1)` per nonterminal (k = its number of rules, in file order),
     children left to right. Returns token ids 1..T. Uniform grammars only, like the authors'.
-
-    >>> ids = sample_authors(load("cfg3f"), random.Random(7711))  # 305 tokens: 3 3 3 3 1 1 2 ...
+    Example: cfg3f with random.Random(7711) gives 305 tokens starting 3 3 3 3 1 1 2 1 3.
     """
     for a, rs in enumerate(grammar.rules_of):
         if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):

@@ -173,7 +173,7 @@ def test_builtin_strings_accepted_by_nltk(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN_GRAMMARS)
 def test_builtin_many_strings_accepted_by_nltk(name):
-    n = int(os.environ.get("CFGLAB_NLTK_STRINGS", "200"))
+    n = int(os.environ.get("CFGLAB_NLTK_STRINGS", "100"))
     g = load(name)
     nltk_cfg = nltk_grammar(g)
     for s in sample(g, n, seed=5, labels=False).strings():
