@@ -40,14 +40,34 @@ def add_grammar(p: argparse.ArgumentParser) -> None:
     check = sub.add_parser("check", help="validate a grammar file")
     check.add_argument("grammar", help="grammar file (NLTK CFG/PCFG syntax)")
     rnd = sub.add_parser("random", help="a random layered CFG by the paper's recipe")
-    rnd.add_argument("--levels", type=int, nargs="+", default=[1, 3, 3, 3, 3, 3, 3],
-                     help="symbols per level from the root (1) to the terminals")
-    rnd.add_argument("--rules", type=int, nargs=2, default=[2, 3], metavar=("MIN", "MAX"),
-                     help="rules per nonterminal")
-    rnd.add_argument("--length", type=int, nargs=2, default=[2, 3], metavar=("MIN", "MAX"),
-                     help="symbols per rule")
-    rnd.add_argument("--distinct-symbols", action="store_true",
-                     help="no symbol twice in one rule (the paper's cfg3b)")
+    rnd.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=[1, 3, 3, 3, 3, 3, 3],
+        help="symbols per level from the root (1) to the terminals",
+    )
+    rnd.add_argument(
+        "--rules",
+        type=int,
+        nargs=2,
+        default=[2, 3],
+        metavar=("MIN", "MAX"),
+        help="rules per nonterminal",
+    )
+    rnd.add_argument(
+        "--length",
+        type=int,
+        nargs=2,
+        default=[2, 3],
+        metavar=("MIN", "MAX"),
+        help="symbols per rule",
+    )
+    rnd.add_argument(
+        "--distinct-symbols",
+        action="store_true",
+        help="no symbol twice in one rule (the paper's cfg3b)",
+    )
     rnd.add_argument("--seed", type=int, default=0)
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
 
@@ -56,12 +76,16 @@ def run_grammar(args: argparse.Namespace) -> int:
     from cfglab.grammar import BUILTIN_GRAMMARS, Grammar, load, random_cfg
 
     if args.action == "list":
-        print(f"{'name':8} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
-              "  description")
+        print(
+            f"{'name':8} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
+            "  description"
+        )
         for name, desc in BUILTIN_GRAMMARS.items():
             g = load(name)
-            print(f"{name:8} {len(g.levels) + 1:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
-                  f"{g.mean_length:>9.1f}  {desc}")
+            print(
+                f"{name:8} {len(g.levels) + 1:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
+                f"{g.mean_length:>9.1f}  {desc}"
+            )
     elif args.action == "show":
         print(load(args.grammar).to_text(), end="")
     elif args.action == "check":
@@ -74,12 +98,18 @@ def run_grammar(args: argparse.Namespace) -> int:
             for w in caught:
                 print(f"cfglab: warning: {w.message}", file=sys.stderr)
         layered = f"layered, {len(g.levels) + 1} levels" if g.levels else "not layered"
-        print(f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "
-              f"rules, {layered}, mean length {g.mean_length:.1f})")
+        print(
+            f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "
+            f"rules, {layered}, mean length {g.mean_length:.1f})"
+        )
     elif args.action == "random":
-        g = random_cfg(sizes=tuple(args.levels), rules_per_nt=tuple(args.rules),
-                       rule_len=tuple(args.length), distinct_symbols_in_rule=args.distinct_symbols,
-                       seed=args.seed)
+        g = random_cfg(
+            sizes=tuple(args.levels),
+            rules_per_nt=tuple(args.rules),
+            rule_len=tuple(args.length),
+            distinct_symbols_in_rule=args.distinct_symbols,
+            seed=args.seed,
+        )
         text = g.to_text()
         Grammar.from_text(text)  # what we write must read back
         with _out(args.output) as f:
@@ -101,11 +131,15 @@ def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("grammar", help="built-in name or grammar file")
     p.add_argument("-n", type=int, default=10, help="number of strings (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=None,
-                   help="resample strings longer than this many tokens")
-    p.add_argument("--labels", action="store_true",
-                   help="JSON lines: tokens plus, per level, ancestor NT names and boundaries "
-                   "(layered grammars) or [nt, start, end] spans (other grammars)")
+    p.add_argument(
+        "--max-len", type=int, default=None, help="resample strings longer than this many tokens"
+    )
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="JSON lines: tokens plus, per level, ancestor NT names and boundaries "
+        "(layered grammars) or [nt, start, end] spans (other grammars)",
+    )
     p.add_argument("-o", "--output", help="write here instead of stdout")
 
 
@@ -124,12 +158,12 @@ def run_sample(args: argparse.Namespace) -> int:
         return 0
     lines = []
     if batch.ancestors is not None:  # layered: per-level labels
-        level_names = [np.array([g.nonterminals[a] for a in lev], dtype=object)
-                       for lev in g.levels]
+        level_names = [np.array([g.nonterminals[a] for a in lev], dtype=object) for lev in g.levels]
         for i, toks in enumerate(strings):
             a, b = batch.offsets[i], batch.offsets[i + 1]
-            anc = [level_names[lev][batch.ancestors[lev, a:b]].tolist()
-                   for lev in range(len(g.levels))]
+            anc = [
+                level_names[lev][batch.ancestors[lev, a:b]].tolist() for lev in range(len(g.levels))
+            ]
             bnd = batch.is_boundary[:, a:b].astype(int).tolist()
             lines.append(json.dumps({"tokens": toks, "ancestors": anc, "boundaries": bnd}))
     else:
@@ -146,10 +180,18 @@ def add_corrupt(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="strings, one per line, terminals separated by spaces")
     p.add_argument("--rate", type=float, required=True, help="per-token probability, in [0, 1]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kinds", nargs="+", default=["substitute"], choices=KINDS,
-                   help="corruptions applied in this order (default: substitute)")
-    p.add_argument("--grammar", help="built-in name or grammar file giving the terminal set "
-                   "(default: the tokens seen in FILE)")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["substitute"],
+        choices=KINDS,
+        help="corruptions applied in this order (default: substitute)",
+    )
+    p.add_argument(
+        "--grammar",
+        help="built-in name or grammar file giving the terminal set "
+        "(default: the tokens seen in FILE)",
+    )
     p.add_argument("-o", "--output", help="write here instead of stdout")
 
 
@@ -165,10 +207,10 @@ def run_corrupt(args: argparse.Namespace) -> int:
         vocab = Vocab.from_grammar(load(args.grammar))
     else:  # the tokens seen, numbers first in numeric order (as the grammar reader orders them)
         seen = {tok for toks in lines for tok in toks}
-        vocab = Vocab(tuple(sorted(seen, key=lambda s: (0, int(s), "") if s.isdigit()
-                                   else (1, 0, s))))
-    strings = [vocab.encode(toks, where=f"{args.file}:{i + 1}: ") for i, toks in
-               enumerate(lines)]
+        vocab = Vocab(
+            tuple(sorted(seen, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s)))
+        )
+    strings = [vocab.encode(toks, where=f"{args.file}:{i + 1}: ") for i, toks in enumerate(lines)]
     noisy = corrupt(strings, len(vocab.terminals), args.rate, args.seed, tuple(args.kinds))
     names = np.array(vocab.token_names(), dtype=object)
     _write_lines((" ".join(names[s].tolist()) for s in noisy), args.output)
@@ -178,10 +220,15 @@ def run_corrupt(args: argparse.Namespace) -> int:
 # ---- generate, eval, report (evaluate/metrics.py, report/) ---------------------------------------
 def add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
-    p.add_argument("-n", type=int, default=10,
-                   help="generations from BOS, or completions per prompt with --prompts")
-    p.add_argument("--prompts", metavar="FILE",
-                   help="prompts, one per line, terminals separated by spaces")
+    p.add_argument(
+        "-n",
+        type=int,
+        default=10,
+        help="generations from BOS, or completions per prompt with --prompts",
+    )
+    p.add_argument(
+        "--prompts", metavar="FILE", help="prompts, one per line, terminals separated by spaces"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -194,22 +241,34 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompts:
         p = Path(args.prompts)
         if not p.is_file():
-            raise CfglabError(f"no such file: {args.prompts}; give a text file with one prompt "
-                              "per line")
-        numbered = [(i + 1, line.split()) for i, line in enumerate(p.read_text().splitlines())
-                    if line.strip()]
+            raise CfglabError(
+                f"no such file: {args.prompts}; give a text file with one prompt per line"
+            )
+        numbered = [
+            (i + 1, line.split())
+            for i, line in enumerate(p.read_text().splitlines())
+            if line.strip()
+        ]
         prompts = [toks for _, toks in numbered]
         labels = [f"{args.prompts}:{i}" for i, _ in numbered]
-    strings = generate_from_run(args.run_dir, args.n, prompts=prompts, prompt_labels=labels,
-                                temperature=args.temperature, seed=args.seed, device=args.device)
+    strings = generate_from_run(
+        args.run_dir,
+        args.n,
+        prompts=prompts,
+        prompt_labels=labels,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device,
+    )
     sys.stdout.writelines(" ".join(s) + "\n" for s in strings)
     return 0
 
 
 def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
-    p.add_argument("--n", type=int,
-                   help="generations per accuracy number (default: eval.n_samples)")
+    p.add_argument(
+        "--n", type=int, help="generations per accuracy number (default: eval.n_samples)"
+    )
     p.add_argument("--n-kl", type=int, help="fresh true strings for the KL (default: --n)")
     p.add_argument("--temperature", type=float, nargs="+", help="sampling temperature(s)")
     p.add_argument("--cut", type=int, nargs="+", help="prompt lengths, e.g. 0 50 (cut0, cut50)")
@@ -220,12 +279,21 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from cfglab.evaluate.metrics import evaluate_run, format_table, summary_table
 
-    out = evaluate_run(args.run_dir, n=args.n, n_kl=args.n_kl, cuts=args.cut,
-                       temperatures=args.temperature, seed=args.seed, device=args.device)
+    out = evaluate_run(
+        args.run_dir,
+        n=args.n,
+        n_kl=args.n_kl,
+        cuts=args.cut,
+        temperatures=args.temperature,
+        seed=args.seed,
+        device=args.device,
+    )
     print(format_table(summary_table(out)))
     s = out["timing"]["seconds"]
-    print(f"wrote {Path(args.run_dir) / 'eval'}/*.json (model {s['model']:.1f} s, "
-          f"exact {s['exact']:.1f} s, sampling {s['sample']:.1f} s)")
+    print(
+        f"wrote {Path(args.run_dir) / 'eval'}/*.json (model {s['model']:.1f} s, "
+        f"exact {s['exact']:.1f} s, sampling {s['sample']:.1f} s)"
+    )
     return 0
 
 
@@ -241,19 +309,136 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train, run, data (config.py, train/, data/dataset.py) -----------------------------------
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="experiment YAML, e.g. configs/quickstart.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. train.max_steps=200",
+    )
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest complete checkpoint"
+    )
+    p.add_argument("--out", metavar="DIR", help="run directory (default: <out_dir>/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cfglab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # fails before torch is even imported
+    from cfglab.train import dist
+    from cfglab.train.loop import train
+
+    try:
+        train(cfg, resume=args.resume, run_dir=args.out, progress=not args.no_progress)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def _stage_train(cfg, run_dir: Path, args: argparse.Namespace) -> None:
+    from cfglab.train.loop import train
+
+    train(cfg, resume=args.resume, run_dir=run_dir, progress=not args.no_progress)
+
+
+# `cfglab run` = these stages in order on one run directory; a later stage adds one line here.
+# Each is stage(cfg, run_dir, args); only rank 0 runs the stages after training.
+RUN_STAGES: list[tuple[str, Callable]] = [
+    ("train", _stage_train),
+]
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from cfglab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from cfglab.train import dist
+
+    run_dir = Path(args.out) if args.out else cfg.run_dir
+    try:
+        for i, (name, stage) in enumerate(RUN_STAGES):
+            if i > 0 and not dist.is_master():
+                break
+            if dist.is_master():
+                print(f"== cfglab run: {name}", file=sys.stderr)
+            stage(cfg, run_dir, args)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to write")
+    p.add_argument("-n", type=int, required=True, help="number of strings")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from cfglab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.n < 1:
+        raise CfglabError(f"-n {args.n}: give at least one string")
+    from cfglab.data.dataset import write_dataset
+
+    out = write_dataset(
+        cfg.grammar.load(), args.out, args.n, seed=cfg.data.seed, max_len=cfg.data.max_len
+    )
+    meta = json.loads((out / "meta.json").read_text())
+    print(
+        f"wrote {out}: {args.n} strings, {meta['n_tokens']} tokens (tokens.npy, offsets.npy, "
+        "labels, meta.json); train on it with --set data.dataset=" + str(out)
+    )
+    return 0
+
+
 # ---- the dispatch table ----------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "grammar": ("list, show, check and generate grammars", add_grammar, run_grammar),
-    "sample": ("sample strings (optionally with tree labels) from a grammar", add_sample,
-               run_sample),
-    "corrupt": ("corrupt strings: substitute, insert or delete tokens", add_corrupt,
-                run_corrupt),
-    "generate": ("generate strings from a trained run (one per line, prompt included)",
-                 add_generate, run_generate),
+    "sample": (
+        "sample strings (optionally with tree labels) from a grammar",
+        add_sample,
+        run_sample,
+    ),
+    "corrupt": ("corrupt strings: substitute, insert or delete tokens", add_corrupt, run_corrupt),
+    "generate": (
+        "generate strings from a trained run (one per line, prompt included)",
+        add_generate,
+        run_generate,
+    ),
     "eval": ("evaluate a run: accuracy, diversity, exact KL -> eval/*.json", add_eval, run_eval),
-    "report": ("build report/report.md, report.html and figures from a run's results",
-               add_report, run_report),
+    "report": (
+        "build report/report.md, report.html and figures from a run's results",
+        add_report,
+        run_report,
+    ),
+    "train": (
+        "train a model from an experiment config (also under torchrun)",
+        add_train,
+        run_train,
+    ),
+    "run": (
+        "the whole experiment: train, then every later stage, on one run directory",
+        add_train,
+        run_run,
+    ),
+    "data": (
+        "write a saved (memory-mapped) dataset of strings and labels for a config",
+        add_data,
+        run_data,
+    ),
 }
 
 

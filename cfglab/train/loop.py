@@ -101,8 +101,9 @@ def train(
     that many steps as if interrupted (for tests of resume), without the exit."""
     t = cfg.train
     # ---- 1. resolve everything before any work --------------------------------------------
+    env = dist.torchrun_env()  # checked before joining a process group, so a bad batch
+    local_batch = dist.local_batch(t.batch_size, env[2] if env else 1)  # fails fast, alone
     info = dist.setup(t.device)
-    local_batch = dist.local_batch(t.batch_size, info.world_size)
     if local_batch % t.grad_accum:
         raise ConfigError(
             f"per-process batch {local_batch} (train.batch_size {t.batch_size} / "
