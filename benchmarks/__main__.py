@@ -14,16 +14,22 @@ import benchmarks
 
 
 def available() -> list[str]:
-    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(benchmarks.__path__)
-                  if m.name.startswith("bench_"))
+    return sorted(
+        m.name[len("bench_") :]
+        for m in pkgutil.iter_modules(benchmarks.__path__)
+        if m.name.startswith("bench_")
+    )
 
 
 def main(argv: list[str]) -> int:
     names = argv or available()
     unknown = [n for n in names if n not in available()]
     if unknown:
-        print(f"benchmarks: error: unknown benchmark {', '.join(unknown)}; "
-              f"choose from {', '.join(available())}", file=sys.stderr)
+        print(
+            f"benchmarks: error: unknown benchmark {', '.join(unknown)}; "
+            f"choose from {', '.join(available())}",
+            file=sys.stderr,
+        )
         return 2
     for name in names:
         print(f"== benchmark {name}")

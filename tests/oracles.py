@@ -61,7 +61,7 @@ def all_strings(grammar: Grammar, max_len: int) -> dict[tuple[str, ...], float]:
             continue
         for ri in grammar.rules_of[form[i]]:
             r = grammar.rules[ri]
-            stack.append((form[:i] + r.rhs + form[i + 1:], p * r.prob))
+            stack.append((form[:i] + r.rhs + form[i + 1 :], p * r.prob))
     return out
 
 
@@ -126,5 +126,6 @@ def nltk_chart_accepts(nltk_cfg, tokens: list[str]) -> bool:
     except ValueError:  # a token that is not a terminal of the grammar
         return False
     chart = nltk.ChartParser(nltk_cfg).chart_parse(tokens)
-    return any(True for _ in chart.select(start=0, end=len(tokens), is_complete=True,
-                                          lhs=nltk_cfg.start()))
+    return any(
+        True for _ in chart.select(start=0, end=len(tokens), is_complete=True, lhs=nltk_cfg.start())
+    )

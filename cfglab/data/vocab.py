@@ -63,8 +63,10 @@ class Vocab:
             tid = index.get(tok)
             if tid is None:
                 known = " ".join(self.terminals[:20]) + (" ..." if len(self.terminals) > 20 else "")
-                raise VocabError(f"{where}unknown token {tok!r} at position {i + 1}: the grammar's "
-                                 f"terminals are {known}; separate tokens by spaces")
+                raise VocabError(
+                    f"{where}unknown token {tok!r} at position {i + 1}: the grammar's "
+                    f"terminals are {known}; separate tokens by spaces"
+                )
             out.append(tid)
         return np.asarray(out, dtype=np.int64)
 

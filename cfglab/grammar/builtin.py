@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from math import perm
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,10 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
                     )
                     rules.append(Rule(a, rhs, 1.0 / len(children)))
     except (KeyError, IndexError, TypeError) as exc:
-        raise GrammarError(f"{name or 'grammar JSON'}: not in the authors' layered format "
-                           f"(missing or bad field {exc}); see cfglab/grammar/builtin.py") from None
+        raise GrammarError(
+            f"{name or 'grammar JSON'}: not in the authors' layered format "
+            f"(missing or bad field {exc}); see cfglab/grammar/builtin.py"
+        ) from None
     return Grammar(tuple(nt_names), tuple(terminals), tuple(rules), name=name)
 
 
@@ -75,21 +78,25 @@ def load(name_or_path: str | Path) -> Grammar:
     path = Path(name)
     if not path.exists():
         hint = ", ".join(BUILTIN_GRAMMARS)
-        raise GrammarError(f"unknown grammar {name!r}: give a built-in name ({hint}) or the path "
-                           "of a grammar file")
+        raise GrammarError(
+            f"unknown grammar {name!r}: give a built-in name ({hint}) or the path of a grammar file"
+        )
     if path.is_dir():
         raise GrammarError(f"{name} is a directory: give a grammar file (NLTK CFG/PCFG text)")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise GrammarError(f"{name}: not a text file; a grammar file is NLTK CFG/PCFG text, "
-                           "e.g. S -> A 'b'") from None
+        raise GrammarError(
+            f"{name}: not a text file; a grammar file is NLTK CFG/PCFG text, e.g. S -> A 'b'"
+        ) from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise GrammarError(f"{name}: invalid JSON ({exc}); a .json grammar must be in the "
-                               "authors' layered format") from None
+            raise GrammarError(
+                f"{name}: invalid JSON ({exc}); a .json grammar must be in the "
+                "authors' layered format"
+            ) from None
         return grammar_from_authors_json(data, name=path.stem)
     return Grammar.from_text(text, name=path.stem, source=name)
 
@@ -116,27 +123,39 @@ def random_cfg(
     """
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or sizes[0] != 1 or min(sizes) < 1:
-        raise GrammarError(f"random_cfg: sizes {sizes} must start with 1 (the root) and list at "
-                           "least one more level, all >= 1")
+        raise GrammarError(
+            f"random_cfg: sizes {sizes} must start with 1 (the root) and list at "
+            "least one more level, all >= 1"
+        )
     lo, hi = rules_per_nt
     llo, lhi = rule_len
     if not (1 <= lo <= hi and 1 <= llo <= lhi):
-        raise GrammarError(f"random_cfg: need 1 <= min <= max for rules_per_nt {rules_per_nt} "
-                           f"and rule_len {rule_len}")
+        raise GrammarError(
+            f"random_cfg: need 1 <= min <= max for rules_per_nt {rules_per_nt} "
+            f"and rule_len {rule_len}"
+        )
     if llo == 1 and len(sizes) > 2 and lhi == 1:
         raise GrammarError("random_cfg: rules of length 1 only would make every string one token")
     if distinct_symbols_in_rule and lhi > min(sizes[1:]):
-        raise GrammarError(f"random_cfg: rules of length {lhi} cannot have distinct symbols "
-                           f"with a level of {min(sizes[1:])} symbols; lower rule_len")
+        raise GrammarError(
+            f"random_cfg: rules of length {lhi} cannot have distinct symbols "
+            f"with a level of {min(sizes[1:])} symbols; lower rule_len"
+        )
     rng = np.random.default_rng(seed)
     n_levels = len(sizes)
     level_rules: list[list[list[tuple[int, ...]]]] = []  # [level][k] -> rules (indices below)
     for lev in range(n_levels - 1):
         below = sizes[lev + 1]
-        capacity = sum(below**length for length in range(llo, lhi + 1))
-        if distinct_rules_per_level and sizes[lev] * hi > capacity:
-            raise GrammarError(f"random_cfg: level {lev} needs up to {sizes[lev] * hi} distinct "
-                               f"rules but only {capacity} exist; lower rules_per_nt")
+        # how many different right-hand sides exist; redrawing duplicates must terminate
+        capacity = sum(
+            perm(below, n) if distinct_symbols_in_rule else below**n for n in range(llo, lhi + 1)
+        )
+        needed = sizes[lev] * hi if distinct_rules_per_level else hi
+        if needed > capacity:
+            raise GrammarError(
+                f"random_cfg: level {lev} needs up to {needed} distinct rules but "
+                f"only {capacity} exist; lower rules_per_nt or raise sizes"
+            )
         seen: set[tuple[int, ...]] = set()
         per_nt = []
         for _ in range(sizes[lev]):

@@ -127,8 +127,8 @@ class Grammar:
         for a, d in depth.items():
             for ri in self.rules_of[a]:
                 rhs = self.rules[ri].rhs
-                all_t = all(self.is_terminal(s) for s in rhs)
-                if (d == n_levels - 1) != all_t:  # terminals only and exactly at the last level
+                n_t = sum(self.is_terminal(s) for s in rhs)
+                if n_t != (len(rhs) if d == n_levels - 1 else 0):  # terminals: last level only
                     return None
         return tuple(
             tuple(sorted(a for a, d in depth.items() if d == lev)) for lev in range(n_levels)
@@ -145,7 +145,7 @@ class Grammar:
 
     @cached_property
     def expected_lengths(self) -> np.ndarray:
-        """E[length of the string derived from nt a], for every nonterminal (finite by validation)."""
+        """E[length of the string derived from nt a] for every nt (finite: validation checks)."""
         m = self.expected_counts
         nn = self.n_nt
         # e = M_nt e + M_t 1  =>  (I - M_nt) e = M_t 1
@@ -165,9 +165,7 @@ class Grammar:
         """Write NLTK syntax. Weights are omitted when every nonterminal is uniform, so a file
         written without weights round-trips to the same text; floats are written with `repr`
         so weighted grammars round-trip exactly."""
-        uniform = all(
-            self.rules[ri].prob == 1.0 / len(rs) for rs in self.rules_of for ri in rs
-        )
+        uniform = all(self.rules[ri].prob == 1.0 / len(rs) for rs in self.rules_of for ri in rs)
         lines = []
         if self.name:
             lines.append(f"# grammar {self.name}")
@@ -176,8 +174,10 @@ class Grammar:
             alts = []
             for ri in rs:
                 rule = self.rules[ri]
-                body = " ".join(_quote(self.symbol_name(s)) if self.is_terminal(s)
-                                else self.symbol_name(s) for s in rule.rhs)
+                body = " ".join(
+                    _quote(self.symbol_name(s)) if self.is_terminal(s) else self.symbol_name(s)
+                    for s in rule.rhs
+                )
                 alts.append(body if uniform else f"{body} [{rule.prob!r}]")
             lines.append(f"{self.nonterminals[a]} -> " + " | ".join(alts))
         return "\n".join(lines) + "\n"
@@ -213,7 +213,9 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
     # (lhs, [(is_terminal, name)], prob or None, line_no)
     raw: list[tuple[str, list[tuple[bool, str]], float | None, int]] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
-        body = line.split("#", 1)[0] if "'" not in line and '"' not in line else _strip_comment(line)
+        body = (
+            line.split("#", 1)[0] if "'" not in line and '"' not in line else _strip_comment(line)
+        )
         body = body.strip()
         if not body:
             continue
@@ -231,8 +233,12 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
     weighted = [r[2] is not None for r in raw]
     if any(weighted) and not all(weighted):
         bad = raw[weighted.index(False)] if weighted[0] else raw[weighted.index(True)]
-        raise _fail(source, bad[3], "some rules have a probability [p] and some do not: give "
-                    "every rule a probability, or none (then each nonterminal is uniform)")
+        raise _fail(
+            source,
+            bad[3],
+            "some rules have a probability [p] and some do not: give "
+            "every rule a probability, or none (then each nonterminal is uniform)",
+        )
 
     nt_names: list[str] = []
     for lhs, _, _, _ in raw:
@@ -240,8 +246,12 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             nt_names.append(lhs)
     if start is not None:
         if start not in nt_names:
-            raise _fail(source, start_line, f"start symbol {start!r} has no rules: add a rule "
-                        f"'{start} -> ...' or name another symbol in '%start'")
+            raise _fail(
+                source,
+                start_line,
+                f"start symbol {start!r} has no rules: add a rule "
+                f"'{start} -> ...' or name another symbol in '%start'",
+            )
         nt_names.remove(start)
         nt_names.insert(0, start)
     nt_index = {n: i for i, n in enumerate(nt_names)}
@@ -252,9 +262,13 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             if is_t and s not in t_names:
                 t_names.append(s)
             elif not is_t and s not in nt_index:
-                raise _fail(source, line_no, f"nonterminal {s!r} (in a rule of {lhs!r}) has no "
-                            f"rules: add a rule '{s} -> ...', or quote it ('{s}') if it is a "
-                            "terminal")
+                raise _fail(
+                    source,
+                    line_no,
+                    f"nonterminal {s!r} (in a rule of {lhs!r}) has no "
+                    f"rules: add a rule '{s} -> ...', or quote it ('{s}') if it is a "
+                    "terminal",
+                )
     t_names.sort(key=_natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
     n_nt = len(nt_names)
     t_index = {n: n_nt + i for i, n in enumerate(t_names)}
@@ -266,9 +280,13 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
         a = nt_index[lhs]
         ids = tuple(t_index[s] if is_t else nt_index[s] for is_t, s in rhs)
         if (a, ids) in seen:
-            raise _fail(source, line_no, f"duplicate rule for {lhs!r}: "
-                        f"{lhs} -> {' '.join(s for _, s in rhs)}; remove one copy (merge their "
-                        "probabilities)")
+            raise _fail(
+                source,
+                line_no,
+                f"duplicate rule for {lhs!r}: "
+                f"{lhs} -> {' '.join(_quote(s) if t else s for t, s in rhs)}; "
+                "remove one copy (merge their probabilities)",
+            )
         seen.add((a, ids))
         by_lhs[a].append((ids, p, line_no))
     rules = []
@@ -278,8 +296,12 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             continue
         total = sum(p for _, p, _ in alts)
         if abs(total - 1.0) > PROB_TOLERANCE:
-            raise _fail(source, alts[0][2], f"the probabilities of {nt_names[a]!r}'s rules sum to "
-                        f"{total:.6g}, not 1: fix them so they sum to 1")
+            raise _fail(
+                source,
+                alts[0][2],
+                f"the probabilities of the rules of {nt_names[a]!r} sum to "
+                f"{total:.6g}, not 1: fix them so they sum to 1",
+            )
         rules.extend(Rule(a, ids, p) for ids, p, _ in alts)
 
     g = Grammar(tuple(nt_names), tuple(t_names), tuple(rules), name=name)
@@ -316,13 +338,21 @@ def _read_line(body: str, source: str, line_no: int):
         pos = m.end()
         kind = m.lastgroup
         if kind == "bad":
-            raise _fail(source, line_no, f"unexpected character {m.group('bad')!r} at column "
-                        f"{m.start('bad') + 1}: terminals are quoted ('a'), nonterminals are "
-                        "words, alternatives are separated by '|'")
+            raise _fail(
+                source,
+                line_no,
+                f"unexpected character {m.group('bad')!r} at column "
+                f"{m.start('bad') + 1}: terminals are quoted ('a'), nonterminals are "
+                "words, alternatives are separated by '|'",
+            )
         tokens.append((kind, m.group(kind)))
     if len(tokens) < 2 or tokens[0][0] != "nt" or tokens[1][0] != "arrow":
-        raise _fail(source, line_no, "expected a rule 'LHS -> RHS' with a nonterminal on the "
-                    f"left, e.g. S -> A 'b'; got {body!r}")
+        raise _fail(
+            source,
+            line_no,
+            "expected a rule 'LHS -> RHS' with a nonterminal on the "
+            f"left, e.g. S -> A 'b'; got {body!r}",
+        )
     lhs = tokens[0][1]
     alts: list[list[tuple[str, str]]] = [[]]
     for kind, val in tokens[2:]:
@@ -340,18 +370,31 @@ def _read_line(body: str, source: str, line_no: int):
             try:
                 prob = float(text)
             except ValueError:
-                raise _fail(source, line_no, f"probability [{text}] is not a number: write it "
-                            "like [0.25]") from None
+                raise _fail(
+                    source, line_no, f"probability [{text}] is not a number: write it like [0.25]"
+                ) from None
             if not (0.0 < prob <= 1.0):
-                raise _fail(source, line_no, f"probability [{text}] must be in (0, 1]: drop "
-                            "rules with probability 0 and fix the rest")
+                raise _fail(
+                    source,
+                    line_no,
+                    f"probability [{text}] must be in (0, 1]: drop "
+                    "rules with probability 0 and fix the rest",
+                )
         if any(k == "prob" for k, _ in alt):
-            raise _fail(source, line_no, "a probability [p] must come last in its alternative, "
-                        "e.g. S -> A B [0.5] | 'a' [0.5]")
+            raise _fail(
+                source,
+                line_no,
+                "a probability [p] must come last in its alternative, "
+                "e.g. S -> A B [0.5] | 'a' [0.5]",
+            )
         if not alt:
-            raise _fail(source, line_no, f"empty right-hand side for {lhs!r}: cfglab does not "
-                        "support epsilon rules; rewrite the grammar without them (inline the "
-                        "empty alternative into the rules that use it)")
+            raise _fail(
+                source,
+                line_no,
+                f"empty right-hand side for {lhs!r}: cfglab does not "
+                "support epsilon rules; rewrite the grammar without them (inline the "
+                "empty alternative into the rules that use it)",
+            )
         out.append((lhs, [(k in ("sq", "dq"), v) for k, v in alt], prob, line_no))
     return out
 
@@ -360,8 +403,14 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
     """Unary cycles, non-productive and unreachable nonterminals, infinite expected length."""
     n = g.n_nt
     # unary cycle: A -> B -> ... -> A through single-nonterminal rules
-    unary = [[r.rhs[0] for r in (g.rules[i] for i in g.rules_of[a])
-              if len(r.rhs) == 1 and not g.is_terminal(r.rhs[0])] for a in range(n)]
+    unary = [
+        [
+            r.rhs[0]
+            for r in (g.rules[i] for i in g.rules_of[a])
+            if len(r.rhs) == 1 and not g.is_terminal(r.rhs[0])
+        ]
+        for a in range(n)
+    ]
     state = [0] * n  # 0 new, 1 on stack, 2 done
 
     def visit(a: int) -> list[int] | None:
@@ -376,7 +425,7 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
                 stack.pop()
                 path.pop()
             elif state[nxt] == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif state[nxt] == 0:
                 state[nxt] = 1
                 stack.append((nxt, iter(unary[nxt])))
@@ -388,8 +437,12 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
             cycle = visit(a)
             if cycle:
                 names = " -> ".join(g.nonterminals[c] for c in cycle)
-                raise _fail(source, line_of[cycle[0]], f"unary cycle {names}: cfglab does not "
-                            "support cycles of single-nonterminal rules; merge those nonterminals")
+                raise _fail(
+                    source,
+                    line_of[cycle[0]],
+                    f"unary cycle {names}: cfglab does not "
+                    "support cycles of single-nonterminal rules; merge those nonterminals",
+                )
 
     # productive: derives some finite terminal string (fixed point)
     productive = [False] * n
@@ -403,9 +456,13 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
                 productive[rule.lhs] = changed = True
     for a in range(n):
         if not productive[a]:
-            raise _fail(source, line_of[a], f"nonterminal {g.nonterminals[a]!r} derives no finite "
-                        "string (every rule of it leads back to itself): give it a rule that "
-                        "ends in terminals")
+            raise _fail(
+                source,
+                line_of[a],
+                f"nonterminal {g.nonterminals[a]!r} derives no finite "
+                "string (every rule of it leads back to itself): give it a rule that "
+                "ends in terminals",
+            )
 
     reachable = {0}
     frontier = [0]
@@ -418,15 +475,23 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
                     frontier.append(s)
     for a in range(n):
         if a not in reachable:
-            warnings.warn(f"{source}:{line_of[a]}: nonterminal {g.nonterminals[a]!r} is not "
-                          f"reachable from the start symbol {g.nonterminals[0]!r}; its rules are "
-                          "never used", GrammarWarning, stacklevel=4)
+            warnings.warn(
+                f"{source}:{line_of[a]}: nonterminal {g.nonterminals[a]!r} is not "
+                f"reachable from the start symbol {g.nonterminals[0]!r}; its rules are "
+                "never used",
+                GrammarWarning,
+                stacklevel=4,
+            )
 
     # infinite expected length: the branching process of nonterminals is (super)critical
     sub = sorted(reachable)
     m = g.expected_counts[np.ix_(sub, sub)]
     radius = float(max(abs(np.linalg.eigvals(m)))) if len(sub) else 0.0
     if radius >= 1.0 - 1e-9:
-        raise _fail(source, 0, f"the expected string length is infinite (the mean number of "
-                    f"nonterminals a nonterminal rewrites into has spectral radius {radius:.4g} "
-                    "≥ 1): lower the probabilities of the recursive rules")
+        raise _fail(
+            source,
+            0,
+            f"the expected string length is infinite (the mean number of "
+            f"nonterminals a nonterminal rewrites into has spectral radius {radius:.4g} "
+            "≥ 1): lower the probabilities of the recursive rules",
+        )
