@@ -1,0 +1,1 @@
+"""Tests of cfglab.analyze: probes and attention statistics."""
