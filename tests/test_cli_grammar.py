@@ -1,0 +1,59 @@
+"""The `cfglab grammar ...` commands and the CLI error contract: exit 2, one line, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cfglab.cli import main
+from cfglab.grammar import BUILTIN_GRAMMARS, Grammar, load
+
+BAD = sorted((Path(__file__).parent / "grammar" / "bad").glob("*.cfg"))
+
+
+def test_grammar_list_has_every_builtin_with_its_facts(capsys):
+    assert main(["grammar", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(BUILTIN_GRAMMARS)
+    g = load("cfg3f")
+    assert rows["cfg3f"][1:6] == ["7", "16", str(len(g.rules)), "3", f"{g.mean_length:.1f}"]
+
+
+def test_grammar_show_prints_readable_nltk_text(capsys):
+    assert main(["grammar", "show", "cfg3b"]) == 0
+    text = capsys.readouterr().out
+    assert Grammar.from_text(text) == load("cfg3b")
+    assert "22 -> 21 20 | 20 19" in text  # the paper's figure, verbatim
+
+
+def test_grammar_random_writes_a_file_that_checks(tmp_path, capsys):
+    out = tmp_path / "g.cfg"
+    assert main(["grammar", "random", "--levels", "1", "3", "3", "3", "--seed", "5",
+                 "-o", str(out)]) == 0
+    g = load(str(out))
+    assert g.levels is not None and len(g.levels) == 3
+    assert main(["grammar", "check", str(out)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_grammar_gives_exit_2_and_one_line(path, capsys):
+    assert main(["grammar", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cfglab: error: ")
+
+
+def test_real_process_prints_no_traceback_and_does_not_hang():
+    for path in BAD[:4]:
+        result = subprocess.run([sys.executable, "-m", "cfglab", "grammar", "check", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("cfglab: error: ")
+
+
+def test_unknown_grammar_name(capsys):
+    assert main(["grammar", "show", "cfg3q"]) == 2
+    assert "unknown grammar 'cfg3q'" in capsys.readouterr().err
