@@ -403,10 +403,104 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- parse, prob (exact/cyk.py, exact/inside.py) -------------------------------------------------
+def _read_strings(grammar_arg: str, path: str):
+    """(grammar, file line numbers, token-id strings) of a file of strings, one per line, terminals
+    separated by spaces; blank lines are skipped, an unknown token names its line."""
+    from cfglab.data.vocab import Vocab
+    from cfglab.grammar import load
+
+    g = load(grammar_arg)
+    p = Path(path)
+    if not p.is_file():
+        raise CfglabError(f"no such file: {path}; give a text file with one string per line")
+    vocab = Vocab.from_grammar(g)
+    line_nos, strings = [], []
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        if line.strip():
+            line_nos.append(i)
+            strings.append(vocab.encode(line.split(), where=f"{path}:{i}: "))
+    return g, line_nos, strings
+
+
+def add_parse(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grammar", help="built-in name or grammar file")
+    p.add_argument("file", help="strings, one per line, terminals separated by spaces")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    from cfglab.exact import cyk
+
+    g, line_nos, strings = _read_strings(args.grammar, args.file)
+    ok = cyk.recognize(g, strings)
+    err = cyk.first_error(g, strings)
+    for line_no, x, accepted, e in zip(line_nos, strings, ok, err, strict=True):
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "line": line_no,
+                        "length": len(x),
+                        "accepted": bool(accepted),
+                        "first_error": int(e),
+                    }
+                )
+            )
+        elif accepted:
+            print("accepted")
+        elif e >= 0:
+            print(f"rejected: no sentence has token {e + 1} ({g.terminals[x[e] - 1]!r}) there")
+        else:
+            print("rejected: a prefix of a sentence, but incomplete")
+    if args.json:
+        print(json.dumps({"accepted": int(ok.sum()), "of": len(strings)}))
+    else:
+        print(f"accepted {int(ok.sum())} of {len(strings)}")
+    return 0
+
+
+def add_prob(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grammar", help="built-in name or grammar file")
+    p.add_argument("file", help="strings, one per line, terminals separated by spaces")
+    p.add_argument(
+        "--next",
+        action="store_true",
+        help="also print the exact next-token distribution after every prefix",
+    )
+
+
+def run_prob(args: argparse.Namespace) -> int:
+    from cfglab.exact import inside
+
+    g, line_nos, strings = _read_strings(args.grammar, args.file)
+    log_p = inside.log_prob(g, strings)
+    if not args.next:
+        for v in log_p:
+            print(f"{v:.10g}")
+        return 0
+    header = "k  next  " + " ".join(f"{c:>10}" for c in ["<eos>", *g.terminals])
+    for line_no, x, v, rows in zip(
+        line_nos, strings, log_p, inside.next_token_dist(g, strings), strict=True
+    ):
+        print(f"# line {line_no}: log P = {v:.10g}")
+        print(header)
+        for k, row in enumerate(rows):
+            nxt = g.terminals[x[k] - 1] if k < len(x) else "<eos>"
+            print(f"{k:<3}{nxt:>5}  " + " ".join(f"{q:>10.6g}" for q in row))
+    return 0
+
+
 # ---- the dispatch table ----------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
     "grammar": ("list, show, check and generate grammars", add_grammar, run_grammar),
+    "parse": ("accept or reject strings (one verdict per line)", add_parse, run_parse),
+    "prob": (
+        "log-probability of strings; --next: exact next-token distributions",
+        add_prob,
+        run_prob,
+    ),
     "sample": (
         "sample strings (optionally with tree labels) from a grammar",
         add_sample,
