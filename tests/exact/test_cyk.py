@@ -213,3 +213,23 @@ def test_empty_string_and_empty_batch():
     assert cyk.recognize(g, [np.array([], np.int64)]).tolist() == [False]
     assert cyk.recognize(g, []).shape == (0,)
     assert cyk.min_substitutions(g, [np.array([1, 2])]).tolist() == [-1]  # no 2-token sentence
+
+
+@pytest.mark.parametrize("name", ["cfg3b", "cfg3f", "cfg3e2"])
+def test_sampler_strings_are_accepted_and_cfg3b_labels_match(name):
+    """Cross-check with the vectorised sampler: all its strings are sentences, and for cfg3b
+    (unambiguous) the parse's labels equal the sampler's labels token for token."""
+    from cfglab.data.sampler import sample
+
+    g = load(name)
+    batch = sample(g, 20, seed=3)
+    strings = batch.strings()
+    assert cyk.recognize(g, strings).all()
+    if name == "cfg3b":
+        for s, tree in enumerate(cyk.parse(g, strings)):
+            a, b = batch.offsets[s], batch.offsets[s + 1]
+            anc, sub, bnd = tree.labels(g)
+            np.testing.assert_array_equal(anc, batch.ancestors[:, a:b])
+            np.testing.assert_array_equal(sub, batch.subtree[:, a:b])
+            np.testing.assert_array_equal(bnd, batch.is_boundary[:, a:b])
+            np.testing.assert_array_equal(tree.spans(), batch.spans[s])
