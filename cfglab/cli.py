@@ -19,9 +19,13 @@ from pathlib import Path
 from cfglab.errors import CfglabError, GrammarWarning
 
 
-def _out(path: str | None):
-    """An output stream: the file at `path`, or stdout."""
-    return open(path, "w") if path else sys.stdout
+def _write_lines(lines, path: str | None) -> None:
+    """Write lines to `path`, or to stdout (left open)."""
+    if path:
+        with open(path, "w") as f:
+            f.writelines(line + "\n" for line in lines)
+    else:
+        sys.stdout.writelines(line + "\n" for line in lines)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -112,21 +116,11 @@ def run_grammar(args: argparse.Namespace) -> int:
         )
         text = g.to_text()
         Grammar.from_text(text)  # what we write must read back
-        with _out(args.output) as f:
-            f.write(text)
+        _write_lines(text.splitlines(), args.output)
     return 0
 
 
 # ---- sample, corrupt (data/sampler.py, data/noise.py) ------------------------------------------
-def _write_lines(lines, path: str | None) -> None:
-    """Write lines to `path`, or to stdout (left open)."""
-    if path:
-        with open(path, "w") as f:
-            f.writelines(line + "\n" for line in lines)
-    else:
-        sys.stdout.writelines(line + "\n" for line in lines)
-
-
 def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("grammar", help="built-in name or grammar file")
     p.add_argument("-n", type=int, default=10, help="number of strings (default 10)")
