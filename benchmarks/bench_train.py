@@ -1,0 +1,128 @@
+"""Training throughput: the full loop (fresh sampling + step) against the bare model step.
+
+Same config (configs/quickstart.yaml), same process, interleaved repeats, best of each:
+- bare:  forward + backward + clip + AdamW on one fixed batch already in memory;
+- full:  `cfglab.train.loop.train` for the same number of steps: fresh windows from the
+         sampler (prefetched in a background thread), objective, the same step, logging.
+Goal: full / bare >= 0.9 (data never starves the model). Also printed: the time sampling one
+step's windows takes, as a share of the bare step (the cost the prefetch thread must hide),
+and, if runs/quickstart exists, the quickstart's wall time and cut0 accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 40
+REPEATS = 2
+
+
+def _bare(cfg, steps: int) -> float:
+    import torch
+
+    from cfglab.data.dataset import FreshStream
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model
+    from cfglab.train.loop import make_optimizer
+    from cfglab.train.objectives import get_objective, loss_fn
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    grammar = cfg.grammar.load()
+    vocab = Vocab.from_grammar(grammar)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.to_gpt_config(vocab.size))
+    opt = make_optimizer(model, cfg)
+    obj = get_objective(t.objective)
+    w = FreshStream(grammar, cfg.model.block_size + 1, t.batch_size).batch(0)
+    x, y = obj.make_batch(w, vocab.eos, vocab.mask)
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * t.batch_size * cfg.model.block_size / (time.perf_counter() - t0)
+
+
+def _full(cfg, steps: int) -> tuple[float, float]:
+    from cfglab.train.loop import train
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg.out_dir = d
+        cfg.train.max_steps = steps
+        cfg.train.log_every = steps
+        cfg.train.eval_every = 0
+        cfg.train.eval_batches = 1
+        cfg.train.ckpt_every = steps
+        run = train(cfg, progress=False)
+        last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    return last["tokens_per_s"], last["data_wait_frac"]
+
+
+def _sampling_seconds(cfg, steps: int = 5) -> float:
+    from cfglab.data.dataset import FreshStream
+
+    s = FreshStream(cfg.grammar.load(), cfg.model.block_size + 1, cfg.train.batch_size)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        s.batch_np(1000 + i)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    from cfglab.config import load_config
+
+    path = ROOT / "configs" / "quickstart.yaml"
+    bare, full, wait = [], [], []
+    for _ in range(REPEATS):
+        bare.append(_bare(load_config(path), STEPS))
+        f, w = _full(load_config(path), STEPS)
+        full.append(f)
+        wait.append(w)
+    cfg = load_config(path)
+    tok_step = cfg.train.batch_size * cfg.model.block_size
+    samp = _sampling_seconds(cfg)
+    b, f = max(bare), max(full)
+    print(
+        f"config {path.relative_to(ROOT)}: {tok_step} tokens/step, {STEPS} steps x "
+        f"{REPEATS} repeats (best of each)"
+    )
+    print(f"  bare model step   {b:10,.0f} tokens/s")
+    print(
+        f"  full loop         {f:10,.0f} tokens/s   (time blocked on data: "
+        f"{min(wait):.1%} of the loop)"
+    )
+    print(f"  ratio full/bare   {f / b:10.3f}   (goal >= 0.9)")
+    print(
+        f"  sampling one step {samp * 1e3:8.1f} ms = {samp / (tok_step / b):.1%} of a bare step "
+        "(hidden by the prefetch thread; goal <= 10% blocked)"
+    )
+    run = ROOT / "runs" / "quickstart"
+    if (run / "metrics.jsonl").exists():
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        last = lines[-1]
+        print(
+            f"  quickstart run: {last['step']} steps, {last.get('elapsed_s', float('nan')):.0f}"
+            f" s training, {last.get('tokens_per_s', float('nan')):,.0f} tokens/s, "
+            f"val loss {last.get('val_loss', float('nan')):.4f}"
+        )
+        try:
+            from benchmarks.quickstart_accuracy import accuracy
+
+            r = accuracy(run, 100)
+            print(
+                f"  quickstart cut0 accuracy {r['accuracy']:.0%} (100 samples, exact "
+                f"recognizer); optimal loss {r['optimal_loss']:.4f}"
+            )
+        except Exception as exc:  # noqa: BLE001  (the benchmark still reports throughput)
+            print(f"  quickstart accuracy unavailable: {exc}")
+    else:
+        print("  (run `cfglab run configs/quickstart.yaml` first for its time-to-accuracy)")
