@@ -226,6 +226,7 @@ def add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -253,6 +254,7 @@ def run_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
     )
     sys.stdout.writelines(" ".join(s) + "\n" for s in strings)
     return 0
@@ -268,10 +270,11 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cut", type=int, nargs="+", help="prompt lengths, e.g. 0 50 (cut0, cut50)")
     p.add_argument("--seed", type=int, help="default: eval.seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cfglab.evaluate.metrics import evaluate_run, format_table, summary_table
+    from cfglab.evaluate.metrics import evaluate_run
 
     out = evaluate_run(
         args.run_dir,
@@ -281,14 +284,27 @@ def run_eval(args: argparse.Namespace) -> int:
         temperatures=args.temperature,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
     )
+    _print_eval(out, Path(args.run_dir))
+    return 0
+
+
+def _print_eval(out: dict, run_dir: Path) -> None:
+    from cfglab.evaluate.metrics import format_table, summary_table
+
     print(format_table(summary_table(out)))
     s = out["timing"]["seconds"]
     print(
-        f"wrote {Path(args.run_dir) / 'eval'}/*.json (model {s['model']:.1f} s, "
+        f"wrote {run_dir / 'eval'}/*.json (model {s['model']:.1f} s, "
         f"exact {s['exact']:.1f} s, sampling {s['sample']:.1f} s)"
     )
-    return 0
+
+
+def _stage_eval(cfg, run_dir: Path, args: argparse.Namespace) -> None:
+    from cfglab.evaluate.metrics import evaluate_run
+
+    _print_eval(evaluate_run(run_dir), run_dir)  # settings from the run's EvalConfig
 
 
 def add_report(p: argparse.ArgumentParser) -> None:
@@ -301,6 +317,12 @@ def run_report(args: argparse.Namespace) -> int:
     out = build_report(args.run_dir)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'figures'}/")
     return 0
+
+
+def _stage_report(cfg, run_dir: Path, args: argparse.Namespace) -> None:
+    from cfglab.report import build_report
+
+    print(f"wrote {build_report(run_dir) / 'report.md'}")
 
 
 # ---- train, run, data (config.py, train/, data/dataset.py) -----------------------------------
@@ -350,6 +372,8 @@ def _stage_train(cfg, run_dir: Path, args: argparse.Namespace) -> None:
 # Each is stage(cfg, run_dir, args); only rank 0 runs the stages after training.
 RUN_STAGES: list[tuple[str, Callable]] = [
     ("train", _stage_train),
+    ("eval", _stage_eval),
+    ("report", _stage_report),
 ]
 
 

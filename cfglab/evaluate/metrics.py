@@ -782,6 +782,15 @@ def read_training_strings(dataset_dir: str | Path) -> set[bytes]:
     return out
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch CPU threads. Small models decode one token at a time: on a busy machine one thread
+    is often several times faster than many (thread wake-ups dominate tiny matmuls)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -792,9 +801,11 @@ def evaluate_run(
     seed: int | None = None,
     n_fixed_prompt: int | None = None,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> dict:
     """Evaluate a run's latest checkpoint and write `eval/{accuracy,distribution,diversity,
-    summary}.json`. Unset arguments come from the run's EvalConfig (n_kl defaults to n)."""
+    summary}.json`. Unset arguments come from the run's EvalConfig (n_kl defaults to n);
+    `threads` (default: the run's train.threads) sets torch's CPU threads."""
     import torch
 
     from cfglab.data.vocab import Vocab
@@ -802,6 +813,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     model, cfg = load_model(run_dir, device=device)
+    _set_threads(threads if threads is not None else cfg.train.threads)
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     block = model.config.block_size
@@ -938,6 +950,7 @@ def generate_from_run(
     temperature: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
+    threads: int | None = None,
     prompt_labels: Sequence[str] | None = None,
 ) -> list[list[str]]:
     """`n` generations from BOS, or `n` completions of each prompt (terminal names), from a run's
@@ -951,6 +964,7 @@ def generate_from_run(
     if temperature <= 0:
         raise CfglabError(f"--temperature {temperature}: give a positive temperature")
     model, cfg = load_model(run_dir, device=device)
+    _set_threads(threads if threads is not None else cfg.train.threads)
     vocab = Vocab.from_grammar(cfg.grammar.load())
     block = model.config.block_size
     prompts = list(prompts or [[]])
