@@ -89,6 +89,16 @@ def _check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
             )
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.replace(path)
+
+
 def train(
     cfg: ExperimentConfig,
     *,
@@ -172,6 +182,8 @@ def train(
             f"{info.world_size} process(es) on {device} | steps {start}->{t.max_steps} | "
             f"{tokens_per_step} tokens/step | grammar {grammar.name}"
         )
+    if info.is_master and resume_from is not None:
+        _truncate_metrics(run_dir / "metrics.jsonl", start)
     metrics_file = open(run_dir / "metrics.jsonl", "a") if info.is_master else None  # noqa: SIM115
 
     def log(record: dict[str, Any]) -> None:

@@ -290,3 +290,28 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     w1, w2 = _weights(one), _weights(two)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_crash_does_not_duplicate_metrics(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "name=crash", "train.ckpt_every=4")
+    run = train(cfg, progress=False)
+    # as if the process died after logging steps 5-6 but before checkpoint 6 was complete
+    (run / "ckpt" / "latest").write_text("step_0000004\n")
+    cfg.train.max_steps = 7
+    train(cfg, progress=False, resume=True)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_data_command_and_training_on_it(tmp_path: Path, capsys) -> None:
+    yaml_path = _write_yaml(tmp_path)
+    ds = tmp_path / "ds"
+    assert (
+        cli.main(["data", yaml_path, "--set", "grammar.name=cfg3b", "--out", str(ds), "-n", "20"])
+        == 0
+    )
+    assert "20 strings" in capsys.readouterr().out
+    run = train(
+        _cfg(tmp_path, "name=saved", f"data.dataset={ds}", "train.max_steps=2"), progress=False
+    )
+    assert ckpt.read_state(ckpt.latest_checkpoint(run))["step"] == 2
