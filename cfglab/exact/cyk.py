@@ -244,13 +244,39 @@ def _derivable_lengths(n, n_sym, has_lex, bin_off, bin_parent, bin_right, up_off
 
 
 @njit(cache=True)
-def _min_subs(x, n_sym, lex, has_lex, ok, bin_off, bin_parent, bin_right, up_off, up_sym):
-    """Min-cost CYK: cost[A, i, j] = fewest substitutions so that A derives x[i:j]."""
+def _min_subs(
+    x,
+    n_sym,
+    lex,
+    has_lex,
+    ok,
+    len_off,
+    len_val,
+    anywhere_start,
+    anywhere_end,
+    bin_parent,
+    bin_left,
+    bin_right,
+    up_off,
+    up_sym,
+):
+    """Min-cost CYK: cost[A, i, j] = fewest substitutions so that A derives x[i:j].
+
+    Pruned to span lengths each symbol can derive (ok, and len_val[len_off[b]:len_off[b+1]] the
+    lengths of b in increasing order), and to spans starting at 0 / ending at n for symbols
+    that only ever sit there (the root and its suffix symbols: most of the top-level work)."""
     n = x.shape[0]
     big = 32767
     cost = np.full((n_sym, n + 1, n + 1), big, np.int16)  # (N, n+1, n+1); int16 halves memory
     pre = np.empty(n_sym, np.int32)
+    n_rules = bin_parent.shape[0]
+    active = np.empty(n_rules, np.int64)
     for length in range(1, n + 1):
+        n_active = 0  # the rules whose parent can derive this length
+        for r in range(n_rules):
+            if ok[bin_parent[r], length]:
+                active[n_active] = r
+                n_active += 1
         for i in range(0, n - length + 1):
             j = i + length
             for a in range(n_sym):
@@ -260,22 +286,23 @@ def _min_subs(x, n_sym, lex, has_lex, ok, bin_off, bin_parent, bin_right, up_off
                     if has_lex[a]:
                         pre[a] = 0 if lex[x[i], a] > 0 else 1
             else:
-                for b in range(n_sym):
-                    for lb in range(1, length):
-                        if not ok[b, lb]:
-                            continue
-                        cb = np.int32(cost[b, i, i + lb])
-                        if cb >= big:
-                            continue
-                        for r in range(bin_off[b], bin_off[b + 1]):
-                            c = bin_right[r]
-                            a = bin_parent[r]
-                            if ok[c, length - lb] and ok[a, length]:
-                                v = cb + np.int32(cost[c, i + lb, j])
-                                if v < pre[a]:
-                                    pre[a] = v
+                for q in range(n_active):
+                    r = active[q]
+                    a = bin_parent[r]
+                    if (i != 0 and not anywhere_start[a]) or (j != n and not anywhere_end[a]):
+                        continue
+                    b = bin_left[r]
+                    c = bin_right[r]
+                    for t in range(len_off[b], len_off[b + 1]):
+                        lb = len_val[t]
+                        if lb >= length:
+                            break
+                        if ok[c, length - lb]:
+                            v = np.int32(cost[b, i, i + lb]) + np.int32(cost[c, i + lb, j])
+                            if v < pre[a]:
+                                pre[a] = v
             for a in range(n_sym):
-                cost[a, i, j] = pre[a]
+                cost[a, i, j] = min(pre[a], big)
             for b in range(n_sym):  # unary chains cost nothing
                 if pre[b] < big:
                     for q in range(up_off[b], up_off[b + 1]):
@@ -283,6 +310,24 @@ def _min_subs(x, n_sym, lex, has_lex, ok, bin_off, bin_parent, bin_right, up_off
                         if pre[b] < cost[a, i, j]:
                             cost[a, i, j] = pre[b]
     return np.int32(cost[0, 0, n]) if n > 0 else np.int32(big)
+
+
+def _anywhere(nf: NormalForm) -> tuple[np.ndarray, np.ndarray]:
+    """(may start after 0, may end before n) per symbol: least fixed points from the symbols
+    that occur as right (resp. left) children, passed down to left (resp. right) and unary
+    children."""
+    start, end = np.zeros(nf.n_sym, bool), np.zeros(nf.n_sym, bool)
+    start[nf.bin_right] = True
+    end[nf.bin_left] = True
+    while True:
+        s0, e0 = start.copy(), end.copy()
+        start[nf.bin_left[start[nf.bin_parent]]] = True
+        end[nf.bin_right[end[nf.bin_parent]]] = True
+        for a, b, _ in nf.unary:
+            start[b] |= start[a]
+            end[b] |= end[a]
+        if (start == s0).all() and (end == e0).all():
+            return start, end
 
 
 def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
@@ -300,6 +345,10 @@ def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.nda
     ok = _derivable_lengths(
         n_max, nf.n_sym, has_lex, nf.bin_off, nf.bin_parent, nf.bin_right, nf.up_off, nf.up_sym
     )
+    lens = [np.flatnonzero(row) for row in ok]
+    len_off = np.concatenate([[0], np.cumsum([len(v) for v in lens])]).astype(np.int64)
+    len_val = np.concatenate(lens).astype(np.int64)
+    anywhere_start, anywhere_end = _anywhere(nf)
     res = np.empty(len(xs), np.int64)
     for s, x in enumerate(xs):
         v = int(
@@ -309,8 +358,12 @@ def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.nda
                 nf.lex,
                 has_lex,
                 ok,
-                nf.bin_off,
+                len_off,
+                len_val,
+                anywhere_start,
+                anywhere_end,
                 nf.bin_parent,
+                nf.bin_left,
                 nf.bin_right,
                 nf.up_off,
                 nf.up_sym,

@@ -68,7 +68,7 @@ def test_builtin_agrees_with_nltk_many(name):
     good, bad = _sampled_and_corrupted(g, 15, 3, seed=2)
     ours = _agree_with_nltk(g, good + bad)
     assert ours[: len(good)].all()
-    assert 0 < ours[len(good) :].mean() < 1  # corruptions: some still grammatical, most not
+    assert ours[len(good) :].mean() < 0.5  # most corruptions are rejected (not all: cfg3f)
 
 
 RANDOM = {
