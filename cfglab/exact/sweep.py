@@ -217,7 +217,7 @@ def sweep_one(
     )
 
 
-def run(nf: NormalForm, x: np.ndarray, *, is_prob: bool, want_rows: bool = False):
+def run(nf: NormalForm, x: np.ndarray, *, is_prob: bool, want_rows: bool = False) -> tuple:
     """`sweep_one` with the grammar arrays of `nf` filled in."""
     return sweep_one(
         np.ascontiguousarray(x, dtype=np.int64),
