@@ -31,13 +31,13 @@ def plot_loss(
     val: tuple[Sequence[int], Sequence[float]] | None = None,
     floor: float | None = None,
 ) -> Path:
-    """Training loss (and validation loss) per step; `floor`: the grammar's entropy rate."""
+    """Training loss (and validation loss) per step; `floor`: a perfect model's loss."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(steps, loss, label="train loss", lw=1.2)
     if val and val[0]:
         ax.plot(val[0], val[1], "o-", label="validation loss", ms=3)
     if floor is not None:
-        ax.axhline(floor, color="k", ls="--", lw=1, label=f"true entropy rate {floor:.3f}")
+        ax.axhline(floor, color="k", ls="--", lw=1, label=f"perfect model {floor:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.set_title("training loss")

@@ -28,12 +28,21 @@ def _fmt(v, digits: int = 5) -> str:
     return str(v)
 
 
+def loss_floor(dist: dict) -> float | None:
+    """A perfect model's training loss on packed windows `BOS x EOS BOS ...`: the grammar's
+    entropy per (n + 1) predicted tokens, diluted by the deterministic BOS after each EOS, i.e.
+    entropy_rate_rb * sum(n + 1) / sum(n + 2) over the evaluated strings (window cuts ignored)."""
+    if not dist.get("n_rows"):
+        return None
+    return dist["entropy_rate_rb"] * dist["n_rows"] / (dist["n_rows"] + dist["n_strings"])
+
+
 def make_figures(res: RunResults, fig_dir: Path) -> dict[str, Path]:
     """Every figure the results allow, name -> PNG path."""
     figs: dict[str, Path] = {}
     steps, loss = res.series("loss")
     if steps:
-        floor = res.distribution.get("entropy_rate_rb")
+        floor = loss_floor(res.distribution)
         figs["loss"] = plots.plot_loss(
             steps, loss, fig_dir / "loss.png", val=res.series("val_loss"), floor=floor
         )
@@ -84,6 +93,14 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
         vs, vl = res.series("val_loss")
         last = f"final train loss {loss[-1]:.4f} at step {steps[-1]}"
         out += [last + (f", validation loss {vl[-1]:.4f}" if vl else "") + ".", ""]
+        floor = loss_floor(res.distribution)
+        if floor is not None:
+            out += [
+                f"A perfect model's loss on the packed training windows is about {floor:.4f} "
+                "nats/token (the entropy rate below, diluted by the certain BOS after each "
+                "EOS).",
+                "",
+            ]
         fig("loss", "training loss")
     else:
         out += ["(no metrics.jsonl)", ""]
@@ -131,7 +148,7 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
                     "next-token KL (mean over strings)",
                     f"{_fmt(d['kl'])} ± {_fmt(d['kl_stderr'])} (s.e.)",
                 ],
-                ["sequence KL(P||Q), nats/token", _fmt(d["seq_kl"])],
+                ["sequence KL(P‖Q), nats/token", _fmt(d["seq_kl"])],
                 ["model cross-entropy, nats/token", _fmt(d["cross_entropy"])],
                 ["true entropy rate, nats/token", _fmt(d["entropy_rate"])],
                 ["true entropy rate (row entropies)", _fmt(d["entropy_rate_rb"])],
@@ -177,6 +194,9 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
         ):
             if v.get(key) is not None:
                 rows.append([label, _fmt(v[key])])
+        if d.get("n_strings"):  # the truth's entropy per string, for comparison
+            h_true = d["entropy_rate"] * d["n_rows"] / d["n_strings"]
+            rows.append(["true entropy-based support, log10 strings", _fmt(h_true / math.log(10))])
         out += ["## Diversity", "", f"cut0 generations at T={v.get('temperature', 1):g}.", ""]
         out += _table(["metric", "value"], rows)
         out.append("")
