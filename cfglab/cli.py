@@ -271,6 +271,13 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="default: eval.seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
+    p.add_argument(
+        "--corrupt",
+        type=float,
+        metavar="GAMMA",
+        help="also complete cutC prompts with this share of tokens substituted "
+        "(robustness, e.g. 0.15)",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -285,6 +292,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         threads=args.threads,
+        corrupt=args.corrupt,
     )
     _print_eval(out, Path(args.run_dir))
     return 0

@@ -802,10 +802,13 @@ def evaluate_run(
     n_fixed_prompt: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    corrupt: float | None = None,
 ) -> dict:
     """Evaluate a run's latest checkpoint and write `eval/{accuracy,distribution,diversity,
     summary}.json`. Unset arguments come from the run's EvalConfig (n_kl defaults to n);
-    `threads` (default: the run's train.threads) sets torch's CPU threads."""
+    `threads` (default: the run's train.threads) sets torch's CPU threads. `corrupt`: also score
+    completions of cutC prompts (C > 0) with that share of tokens substituted
+    (evaluate.robustness), into eval/robustness.json."""
     import torch
 
     from cfglab.data.vocab import Vocab
@@ -858,6 +861,29 @@ def evaluate_run(
         training=training,
     )
     out["settings"]["run_dir"] = str(run_dir)
+    if corrupt is not None:
+        from cfglab.data.sampler import sample
+        from cfglab.evaluate.robustness import corrupted_prompt_accuracy
+
+        out["robustness"] = []
+        for ti, temp in enumerate(temperatures):
+            for cut in (c for c in cuts if c > 0):
+                pool = sample(
+                    grammar, 3 * n, seed=seed * 1000 + 7, max_len=block - 1, labels=False
+                ).strings()
+                pool = [x for x in pool if len(x) > cut][:n]
+                out["robustness"].append(
+                    corrupted_prompt_accuracy(
+                        grammar,
+                        make_generate(temp),
+                        pool,
+                        np.random.default_rng([seed, 5, ti]),
+                        cut=cut,
+                        gamma=corrupt,
+                        seed=seed,
+                        temperature=temp,
+                    )
+                )
     write_eval(run_dir, out)
     return out
 
@@ -866,7 +892,9 @@ def write_eval(run_dir: str | Path, out: dict) -> Path:
     """Write an `evaluate_model` result as eval/*.json (one file per metric family)."""
     d = Path(run_dir) / "eval"
     d.mkdir(parents=True, exist_ok=True)
-    for key in ("accuracy", "distribution", "diversity"):
+    for key in ("accuracy", "distribution", "diversity", "robustness"):
+        if key not in out:
+            continue
         body = {
             "settings": out["settings"],
             key: out[key],
@@ -930,6 +958,17 @@ def summary_table(out: dict) -> list[dict]:
         for key in ("model_entropy_per_token", "reverse_kl", "seen_in_training"):
             if v.get(key) is not None:
                 rows.append({"metric": key, "value": v[key], "ci": None, "n": g["n"]})
+    for r in out.get("robustness", []):
+        for key in ("clean", "no_new_errors"):
+            a = r[key]
+            rows.append(
+                {
+                    "metric": f"corrupted cut{r['cut']} g={r['gamma']:g} {key}",
+                    "value": a["accuracy"],
+                    "ci": [a["ci_low"], a["ci_high"]],
+                    "n": a["n"],
+                }
+            )
     return rows
 
 
@@ -969,17 +1008,26 @@ def generate_from_run(
     block = model.config.block_size
     prompts = list(prompts or [[]])
     labels = list(prompt_labels or [f"prompt {i + 1}" for i in range(len(prompts))])
-    encoded = [np.concatenate([[BOS], vocab.encode(p, where=f"{label}: ")])
-               for p, label in zip(prompts, labels, strict=True)]
+    encoded = [
+        np.concatenate([[BOS], vocab.encode(p, where=f"{label}: ")])
+        for p, label in zip(prompts, labels, strict=True)
+    ]
     for label, p in zip(labels, encoded, strict=True):
         if len(p) >= block:
-            raise CfglabError(f"{label}: the prompt has {len(p) - 1} tokens; the model's "
-                              f"block_size {block} leaves no room to generate: shorten it")
+            raise CfglabError(
+                f"{label}: the prompt has {len(p) - 1} tokens; the model's "
+                f"block_size {block} leaves no room to generate: shorten it"
+            )
     rng = np.random.default_rng(seed)
     out: list[list[str]] = []
     for p in encoded:
-        gen = torch_generate_fn(model, eos_id=vocab.eos, max_new_tokens=block - len(p),
-                                temperature=temperature, device=device)
+        gen = torch_generate_fn(
+            model,
+            eos_id=vocab.eos,
+            max_new_tokens=block - len(p),
+            temperature=temperature,
+            device=device,
+        )
         for b in range(0, n, 64):
             for seq in gen([p] * min(64, n - b), rng):
                 seq = seq[1:]  # drop BOS

@@ -200,6 +200,37 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
         out += ["## Diversity", "", f"cut0 generations at T={v.get('temperature', 1):g}.", ""]
         out += _table(["metric", "value"], rows)
         out.append("")
+    if res.robustness:
+        out += ["## Corrupted prompts", ""]
+        out += _table(
+            [
+                "prompt",
+                "gamma",
+                "T",
+                "n",
+                "tokens changed",
+                "still viable",
+                "clean (A)",
+                "no new errors (B)",
+            ],
+            [
+                [
+                    f"cut{r['cut']}",
+                    f"{r['gamma']:g}",
+                    f"{r['temperature']:g}",
+                    str(r["clean"]["n"]),
+                    _fmt(r["mean_tokens_changed"], 2),
+                    _fmt(r["prompt_still_viable"], 3),
+                    f"{r['clean']['accuracy']:.3f} [{r['clean']['ci_low']:.3f}, "
+                    f"{r['clean']['ci_high']:.3f}]",
+                    f"{r['no_new_errors']['accuracy']:.3f} [{r['no_new_errors']['ci_low']:.3f}, "
+                    f"{r['no_new_errors']['ci_high']:.3f}]",
+                ]
+                for r in res.robustness
+            ],
+        )
+        out.append("")
+        defs = {**defs, **res.robustness[0].get("definitions", {})}
     if defs:
         out += ["## Definitions", ""]
         out += [f"- **{k}**: {text}" for k, text in defs.items()]

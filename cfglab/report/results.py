@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cfglab.errors import CfglabError
 
-EVAL_FILES = ("accuracy", "distribution", "diversity", "summary")
+EVAL_FILES = ("accuracy", "distribution", "diversity", "robustness", "summary")
 
 
 @dataclass
@@ -46,6 +46,10 @@ class RunResults:
     @property
     def diversity(self) -> dict:
         return self.eval.get("diversity", {}).get("diversity") or {}
+
+    @property
+    def robustness(self) -> list[dict]:
+        return self.eval.get("robustness", {}).get("robustness", [])
 
     @property
     def definitions(self) -> dict[str, str]:

@@ -82,7 +82,8 @@ def test_generate_rejects_unknown_prompt_tokens(run_dir, tmp_path, capsys):
 
 
 def test_eval_writes_results_and_report_builds(run_dir, capsys):
-    assert main(["eval", str(run_dir), "--n", "12", "--n-kl", "10", "--cut", "0", "4"]) == 0
+    args = ["eval", str(run_dir), "--n", "12", "--n-kl", "10", "--cut", "0", "4"]
+    assert main([*args, "--corrupt", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "accuracy cut0 T=1" in out and "accuracy cut4 T=1" in out and "next-token KL" in out
     acc = json.loads((run_dir / "eval" / "accuracy.json").read_text())["accuracy"]
@@ -90,10 +91,13 @@ def test_eval_writes_results_and_report_builds(run_dir, capsys):
     dist = json.loads((run_dir / "eval" / "distribution.json").read_text())["distribution"]
     assert dist["n_strings"] == 10 and dist["kl"] > 0  # an untrained model is far from the truth
     assert dist["seq_kl"] == pytest.approx(dist["cross_entropy"] - dist["entropy_rate"])
+    rob = json.loads((run_dir / "eval" / "robustness.json").read_text())["robustness"]
+    assert [(r["cut"], r["gamma"], r["clean"]["n"]) for r in rob] == [(4, 0.2, 12)]
     assert main(["report", str(run_dir)]) == 0
     figs = {p.name for p in (run_dir / "report" / "figures").iterdir()}
     assert {"loss.png", "accuracy.png", "kl_by_position.png"} <= figs
-    assert "## Definitions" in (run_dir / "report" / "report.md").read_text()
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "## Definitions" in md and "## Corrupted prompts" in md
 
 
 def test_eval_errors_are_clear(run_dir, tmp_path, capsys):
