@@ -288,3 +288,28 @@ def test_oracle_model_scores_perfectly_on_cfg3b():
     assert div["generations"]["distinct"] == 12 and div["reverse_kl_share_used"] == 1.0
     assert abs(div["reverse_kl"]) < 1e-9  # the oracle's Q is P
     assert div["fixed_prompt"]["n"] == 6
+
+
+def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
+    from cfglab.data.dataset import write_dataset
+
+    d = write_dataset(TINY, tmp_path / "ds", n=50, seed=4)
+    seen = M.read_training_strings(d)
+    # independently: split the packed stream BOS x EOS BOS x EOS ... by hand
+    tokens = np.load(d / "tokens.npy").astype(np.int64).tolist()
+    eos, by_hand, cur = TINY.n_t + 1, set(), None
+    for t in tokens:
+        if t == 0:
+            cur = []
+        elif t == eos:
+            by_hand.add(tuple(cur))
+        else:
+            cur.append(t)
+    assert {tuple(np.frombuffer(k, dtype=np.int64)) for k in seen} == by_hand
+    language = {tuple(ids(TINY, list(x))) for x in all_strings(TINY, TINY_MAX)}
+    assert by_hand <= language and len(by_hand) >= 5
+    inside_training = [np.array(x) for x in sorted(by_hand)]
+    out = M.diversity([*inside_training, np.array([3, 3, 3])], training=seen)
+    assert out["seen_in_training"] == pytest.approx(len(by_hand) / (len(by_hand) + 1))
+    with pytest.raises(M.CfglabError, match="not a saved dataset"):
+        M.read_training_strings(tmp_path)
