@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -230,7 +231,8 @@ def train(
             raise KeyboardInterrupt
         interrupted["flag"] = True
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    in_main = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main else None
 
     # ---- 3. the loop -------------------------------------------------------------------------
     bar = None
@@ -330,7 +332,8 @@ def train(
         if step == end and stop_after is not None and step % t.ckpt_every and step < t.max_steps:
             save(step)
     finally:
-        signal.signal(signal.SIGINT, old_handler)
+        if in_main:
+            signal.signal(signal.SIGINT, old_handler)
         batches.close()
         if bar is not None:
             bar.close()
