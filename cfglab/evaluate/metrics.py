@@ -88,6 +88,10 @@ DEFINITIONS: dict[str, str] = {
     "reverse_kl": "E_{x~Q}[log Q(x) - log P(x)] per predicted token, over the grammatical "
     "generations only (log P = -inf otherwise; their share is given): string-level KL from the "
     "model to the truth, which a memorising or mode-collapsed model makes large.",
+    "subtree_diversity": "per nonterminal (and summed per level), the number of distinct strings "
+    "it derives (subtree yields) in one parse (CYK) of each grammatical cut0 generation, beside "
+    "the same count on as many fresh true strings: fewer distinct yields than the truth means "
+    "the model reuses memorised pieces.",
     "seen_in_training": "share of generations (full strings) that occur in the saved training "
     "dataset; absent when training used fresh samples.",
 }
@@ -507,6 +511,55 @@ def diversity(
     return out
 
 
+def subtree_diversity(
+    grammar: Grammar, generated: Sequence[np.ndarray], true_strings: Sequence[np.ndarray]
+) -> dict:
+    """Distinct subtree yields per nonterminal in grammatical generations vs true strings;
+    DEFINITIONS['subtree_diversity']. Returns {"per_nt": [{nt, level, generated, true}],
+    "per_level": [{level, generated, true}] (layered grammars), "n_generated", "n_true"}."""
+    from cfglab.exact import cyk
+
+    def yields(strings: Sequence[np.ndarray]) -> tuple[dict[int, set[bytes]], int]:
+        sets: dict[int, set[bytes]] = {a: set() for a in range(grammar.n_nt)}
+        strings = [np.asarray(x, dtype=np.int64) for x in strings]
+        trees = cyk.parse(grammar, strings) if strings else []
+        used = 0
+        for x, tree in zip(strings, trees, strict=True):
+            if tree is None:
+                continue
+            used += 1
+            for nt, start, end in tree.spans():
+                sets[int(nt)].add(x[start:end].tobytes())
+        return sets, used
+
+    gen, n_gen = yields(generated)
+    true, n_true = yields(true_strings)
+    level_of = (
+        {a: lv for lv, lev in enumerate(grammar.levels) for a in lev} if grammar.levels else {}
+    )
+    per_nt = [
+        {
+            "nt": grammar.nonterminals[a],
+            "level": level_of.get(a),
+            "generated": len(gen[a]),
+            "true": len(true[a]),
+        }
+        for a in range(grammar.n_nt)
+        if gen[a] or true[a]
+    ]
+    per_level = []
+    if grammar.levels:
+        for lv, lev in enumerate(grammar.levels):
+            per_level.append(
+                {
+                    "level": lv,
+                    "generated": sum(len(gen[a]) for a in lev),
+                    "true": sum(len(true[a]) for a in lev),
+                }
+            )
+    return {"per_nt": per_nt, "per_level": per_level, "n_generated": n_gen, "n_true": n_true}
+
+
 def training_set(strings: Sequence[np.ndarray]) -> set[bytes]:
     """A saved dataset's strings as a set for `diversity(training=...)`."""
     return {_key(s) for s in strings}
@@ -728,6 +781,11 @@ def evaluate_model(
                     ok, fixed_prompt_strings=fixed, model_logq=lq, true_logp=lp, training=training
                 )
                 diversity_out["temperature"] = temp
+                grammatical = [s for s, c in zip(strings, correct, strict=True) if c]
+                reference = true_strings(len(grammatical), stream=4)
+                diversity_out["subtree"] = clock.wrap("exact", subtree_diversity)(
+                    grammar, grammatical, reference
+                )
                 diversity_out["n_bad_token_dropped"] = int(np.sum(bad))
     kl_strings = true_strings(n_kl, stream=1)
     t0 = time.perf_counter()
@@ -893,7 +951,8 @@ def write_eval(run_dir: str | Path, out: dict) -> Path:
     d = Path(run_dir) / "eval"
     d.mkdir(parents=True, exist_ok=True)
     for key in ("accuracy", "distribution", "diversity", "robustness"):
-        if key not in out:
+        if key not in out:  # a result of an earlier evaluation would now be stale
+            (d / f"{key}.json").unlink(missing_ok=True)
             continue
         body = {
             "settings": out["settings"],

@@ -200,6 +200,18 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
         out += ["## Diversity", "", f"cut0 generations at T={v.get('temperature', 1):g}.", ""]
         out += _table(["metric", "value"], rows)
         out.append("")
+        sub = v.get("subtree") or {}
+        if sub.get("per_level"):
+            out += [
+                f"Distinct subtree yields per level: {sub['n_generated']} grammatical "
+                f"generations vs {sub['n_true']} true strings.",
+                "",
+            ]
+            out += _table(
+                ["level", "generations", "true strings"],
+                [[str(r["level"]), str(r["generated"]), str(r["true"])] for r in sub["per_level"]],
+            )
+            out.append("")
     if res.robustness:
         out += ["## Corrupted prompts", ""]
         out += _table(

@@ -98,6 +98,9 @@ def test_eval_writes_results_and_report_builds(run_dir, capsys):
     assert {"loss.png", "accuracy.png", "kl_by_position.png"} <= figs
     md = (run_dir / "report" / "report.md").read_text()
     assert "## Definitions" in md and "## Corrupted prompts" in md
+    # evaluating again without --corrupt leaves no stale robustness results behind
+    assert main([*args, "--cut", "0"]) == 0
+    assert not (run_dir / "eval" / "robustness.json").exists()
 
 
 def test_eval_errors_are_clear(run_dir, tmp_path, capsys):

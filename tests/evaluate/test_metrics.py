@@ -288,6 +288,9 @@ def test_oracle_model_scores_perfectly_on_cfg3b():
     assert div["generations"]["distinct"] == 12 and div["reverse_kl_share_used"] == 1.0
     assert abs(div["reverse_kl"]) < 1e-9  # the oracle's Q is P
     assert div["fixed_prompt"]["n"] == 6
+    sub = div["subtree"]
+    assert sub["n_generated"] == sub["n_true"] == 12 and len(sub["per_level"]) == len(g.levels)
+    assert sub["per_level"][0] == {"level": 0, "generated": 12, "true": 12}  # root: whole strings
 
 
 def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
@@ -313,3 +316,19 @@ def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
     assert out["seen_in_training"] == pytest.approx(len(by_hand) / (len(by_hand) + 1))
     with pytest.raises(M.CfglabError, match="not a saved dataset"):
         M.read_training_strings(tmp_path)
+
+
+def test_subtree_diversity_counts_yields_by_hand():
+    """'a b' parses as S(A(a) B(b)); 'c a b' as S(B(c A(a b))): S, A and B each derive two
+    distinct strings; a non-sentence is skipped."""
+    gen = [
+        ids(TINY, ["a", "b"]),
+        ids(TINY, ["c", "a", "b"]),
+        ids(TINY, ["a", "b"]),
+        ids(TINY, ["b", "b"]),
+    ]
+    out = M.subtree_diversity(TINY, gen, [ids(TINY, ["b"])])
+    assert out["n_generated"] == 3 and out["n_true"] == 1
+    rows = {r["nt"]: (r["generated"], r["true"]) for r in out["per_nt"]}
+    assert rows == {"S": (2, 1), "A": (2, 0), "B": (2, 1)}
+    assert out["per_level"] == []  # TINY is not layered
