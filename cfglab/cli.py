@@ -381,6 +381,7 @@ def _stage_train(cfg, run_dir: Path, args: argparse.Namespace) -> None:
 RUN_STAGES: list[tuple[str, Callable]] = [
     ("train", _stage_train),
     ("eval", _stage_eval),
+    ("analyze", lambda cfg, run_dir, args: _stage_analyze(cfg, run_dir, args)),  # defined below
     ("report", _stage_report),
 ]
 
@@ -517,6 +518,106 @@ def run_prob(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- probe, attention (analyze/probe.py, analyze/attention.py) ---------------------------------
+def add_probe(p: argparse.ArgumentParser) -> None:
+    # no torch import here: defaults left None come from analyze.probe.ProbeSettings
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument("--n-train", type=int, default=768, help="fresh strings the probes learn on")
+    p.add_argument("--n-test", type=int, default=256, help="other fresh strings they are scored on")
+    p.add_argument("--window", nargs="+", default=["all"],
+                   help="keys a probe may read: all (the paper's), causal, or the restricted "
+                   "diagonal / tridiagonal probes scored at NT ends (several: one table each)")
+    p.add_argument("--heads", type=int, help="probe heads H (default 4)")
+    p.add_argument("--d-probe", type=int, help="position embedding size d' (default 32)")
+    p.add_argument("--steps", type=int, help="probe training steps (default 150)")
+    p.add_argument("--batch-size", type=int, help="strings per step (default 16)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-2)")
+    p.add_argument("--seed", type=int, default=2, help="train strings; test strings use seed+1")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init model")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise CfglabError(f"--threads {n}: give at least 1")
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _analyze_figures(run_dir: Path) -> None:
+    from cfglab.report.plots_analyze import write_analyze_figures
+
+    figs = write_analyze_figures(run_dir)
+    if figs:
+        print(f"figures: {', '.join(str(f) for f in figs.values())}")
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from cfglab.analyze.probe import ProbeSettings, probe_run
+    from cfglab.report.plots_analyze import probe_markdown
+
+    for name in ("n_train", "n_test"):
+        if getattr(args, name) < 2:
+            raise CfglabError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 2")
+    _set_threads(args.threads)
+    given = {"n_heads": args.heads, "d_probe": args.d_probe, "steps": args.steps,
+             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    settings = ProbeSettings(**{k: v for k, v in given.items() if v is not None})
+    for window in args.window:
+        ProbeSettings(window=window)  # an unknown name fails here, listing the choices
+    path = probe_run(args.run_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                     windows=args.window, settings=settings, baseline=not args.no_baseline,
+                     log=lambda m: print(m, file=sys.stderr))
+    print("\n".join(probe_markdown(json.loads(path.read_text()))))
+    print(f"wrote {path}")
+    _analyze_figures(Path(args.run_dir))
+    return 0
+
+
+def add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument("--n-strings", type=int, default=64, help="fresh labelled strings")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init model")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from cfglab.analyze.attention import attention_run
+    from cfglab.report.plots_analyze import attention_markdown
+
+    if args.n_strings < 1:
+        raise CfglabError(f"--n-strings {args.n_strings}: give at least 1")
+    _set_threads(args.threads)
+    path = attention_run(args.run_dir, n_strings=args.n_strings, seed=args.seed,
+                         baseline=not args.no_baseline, log=lambda m: print(m, file=sys.stderr))
+    print("\n".join(attention_markdown(json.loads(path.read_text()))))
+    print(f"wrote {path}")
+    _analyze_figures(Path(args.run_dir))
+    return 0
+
+
+def _stage_analyze(cfg, run_dir: Path, args: argparse.Namespace) -> None:
+    """`cfglab run`: probes and attention statistics per the config's `analyze` section
+    (`probe` / `attention` switches when the config has them; n_strings test strings, three
+    times as many training strings). Skipped for grammars without levels."""
+    from cfglab.analyze.attention import attention_run
+    from cfglab.analyze.probe import probe_run
+
+    if cfg.grammar.load().levels is None:
+        print("analyze: skipped (the grammar has no levels to probe)", file=sys.stderr)
+        return
+    a = cfg.analyze
+    n, seed = a.n_strings, a.seed
+    if getattr(a, "probe", True):
+        print(f"wrote {probe_run(run_dir, n_train=3 * n, n_test=n, seed=seed)}")
+    if getattr(a, "attention", True):
+        print(f"wrote {attention_run(run_dir, n_strings=min(n, 64), seed=seed + 2)}")
+    _analyze_figures(run_dir)
+
+
 # ---- the dispatch table ----------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
@@ -559,6 +660,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         add_data,
         run_data,
     ),
+    "probe": ("linear probes for NT ancestors and boundaries per layer -> analyze/probe.json",
+              add_probe, run_probe),
+    "attention": ("attention statistics: position bias, boundary heads -> analyze/attention.json",
+                  add_attention, run_attention),
 }
 
 
