@@ -82,8 +82,9 @@ DEFINITIONS: dict[str, str] = {
     "generations: C(M, 2) / (number of equal pairs); with no equal pair, only the lower bound "
     "C(M, 2) / 3 (rule of three, pairs treated as independent) is given: M distinct samples "
     "imply a support of order M^2 (the paper's argument).",
-    "model_entropy": "entropy of the model's string distribution estimated on its own "
-    "generations: mean of -log Q(x) per string (nats) and per predicted token; "
+    "model_entropy": "entropy of the model's string distribution Q (at the sampling temperature) "
+    "estimated on its own cut0 generations that ended with EOS and hold no special token: mean "
+    "of -log Q(x EOS) per string (nats) and per predicted token; "
     "exp(per-string entropy) is the entropy-based effective support.",
     "reverse_kl": "E_{x~Q}[log Q(x) - log P(x)] per predicted token, over the grammatical "
     "generations only (log P = -inf otherwise; their share is given): string-level KL from the "
@@ -461,14 +462,24 @@ def collision_stats(strings: Sequence[np.ndarray]) -> dict:
 
 
 def sequence_log_probs(
-    model: LogProbFn, strings: Sequence[np.ndarray], eos_id: int, batch_size: int = 32
+    model: LogProbFn,
+    strings: Sequence[np.ndarray],
+    eos_id: int,
+    batch_size: int = 32,
+    temperature: float = 1.0,
 ) -> np.ndarray:
-    """log Q(x EOS) under the model for each string, (N,) float64 (full-vocab, unsmoothed)."""
+    """log Q_T(x EOS) for each string, (N,) float64: the full-vocabulary, unsmoothed
+    probability under the model sampled at `temperature` (each row's log-probs divided by T and
+    renormalised)."""
     out = []
     for b in range(0, len(strings), batch_size):
         chunk = [np.asarray(s, dtype=np.int64) for s in strings[b : b + batch_size]]
         rows = model([np.concatenate([[BOS], s]) for s in chunk])
         for s, lq in zip(chunk, rows, strict=True):
+            if temperature != 1.0:
+                z = lq / temperature  # (n+1, V)
+                m = z.max(axis=1, keepdims=True)
+                lq = z - (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))
             nxt = np.concatenate([s, [eos_id]])
             out.append(float(lq[np.arange(len(nxt)), nxt].sum()))
     return np.asarray(out, dtype=np.float64)
@@ -774,8 +785,9 @@ def evaluate_model(
                         k = min(batch_size, n_fixed_prompt - b)
                         fixed_seqs.extend(gen([prompt] * k, rng))
                     fixed = [split_generation(s, grammar.n_t)[0] for s in fixed_seqs]
-                ok = [s for s, b in zip(strings, bad, strict=True) if not b]
-                lq = sequence_log_probs(model_t, ok, eos, batch_size)
+                # sampled events x EOS: ended, and no special token
+                ok = [s for s, b, e in zip(strings, bad, ended, strict=True) if e and not b]
+                lq = sequence_log_probs(model_t, ok, eos, batch_size, temperature=temp)
                 lp = np.asarray(log_prob(grammar, ok), dtype=np.float64) if ok else np.zeros(0)
                 diversity_out = diversity(
                     ok, fixed_prompt_strings=fixed, model_logq=lq, true_logp=lp, training=training
@@ -786,7 +798,7 @@ def evaluate_model(
                 diversity_out["subtree"] = clock.wrap("exact", subtree_diversity)(
                     grammar, grammatical, reference
                 )
-                diversity_out["n_bad_token_dropped"] = int(np.sum(bad))
+                diversity_out["n_dropped"] = int(np.sum(bad | ~ended))
     kl_strings = true_strings(n_kl, stream=1)
     t0 = time.perf_counter()
     p_true = list(inside.next_token_dist(grammar, kl_strings))

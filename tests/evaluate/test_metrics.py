@@ -332,3 +332,18 @@ def test_subtree_diversity_counts_yields_by_hand():
     rows = {r["nt"]: (r["generated"], r["true"]) for r in out["per_nt"]}
     assert rows == {"S": (2, 1), "A": (2, 0), "B": (2, 1)}
     assert out["per_level"] == []  # TINY is not layered
+
+
+def test_sequence_log_probs_at_a_temperature_by_hand():
+    """Uniform over 4 symbols is unchanged by any temperature; a two-valued row is not:
+    p = (0.8, 0.2) at T = 2 becomes (sqrt .8, sqrt .2) / (sqrt .8 + sqrt .2)."""
+    assert M.sequence_log_probs(M.uniform_logprob_fn(4), [np.array([1, 2])], 3, temperature=0.5)[
+        0
+    ] == pytest.approx(3 * math.log(0.25))
+
+    def model(batch):
+        return [np.log(np.tile([0.8, 0.2], (len(s), 1))) for s in batch]
+
+    q = math.sqrt(0.8) / (math.sqrt(0.8) + math.sqrt(0.2))
+    got = M.sequence_log_probs(model, [np.array([0, 0])], 1, temperature=2.0)[0]
+    assert got == pytest.approx(2 * math.log(q) + math.log(1 - q))
