@@ -225,7 +225,7 @@ def add_generate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the run's train.device)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
 
 
@@ -269,7 +269,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, nargs="+", help="sampling temperature(s)")
     p.add_argument("--cut", type=int, nargs="+", help="prompt lengths, e.g. 0 50 (cut0, cut50)")
     p.add_argument("--seed", type=int, help="default: eval.seed")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the run's train.device)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
     p.add_argument(
         "--corrupt",

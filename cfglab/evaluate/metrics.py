@@ -852,6 +852,23 @@ def read_training_strings(dataset_dir: str | Path) -> set[bytes]:
     return out
 
 
+def _load(run_dir: str | Path, device: str | None, threads: int | None):
+    """(model in eval mode on its device, config, device string). device None: the run's
+    train.device (auto = CUDA if available); threads None: the run's train.threads."""
+    from cfglab.train.checkpoint import load_model
+    from cfglab.train.dist import pick_device
+
+    model, cfg = load_model(run_dir, device="cpu")
+    _set_threads(threads if threads is not None else cfg.train.threads)
+    try:
+        dev = str(pick_device(device or cfg.train.device))
+    except CfglabError as exc:
+        if device is None:
+            raise
+        raise CfglabError(f"--device {device}: {str(exc).split(': ', 1)[-1]}") from None
+    return model.to(dev), cfg, dev
+
+
 def _set_threads(threads: int | None) -> None:
     """torch CPU threads. Small models decode one token at a time: on a busy machine one thread
     is often several times faster than many (thread wake-ups dominate tiny matmuls)."""
@@ -870,7 +887,7 @@ def evaluate_run(
     temperatures: Sequence[float] | None = None,
     seed: int | None = None,
     n_fixed_prompt: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     threads: int | None = None,
     corrupt: float | None = None,
 ) -> dict:
@@ -882,11 +899,9 @@ def evaluate_run(
     import torch
 
     from cfglab.data.vocab import Vocab
-    from cfglab.train.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    model, cfg = load_model(run_dir, device=device)
-    _set_threads(threads if threads is not None else cfg.train.threads)
+    model, cfg, device = _load(run_dir, device, threads)
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     block = model.config.block_size
@@ -1059,7 +1074,7 @@ def generate_from_run(
     prompts: Sequence[Sequence[str]] | None = None,
     temperature: float = 1.0,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     threads: int | None = None,
     prompt_labels: Sequence[str] | None = None,
 ) -> list[list[str]]:
@@ -1067,14 +1082,12 @@ def generate_from_run(
     latest checkpoint: each a list of token names, prompt included, up to (not including) EOS.
     A prompt with an unknown token is a VocabError naming it and its label (e.g. 'file:3')."""
     from cfglab.data.vocab import Vocab
-    from cfglab.train.checkpoint import load_model
 
     if n < 1:
         raise CfglabError(f"-n {n}: give at least one generation")
     if temperature <= 0:
         raise CfglabError(f"--temperature {temperature}: give a positive temperature")
-    model, cfg = load_model(run_dir, device=device)
-    _set_threads(threads if threads is not None else cfg.train.threads)
+    model, cfg, device = _load(run_dir, device, threads)
     vocab = Vocab.from_grammar(cfg.grammar.load())
     block = model.config.block_size
     prompts = list(prompts or [[]])
