@@ -108,3 +108,7 @@ def test_eval_errors_are_clear(run_dir, tmp_path, capsys):
     assert "block_size" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "no run directory" in capsys.readouterr().err
+    assert main(["generate", str(run_dir), "--device", "tpu"]) == 2
+    assert "--device tpu: unknown device" in capsys.readouterr().err
+    assert main(["generate", str(run_dir), "-n", "0"]) == 2
+    assert "at least one" in capsys.readouterr().err
