@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from cfglab.report import plots
+from cfglab.report import plots, plots_analyze
 from cfglab.report.results import RunResults, load_run
 
 
@@ -68,8 +68,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str:
-    """The report as Markdown; figure links are relative to `rel_to` (the report folder)."""
+def report_markdown(
+    res: RunResults, figs: dict[str, Path], rel_to: Path, extra: list[str] | None = None
+) -> str:
+    """The report as Markdown; figure links are relative to `rel_to` (the report folder);
+    `extra` lines (the analyze section) go before the definitions."""
     cfg = res.config
     out = [f"# cfglab report: {res.name}", ""]
     if cfg:
@@ -243,6 +246,7 @@ def report_markdown(res: RunResults, figs: dict[str, Path], rel_to: Path) -> str
         )
         out.append("")
         defs = {**defs, **res.robustness[0].get("definitions", {})}
+    out += extra or []
     if defs:
         out += ["## Definitions", ""]
         out += [f"- **{k}**: {text}" for k, text in defs.items()]
@@ -265,7 +269,9 @@ def _md_to_html(md: str, figs: dict[str, Path], rel_to: Path) -> str:
     i = 0
 
     def inline(s: str) -> str:
-        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s))
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s))
+        # a whole line in single asterisks is a caption; elsewhere '*' is math (P*)
+        return re.sub(r"^\*([^*]+)\*$", r"<i>\1</i>", s)
 
     paths = {p.relative_to(rel_to).as_posix(): p for p in figs.values()}
     while i < len(lines):
@@ -319,7 +325,8 @@ def build_report(run_dir: str | Path) -> Path:
     res = load_run(run_dir)
     out = Path(run_dir) / "report"
     figs = make_figures(res, out / "figures")
-    md = report_markdown(res, figs, out)
+    figs.update(plots_analyze.write_analyze_figures(run_dir))  # probes, attention (analyze/)
+    md = report_markdown(res, figs, out, extra=plots_analyze.analyze_markdown(run_dir, figs, out))
     (out / "report.md").write_text(md + "\n")
     (out / "report.html").write_text(_md_to_html(md, figs, out))
     return out

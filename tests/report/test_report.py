@@ -82,6 +82,7 @@ def test_report_has_figures_numbers_and_definitions(tmp_path):
     page = (rep / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and 'src="figures' not in page
     assert "<table>" in page
+    assert "unsmoothed P* as weights" in page and "<i>" not in page  # '*' is math, not italics
 
 
 def test_report_without_eval_has_only_the_loss_curve(tmp_path):
