@@ -131,19 +131,34 @@ class RelativePosition(NoPosition):
         return (3 * head_dim) ** -0.5
 
     def bias(self, layer, pos_q, pos_k, q, k, attn):
+        # The queries are the last Tq of the Tk keys (positions are consecutive), so distances
+        # span -(Tk-1)..Tk-1 and each term is a skewed (Toeplitz) read of a small product:
+        # no (B, H, Tq, Tk) index tensors, and the backward pass is a plain copy.
         M = self.max_distance
-        B, H, Tq, _ = q.shape
-        Tk = k.shape[2]
-        d = (pos_q[:, None] - pos_k[None, :]).clamp(-M, M)  # (Tq, Tk) clipped distance i - j
-        # only the table rows for distances that can occur, |d| <= Tk - 1 (the queries are the
-        # last Tq keys): R = 2 min(Tk-1, M) + 1 rows instead of 2M+1; no device sync needed
-        lo = -min(Tk - 1, M)
+        Tq, Tk = q.shape[2], k.shape[2]
+        lo = -min(Tk - 1, M)  # table rows that can occur: distances lo..-lo, clipped at M
         qr, kr = attn.project_qk(self.table.weight[lo + M : M - lo + 1])  # (H, R, D) each
-        c2p = q @ kr.transpose(-1, -2)  # (B, H, Tq, R): q_i . Kr[r]
-        c2p = c2p.gather(-1, (d - lo).expand(B, H, Tq, Tk))  # (B, H, Tq, Tk)
-        p2c = k @ qr.transpose(-1, -2)  # (B, H, Tk, R): k_j . Qr[r]
-        p2c = p2c.gather(-1, (-d - lo).T.expand(B, H, Tk, Tq))  # (B, H, Tk, Tq) at d(j,i)
+        dev = pos_q.device
+        # c2p[i, j] = q_i . Kr[d(i, j)]: rows = queries, d = i - j from Tk-1 down to -(Tq-1)
+        d = torch.arange(Tk - 1, -Tq, -1, device=dev).clamp(-M, M) - lo  # (Tq + Tk - 1,)
+        c2p = _skew(q @ kr[:, d].transpose(-1, -2), Tk)  # (B, H, Tq, Tk)
+        # p2c[i, j] = k_j . Qr[d(j, i)]: rows = keys, d = j - i from Tq-1 down to -(Tk-1)
+        d = torch.arange(Tq - 1, -Tk, -1, device=dev).clamp(-M, M) - lo  # (Tk + Tq - 1,)
+        p2c = _skew(k @ qr[:, d].transpose(-1, -2), Tq)  # (B, H, Tk, Tq)
         return (c2p + p2c.transpose(-1, -2)) * self.scale(q.shape[-1])
+
+
+def _skew(g: Tensor, n_cols: int) -> Tensor:
+    """(..., A, A + n_cols - 1) -> (..., A, n_cols), out[a, b] = g[a, (A - 1 - a) + b].
+
+    Row a of the result starts one column further left than row a-1: reading the flattened
+    rows with a stride of (row length - 1) does exactly that (Transformer-XL's relative shift).
+    """
+    *lead, A, R = g.shape
+    if A == 1:
+        return g[..., :n_cols]
+    flat = g.reshape(*lead, A * R)[..., A - 1 : A - 1 + A * (R - 1)]
+    return flat.reshape(*lead, A, R - 1)[..., :n_cols]
 
 
 class PositionOnlyAttention(NoPosition):
