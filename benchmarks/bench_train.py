@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 40
-REPEATS = 2
+STEPS = 60  # timed from step WARMUP to STEPS, so start-up and the first steps do not count
+WARMUP = 10
+REPEATS = 3
 
 
 def _bare(cfg, steps: int) -> float:
@@ -42,29 +43,34 @@ def _bare(cfg, steps: int) -> float:
     w = FreshStream(grammar, cfg.model.block_size + 1, t.batch_size).batch(0)
     x, y = obj.make_batch(w, vocab.eos, vocab.mask)
     model.train()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    for i in range(steps):
+        if i == WARMUP:
+            t0 = time.perf_counter()
         loss = loss_fn(model(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return steps * t.batch_size * cfg.model.block_size / (time.perf_counter() - t0)
+    return (steps - WARMUP) * t.batch_size * cfg.model.block_size / (time.perf_counter() - t0)
 
 
 def _full(cfg, steps: int) -> tuple[float, float]:
+    """Tokens/s of `train` between the metrics lines at WARMUP and `steps`; data-wait share."""
     from cfglab.train.loop import train
 
     with tempfile.TemporaryDirectory() as d:
         cfg.out_dir = d
         cfg.train.max_steps = steps
-        cfg.train.log_every = steps
+        cfg.train.log_every = WARMUP
         cfg.train.eval_every = 0
         cfg.train.eval_batches = 1
         cfg.train.ckpt_every = steps
         run = train(cfg, progress=False)
-        last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    return last["tokens_per_s"], last["data_wait_frac"]
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in lines if r["step"] == WARMUP)
+    last = next(r for r in lines if r["step"] == steps)
+    tokens = last["tokens"] - first["tokens"]
+    return tokens / (last["elapsed_s"] - first["elapsed_s"]), last["data_wait_frac"]
 
 
 def _sampling_seconds(cfg, steps: int = 5) -> float:
@@ -92,8 +98,8 @@ def main() -> None:
     samp = _sampling_seconds(cfg)
     b, f = max(bare), max(full)
     print(
-        f"config {path.relative_to(ROOT)}: {tok_step} tokens/step, {STEPS} steps x "
-        f"{REPEATS} repeats (best of each)"
+        f"config {path.relative_to(ROOT)}: {tok_step} tokens/step, steps {WARMUP}-{STEPS} timed, "
+        f"{REPEATS} interleaved repeats (best of each)"
     )
     print(f"  bare model step   {b:10,.0f} tokens/s")
     print(

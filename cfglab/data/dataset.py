@@ -7,10 +7,11 @@ terminals 1..3 (BOS=0, EOS=4), strings [2 1] and [3 3 1], window length 6::
     stream   0 2 1 4 0 3 3 1 4 ...
     window   0 2 1 4 0 3          (the rest of the second string is dropped)
 
-Fresh samples (the paper's setting): global window j of step s is the packing of strings drawn
-with a seed derived from (seed, split, step, j). A window never depends on the world size or on
-which rank reads it: rank r of W reads windows r*B/W .. (r+1)*B/W - 1 of the global batch B.
-So a resumed run, or the same run on a different number of processes, sees the same tokens.
+Fresh samples (the paper's setting): the B windows of step s are one packed stream of strings
+drawn with a seed derived from (seed, split, step), cut into consecutive windows. The stream
+never depends on the world size: every rank draws it (one vectorised sampler call, cheap next
+to a model step) and rank r of W keeps windows r*B/W .. (r+1)*B/W - 1. So a resumed run, or
+the same run on a different number of processes, sees the same tokens.
 
 Saved datasets (`write_dataset`, the `cfglab data` command): a folder with `tokens.npy` (the
 packed stream, uint16), `offsets.npy` (where each string's BOS sits), the sampler's labels
@@ -99,19 +100,22 @@ class FreshStream:
                 f"size {world_size}; pick a multiple of the number of processes"
             )
         self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
+        self.global_batch = global_batch
         self.local = global_batch // world_size
         self.first = rank * self.local  # first global window index of this rank
         self.max_len = max_len
         self.eos = Vocab.from_grammar(grammar).eos
 
     def batch_np(self, step: int) -> np.ndarray:
-        rows = [
-            sample_window(
-                self.grammar, self.window, (self.seed, self.split, step, j), self.eos, self.max_len
-            )
-            for j in range(self.first, self.first + self.local)
-        ]
-        return np.stack(rows)  # (B_local, window)
+        # one vectorised sampler call for the whole global batch (every rank draws the same
+        # stream and keeps its slice): far cheaper than a call per window, and the stream is a
+        # function of (seed, split, step) alone
+        n = self.global_batch * self.window
+        stream = sample_window(
+            self.grammar, n, (self.seed, self.split, step), self.eos, self.max_len
+        )
+        windows = stream.reshape(self.global_batch, self.window)  # (B, window)
+        return windows[self.first : self.first + self.local]  # (B_local, window)
 
     def batch(self, step: int) -> torch.Tensor:
         return torch.from_numpy(self.batch_np(step))
