@@ -135,8 +135,11 @@ class Attention(nn.Module):
         position: NoPosition,
         cache: KVCache | None = None,
         manual: bool = False,
+        memo: dict | None = None,
     ) -> Tensor:
-        B, T, C = x.shape  # pos_q (T,) positions of x; pos_k (Tk,) of all keys incl. cached
+        """x (B, T, C) at positions pos_q (T,); pos_k (Tk,): positions of all keys, cached ones
+        included. memo: a dict shared by the layers of one forward pass (shared_bias)."""
+        B, T, C = x.shape
         if self.content:
             q, k, v = (self.split_heads(t) for t in self.c_attn(x).split(C, dim=2))
             q, k = position.rotate(q, pos_q), position.rotate(k, pos_q)  # (B, H, T, D)
@@ -144,7 +147,6 @@ class Attention(nn.Module):
             q, k, v = None, None, self.split_heads(self.c_attn(x))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, H, Tk, D)
-        bias = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B or 1, H, T, Tk) | None
         # causal: key j visible to query i iff pos_k[j] <= pos_q[i]; the last key is the last
         # query, so a single query (decoding) sees every key and needs no mask
         masked = self.causal and T > 1
@@ -156,19 +158,22 @@ class Attention(nn.Module):
             and not self.hook_scores.is_active
             and not self.hook_pattern.is_active
         ):
-            if bias is None and masked and T == len(pos_k):  # no past keys: SDPA's own causal
-                y = F.scaled_dot_product_attention(
-                    q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale
-                )
+            memo = {} if memo is None else memo
+            if "sdpa_mask" in memo:  # shared_bias: computed by the first layer of this pass
+                mask, is_causal = memo["sdpa_mask"]
             else:
-                mask = bias
-                if masked:
+                mask = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B|1, H, T, Tk)
+                is_causal = mask is None and masked and T == len(pos_k)  # SDPA's fast causal
+                if masked and not is_causal:
                     visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
-                    mask = visible if bias is None else bias.masked_fill(~visible, float("-inf"))
-                y = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
-                )
+                    mask = visible if mask is None else mask.masked_fill(~visible, float("-inf"))
+                if position.shared_bias:
+                    memo["sdpa_mask"] = (mask, is_causal)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+            )
         else:
+            bias = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B or 1, H, T, Tk)
             scores = (q @ k.transpose(-1, -2)) * scale if self.content else 0.0  # (B, H, T, Tk)
             if bias is not None:
                 scores = scores + bias
@@ -219,9 +224,10 @@ class Block(nn.Module):
         position: NoPosition,
         cache: KVCache | None,
         manual: bool,
+        memo: dict,
     ) -> Tensor:
         x = self.hook_resid_pre(x)
-        a = self.attn(self.ln_1(x), pos_q, pos_k, position, cache, manual)
+        a = self.attn(self.ln_1(x), pos_q, pos_k, position, cache, manual, memo)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.resid_dropout(a)))
         m = self.mlp(self.ln_2(x))
         return self.hook_resid_post(x + self.hook_mlp_out(self.resid_dropout(m)))
@@ -304,8 +310,9 @@ class GPT(nn.Module):
         pos_q = pos_k[past:]  # (T,) positions of idx
         x = self.position.embed(self.hook_embed(self.embed(idx)), pos_q)  # (B, T, C)
         x = self.drop(x)
+        memo: dict = {}  # per-pass values shared by the layers (e.g. alibi's mask)
         for block in self.blocks:
-            x = block(x, pos_q, pos_k, self.position, cache, manual)
+            x = block(x, pos_q, pos_k, self.position, cache, manual, memo)
         if cache is not None:
             cache.length += T
         return self.unembed(self.ln_final(x))  # (B, T, V)

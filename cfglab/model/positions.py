@@ -17,6 +17,7 @@ Facts about each variant live beside its class as data, so tests parametrize ove
     sdpa             the attention may run through F.scaled_dot_product_attention
     content          the logits contain q.k (False: the pattern depends on positions only,
                      and the layer has no q/k projections)
+    shared_bias      bias() is the same in every layer (computed once per forward pass)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class NoPosition(nn.Module):
     shift_invariant: ClassVar[bool] = True
     sdpa: ClassVar[bool] = True
     content: ClassVar[bool] = True
+    shared_bias: ClassVar[bool] = False
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -107,10 +109,10 @@ class RotaryPosition(NoPosition):
     def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         r = self.rot_dim
         cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, r)
-        xr, rest = x[..., :r], x[..., r:]
-        x1, x2 = xr[..., : r // 2], xr[..., r // 2 :]
-        rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, T, r)
-        return torch.cat([xr * cos + rotated * sin, rest], dim=-1)
+        xr = x[..., :r]
+        rotated = torch.cat([-xr[..., r // 2 :], xr[..., : r // 2]], dim=-1)  # (B, H, T, r)
+        out = xr * cos + rotated * sin
+        return out if r == x.shape[-1] else torch.cat([out, x[..., r:]], dim=-1)
 
 
 class RelativePosition(NoPosition):
@@ -198,6 +200,7 @@ class UniformAttention(NoPosition):
 
     sdpa = False
     content = False
+    shared_bias = True
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
@@ -217,6 +220,8 @@ class ALiBiPosition(NoPosition):
     """`alibi` (Press et al. 2022): logit(i, j) = q_i.k_j / sqrt(D) - m_h |i - j|, with the
     paper's head slopes m_h (geometric, 2^(-8h/H) for H a power of two, interleaved otherwise).
     Encoder: the symmetric |i - j| (the causal form's distance on both sides)."""
+
+    shared_bias = True
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)

@@ -41,7 +41,7 @@ def test_too_long_input_is_a_clear_error():
 
 def test_declared_facts_are_data():
     for name, cls in POSITIONS.items():
-        for fact in ("shift_invariant", "sdpa", "content"):
+        for fact in ("shift_invariant", "sdpa", "content", "shared_bias"):
             assert isinstance(getattr(cls, fact), bool), (name, fact)
 
 
