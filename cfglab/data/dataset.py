@@ -7,18 +7,20 @@ terminals 1..3 (BOS=0, EOS=4), strings [2 1] and [3 3 1], window length 6::
     stream   0 2 1 4 0 3 3 1 4 ...
     window   0 2 1 4 0 3          (the rest of the second string is dropped)
 
-Fresh samples (the paper's setting): the B windows of step s are one packed stream of strings
-drawn with a seed derived from (seed, split, step), cut into consecutive windows. The stream
-never depends on the world size: every rank draws it (one vectorised sampler call, cheap next
-to a model step) and rank r of W keeps windows r*B/W .. (r+1)*B/W - 1. So a resumed run, or
-the same run on a different number of processes, sees the same tokens.
+Fresh samples (the paper's setting): the B windows of step s come from one packed stream of
+strings drawn with a seed derived from (seed, split, step); each window starts at a string's BOS
+(a window's last string is cut, its rest dropped), so every position sees its string's start,
+which measurably helps small models (see bos_aligned_windows). The stream never depends on the
+world size: every rank draws it (one vectorised sampler call, cheap next to a model step) and
+rank r of W keeps windows r*B/W .. (r+1)*B/W - 1. So a resumed run, or the same run on a
+different number of processes, sees the same tokens.
 
 Saved datasets (`write_dataset`, the `cfglab data` command): a folder with `tokens.npy` (the
 packed stream, uint16), `offsets.npy` (where each string's BOS sits), the sampler's labels
 aligned to the packed stream (`ancestors.npy`, `is_boundary.npy`, `subtree.npy` for layered
 grammars, -1/False at BOS and EOS) and `meta.json`. `SavedDataset` opens them with
-`mmap_mode="r"`, so only the windows read are loaded; window j of step s starts at an offset
-drawn from (seed, split, step, j).
+`mmap_mode="r"`, so only the windows read are loaded; window j of step s starts at the BOS of
+a string drawn from (seed, split, step, j).
 """
 
 from __future__ import annotations
@@ -75,6 +77,43 @@ def sample_window(
     return np.concatenate(parts)[:length]
 
 
+def bos_aligned_windows(
+    grammar: Grammar,
+    n_windows: int,
+    length: int,
+    key: tuple[int, ...],
+    eos: int,
+    max_len: int | None = None,
+) -> np.ndarray:
+    """`n_windows` windows of `length` tokens, each starting at a BOS, from one packed stream of
+    fresh strings determined by `key`. A window's last string is cut at the window's end and
+    its rest dropped; the next window starts at the next string. (n_windows, length) int64.
+
+    Why BOS-aligned: with windows cut at arbitrary offsets, each window opens inside a string
+    whose start it cannot see; on the quickstart that raised the next-token KL of the trained
+    model several-fold (0.0078 vs 0.0017 at the same budget)."""
+    per_string = grammar.mean_length + 2
+    n = math.ceil(n_windows * (length + per_string) / per_string * 1.1) + 2
+    parts: list[np.ndarray] = []
+    i = 0
+    while True:
+        parts.append(
+            pack(sample(grammar, n, key_seed(*key, i), max_len=max_len, labels=False), eos)
+        )
+        i += 1
+        stream = np.concatenate(parts)
+        bos_at = np.flatnonzero(stream == BOS)  # (n_strings,) where each string starts
+        starts = [0]
+        while len(starts) < n_windows:
+            j = np.searchsorted(bos_at, starts[-1] + length)  # first string after the window
+            if j == len(bos_at):
+                break
+            starts.append(int(bos_at[j]))
+        if len(starts) == n_windows and starts[-1] + length <= len(stream):
+            return np.stack([stream[s : s + length] for s in starts])
+        n = max(16, n // 4)  # ran short (long strings drawn): top up and retry
+
+
 class FreshStream:
     """Batches of fresh windows: `batch(step)` -> LongTensor (B_local, window) for this rank.
 
@@ -108,13 +147,16 @@ class FreshStream:
 
     def batch_np(self, step: int) -> np.ndarray:
         # one vectorised sampler call for the whole global batch (every rank draws the same
-        # stream and keeps its slice): far cheaper than a call per window, and the stream is a
+        # strings and keeps its slice): far cheaper than a call per window, and the batch is a
         # function of (seed, split, step) alone
-        n = self.global_batch * self.window
-        stream = sample_window(
-            self.grammar, n, (self.seed, self.split, step), self.eos, self.max_len
+        windows = bos_aligned_windows(
+            self.grammar,
+            self.global_batch,
+            self.window,
+            (self.seed, self.split, step),
+            self.eos,
+            self.max_len,
         )
-        windows = stream.reshape(self.global_batch, self.window)  # (B, window)
         return windows[self.first : self.first + self.local]  # (B_local, window)
 
     def batch(self, step: int) -> torch.Tensor:
@@ -235,6 +277,7 @@ class SavedDataset:
         try:
             meta = json.loads((path / "meta.json").read_text())
             self.tokens = np.load(path / "tokens.npy", mmap_mode="r")
+            self.offsets = np.load(path / "offsets.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"data.dataset: {path} is not a saved dataset ({exc}); write one "
@@ -260,9 +303,14 @@ class SavedDataset:
         self.first = rank * self.local
 
     def batch_np(self, step: int) -> np.ndarray:
-        hi = len(self.tokens) - self.window + 1
+        # windows start at a string's BOS, as in the fresh stream; any string whose window fits
+        n_fit = int(np.searchsorted(self.offsets, len(self.tokens) - self.window, side="right"))
         starts = [
-            np.random.default_rng(key_seed(self.seed, self.split, step, j)).integers(hi)
+            int(
+                self.offsets[
+                    np.random.default_rng(key_seed(self.seed, self.split, step, j)).integers(n_fit)
+                ]
+            )
             for j in range(self.first, self.first + self.local)
         ]
         return np.stack([self.tokens[s : s + self.window] for s in starts]).astype(np.int64)

@@ -12,6 +12,7 @@ from cfglab.data.dataset import (
     VAL,
     FreshStream,
     SavedDataset,
+    bos_aligned_windows,
     pack,
     sample_window,
     write_dataset,
@@ -60,6 +61,22 @@ def test_windows_hold_grammatical_strings() -> None:
     assert len(strings) >= 3
     for s in strings:
         assert nltk_accepts(ng, VOCAB.decode(s))
+
+
+def test_stream_windows_start_at_bos_and_hold_grammatical_strings() -> None:
+    ng = nltk_grammar(GRAMMAR)
+    w = bos_aligned_windows(GRAMMAR, 5, 40, (0, 0, 3), VOCAB.eos)
+    assert w.shape == (5, 40) and np.all(w[:, 0] == BOS)
+    for row in w:
+        strings = _split_stream(row, VOCAB.eos)
+        assert strings
+        for s in strings:
+            assert nltk_accepts(ng, VOCAB.decode(s))
+    # windows longer than every string, and strings longer than the window, both work
+    assert np.all(bos_aligned_windows(GRAMMAR, 3, 4, (1,), VOCAB.eos)[:, 0] == BOS)
+    long = load("cfg3b")
+    w = bos_aligned_windows(long, 4, 64, (2,), Vocab.from_grammar(long).eos)
+    assert w.shape == (4, 64) and np.all(w[:, 0] == BOS)
 
 
 def test_window_is_a_function_of_its_key() -> None:
@@ -112,7 +129,7 @@ def test_saved_dataset_round_trip(tmp_path: Path) -> None:
     ds = SavedDataset(out, g, 64, 4, seed=1)
     assert isinstance(ds.tokens, np.memmap)
     w = ds.batch(0).numpy()
-    assert w.shape == (4, 64)
+    assert w.shape == (4, 64) and np.all(w[:, 0] == BOS)
     stream = tokens.tobytes()
     for row in w.astype(np.uint16):
         assert row.tobytes() in stream  # every window is a slice of the stream
