@@ -141,8 +141,11 @@ class Attention(nn.Module):
         included. memo: a dict shared by the layers of one forward pass (shared_bias)."""
         B, T, C = x.shape
         if self.content:
-            q, k, v = (self.split_heads(t) for t in self.c_attn(x).split(C, dim=2))
-            q, k = position.rotate(q, pos_q), position.rotate(k, pos_q)  # (B, H, T, D)
+            qkv = self.c_attn(x)  # (B, T, 3C)
+            # q and k as 2H heads, so the q/k transform (rot) runs once on both
+            qk = qkv[..., : 2 * C].view(B, T, 2 * self.n_head, C // self.n_head).transpose(1, 2)
+            q, k = position.rotate(qk, pos_q).split(self.n_head, dim=1)  # (B, H, T, D) each
+            v = self.split_heads(qkv[..., 2 * C :])  # (B, H, T, D)
         else:
             q, k, v = None, None, self.split_heads(self.c_attn(x))
         if cache is not None:

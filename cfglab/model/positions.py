@@ -104,14 +104,16 @@ class RotaryPosition(NoPosition):
         angles = torch.cat([angles, angles], dim=-1)  # (block_size, rot_dim)
         # buffers, not parameters: rebuilt from the config, never saved with the weights
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # rotate_half(x) * sin == swap_halves(x) * (sin with the first half negated)
+        sign = torch.cat([-torch.ones(self.rot_dim // 2), torch.ones(self.rot_dim // 2)])
+        self.register_buffer("sin", (angles.sin() * sign).float(), persistent=False)
 
     def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         r = self.rot_dim
         cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, r)
         xr = x[..., :r]
-        rotated = torch.cat([-xr[..., r // 2 :], xr[..., : r // 2]], dim=-1)  # (B, H, T, r)
-        out = xr * cos + rotated * sin
+        swapped = torch.cat([xr[..., r // 2 :], xr[..., : r // 2]], dim=-1)  # (B, H, T, r)
+        out = xr * cos + swapped * sin
         return out if r == x.shape[-1] else torch.cat([out, x[..., r:]], dim=-1)
 
 
