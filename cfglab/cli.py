@@ -529,7 +529,7 @@ def add_probe(p: argparse.ArgumentParser) -> None:
                    "diagonal / tridiagonal probes scored at NT ends (several: one table each)")
     p.add_argument("--heads", type=int, help="probe heads H (default 4)")
     p.add_argument("--d-probe", type=int, help="position embedding size d' (default 32)")
-    p.add_argument("--steps", type=int, help="probe training steps (default 150)")
+    p.add_argument("--steps", type=int, help="probe training steps (default 300)")
     p.add_argument("--batch-size", type=int, help="strings per step (default 16)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-2)")
     p.add_argument("--seed", type=int, default=2, help="train strings; test strings use seed+1")

@@ -48,8 +48,9 @@ def shallowest_end(is_boundary: np.ndarray) -> np.ndarray:
     return np.where(ends.any(0), first, -1)
 
 
-def adjacent_ends(subtree: np.ndarray, is_boundary: np.ndarray, causal: bool
-                  ) -> list[tuple[int, list[int]]]:
+def adjacent_ends(
+    subtree: np.ndarray, is_boundary: np.ndarray, causal: bool
+) -> list[tuple[int, list[int]]]:
     """For one level: [(query a, [keys b])] for every NT-end token a with at least one adjacent
     end: the end of the previous subtree (and of the next one unless causal). subtree, is_boundary
     (n,) of that level."""
@@ -84,8 +85,7 @@ class AttentionStats:
         nr = 2 * MAX_RANK + 1
         self.rank_sum, self.rank_hist = z((n_layer, n_head, n_levels, nr)), z((n_levels, nr, nd))
 
-    def _pair_hist(self, n: int, keys: np.ndarray, queries: np.ndarray | None = None
-                   ) -> np.ndarray:
+    def _pair_hist(self, n: int, keys: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
         """Counts by distance of the allowed pairs (a in queries (default all), b in keys)."""
         a = np.arange(n) if queries is None else queries
         d = (a[:, None] - keys[None, :]).ravel()
@@ -109,8 +109,10 @@ class AttentionStats:
         for lev in range(1, self.n_levels):
             pairs = adjacent_ends(subtree[lev], is_boundary[lev], self.causal)
             rows = [a for a, bs in pairs for _ in bs]
-            det[f"boundary_l{lev}"] = (np.array(rows, dtype=np.int64),
-                                       np.array([b for _, bs in pairs for b in bs], np.int64))
+            det[f"boundary_l{lev}"] = (
+                np.array(rows, dtype=np.int64),
+                np.array([b for _, bs in pairs for b in bs], np.int64),
+            )
         for name, (rows, _) in det.items():
             if name not in self.score_mass:
                 self.score_mass[name] = np.zeros(self.dist_sum.shape[:2])
@@ -144,12 +146,19 @@ class AttentionStats:
         """pattern (H, Tw, Tw) of one string's window, its tokens at start..start+n-1."""
         n = lab["n"]
         full = pattern.double().cpu().numpy()
-        a = full[:, start:start + n, start:start + n]  # (H, n, n) token-to-token weights
+        a = full[:, start : start + n, start : start + n]  # (H, n, n) token-to-token weights
         # position bias: sums along the diagonals d = a - b
         q, k = np.indices((n, n))
         self.dist_sum[layer] += np.stack(
-            [np.bincount((q - k).ravel() + self.d0, weights=a[h].ravel(),
-                         minlength=self.dist_sum.shape[-1]) for h in range(a.shape[0])])
+            [
+                np.bincount(
+                    (q - k).ravel() + self.d0,
+                    weights=a[h].ravel(),
+                    minlength=self.dist_sum.shape[-1],
+                )
+                for h in range(a.shape[0])
+            ]
+        )
         for name, (rows, keys) in lab["det"].items():
             self.score_mass[name][layer] += a[:, rows, keys].sum(1)
         col = a.sum(1)  # (H, n): each key's received mass (allowed pairs only)
@@ -189,8 +198,15 @@ class AttentionStats:
             }
 
 
-def attention_model(model: nn.Module, grammar, batch, *, batch_size: int = 8,
-                    n_examples: int = 4, example_len: int = 64) -> dict:
+def attention_model(
+    model: nn.Module,
+    grammar,
+    batch,
+    *,
+    batch_size: int = 8,
+    n_examples: int = 4,
+    example_len: int = 64,
+) -> dict:
     """The statistics of the module docstring for `model` on the labelled SampleBatch `batch`,
     plus example maps: the first string's first `example_len` tokens for the `n_examples` heads
     with the highest boundary score, with the labels to draw the tree's boundaries."""
@@ -199,8 +215,10 @@ def attention_model(model: nn.Module, grammar, batch, *, batch_size: int = 8,
     from cfglab.model.hooks import run_with_cache
 
     if grammar.levels is None or batch.is_boundary is None:
-        raise GrammarError(f"attention statistics need a layered grammar (like the cfg3 family) "
-                           f"and labelled samples; {grammar.name or 'this grammar'} has no levels")
+        raise GrammarError(
+            f"attention statistics need a layered grammar (like the cfg3 family) "
+            f"and labelled samples; {grammar.name or 'this grammar'} has no levels"
+        )
     cfg = model.config
     vocab = Vocab.from_grammar(grammar)
     n_levels = batch.is_boundary.shape[0]
@@ -211,38 +229,52 @@ def attention_model(model: nn.Module, grammar, batch, *, batch_size: int = 8,
     first: Tensor | None = None
     device = next(model.parameters()).device
     for s0 in range(0, len(strings), batch_size):
-        chunk = strings[s0:s0 + batch_size]
-        tokens = string_windows(chunk, eos=vocab.eos, pad=vocab.pad, block_size=cfg.block_size,
-                                causal=cfg.causal)
+        chunk = strings[s0 : s0 + batch_size]
+        tokens = string_windows(
+            chunk, eos=vocab.eos, pad=vocab.pad, block_size=cfg.block_size, causal=cfg.causal
+        )
         _, cache = run_with_cache(model, tokens.to(device), names)
         for j in range(len(chunk)):
             lo, hi = off[s0 + j], off[s0 + j + 1]
-            lab = stats.add_labels(batch.subtree[:, lo:hi], batch.is_boundary[:, lo:hi],
-                                   tokens.shape[1])
+            lab = stats.add_labels(
+                batch.subtree[:, lo:hi], batch.is_boundary[:, lo:hi], tokens.shape[1]
+            )
             for layer, name in enumerate(names):
                 stats.add_pattern(layer, cache[name][j], lab)
         if first is None:
             m = min(example_len, len(chunk[0]))
-            first = torch.stack([cache[n][0, :, 1:m + 1, 1:m + 1] for n in names])  # (l,H,m,m)
+            first = torch.stack([cache[n][0, :, 1 : m + 1, 1 : m + 1] for n in names])  # (l,H,m,m)
     out = stats.result()
-    boundary = np.max([out["head_scores"][f"boundary_l{lev}"] for lev in range(1, n_levels)],
-                      axis=0)  # (n_layer, H): best level per head
+    boundary = np.max(
+        [out["head_scores"][f"boundary_l{lev}"] for lev in range(1, n_levels)], axis=0
+    )  # (n_layer, H): best level per head
     top = np.argsort(boundary, axis=None)[::-1][:n_examples]
     m = first.shape[-1]
     out["example"] = {
         "tokens": strings[0][:m].tolist(),
         "is_boundary": batch.is_boundary[:, :m].astype(int).tolist(),
         "subtree": batch.subtree[:, :m].tolist(),
-        "maps": [{"layer": int(i // cfg.n_head), "head": int(i % cfg.n_head),
-                  "boundary_score": float(boundary.flat[i]),
-                  "pattern": np.round(first[i // cfg.n_head, i % cfg.n_head].numpy(), 4).tolist()}
-                 for i in top],
+        "maps": [
+            {
+                "layer": int(i // cfg.n_head),
+                "head": int(i % cfg.n_head),
+                "boundary_score": float(boundary.flat[i]),
+                "pattern": np.round(first[i // cfg.n_head, i % cfg.n_head].numpy(), 4).tolist(),
+            }
+            for i in top
+        ],
     }
     return out
 
 
-def attention_run(run_dir: str | Path, *, n_strings: int = 64, seed: int = 3,
-                  baseline: bool = True, log: Callable[[str], None] | None = None) -> Path:
+def attention_run(
+    run_dir: str | Path,
+    *,
+    n_strings: int = 64,
+    seed: int = 3,
+    baseline: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Attention statistics of a run's model (and of a random-init twin, for the chance level of
     every statistic) -> run_dir/analyze/attention.json."""
     from cfglab.data.sampler import sample
@@ -253,18 +285,27 @@ def attention_run(run_dir: str | Path, *, n_strings: int = 64, seed: int = 3,
     model, cfg = load_model(run_dir)
     grammar = cfg.grammar.load()
     if grammar.levels is None:
-        raise GrammarError(f"attention statistics need a layered grammar (like the cfg3 family); "
-                           f"the run's grammar {cfg.grammar.name!r} has no levels")
+        raise GrammarError(
+            f"attention statistics need a layered grammar (like the cfg3 family); "
+            f"the run's grammar {cfg.grammar.name!r} has no levels"
+        )
     t0 = time.perf_counter()
     batch = sample(grammar, n_strings, seed, max_len=model.config.block_size - 2, labels=True)
     models = {"model": model}
     if baseline:
         torch.manual_seed(seed)
         models["random_init"] = build_model(model.config).eval()
-    out = {"run": run_dir.name, "grammar": cfg.grammar.name,
-           "model": {k: getattr(model.config, k)
-                     for k in ("n_layer", "n_head", "n_embd", "position", "causal")},
-           "objective": cfg.train.objective, "n_strings": n_strings, "seed": seed}
+    out = {
+        "run": run_dir.name,
+        "grammar": cfg.grammar.name,
+        "model": {
+            k: getattr(model.config, k)
+            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
+        },
+        "objective": cfg.train.objective,
+        "n_strings": n_strings,
+        "seed": seed,
+    }
     for label, m in models.items():
         if log:
             log(f"attention statistics of {label} on {n_strings} strings")
@@ -274,4 +315,3 @@ def attention_run(run_dir: str | Path, *, n_strings: int = 64, seed: int = 3,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return path
-

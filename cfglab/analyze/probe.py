@@ -10,9 +10,10 @@ f_r is linear and the attention weights w depend on positions only (trainable em
 G stays a linear function of the hidden states: a probe that succeeds shows the information is
 linearly present, not computed by the probe. Which keys k a query may use is the `window`
 (WINDOWS: all positions as in the paper, causal, or the restricted diagonal / |i-k| <= 1
-probes, which are scored at NT ends only). The paper uses H = 16, d' = 1024 on GPU; the CPU
-defaults here are H = 4, d' = 64 (ProbeSettings), which recover the deep levels as well on the
-quickstart model (see the README's numbers).
+probes, which are scored at NT ends only). The paper uses H = 16, d' = 1024 and 30k steps on
+GPU; the CPU defaults here (ProbeSettings) are H = 4, d' = 32, 300 steps of 16 strings, each
+step's loss taken on 64 random positions per string (an unbiased estimate of the full loss at a
+cost of 64*T instead of T^2), inputs standardised, the read-out started at the ridge solution.
 
 Targets, one probe per level l (level 0 = the root is skipped: it is constant):
 - "ancestor": the level-l NT ancestor of every token (a class among grammar.levels[l]);
@@ -82,20 +83,23 @@ class ProbeSettings:
     d_probe: int = 32  # d': size of the position embeddings P
     window: str = "all"  # a key of WINDOWS
     where: str = "all"  # "all" tokens, or only NT "ends" of the probed level (restricted probes)
-    steps: int = 150  # optimizer steps (batches of training strings)
+    steps: int = 300  # optimizer steps (batches of training strings)
     batch_size: int = 16  # strings per step
+    n_queries: int = 64  # positions per string whose loss a step uses (random; all if fewer)
     lr: float = 1e-2  # AdamW, constant; the paper's 3e-3 needs ~10x more steps than we can pay
     weight_decay: float = 1e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
-            raise ConfigError(f"unknown probe window {self.window!r}; choose from "
-                              f"{', '.join(WINDOWS)}")
+            raise ConfigError(
+                f"unknown probe window {self.window!r}; choose from {', '.join(WINDOWS)}"
+            )
         if self.where not in WHERE:
-            raise ConfigError(f"unknown probe positions {self.where!r}; choose from "
-                              f"{', '.join(WHERE)}")
-        for name in ("n_heads", "d_probe", "steps", "batch_size"):
+            raise ConfigError(
+                f"unknown probe positions {self.where!r}; choose from {', '.join(WHERE)}"
+            )
+        for name in ("n_heads", "d_probe", "steps", "batch_size", "n_queries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"probe {name} must be >= 1, got {getattr(self, name)}")
 
@@ -108,8 +112,16 @@ class MultiHeadProbe(nn.Module):
     per-parameter); batching them only saves time.
     """
 
-    def __init__(self, n_embd: int, n_classes: Sequence[int], *, n_heads: int = 4,
-                 d_probe: int = 64, max_len: int = 512, window: str = "all") -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        n_classes: Sequence[int],
+        *,
+        n_heads: int = 4,
+        d_probe: int = 64,
+        max_len: int = 512,
+        window: str = "all",
+    ) -> None:
         super().__init__()
         if window not in WINDOWS:
             raise ConfigError(f"unknown probe window {window!r}; choose from {', '.join(WINDOWS)}")
@@ -125,41 +137,62 @@ class MultiHeadProbe(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_probes, n_max))  # (G, K)
         classes = torch.arange(n_max)[None, :] < torch.tensor(list(n_classes))[:, None]
         self.register_buffer("is_class", classes, persistent=False)  # (G, K) real classes
+        # per-dimension standardisation of the inputs (set by fit_probe from the training
+        # states): an invertible affine map, so the probe stays linear in E, but AdamW's steps
+        # no longer depend on how large a layer's residual stream happens to be
+        self.register_buffer("shift", torch.zeros(n_embd), persistent=False)
+        self.register_buffer("scale", torch.ones(n_embd), persistent=False)
 
     @property
     def max_len(self) -> int:
         return self.pos.shape[1]
 
-    def forward(self, h: Tensor, lengths: Tensor) -> Tensor:
-        """h (B, T, C) hidden states (rows >= length are padding), lengths (B,) -> (G, B, T, K)
-        logits; classes a probe does not have are -inf."""
+    def forward(self, h: Tensor, lengths: Tensor, queries: Tensor | None = None) -> Tensor:
+        """h (B, T, C) hidden states (rows >= length are padding), lengths (B,), queries (Q,)
+        the positions to predict (default all T) -> (G, B, Q, K) logits; classes a probe does
+        not have are -inf. Predicting a subset costs Q*T instead of T^2 and changes nothing
+        else: training on random subsets is stochastic gradient descent on the same loss."""
         b, t, c = h.shape
         n_probes, _, n_heads, n_max = self.read.shape
+        h = (h - self.shift) / self.scale
         pos = self.pos[:, :t].transpose(1, 2)  # (G, H, T, D')
-        scores = (pos @ pos.transpose(-1, -2)) / math.sqrt(self.d_probe)  # (G, H, T, T)
+        pos_q = pos if queries is None else pos[:, :, queries]  # (G, H, Q, D')
+        n_q = pos_q.shape[2]
+        scores = (pos_q @ pos.transpose(-1, -2)) / math.sqrt(self.d_probe)  # (G, H, Q, T)
         window = WINDOWS[self.window](t)
         if window is not None:
+            window = window if queries is None else window[queries.cpu()]
             scores = scores.masked_fill(~window.to(h.device), float("-inf"))
-        # A softmax over the keys k < length of each string, without a (G, B, H, T, T) tensor:
-        # the weights depend on positions only, so one (G, H, T, T) matrix u serves the whole
+        # A softmax over the keys k < length of each string, without a (G, B, H, Q, T) tensor:
+        # the weights depend on positions only, so one (G, H, Q, T) matrix u serves the whole
         # batch, and string b's normaliser sum_{k < n_b} u[i, k] is one more column of the same
         # product. The shift by the row maximum cancels in the ratio, so it needs no gradient.
-        u = torch.exp(scores - scores.detach().amax(-1, keepdim=True))  # (G, H, T, T)
+        u = torch.exp(scores - scores.detach().amax(-1, keepdim=True))  # (G, H, Q, T)
         is_real = (torch.arange(t, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
         feats = (h * is_real[..., None])[None] @ self.read.view(n_probes, 1, c, n_heads * n_max)
         feats = feats.view(n_probes, b, t, n_heads, n_max).permute(0, 3, 2, 1, 4)  # (G,H,T,B,K)
-        rhs = torch.cat([feats.reshape(n_probes * n_heads, t, b * n_max),
-                         is_real.T.expand(n_probes * n_heads, t, b)], dim=-1)  # (G*H, T, B*K+B)
-        out = u.view(-1, t, t) @ rhs  # (G*H, T, B*K + B)
-        num = out[..., : b * n_max].view(n_probes, n_heads, t, b, n_max)
-        den = out[..., b * n_max:].view(n_probes, n_heads, t, b, 1)
-        mixed = (num / den.clamp_min(1e-30)).sum(1)  # (G, T, B, K): sum over probe heads r
-        logits = mixed.transpose(1, 2) + self.bias[:, None, None, :]  # (G, B, T, K)
+        rhs = torch.cat(
+            [
+                feats.reshape(n_probes * n_heads, t, b * n_max),
+                is_real.T.expand(n_probes * n_heads, t, b),
+            ],
+            dim=-1,
+        )  # (G*H, T, B*K+B)
+        out = u.view(-1, n_q, t) @ rhs  # (G*H, Q, B*K + B)
+        num = out[..., : b * n_max].view(n_probes, n_heads, n_q, b, n_max)
+        den = out[..., b * n_max :].view(n_probes, n_heads, n_q, b, 1)
+        mixed = (num / den.clamp_min(1e-30)).sum(1)  # (G, Q, B, K): sum over probe heads r
+        logits = mixed.transpose(1, 2) + self.bias[:, None, None, :]  # (G, B, Q, K)
         return logits.masked_fill(~self.is_class[:, None, None, :], float("-inf"))
 
 
-def _batch(feats: np.ndarray, offsets: np.ndarray, labels: np.ndarray, where: np.ndarray | None,
-           idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+def _batch(
+    feats: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    where: np.ndarray | None,
+    idx: np.ndarray,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Strings idx of a flat store -> padded h (B, T, C) float32, targets (G, B, T) with -100 at
     padding and outside `where`, lengths (B,)."""
     lengths = offsets[idx + 1] - offsets[idx]
@@ -174,18 +207,25 @@ def _batch(feats: np.ndarray, offsets: np.ndarray, labels: np.ndarray, where: np
     return h, torch.from_numpy(y), torch.from_numpy(lengths)
 
 
-def _length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
-                    ) -> list[np.ndarray]:
+def _length_buckets(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One epoch of batches of strings of similar length (the probe's cost grows as T^2 with the
     longest string of a batch), in random order; the jitter varies the batches between epochs."""
     order = np.argsort(lengths + rng.uniform(0, 0.1 * lengths.mean() + 1, len(lengths)))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
 @torch.no_grad()
-def _warm_start(probe: MultiHeadProbe, feats: np.ndarray, labels: np.ndarray,
-                n_classes: Sequence[int], where: np.ndarray | None, n_max: int = 100_000) -> None:
+def _warm_start(
+    probe: MultiHeadProbe,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    n_classes: Sequence[int],
+    where: np.ndarray | None,
+    n_max: int = 100_000,
+) -> None:
     """Start each probe's read-out f_r at the ridge least-squares map from a token's own state
     to its one-hot label (split over the H heads). The probe starts near-diagonal, so this is
     where plain gradient descent would head first; AdamW then needs far fewer steps. Only the
@@ -199,7 +239,7 @@ def _warm_start(probe: MultiHeadProbe, feats: np.ndarray, labels: np.ndarray,
             rows = rng.choice(rows, n_max, replace=False)
         if len(rows) == 0:
             continue
-        x = torch.from_numpy(feats[rows].astype(np.float64))  # (M, C)
+        x = (torch.from_numpy(feats[rows].astype(np.float64)) - probe.shift) / probe.scale
         y = F.one_hot(torch.from_numpy(labels[g, rows]), k).double()  # (M, K)
         mu_x, mu_y = x.mean(0), y.mean(0)
         xc = x - mu_x
@@ -209,10 +249,16 @@ def _warm_start(probe: MultiHeadProbe, feats: np.ndarray, labels: np.ndarray,
         probe.bias[g, :k] = (mu_y - mu_x @ w).float()
 
 
-def fit_probe(feats: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
-              n_classes: Sequence[int], *, where: np.ndarray | None = None,
-              settings: ProbeSettings = ProbeSettings(), max_len: int | None = None
-              ) -> MultiHeadProbe:
+def fit_probe(
+    feats: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    n_classes: Sequence[int],
+    *,
+    where: np.ndarray | None = None,
+    settings: ProbeSettings = ProbeSettings(),
+    max_len: int | None = None,
+) -> MultiHeadProbe:
     """Train G probes on one layer's states of a set of strings.
 
     feats (N, C) hidden states of all tokens, strings concatenated; offsets (S+1,) string starts;
@@ -221,27 +267,46 @@ def fit_probe(feats: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
     (default: the longest here)."""
     n_probes, n = labels.shape
     if feats.shape[0] != n or offsets[-1] != n:
-        raise ValueError(f"feats {feats.shape}, labels {labels.shape} and offsets end "
-                         f"{offsets[-1]} disagree on the number of tokens")
+        raise ValueError(
+            f"feats {feats.shape}, labels {labels.shape} and offsets end "
+            f"{offsets[-1]} disagree on the number of tokens"
+        )
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     longest = int(np.diff(offsets).max())
-    probe = MultiHeadProbe(feats.shape[1], n_classes, n_heads=settings.n_heads,
-                           d_probe=settings.d_probe, max_len=max(max_len or 0, longest),
-                           window=settings.window)
+    probe = MultiHeadProbe(
+        feats.shape[1],
+        n_classes,
+        n_heads=settings.n_heads,
+        d_probe=settings.d_probe,
+        max_len=max(max_len or 0, longest),
+        window=settings.window,
+    )
+    sample = feats[np.random.default_rng(0).choice(n, min(n, 100_000), replace=False)]
+    sample = sample.astype(np.float64)
+    probe.shift.copy_(torch.from_numpy(sample.mean(0)))
+    probe.scale.copy_(torch.from_numpy(sample.std(0) + 1e-6))
     _warm_start(probe, feats, labels, n_classes, where)
-    opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, betas=(0.9, 0.98),
-                            weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(
+        probe.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay
+    )
     batches: list[np.ndarray] = []
     for _ in range(settings.steps):
         if not batches:  # a new epoch over the training strings
             batches = _length_buckets(np.diff(offsets), settings.batch_size, rng)
         idx = batches.pop()
         h, y, lengths = _batch(feats, offsets, labels, where, idx)
-        logits = probe(h, lengths)  # (G, B, T, K)
-        loss = F.cross_entropy(logits.flatten(0, 2), y.flatten(), ignore_index=-100,
-                               reduction="none").view(n_probes, -1)  # (G, B*T)
-        counts = (y.view(n_probes, -1) != -100).sum(1).clamp_min(1)
+        queries = None
+        if h.shape[1] > settings.n_queries:  # a random subset of positions (cost Q*T, not T^2)
+            queries = torch.from_numpy(
+                np.sort(rng.choice(h.shape[1], settings.n_queries, replace=False))
+            )
+            y = y[:, :, queries]
+        logits = probe(h, lengths, queries)  # (G, B, Q, K)
+        loss = F.cross_entropy(
+            logits.flatten(0, 2), y.flatten(), ignore_index=-100, reduction="none"
+        ).view(n_probes, -1)  # (G, B*Q)
+        counts = (y != -100).flatten(1).sum(1).clamp_min(1)
         loss = (loss.sum(1) / counts).sum()  # each probe's mean loss; sum = independent training
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,8 +315,9 @@ def fit_probe(feats: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
 
 
 @torch.no_grad()
-def predict_probe(probe: MultiHeadProbe, feats: np.ndarray, offsets: np.ndarray,
-                  batch_size: int = 32) -> np.ndarray:
+def predict_probe(
+    probe: MultiHeadProbe, feats: np.ndarray, offsets: np.ndarray, batch_size: int = 32
+) -> np.ndarray:
     """(G, N) predicted class of every token for each probe."""
     n_strings = len(offsets) - 1
     longest = int(np.diff(offsets).max())
@@ -268,15 +334,22 @@ def predict_probe(probe: MultiHeadProbe, feats: np.ndarray, offsets: np.ndarray,
     return torch.cat(out, dim=1).numpy()
 
 
-def score_probe(probe: MultiHeadProbe, feats: np.ndarray, offsets: np.ndarray,
-                labels: np.ndarray, *, where: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def score_probe(
+    probe: MultiHeadProbe,
+    feats: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    *,
+    where: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Accuracy (G,) and class-balanced accuracy (G,) on the tokens in `where` (default all)."""
     pred = predict_probe(probe, feats, offsets)
     return score_predictions(pred, labels, where)
 
 
-def score_predictions(pred: np.ndarray, labels: np.ndarray, where: np.ndarray | None = None
-                      ) -> dict[str, np.ndarray]:
+def score_predictions(
+    pred: np.ndarray, labels: np.ndarray, where: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """pred, labels (G, N); where (G, N) bool or None -> accuracy and balanced accuracy (G,)."""
     acc, bal = [], []
     for g in range(labels.shape[0]):
@@ -288,9 +361,12 @@ def score_predictions(pred: np.ndarray, labels: np.ndarray, where: np.ndarray | 
     return {"accuracy": np.array(acc), "balanced_accuracy": np.array(bal)}
 
 
-def majority_rate(train_labels: np.ndarray, test_labels: np.ndarray,
-                  train_where: np.ndarray | None = None, test_where: np.ndarray | None = None
-                  ) -> np.ndarray:
+def majority_rate(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    train_where: np.ndarray | None = None,
+    test_where: np.ndarray | None = None,
+) -> np.ndarray:
     """(G,) accuracy on the test tokens of always answering the training set's commonest class."""
     out = []
     for g in range(train_labels.shape[0]):
@@ -305,8 +381,9 @@ def majority_rate(train_labels: np.ndarray, test_labels: np.ndarray,
 
 
 # ---- hidden states of a model -----------------------------------------------------------------
-def string_windows(strings: Sequence[np.ndarray], *, eos: int, pad: int, block_size: int,
-                   causal: bool) -> Tensor:
+def string_windows(
+    strings: Sequence[np.ndarray], *, eos: int, pad: int, block_size: int, causal: bool
+) -> Tensor:
     """Model inputs (B, T) int64 in which string j's tokens sit at positions 1..n_j.
 
     Row j is `BOS x_j EOS` as in training. A causal model cannot see what follows, so the rows
@@ -318,9 +395,11 @@ def string_windows(strings: Sequence[np.ndarray], *, eos: int, pad: int, block_s
     rows = []
     for j, x in enumerate(strings):
         if len(x) + 2 > block_size:
-            raise ConfigError(f"a string of {len(x)} tokens does not fit the model's block_size "
-                              f"{block_size} with BOS and EOS; sample with max_len <= "
-                              f"{block_size - 2}")
+            raise ConfigError(
+                f"a string of {len(x)} tokens does not fit the model's block_size "
+                f"{block_size} with BOS and EOS; sample with max_len <= "
+                f"{block_size - 2}"
+            )
         parts, have, k = [], 0, j
         while True:
             y = strings[k % len(strings)]
@@ -333,7 +412,7 @@ def string_windows(strings: Sequence[np.ndarray], *, eos: int, pad: int, block_s
     t = max(len(r) for r in rows)
     out = np.full((len(rows), t), pad, dtype=np.int64)
     for j, r in enumerate(rows):
-        out[j, :len(r)] = r
+        out[j, : len(r)] = r
     return torch.from_numpy(out)
 
 
@@ -354,24 +433,33 @@ class HiddenStore:
         self.dir = directory
         self.n_embd: int | None = None
 
-    def collect(self, model: nn.Module, split: str, strings: Sequence[np.ndarray],
-                names: Sequence[str], *, eos: int, pad: int, batch_size: int = 16) -> None:
+    def collect(
+        self,
+        model: nn.Module,
+        split: str,
+        strings: Sequence[np.ndarray],
+        names: Sequence[str],
+        *,
+        eos: int,
+        pad: int,
+        batch_size: int = 16,
+    ) -> None:
         from cfglab.model.hooks import run_with_cache
 
         cfg = model.config
         files = {n: open(self.dir / f"{split}.{n}.bin", "wb") for n in names}
         try:
             for start in range(0, len(strings), batch_size):
-                chunk = strings[start:start + batch_size]
-                tokens = string_windows(chunk, eos=eos, pad=pad, block_size=cfg.block_size,
-                                        causal=cfg.causal)
+                chunk = strings[start : start + batch_size]
+                tokens = string_windows(
+                    chunk, eos=eos, pad=pad, block_size=cfg.block_size, causal=cfg.causal
+                )
                 device = next(model.parameters()).device
-                _, cache = run_with_cache(model, tokens.to(device), names,
-                                          stop_early=cfg.causal)
+                _, cache = run_with_cache(model, tokens.to(device), names, stop_early=cfg.causal)
                 for n in names:
                     h = cache[n].float().cpu()  # (B, T, C)
                     self.n_embd = h.shape[-1]
-                    rows = torch.cat([h[j, 1:len(x) + 1] for j, x in enumerate(chunk)])
+                    rows = torch.cat([h[j, 1 : len(x) + 1] for j, x in enumerate(chunk)])
                     files[n].write(rows.to(torch.float16).numpy().tobytes())
         finally:
             for f in files.values():
@@ -380,12 +468,14 @@ class HiddenStore:
     def load(self, split: str, name: str) -> np.ndarray:
         """(N, C) float16 states of one layer for one split, strings concatenated."""
         return np.fromfile(self.dir / f"{split}.{name}.bin", dtype=np.float16).reshape(
-            -1, self.n_embd)
+            -1, self.n_embd
+        )
 
 
 # ---- probing a model and a run ------------------------------------------------------------------
-def probe_targets(grammar, batch, levels: Sequence[int], targets: Sequence[str]
-                  ) -> tuple[list[tuple[str, int]], np.ndarray, list[int]]:
+def probe_targets(
+    grammar, batch, levels: Sequence[int], targets: Sequence[str]
+) -> tuple[list[tuple[str, int]], np.ndarray, list[int]]:
     """[(target, level)], labels (G, N) int64, n_classes (G,) from a labelled SampleBatch."""
     keys, labels, n_classes = [], [], []
     for target in targets:
@@ -400,18 +490,28 @@ def probe_targets(grammar, batch, levels: Sequence[int], targets: Sequence[str]
     return keys, np.stack(labels), n_classes
 
 
-def probe_model(model: nn.Module, grammar, train, test, *,
-                settings: ProbeSettings = ProbeSettings(), levels: Sequence[int] | None = None,
-                targets: Sequence[str] = TARGETS, batch_size: int = 16,
-                log: Callable[[str], None] | None = None) -> dict:
+def probe_model(
+    model: nn.Module,
+    grammar,
+    train,
+    test,
+    *,
+    settings: ProbeSettings = ProbeSettings(),
+    levels: Sequence[int] | None = None,
+    targets: Sequence[str] = TARGETS,
+    batch_size: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Probe every layer of `model` for every (target, level): trained on the labelled
     SampleBatch `train`, scored on `test`. Returns {"layers", "keys": [(target, level)],
     "accuracy" (layers, G), "balanced_accuracy" (layers, G), "majority" (G,)}."""
     from cfglab.data.vocab import Vocab
 
     if grammar.levels is None or train.ancestors is None:
-        raise GrammarError(f"probing needs a layered grammar (like the cfg3 family) and labelled "
-                           f"samples; {grammar.name or 'this grammar'} has no levels")
+        raise GrammarError(
+            f"probing needs a layered grammar (like the cfg3 family) and labelled "
+            f"samples; {grammar.name or 'this grammar'} has no levels"
+        )
     n_levels = train.ancestors.shape[0]
     levels = list(range(1, n_levels)) if levels is None else list(levels)
     if settings.where == "ends":
@@ -431,34 +531,62 @@ def probe_model(model: nn.Module, grammar, train, test, *,
     with tempfile.TemporaryDirectory(prefix="cfglab-probe-") as tmp:
         store = HiddenStore(Path(tmp))
         for split, batch in (("train", train), ("test", test)):
-            store.collect(model, split, batch.strings(), names, eos=vocab.eos, pad=vocab.pad,
-                          batch_size=batch_size)
+            store.collect(
+                model,
+                split,
+                batch.strings(),
+                names,
+                eos=vocab.eos,
+                pad=vocab.pad,
+                batch_size=batch_size,
+            )
         for name in names:
             t0 = time.perf_counter()
-            probe = fit_probe(store.load("train", name), train.offsets, y_train, n_classes,
-                              where=w_train, settings=settings, max_len=model.config.block_size)
-            scores = score_probe(probe, store.load("test", name), test.offsets, y_test,
-                                 where=w_test)
+            probe = fit_probe(
+                store.load("train", name),
+                train.offsets,
+                y_train,
+                n_classes,
+                where=w_train,
+                settings=settings,
+                max_len=model.config.block_size,
+            )
+            scores = score_probe(
+                probe, store.load("test", name), test.offsets, y_test, where=w_test
+            )
             acc.append(scores["accuracy"])
             bal.append(scores["balanced_accuracy"])
             if log:
-                log(f"{name}: " + " ".join(f"{t[0][:3]}{t[1]}={a:.3f}"
-                                           for t, a in zip(keys, acc[-1], strict=True))
-                    + f" ({time.perf_counter() - t0:.1f} s)")
-    return {"layers": names, "keys": keys, "accuracy": np.array(acc),
-            "balanced_accuracy": np.array(bal),
-            "majority": majority_rate(y_train, y_test, w_train, w_test)}
+                log(
+                    f"{name}: "
+                    + " ".join(
+                        f"{t[0][:3]}{t[1]}={a:.3f}" for t, a in zip(keys, acc[-1], strict=True)
+                    )
+                    + f" ({time.perf_counter() - t0:.1f} s)"
+                )
+    return {
+        "layers": names,
+        "keys": keys,
+        "accuracy": np.array(acc),
+        "balanced_accuracy": np.array(bal),
+        "majority": majority_rate(y_train, y_test, w_train, w_test),
+    }
 
 
-def _tables(result: dict, baseline: dict | None, levels: Sequence[int],
-            settings: ProbeSettings) -> list[dict]:
+def _tables(
+    result: dict, baseline: dict | None, levels: Sequence[int], settings: ProbeSettings
+) -> list[dict]:
     """Regroup probe_model's columns into one table per target: rows layers, columns levels."""
     tables = []
     for target in dict.fromkeys(t for t, _ in result["keys"]):
         cols = [i for i, (t, _) in enumerate(result["keys"]) if t == target]
-        table = {"target": target, "window": settings.window, "where": settings.where,
-                 "levels": [result["keys"][i][1] for i in cols],
-                 "majority": result["majority"][cols].tolist()}
+        table = {
+            "target": target,
+            "window": settings.window,
+            "where": settings.where,
+            "levels": [result["keys"][i][1] for i in cols],
+            "majority": result["majority"][cols].tolist(),
+        }
         for metric in ("accuracy", "balanced_accuracy"):
             table[metric] = {"model": result[metric][:, cols].tolist()}
             if baseline is not None:
@@ -467,9 +595,17 @@ def _tables(result: dict, baseline: dict | None, levels: Sequence[int],
     return tables
 
 
-def probe_run(run_dir: str | Path, *, n_train: int = 768, n_test: int = 256, seed: int = 2,
-              windows: Sequence[str] = ("all",), settings: ProbeSettings = ProbeSettings(),
-              baseline: bool = True, log: Callable[[str], None] | None = None) -> Path:
+def probe_run(
+    run_dir: str | Path,
+    *,
+    n_train: int = 768,
+    n_test: int = 256,
+    seed: int = 2,
+    windows: Sequence[str] = ("all",),
+    settings: ProbeSettings = ProbeSettings(),
+    baseline: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Probe a run's model (and a random-init twin) -> run_dir/analyze/probe.json.
 
     Training strings use sampler seed `seed`, test strings `seed + 1`; the random-init model is
@@ -483,8 +619,10 @@ def probe_run(run_dir: str | Path, *, n_train: int = 768, n_test: int = 256, see
     model, cfg = load_model(run_dir)
     grammar = cfg.grammar.load()
     if grammar.levels is None:
-        raise GrammarError(f"probing needs a layered grammar (like the cfg3 family); the run's "
-                           f"grammar {cfg.grammar.name!r} has no levels")
+        raise GrammarError(
+            f"probing needs a layered grammar (like the cfg3 family); the run's "
+            f"grammar {cfg.grammar.name!r} has no levels"
+        )
     max_len = model.config.block_size - 2
     t0 = time.perf_counter()
     train = sample(grammar, n_train, seed, max_len=max_len, labels=True)
@@ -507,11 +645,16 @@ def probe_run(run_dir: str | Path, *, n_train: int = 768, n_test: int = 256, see
             table["settings"] = asdict(s)
             tables.append(table)
     out = {
-        "run": run_dir.name, "grammar": cfg.grammar.name,
-        "model": {k: getattr(model.config, k)
-                  for k in ("n_layer", "n_head", "n_embd", "position", "causal")},
+        "run": run_dir.name,
+        "grammar": cfg.grammar.name,
+        "model": {
+            k: getattr(model.config, k)
+            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
+        },
         "objective": cfg.train.objective,
-        "n_train": n_train, "n_test": n_test, "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "seed": seed,
         "n_test_tokens": int(test.offsets[-1]),
         "layers": resid_names(model.config.n_layer),
         "tables": tables,

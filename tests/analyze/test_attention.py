@@ -9,11 +9,13 @@ from cfglab.analyze.attention import AttentionStats, adjacent_ends, shallowest_e
 # A hand-labelled 12-token string with three levels (0 = root):
 #   level 1 subtrees: [0..3] [4..8] [9..11]
 #   level 2 subtrees: [0 1] [2 3] [4 5 6] [7 8] [9 10] [11]
-SUBTREE = np.array([
-    [0] * 12,
-    [0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2],
-    [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5],
-])
+SUBTREE = np.array(
+    [
+        [0] * 12,
+        [0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2],
+        [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5],
+    ]
+)
 IS_BOUNDARY = np.zeros((3, 12), dtype=bool)
 for _lev in range(3):
     _s = SUBTREE[_lev]
@@ -48,9 +50,13 @@ def _stats(patterns: list[torch.Tensor], causal: bool, window: int) -> dict:
 def test_adjacent_ends_by_hand():
     # level 2 ends: 1 3 6 8 10 11; causal: each end -> the previous subtree's end
     assert adjacent_ends(SUBTREE[2], IS_BOUNDARY[2], True) == [
-        (3, [1]), (6, [3]), (8, [6]), (10, [8]), (11, [10])]
-    assert adjacent_ends(SUBTREE[1], IS_BOUNDARY[1], False) == [
-        (3, [8]), (8, [3, 11]), (11, [8])]
+        (3, [1]),
+        (6, [3]),
+        (8, [6]),
+        (10, [8]),
+        (11, [10]),
+    ]
+    assert adjacent_ends(SUBTREE[1], IS_BOUNDARY[1], False) == [(3, [8]), (8, [3, 11]), (11, [8])]
     assert shallowest_end(IS_BOUNDARY).tolist() == [-1, 2, -1, 1, -1, -1, 2, -1, 1, -1, 2, 1]
 
 
@@ -58,8 +64,9 @@ def test_adjacent_ends_by_hand():
 @pytest.mark.parametrize("level", [1, 2])
 def test_boundary_score_is_one_on_exact_pattern_and_chance_on_uniform(level, causal):
     window = 14 if causal else 20  # an encoder's row may be longer than the string
-    res = _stats([_adjacent_pattern(level, causal, window), _uniform(12, causal, window)],
-                 causal, window)
+    res = _stats(
+        [_adjacent_pattern(level, causal, window), _uniform(12, causal, window)], causal, window
+    )
     score = res["head_scores"][f"boundary_l{level}"][0]
     assert score[0] == pytest.approx(1.0)
     # chance by hand: mean over queries of (#adjacent ends) / (#keys of the query)
@@ -118,5 +125,4 @@ def test_residual_of_an_end_attending_head_is_positive():
     # Result 7: keys at level-2 ends (delta = 0) receive more than their position bias
     deltas = res["deltas"]
     assert res["end_offset"][0][0][2][deltas.index(0)] > 0.02
-    assert res["end_offset"][0][0][2][deltas.index(0)] > res["end_offset"][0][0][2][
-        deltas.index(1)]
+    assert res["end_offset"][0][0][2][deltas.index(0)] > res["end_offset"][0][0][2][deltas.index(1)]

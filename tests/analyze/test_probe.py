@@ -98,12 +98,14 @@ def test_probe_output_does_not_depend_on_the_batch(window):
     h = torch.randn(3, 30, C)
     lengths = torch.tensor([30, 12, 5])
     batched = probe(h, lengths)
+    queries = torch.tensor([0, 3, 4, 11, 29])  # predicting a subset of positions: same numbers
+    torch.testing.assert_close(probe(h, lengths, queries), batched[:, :, queries])
     for j, n in enumerate(lengths.tolist()):
-        alone = probe(h[j:j + 1, :n], lengths[j:j + 1])
+        alone = probe(h[j : j + 1, :n], lengths[j : j + 1])
         torch.testing.assert_close(batched[:, j, :n], alone[:, 0], rtol=1e-4, atol=1e-5)
         # brute force: explicit softmax over the string's keys
         pos = probe.pos[:, :n].transpose(1, 2)  # (G, H, n, D)
-        scores = pos @ pos.transpose(-1, -2) / 8 ** 0.5
+        scores = pos @ pos.transpose(-1, -2) / 8**0.5
         mask = WINDOWS[window](n)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -120,8 +122,11 @@ def test_string_windows_place_each_string_at_positions_1_to_n():
     assert gpt.tolist() == [[0, 1, 2, 3, 4], [0, 3, 4, 6, 6], [0, 2, 2, 4, 6]]
     enc = string_windows(strings, eos=4, pad=6, block_size=8, causal=False)
     # an encoder sees packed strings after its own, as in training (batch read cyclically)
-    assert enc.tolist() == [[0, 1, 2, 3, 4, 0, 3, 4], [0, 3, 4, 0, 2, 2, 4, 0],
-                            [0, 2, 2, 4, 0, 1, 2, 3]]
+    assert enc.tolist() == [
+        [0, 1, 2, 3, 4, 0, 3, 4],
+        [0, 3, 4, 0, 2, 2, 4, 0],
+        [0, 2, 2, 4, 0, 1, 2, 3],
+    ]
     with pytest.raises(ConfigError, match="block_size"):
         string_windows([np.ones(7, dtype=np.int64)], eos=4, pad=6, block_size=8, causal=True)
 
@@ -150,12 +155,12 @@ def test_hidden_store_rows_equal_a_direct_forward_pass(tmp_path):
 
         rows = []
         for c0 in (0, 2):  # the store's batches: strings 0-1, then 2
-            chunk = strings[c0:c0 + 2]
+            chunk = strings[c0 : c0 + 2]
             windows = string_windows(chunk, eos=4, pad=6, block_size=16, causal=causal)
             for j, x in enumerate(chunk):
-                row = windows[j:j + 1]
+                row = windows[j : j + 1]
                 if causal:  # BOS x EOS alone, without the padding of the batch
-                    row = row[:, :len(x) + 2]
+                    row = row[:, : len(x) + 2]
                 _, cache = run_with_cache(model, row, names)  # one row alone
-                rows.append(cache[names[0]][0, 1:len(x) + 1])
+                rows.append(cache[names[0]][0, 1 : len(x) + 1])
         np.testing.assert_allclose(got, torch.cat(rows).numpy(), rtol=2e-3, atol=2e-3)
