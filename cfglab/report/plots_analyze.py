@@ -128,6 +128,9 @@ def plot_probe_compare(
     if not drawn:
         plt.close(fig)
         return None
+    ax.set_xticks(
+        sorted({lev for p in probes.values() for t in p["tables"] for lev in t["levels"]})
+    )
     ax.set_xlabel("level (1 = below the root; deeper to the right)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{target} probe at the last layer (window {window})", fontsize=10)
