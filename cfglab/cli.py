@@ -310,8 +310,12 @@ def _print_eval(out: dict, run_dir: Path) -> None:
 
 
 def _stage_eval(cfg, run_dir: Path, args: argparse.Namespace) -> None:
+    from cfglab.config import OBJECTIVES
     from cfglab.evaluate.metrics import evaluate_run
 
+    if not OBJECTIVES[cfg.train.objective]:  # an encoder neither generates nor predicts next tokens
+        print("eval: skipped (a masked-LM encoder does not generate)", file=sys.stderr)
+        return
     _print_eval(evaluate_run(run_dir), run_dir)  # settings from the run's EvalConfig
 
 
@@ -374,16 +378,6 @@ def _stage_train(cfg, run_dir: Path, args: argparse.Namespace) -> None:
     from cfglab.train.loop import train
 
     train(cfg, resume=args.resume, run_dir=run_dir, progress=not args.no_progress)
-
-
-# `cfglab run` = these stages in order on one run directory; a later stage adds one line here.
-# Each is stage(cfg, run_dir, args); only rank 0 runs the stages after training.
-RUN_STAGES: list[tuple[str, Callable]] = [
-    ("train", _stage_train),
-    ("eval", _stage_eval),
-    ("analyze", lambda cfg, run_dir, args: _stage_analyze(cfg, run_dir, args)),  # defined below
-    ("report", _stage_report),
-]
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -524,9 +518,13 @@ def add_probe(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
     p.add_argument("--n-train", type=int, default=768, help="fresh strings the probes learn on")
     p.add_argument("--n-test", type=int, default=256, help="other fresh strings they are scored on")
-    p.add_argument("--window", nargs="+", default=["all"],
-                   help="keys a probe may read: all (the paper's), causal, or the restricted "
-                   "diagonal / tridiagonal probes scored at NT ends (several: one table each)")
+    p.add_argument(
+        "--window",
+        nargs="+",
+        default=["all"],
+        help="keys a probe may read: all (the paper's), causal, or the restricted "
+        "diagonal / tridiagonal probes scored at NT ends (several: one table each)",
+    )
     p.add_argument("--heads", type=int, help="probe heads H (default 4)")
     p.add_argument("--d-probe", type=int, help="position embedding size d' (default 32)")
     p.add_argument("--steps", type=int, help="probe training steps (default 300)")
@@ -562,14 +560,27 @@ def run_probe(args: argparse.Namespace) -> int:
         if getattr(args, name) < 2:
             raise CfglabError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 2")
     _set_threads(args.threads)
-    given = {"n_heads": args.heads, "d_probe": args.d_probe, "steps": args.steps,
-             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    given = {
+        "n_heads": args.heads,
+        "d_probe": args.d_probe,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
     settings = ProbeSettings(**{k: v for k, v in given.items() if v is not None})
     for window in args.window:
         ProbeSettings(window=window)  # an unknown name fails here, listing the choices
-    path = probe_run(args.run_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                     windows=args.window, settings=settings, baseline=not args.no_baseline,
-                     log=lambda m: print(m, file=sys.stderr))
+    path = probe_run(
+        args.run_dir,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        windows=args.window,
+        settings=settings,
+        baseline=not args.no_baseline,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     print("\n".join(probe_markdown(json.loads(path.read_text()))))
     print(f"wrote {path}")
     _analyze_figures(Path(args.run_dir))
@@ -591,8 +602,13 @@ def run_attention(args: argparse.Namespace) -> int:
     if args.n_strings < 1:
         raise CfglabError(f"--n-strings {args.n_strings}: give at least 1")
     _set_threads(args.threads)
-    path = attention_run(args.run_dir, n_strings=args.n_strings, seed=args.seed,
-                         baseline=not args.no_baseline, log=lambda m: print(m, file=sys.stderr))
+    path = attention_run(
+        args.run_dir,
+        n_strings=args.n_strings,
+        seed=args.seed,
+        baseline=not args.no_baseline,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     print("\n".join(attention_markdown(json.loads(path.read_text()))))
     print(f"wrote {path}")
     _analyze_figures(Path(args.run_dir))
@@ -616,6 +632,16 @@ def _stage_analyze(cfg, run_dir: Path, args: argparse.Namespace) -> None:
     if getattr(a, "attention", True):
         print(f"wrote {attention_run(run_dir, n_strings=min(n, 64), seed=seed + 2)}")
     _analyze_figures(run_dir)
+
+
+# `cfglab run` = these stages in order on one run directory; a later stage adds one line here.
+# Each is stage(cfg, run_dir, args); only rank 0 runs the stages after training.
+RUN_STAGES: list[tuple[str, Callable]] = [
+    ("train", _stage_train),
+    ("eval", _stage_eval),
+    ("analyze", _stage_analyze),
+    ("report", _stage_report),
+]
 
 
 # ---- the dispatch table ----------------------------------------------------------------------
@@ -660,10 +686,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         add_data,
         run_data,
     ),
-    "probe": ("linear probes for NT ancestors and boundaries per layer -> analyze/probe.json",
-              add_probe, run_probe),
-    "attention": ("attention statistics: position bias, boundary heads -> analyze/attention.json",
-                  add_attention, run_attention),
+    "probe": (
+        "linear probes for NT ancestors and boundaries per layer -> analyze/probe.json",
+        add_probe,
+        run_probe,
+    ),
+    "attention": (
+        "attention statistics: position bias, boundary heads -> analyze/attention.json",
+        add_attention,
+        run_attention,
+    ),
 }
 
 
