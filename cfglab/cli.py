@@ -321,12 +321,19 @@ def _stage_eval(cfg, run_dir: Path, args: argparse.Namespace) -> None:
 
 def add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="OTHER_RUN_DIR",
+        help="runs whose probe results go beside RUN_DIR's (e.g. its masked-LM encoder twin)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
     from cfglab.report import build_report
 
-    out = build_report(args.run_dir)
+    out = build_report(args.run_dir, compare=args.compare)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'figures'}/")
     return 0
 
@@ -617,7 +624,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def _stage_analyze(cfg, run_dir: Path, args: argparse.Namespace) -> None:
     """`cfglab run`: probes and attention statistics per the config's `analyze` section
-    (`probe` / `attention` switches when the config has them; n_strings test strings, three
+    (`probe` / `attention` switches; n_strings test strings, three
     times as many training strings). Skipped for grammars without levels."""
     from cfglab.analyze.attention import attention_run
     from cfglab.analyze.probe import probe_run
@@ -627,9 +634,9 @@ def _stage_analyze(cfg, run_dir: Path, args: argparse.Namespace) -> None:
         return
     a = cfg.analyze
     n, seed = a.n_strings, a.seed
-    if getattr(a, "probe", True):
+    if a.probe:
         print(f"wrote {probe_run(run_dir, n_train=3 * n, n_test=n, seed=seed)}")
-    if getattr(a, "attention", True):
+    if a.attention:
         print(f"wrote {attention_run(run_dir, n_strings=min(n, 64), seed=seed + 2)}")
     _analyze_figures(run_dir)
 

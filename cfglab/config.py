@@ -139,6 +139,8 @@ class EvalConfig:
 class AnalyzeConfig:
     n_strings: int = 256  # true strings whose hidden states are probed
     seed: int = 2  # probe data seed
+    probe: bool = True  # `cfglab run` fits linear probes (analyze/probe.json)
+    attention: bool = True  # `cfglab run` measures attention (analyze/attention.json)
 
 
 @dataclass

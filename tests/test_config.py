@@ -146,3 +146,29 @@ def test_config_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_analyze_switches(tmp_path: Path) -> None:
+    """analyze.probe / analyze.attention: typed booleans, default on (also for older config.json
+    files without them), and `cfglab run`'s analyze stage does only what they allow."""
+    from cfglab import cli
+    from cfglab.errors import CfglabError
+
+    cfg = load_config(None)
+    assert cfg.analyze.probe is True and cfg.analyze.attention is True
+    off = load_config(None, ["analyze.probe=false", "analyze.attention=false"])
+    assert off.analyze.probe is False and off.analyze.attention is False
+    with pytest.raises(ConfigError, match="analyze.probe"):
+        load_config(None, ["analyze.probe=3"])
+    old = ExperimentConfig().to_dict()
+    del old["analyze"]["probe"], old["analyze"]["attention"]
+    assert config_from_dict(old).analyze.probe is True
+
+    assert off.grammar.load().levels is not None  # so the stage is not skipped for that reason
+    run = tmp_path / "run"  # no model in it: probing would fail
+    run.mkdir()
+    dict(cli.RUN_STAGES)["analyze"](off, run, None)
+    assert not (run / "analyze").exists()
+    on = load_config(None, ["analyze.attention=false"])
+    with pytest.raises(CfglabError, match="no config.json"):  # the probe tried to load the run
+        dict(cli.RUN_STAGES)["analyze"](on, run, None)

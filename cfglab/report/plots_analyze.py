@@ -166,12 +166,14 @@ def compare_markdown(
     probes: dict[str, dict], target: str = "ancestor", window: str = "all"
 ) -> list[str]:
     """Last-layer accuracy by level, one row per run (model and random-init)."""
-    rows, levels = [], None
+    rows, levels, majority = [], None, None
     for label, probe in probes.items():
         t = _table(probe, target, window)
         if t is None:
             continue
         levels = t["levels"]
+        if majority is None:  # the same grammar and probe data for all runs: one majority row
+            majority = "| majority class | " + " | ".join(f"{100 * v:.1f}" for v in t["majority"])
         rows.append(
             f"| {label} | "
             + " | ".join(f"{100 * v:.1f}" for v in t["accuracy"]["model"][-1])
@@ -191,6 +193,7 @@ def compare_markdown(
         "| run | " + " | ".join(f"L{lev}" for lev in levels) + " |",
         "|---|" + "---|" * len(levels),
         *rows,
+        majority + " |",
         "",
     ]
 
@@ -366,8 +369,12 @@ def analyze_markdown(run_dir: str | Path, figs: dict[str, Path], rel_to: Path) -
     return out
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[str]:
-    """GPT vs encoder (or any runs) side by side: a figure in out_dir and its Markdown."""
+def compare_runs(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, rel_to: str | Path | None = None
+) -> list[str]:
+    """GPT vs encoder (or any runs) side by side: last-layer probe tables (ancestor, boundary)
+    and figures probe_compare[_boundary].png in out_dir, as Markdown lines whose figure links
+    are relative to rel_to (default out_dir). Runs without analyze/probe.json are left out."""
     probes = {}
     for d in run_dirs:
         p = _read(Path(d) / "analyze" / "probe.json")
@@ -375,8 +382,14 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[st
             probes[f"{p['run']} ({p.get('objective', '?')})"] = p
     if not probes:
         return []
-    out = compare_markdown(probes)
-    path = plot_probe_compare(probes, Path(out_dir) / "probe_compare.png")
-    if path:
-        out += [f"![probe comparison]({path.name})", ""]
+    rel = Path(out_dir if rel_to is None else rel_to)
+    out: list[str] = []
+    for target, name in (
+        ("ancestor", "probe_compare.png"),
+        ("boundary", "probe_compare_boundary.png"),
+    ):
+        out += compare_markdown(probes, target)
+        path = plot_probe_compare(probes, Path(out_dir) / name, target)
+        if path:
+            out += [f"![{target} probe comparison]({path.relative_to(rel).as_posix()})", ""]
     return out

@@ -4,6 +4,8 @@
 base64, one file to share) and `report/figures/*.png`: the loss curve (metrics.jsonl), accuracy
 with its confidence interval, KL per position, first-error positions (eval/*.json). Every metric
 is printed with its definition, read from the result files (evaluate.metrics.DEFINITIONS).
+`build_report(run_dir, compare=[other, ...])` adds a "Compared runs" section: probe results
+side by side (e.g. the GPT and its masked-LM encoder twin, `cfglab report A --compare B`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import base64
 import html
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
+from cfglab.errors import CfglabError
 from cfglab.report import plots, plots_analyze
 from cfglab.report.results import RunResults, load_run
 
@@ -320,13 +324,56 @@ def _md_to_html(md: str, figs: dict[str, Path], rel_to: Path) -> str:
     )
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report/{report.md, report.html, figures/*.png}; returns the report folder."""
+def compare_section(run_dir: Path, others: Sequence[str | Path], fig_dir: Path) -> list[str]:
+    """The report section "Compared runs": this run and `others` (e.g. the GPT and its masked-LM
+    encoder twin) side by side, read from each run's analyze/probe.json and config.json; the
+    figures go to fig_dir. CfglabError naming the run if one has no probe results."""
+    runs = [Path(run_dir), *(Path(o) for o in others)]
+    rows = []
+    for d in runs:
+        cfg = load_run(d).config  # CfglabError if d is not a run directory
+        if not (d / "analyze" / "probe.json").is_file():
+            raise CfglabError(
+                f"{d} has no analyze/probe.json to compare: run `cfglab run <its config>` "
+                f"or `cfglab probe {d}` first"
+            )
+        m, t = cfg.get("model", {}), cfg.get("train", {})
+        size = m.get("preset") or f"{m.get('n_layer')}L/{m.get('n_head')}H/{m.get('n_embd')}D"
+        tokens = [t.get("max_steps"), t.get("batch_size"), m.get("block_size")]
+        rows.append(
+            [
+                str(d),
+                str(t.get("objective")),
+                size,
+                str(m.get("position")),
+                f"{math.prod(tokens):,}" if all(isinstance(x, int) for x in tokens) else "-",
+            ]
+        )
+    out = ["## Compared runs", ""]
+    out += _table(["run", "objective", "model", "position", "training tokens"], rows)
+    out += [
+        "",
+        "Last-layer probe accuracy per level of each run (same probe settings as its own "
+        "report); a masked-LM encoder is probed exactly as the GPT.",
+        "",
+    ]
+    return out + plots_analyze.compare_runs(runs, fig_dir, rel_to=fig_dir.parent)
+
+
+def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Path:
+    """Write RUN_DIR/report/{report.md, report.html, figures/*.png}; returns the report folder.
+    `compare`: other run directories whose probe results are put beside this run's."""
     res = load_run(run_dir)
     out = Path(run_dir) / "report"
     figs = make_figures(res, out / "figures")
     figs.update(plots_analyze.write_analyze_figures(run_dir))  # probes, attention (analyze/)
-    md = report_markdown(res, figs, out, extra=plots_analyze.analyze_markdown(run_dir, figs, out))
+    extra = plots_analyze.analyze_markdown(run_dir, figs, out)
+    if compare:
+        extra += compare_section(Path(run_dir), compare, out / "figures")
+        for name in ("probe_compare", "probe_compare_boundary"):
+            if (out / "figures" / f"{name}.png").is_file():
+                figs[name] = out / "figures" / f"{name}.png"
+    md = report_markdown(res, figs, out, extra=extra)
     (out / "report.md").write_text(md + "\n")
     (out / "report.html").write_text(_md_to_html(md, figs, out))
     return out
