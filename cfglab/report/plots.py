@@ -50,9 +50,10 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(rows) + 1.5), 3.6))
     labels = [f"cut{r['cut']}\nT={r['temperature']:g}" for r in rows]
     acc = [r["accuracy"] for r in rows]
+    # clipped at 0: the Wilson bound of 0 correct comes out as ~3e-17 > 0 in floating point
     err = [
-        [a - r["ci_low"] for a, r in zip(acc, rows, strict=True)],
-        [r["ci_high"] - a for a, r in zip(acc, rows, strict=True)],
+        [max(0.0, a - r["ci_low"]) for a, r in zip(acc, rows, strict=True)],
+        [max(0.0, r["ci_high"] - a) for a, r in zip(acc, rows, strict=True)],
     ]
     ax.bar(range(len(rows)), acc, yerr=err, capsize=5, color="tab:blue", alpha=0.8)
     for i, r in enumerate(rows):

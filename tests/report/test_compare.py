@@ -105,3 +105,15 @@ def test_compare_needs_probe_results(tmp_path):
         build_report(gpt, compare=[enc])
     with pytest.raises(CfglabError, match="no run directory"):
         build_report(gpt, compare=[tmp_path / "missing"])
+
+
+def test_accuracy_figure_with_zero_correct(tmp_path):
+    """0 of 10 correct: the Wilson lower bound comes out as 2.8e-17 > accuracy 0 (seen in a real
+    100-step run); the figure is still drawn instead of matplotlib refusing a negative error."""
+    from cfglab.evaluate.metrics import accuracy_from_judgements
+    from cfglab.report.plots import plot_accuracy
+
+    row = accuracy_from_judgements(np.zeros(10, bool), cut=0).to_dict()
+    row["ci_low"] = 2.7755575615628914e-17  # the value the real run wrote
+    path = plot_accuracy([row], tmp_path / "acc.png")
+    assert path.read_bytes()[:8] == PNG
