@@ -272,7 +272,7 @@ def plot_attention_examples(att: dict, path: Path) -> Path | None:
         return None
     bnd = np.array(ex["is_boundary"], dtype=bool)  # (L, m)
     lv = [lev for lev in range(1, len(bnd)) if bnd[lev].any()]
-    shown = [lv[len(lv) // 2], lv[-1]] if len(lv) > 1 else lv
+    shown = [lv[(len(lv) - 1) // 2], lv[-1]] if len(lv) > 1 else lv  # a shallow and the deepest
     fig, axes = plt.subplots(
         1, len(ex["maps"]), figsize=(3.3 * len(ex["maps"]), 3.5), squeeze=False
     )
