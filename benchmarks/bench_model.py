@@ -2,16 +2,23 @@
 reference written here with the same shapes, and KV-cache generation against no-cache.
 
 Training step = forward + backward + AdamW at T=512, fp32, torch.set_num_threads(2) (or
-$CFGLAB_BENCH_THREADS), on the
-"small" preset (4 layers, 4 heads, 128 dims, ~0.8M parameters). Reference and variant steps are
-timed alternately and the fastest of several repeats is kept, so load from other processes
-affects both sides alike. Goals (issue 4): abs/rot/nope/alibi >= 1.0x the reference; KV cache
->= 5x no-cache when generating 512 tokens.
+$CFGLAB_BENCH_THREADS), on the "small" preset (4 layers, 4 heads, 128 dims, ~0.8M parameters).
+The reference is nanoGPT's model cut to what this step uses: token + learned position
+embeddings, pre-LN blocks (fused qkv, SDPA with is_causal, exact GELU MLP), final LayerNorm,
+tied unembedding; same loss, same AdamW. Timing is paired: every round times one reference step
+and one variant step back to back (order alternating), the ratio of the two is taken per round,
+and the median of the rounds' ratios is reported with their interquartile range, so load from
+other processes (which drifts over seconds) affects both sides of each ratio alike.
+$CFGLAB_BENCH_ROUNDS sets the rounds per variant. The load average is printed before and after.
+Goals (issue 4): abs/rot/nope/alibi >= 1.0x the reference; KV cache >= 5x no-cache when
+generating 512 tokens.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import statistics
 import time
 
 import torch
@@ -21,10 +28,13 @@ from torch import nn
 from cfglab.evaluate.generate import generate
 from cfglab.model import POSITIONS, PRESETS, GPTConfig, build_model
 
-T, BATCH, VOCAB, REPEATS = 512, 4, 7, 5
+T, BATCH, VOCAB = 512, 4, 7
 # the issue's setting is 2 threads; on a machine shared with other jobs 2 threads make every op
-# wait for a second free core, so CFGLAB_BENCH_THREADS=1 gives steadier ratios there
+# wait for a second free core (the paired ratios still hold, the tokens/s drop), so
+# CFGLAB_BENCH_THREADS=1 gives steadier numbers there
 THREADS = int(os.environ.get("CFGLAB_BENCH_THREADS", "2"))
+ROUNDS = int(os.environ.get("CFGLAB_BENCH_ROUNDS", "9"))
+GOALS = ("abs", "rot", "nope", "alibi")  # variants with a >= 1.0x goal
 
 
 class RefBlock(nn.Module):
@@ -47,6 +57,8 @@ class RefBlock(nn.Module):
 
 
 class RefGPT(nn.Module):
+    """nanoGPT's GPT without dropout modules (p=0 in this step) and without the generation code."""
+
     def __init__(self, n_layer: int, n_head: int, n_embd: int) -> None:
         super().__init__()
         self.wte, self.wpe = nn.Embedding(VOCAB, n_embd), nn.Embedding(T, n_embd)
@@ -54,6 +66,11 @@ class RefGPT(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, VOCAB, bias=False)
         self.head.weight = self.wte.weight
+        for m in self.modules():  # nanoGPT's init (values do not change the speed of fp32 ops)
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
@@ -63,6 +80,7 @@ class RefGPT(nn.Module):
 
 
 def step_timer(model: nn.Module):
+    """A function running one training step of `model` on a fixed batch, returning its seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, VOCAB, (BATCH, T + 1), generator=torch.Generator().manual_seed(0))
 
@@ -75,28 +93,59 @@ def step_timer(model: nn.Module):
         opt.step()
         return time.perf_counter() - t0
 
-    step()  # warm-up
+    step(), step()  # warm-up: allocator, optimizer state
     return step
+
+
+def paired(ref, var, rounds: int) -> tuple[list[float], list[float]]:
+    """Per-round step seconds (ref, var), each round back to back, order alternating."""
+    t_ref, t_var = [], []
+    for i in range(rounds):
+        if i % 2:
+            t_var.append(var())
+            t_ref.append(ref())
+        else:
+            t_ref.append(ref())
+            t_var.append(var())
+    return t_ref, t_var
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def main() -> None:
     torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
     shape = PRESETS["small"]
-    ref = step_timer(RefGPT(**shape))
+    ref_model = RefGPT(**shape)
+    ref = step_timer(ref_model)
     tokens = BATCH * T
+    n_ref = sum(p.numel() for p in ref_model.parameters())
+    load = " ".join(f"{a:.2f}" for a in os.getloadavg())
     print(f"training step: B={BATCH} T={T} fp32, {THREADS} threads, preset small {shape}")
-    print(f"{'variant':8} {'params':>8} {'tok/s':>8} {'ref tok/s':>9} {'ratio':>6}")
-    for name in POSITIONS:
-        model = build_model(GPTConfig(vocab_size=VOCAB, block_size=T, position=name, **shape))
-        var = step_timer(model)
-        t_ref, t_var = float("inf"), float("inf")
-        for _ in range(REPEATS):  # alternate, keep the fastest of each
-            t_ref = min(t_ref, ref())
-            t_var = min(t_var, var())
-        print(
-            f"{name:8} {model.num_params():8d} {tokens / t_var:8.0f} {tokens / t_ref:9.0f} "
-            f"{t_ref / t_var:5.2f}x"
-        )
+    print(f"reference: {n_ref} params; {ROUNDS} paired rounds per variant; load avg {load}")
+    print(
+        f"{'variant':8} {'params':>8} {'tok/s':>7} {'ref tok/s':>9} {'ratio':>6} {'IQR':>11}  goal"
+    )
+    gc.disable()  # a collection inside one side of a pair would be charged to it alone
+    try:
+        for name in POSITIONS:
+            model = build_model(GPTConfig(vocab_size=VOCAB, block_size=T, position=name, **shape))
+            t_ref, t_var = paired(ref, step_timer(model), ROUNDS)
+            q1, ratio, q3 = quartiles([r / v for r, v in zip(t_ref, t_var, strict=True)])
+            goal = ("ok" if ratio >= 1.0 else "BELOW") if name in GOALS else ""
+            print(
+                f"{name:8} {model.num_params():8d} {tokens / statistics.median(t_var):7.0f} "
+                f"{tokens / statistics.median(t_ref):9.0f} {ratio:5.2f}x "
+                f"[{q1:.2f}, {q3:.2f}]  {goal}"
+            )
+            del model
+            gc.collect()
+    finally:
+        gc.enable()
+    print(f"load avg after: {' '.join(f'{a:.2f}' for a in os.getloadavg())}")
 
     # generation: 512 tokens from BOS, never stopping (eos_id outside the vocabulary)
     n_gen = 4

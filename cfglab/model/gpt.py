@@ -100,6 +100,30 @@ class KVCache:
             self.k = self.k[:, rows]
 
 
+# The op F.scaled_dot_product_attention runs on CPU for float inputs (PyTorch's flash kernel);
+# called directly, it takes a causal flag and a mask together (see Attention.forward).
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _cpu_flash_fits(q: Tensor, k: Tensor, mask: Tensor | None, masked: bool, dropout_p: float):
+    """True where SDPA would run the CPU flash kernel on (q, k, mask) anyway and the causal
+    flag means what our mask means: square causal attention (Tq == Tk, so positions coincide),
+    a float mask already holding -inf after the diagonal, no dropout, no gradient for the mask,
+    flash not switched off by the user (torch.backends.cuda.enable_flash_sdp, CPU included)."""
+    return (
+        _CPU_FLASH is not None
+        and mask is not None
+        and masked
+        and q.shape[2] == k.shape[2]
+        and q.device.type == "cpu"
+        and mask.dtype == q.dtype
+        and q.dtype in (torch.float32, torch.float64)
+        and not mask.requires_grad
+        and dropout_p == 0.0
+        and torch.backends.cuda.flash_sdp_enabled()
+    )
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -127,6 +151,20 @@ class Attention(nn.Module):
         k = F.linear(x, w[C : 2 * C], None if b is None else b[C : 2 * C])
         return self.split_heads(q[None])[0], self.split_heads(k[None])[0]
 
+    def shared(self, position: NoPosition, memo: dict | None, kind: str, build):
+        """build() for this layer, or, for a shared_bias variant (a fixed function of the
+        positions, the same in every layer), the value built by the first layer that asked:
+        kept on the position module across passes while the span, dtype, device and
+        inference mode stay the same (training at one length builds alibi's mask once)."""
+        if not position.shared_bias or memo is None or "span" not in memo:
+            return build()
+        w = self.c_proj.weight
+        key = (memo["span"], w.dtype, w.device, torch.is_inference_mode_enabled())
+        hit = position.mask_cache.get(kind)
+        if hit is None or hit[0] != key:
+            hit = position.mask_cache[kind] = (key, build())
+        return hit[1]
+
     def forward(
         self,
         x: Tensor,
@@ -138,16 +176,19 @@ class Attention(nn.Module):
         memo: dict | None = None,
     ) -> Tensor:
         """x (B, T, C) at positions pos_q (T,); pos_k (Tk,): positions of all keys, cached ones
-        included. memo: a dict shared by the layers of one forward pass (shared_bias)."""
+        included. memo: a dict shared by the layers of one forward pass; its "span" (pos_offset,
+        past, T) identifies the positions, so a shared_bias variant's mask is built once."""
         B, T, C = x.shape
+        H = self.n_head
+        # q, k, v as 3H heads of one view (B, 3H, T, D), split by the head dim: the backward
+        # is one cat, where slicing the last dim costs a zero-filled (B, T, 3C) tensor per slice
+        heads = self.c_attn(x).view(B, T, -1, C // H).transpose(1, 2)
         if self.content:
-            qkv = self.c_attn(x)  # (B, T, 3C)
+            qk, v = heads.split([2 * H, H], dim=1)  # (B, 2H, T, D), (B, H, T, D)
             # q and k as 2H heads, so the q/k transform (rot) runs once on both
-            qk = qkv[..., : 2 * C].view(B, T, 2 * self.n_head, C // self.n_head).transpose(1, 2)
-            q, k = position.rotate(qk, pos_q).split(self.n_head, dim=1)  # (B, H, T, D) each
-            v = self.split_heads(qkv[..., 2 * C :])  # (B, H, T, D)
+            q, k = position.rotate(qk, pos_q).split(H, dim=1)  # (B, H, T, D) each
         else:
-            q, k, v = None, None, self.split_heads(self.c_attn(x))
+            q, k, v = None, None, heads
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, H, Tk, D)
         # causal: key j visible to query i iff pos_k[j] <= pos_q[i]; the last key is the last
@@ -161,22 +202,32 @@ class Attention(nn.Module):
             and not self.hook_scores.is_active
             and not self.hook_pattern.is_active
         ):
-            memo = {} if memo is None else memo
-            if "sdpa_mask" in memo:  # shared_bias: computed by the first layer of this pass
-                mask, is_causal = memo["sdpa_mask"]
-            else:
+
+            def sdpa_mask() -> tuple[Tensor | None, bool]:
                 mask = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B|1, H, T, Tk)
                 is_causal = mask is None and masked and T == len(pos_k)  # SDPA's fast causal
                 if masked and not is_causal:
                     visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
+                    # one float mask with -inf for the future: SDPA takes no causal flag
+                    # beside a mask (measured: cheaper than an extra key dim for alibi)
                     mask = visible if mask is None else mask.masked_fill(~visible, float("-inf"))
-                if position.shared_bias:
-                    memo["sdpa_mask"] = (mask, is_causal)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-            )
+                return mask, is_causal
+
+            mask, is_causal = self.shared(position, memo, "sdpa", sdpa_mask)
+            if _cpu_flash_fits(q, k, mask, masked, dropout_p):
+                # causal logit bias (alibi): the CPU flash kernel with causal=True skips the
+                # key blocks after each query block and adds the mask where it computes;
+                # public SDPA refuses a mask beside is_causal, and with the mask alone it
+                # computes every block (measured: ~2/3 of the mask's extra cost per layer)
+                y = _CPU_FLASH(q, k, v, 0.0, True, attn_mask=mask, scale=scale)[0]
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+                )
         else:
-            bias = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B or 1, H, T, Tk)
+            bias = self.shared(  # (B or 1, H, T, Tk)
+                position, memo, "bias", lambda: position.bias(self.layer, pos_q, pos_k, q, k, self)
+            )
             scores = (q @ k.transpose(-1, -2)) * scale if self.content else 0.0  # (B, H, T, Tk)
             if bias is not None:
                 scores = scores + bias
@@ -313,7 +364,7 @@ class GPT(nn.Module):
         pos_q = pos_k[past:]  # (T,) positions of idx
         x = self.position.embed(self.hook_embed(self.embed(idx)), pos_q)  # (B, T, C)
         x = self.drop(x)
-        memo: dict = {}  # per-pass values shared by the layers (e.g. alibi's mask)
+        memo = {"span": (pos_offset, past, T)}  # what the layers' shared masks depend on
         for block in self.blocks:
             x = block(x, pos_q, pos_k, self.position, cache, manual, memo)
         if cache is not None:

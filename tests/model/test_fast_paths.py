@@ -1,0 +1,144 @@
+"""The speed paths of the attention give the numbers of their plain statements: the rotary
+autograd function, the CPU flash call with a causal flag beside alibi's mask, and the shared
+mask kept across passes (rebuilt whenever what it depends on changes)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cfglab.model import gpt
+from cfglab.model.positions import _Rotary, alibi_slopes
+
+from .conftest import VOCAB, tiny
+
+
+def tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25])
+def test_rotary_equals_the_rotate_half_formula(fraction):
+    """GPT-NeoX's statement: x[:r] * cos + rotate_half(x[:r]) * sin, x[r:] unchanged,
+    angle(t, m) = t * base^(-2m/r) for the pairs (m, m + r/2); in float64 from scratch."""
+    model = tiny("rot", n_embd=64, rotary_fraction=fraction)  # head_dim 16
+    D, r = 16, int(16 * fraction)
+    x = torch.randn(2, 3, 12, D, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(5, 17)
+    got = model.position.rotate(x, pos)
+    freq = 10000.0 ** (-torch.arange(r // 2, dtype=torch.float64) * 2 / r)
+    ang = pos.double()[:, None] * freq  # (T, r/2)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)  # (T, r)
+    xr = x[..., :r].double()
+    half = torch.cat([-xr[..., r // 2 :], xr[..., : r // 2]], -1)  # rotate_half
+    want = torch.cat([xr * cos + half * sin, x[..., r:].double()], -1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("r", [8, 4])
+def test_rotary_backward_is_the_adjoint(r):
+    """The hand-written backward against finite differences (float64, full and partial)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 2, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    ang = torch.rand(5, 8, dtype=torch.float64, generator=g) * 6
+    cos, sin = ang.cos(), ang.sin()
+    cos[:, r:], sin[:, r:] = 1.0, 0.0
+    assert torch.autograd.gradcheck(lambda t: _Rotary.apply(t, cos, sin, r), (x,))
+
+
+def test_alibi_cpu_flash_call_equals_public_sdpa():
+    """Causal flag + alibi mask in the CPU flash kernel == public SDPA with the mask alone
+    (outputs and gradients), and the model's training pass takes that call."""
+    H, T, D = 4, 37, 8
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(3, H, T, D, generator=g, requires_grad=True) for _ in range(3))
+    pos = torch.arange(T)
+    slopes = torch.tensor(alibi_slopes(H))[:, None, None]
+    mask = (-slopes * (pos[:, None] - pos[None, :]).abs())[None]  # (1, H, T, T)
+    mask = mask.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
+    assert gpt._cpu_flash_fits(q, k, mask, True, 0.0)
+    outs = []
+    for fast in (True, False):
+        if fast:
+            y = gpt._CPU_FLASH(q, k, v, 0.0, True, attn_mask=mask, scale=D**-0.5)[0]
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)
+        grads = torch.autograd.grad(y.square().sum(), (q, k, v))
+        outs.append((y, *grads))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_alibi_training_pass_uses_the_cpu_flash_call(monkeypatch):
+    calls = []
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    real = gpt._CPU_FLASH
+    monkeypatch.setattr(gpt, "_CPU_FLASH", counting)
+    model = tiny("alibi").train()
+    x = tokens(2, 33)
+    model(x).sum().backward()
+    assert len(calls) == model.config.n_layer
+    calls.clear()
+    tiny("nope").train()(x)  # no mask: public SDPA's own causal path
+    assert not calls
+
+
+@pytest.mark.parametrize("name", ["alibi", "uni"])
+def test_shared_mask_follows_span_dtype_and_mode(name):
+    """Each pass equals a fresh copy of the model (empty mask cache) as lengths, offsets,
+    dtype and inference mode change; an unchanged span reuses the very same mask."""
+    model = tiny(name)
+    fresh = copy.deepcopy(model)
+    x = tokens(2, 40)
+    for T, offset in [(20, 0), (40, 0), (40, 3), (20, 0), (40, 3)]:
+        clean = copy.deepcopy(fresh)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model(x[:, :T], pos_offset=offset),
+                clean(x[:, :T], pos_offset=offset),
+                rtol=0,
+                atol=0,
+            )
+    cached = dict(model.position.mask_cache)
+    with torch.no_grad():
+        model(x[:, :40], pos_offset=3)
+    assert all(model.position.mask_cache[k][1] is v[1] for k, v in cached.items())
+    with torch.inference_mode():
+        model(x)
+    model.train()
+    model(x).sum().backward()  # a mask made under inference_mode would fail here
+    double = copy.deepcopy(fresh).double()
+    with torch.no_grad():
+        model.double()
+        torch.testing.assert_close(model(x), double(x), rtol=0, atol=0)
+
+
+def test_rot_step_matches_the_formula_through_the_training_path():
+    """Gradients through the rotary function equal those of the autograd formula (manual
+    rotate_half with cat) for a whole tiny model: the backward is right in context too."""
+    model = tiny("rot").train()
+    x = tokens(2, 25)
+    model(x).logsumexp(-1).sum().backward()
+    fast = [p.grad.clone() for p in model.parameters()]
+    pos_mod = model.position
+
+    def formula(t, pos):
+        r = pos_mod.rot_dim
+        cos, sin = pos_mod.cos[pos, :r], pos_mod.sin[pos, :r]  # sin holds rotate_half's sign
+        swapped = torch.cat([t[..., r // 2 : r], t[..., : r // 2]], -1)
+        return torch.cat([t[..., :r] * cos + swapped * sin, t[..., r:]], -1)
+
+    model.zero_grad()
+    pos_mod.rotate = formula
+    model(x).logsumexp(-1).sum().backward()
+    for a, p in zip(fast, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+    assert math.isfinite(sum(float(g.abs().sum()) for g in fast))
