@@ -1,6 +1,6 @@
 """The speed paths of the attention give the numbers of their plain statements: the rotary
-autograd function, the CPU flash call with a causal flag beside alibi's mask, and the shared
-mask kept across passes (rebuilt whenever what it depends on changes)."""
+autograd function, and the shared mask kept across passes (rebuilt whenever what it depends on
+changes)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from cfglab.model import gpt
-from cfglab.model.positions import _Rotary, alibi_slopes
+from cfglab.model.positions import _Rotary
 
 from .conftest import VOCAB, tiny
 
@@ -48,47 +46,6 @@ def test_rotary_backward_is_the_adjoint(r):
     cos, sin = ang.cos(), ang.sin()
     cos[:, r:], sin[:, r:] = 1.0, 0.0
     assert torch.autograd.gradcheck(lambda t: _Rotary.apply(t, cos, sin, r), (x,))
-
-
-def test_alibi_cpu_flash_call_equals_public_sdpa():
-    """Causal flag + alibi mask in the CPU flash kernel == public SDPA with the mask alone
-    (outputs and gradients), and the model's training pass takes that call."""
-    H, T, D = 4, 37, 8
-    g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(3, H, T, D, generator=g, requires_grad=True) for _ in range(3))
-    pos = torch.arange(T)
-    slopes = torch.tensor(alibi_slopes(H))[:, None, None]
-    mask = (-slopes * (pos[:, None] - pos[None, :]).abs())[None]  # (1, H, T, T)
-    mask = mask.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
-    assert gpt._cpu_flash_fits(q, k, mask, True, 0.0)
-    outs = []
-    for fast in (True, False):
-        if fast:
-            y = gpt._CPU_FLASH(q, k, v, 0.0, True, attn_mask=mask, scale=D**-0.5)[0]
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)
-        grads = torch.autograd.grad(y.square().sum(), (q, k, v))
-        outs.append((y, *grads))
-    for a, b in zip(*outs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_alibi_training_pass_uses_the_cpu_flash_call(monkeypatch):
-    calls = []
-
-    def counting(*args, **kw):
-        calls.append(1)
-        return real(*args, **kw)
-
-    real = gpt._CPU_FLASH
-    monkeypatch.setattr(gpt, "_CPU_FLASH", counting)
-    model = tiny("alibi").train()
-    x = tokens(2, 33)
-    model(x).sum().backward()
-    assert len(calls) == model.config.n_layer
-    calls.clear()
-    tiny("nope").train()(x)  # no mask: public SDPA's own causal path
-    assert not calls
 
 
 @pytest.mark.parametrize("name", ["alibi", "uni"])
