@@ -707,7 +707,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfglab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cfglab",
+        description="Physics-of-language-models experiments on synthetic context-free grammars. "
+        "Start with: cfglab run configs/quickstart.yaml",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
