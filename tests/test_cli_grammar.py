@@ -30,8 +30,10 @@ def test_grammar_show_prints_readable_nltk_text(capsys):
 
 def test_grammar_random_writes_a_file_that_checks(tmp_path, capsys):
     out = tmp_path / "g.cfg"
-    assert main(["grammar", "random", "--levels", "1", "3", "3", "3", "--seed", "5",
-                 "-o", str(out)]) == 0
+    assert (
+        main(["grammar", "random", "--levels", "1", "3", "3", "3", "--seed", "5", "-o", str(out)])
+        == 0
+    )
     g = load(str(out))
     assert g.levels is not None and len(g.levels) == 3
     assert main(["grammar", "check", str(out)]) == 0
@@ -47,8 +49,12 @@ def test_bad_grammar_gives_exit_2_and_one_line(path, capsys):
 
 def test_real_process_prints_no_traceback_and_does_not_hang():
     for path in BAD[:4]:
-        result = subprocess.run([sys.executable, "-m", "cfglab", "grammar", "check", str(path)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "cfglab", "grammar", "check", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("cfglab: error: ")

@@ -63,7 +63,8 @@ def test_imports_point_left(module, path):
 
 
 TORCH_FREE = [
-    m for m, _ in modules()
+    m
+    for m, _ in modules()
     if stage_of(m) in {"grammar", "data", "exact", "report", "config"} and m not in TORCH_FREE_EDGES
 ]
 
@@ -75,7 +76,8 @@ def test_torch_free_stages_import_without_torch():
         f"import importlib\nfor m in {TORCH_FREE!r}:\n    importlib.import_module(m)\n"
         "print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
     assert "cfglab.grammar.cfg" in TORCH_FREE and "cfglab.data.sampler" in TORCH_FREE
