@@ -120,15 +120,14 @@ def main() -> None:
             f" s training, {last.get('tokens_per_s', float('nan')):,.0f} tokens/s, "
             f"val loss {last.get('val_loss', float('nan')):.4f}"
         )
-        try:
-            from benchmarks.quickstart_accuracy import accuracy
-
-            r = accuracy(run, 100)
-            print(
-                f"  quickstart cut0 accuracy {r['accuracy']:.0%} (100 samples, exact "
-                f"recognizer); optimal loss {r['optimal_loss']:.4f}"
-            )
-        except Exception as exc:  # noqa: BLE001  (the benchmark still reports throughput)
-            print(f"  quickstart accuracy unavailable: {exc}")
+        acc_file = run / "eval" / "accuracy.json"  # written by the eval stage of `cfglab run`
+        if acc_file.exists():
+            for row in json.loads(acc_file.read_text())["accuracy"]:
+                if row["cut"] == 0:
+                    print(
+                        f"  quickstart cut0 accuracy {row['accuracy']:.0%} "
+                        f"[{row['ci_low']:.0%}, {row['ci_high']:.0%}] ({row['n']} samples, exact "
+                        f"recognizer, T={row['temperature']:g})"
+                    )
     else:
         print("  (run `cfglab run configs/quickstart.yaml` first for its time-to-accuracy)")
