@@ -29,16 +29,8 @@ from cfglab.exact.normal_form import NormalForm
 
 
 @njit(cache=True)
-def _grow_i(a, need):
-    if need <= a.shape[0]:
-        return a
-    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@njit(cache=True)
-def _grow_f(a, need):
+def _grow(a, need):
+    # one body serves int64 and float64 arrays: numba compiles a specialisation per dtype
     if need <= a.shape[0]:
         return a
     b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
@@ -127,10 +119,10 @@ def sweep_one(
                                 if out[k, a] > 0.0:
                                     fin[a] += up_p[q] * v if is_prob else 1.0
                 # store the cell (k, j)
-                cell_start = _grow_i(cell_start, n_cells + 1)
-                ent_off = _grow_i(ent_off, n_cells + 2)
-                ent_sym = _grow_i(ent_sym, n_ent + nn)
-                ent_val = _grow_f(ent_val, n_ent + nn)
+                cell_start = _grow(cell_start, n_cells + 1)
+                ent_off = _grow(ent_off, n_cells + 2)
+                ent_sym = _grow(ent_sym, n_ent + nn)
+                ent_val = _grow(ent_val, n_ent + nn)
                 first = n_ent
                 for a in range(nn):
                     acc[k, a] = 0.0
