@@ -114,7 +114,25 @@ def bos_aligned_windows(
         n = max(16, n // 4)  # ran short (long strings drawn): top up and retry
 
 
-class FreshStream:
+class _Batches:
+    """What FreshStream and SavedDataset share: tensors and step ranges on top of `batch_np`."""
+
+    def batch_np(self, step: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, step: int) -> torch.Tensor:
+        return torch.from_numpy(self.batch_np(step))
+
+    def iterate(self, start: int, stop: int, prefetch: int = 0) -> Iterator[torch.Tensor]:
+        """Batches for steps start..stop-1, optionally sampled ahead in a thread."""
+        if prefetch <= 0:
+            for step in range(start, stop):
+                yield self.batch(step)
+            return
+        yield from _prefetched(self.batch, start, stop, prefetch)
+
+
+class FreshStream(_Batches):
     """Batches of fresh windows: `batch(step)` -> LongTensor (B_local, window) for this rank.
 
     `prefetch` > 0 samples the next steps in a background thread (NumPy releases the GIL in its
@@ -158,17 +176,6 @@ class FreshStream:
             self.max_len,
         )
         return windows[self.first : self.first + self.local]  # (B_local, window)
-
-    def batch(self, step: int) -> torch.Tensor:
-        return torch.from_numpy(self.batch_np(step))
-
-    def iterate(self, start: int, stop: int, prefetch: int = 0) -> Iterator[torch.Tensor]:
-        """Batches for steps start..stop-1, optionally sampled ahead in a thread."""
-        if prefetch <= 0:
-            for step in range(start, stop):
-                yield self.batch(step)
-            return
-        yield from _prefetched(self.batch, start, stop, prefetch)
 
 
 def _prefetched(make, start: int, stop: int, depth: int) -> Iterator[torch.Tensor]:
@@ -257,7 +264,7 @@ def write_dataset(
     return out
 
 
-class SavedDataset:
+class SavedDataset(_Batches):
     """A dataset folder from `write_dataset`, memory-mapped. Same `batch`/`iterate` as
     FreshStream; window j of step s starts at a position drawn from (seed, split, step, j)."""
 
@@ -314,13 +321,3 @@ class SavedDataset:
             for j in range(self.first, self.first + self.local)
         ]
         return np.stack([self.tokens[s : s + self.window] for s in starts]).astype(np.int64)
-
-    def batch(self, step: int) -> torch.Tensor:
-        return torch.from_numpy(self.batch_np(step))
-
-    def iterate(self, start: int, stop: int, prefetch: int = 0) -> Iterator[torch.Tensor]:
-        if prefetch <= 0:
-            for step in range(start, stop):
-                yield self.batch(step)
-            return
-        yield from _prefetched(self.batch, start, stop, prefetch)
