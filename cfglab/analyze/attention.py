@@ -277,32 +277,16 @@ def attention_run(
 ) -> Path:
     """Attention statistics of a run's model (and of a random-init twin, for the chance level of
     every statistic) -> run_dir/analyze/attention.json."""
+    from cfglab.analyze.probe import load_layered_run, run_header, with_random_init
     from cfglab.data.sampler import sample
-    from cfglab.model import build_model
-    from cfglab.train.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    model, cfg = load_model(run_dir)
-    grammar = cfg.grammar.load()
-    if grammar.levels is None:
-        raise GrammarError(
-            f"attention statistics need a layered grammar (like the cfg3 family); "
-            f"the run's grammar {cfg.grammar.name!r} has no levels"
-        )
+    model, cfg, grammar = load_layered_run(run_dir, "attention statistics need")
     t0 = time.perf_counter()
     batch = sample(grammar, n_strings, seed, max_len=model.config.block_size - 2, labels=True)
-    models = {"model": model}
-    if baseline:
-        torch.manual_seed(seed)
-        models["random_init"] = build_model(model.config).eval()
+    models = with_random_init(model, baseline, seed)
     out = {
-        "run": run_dir.name,
-        "grammar": cfg.grammar.name,
-        "model": {
-            k: getattr(model.config, k)
-            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
-        },
-        "objective": cfg.train.objective,
+        **run_header(run_dir, cfg, model),
         "n_strings": n_strings,
         "seed": seed,
     }

@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfglab.config import ExperimentConfig
 from cfglab.errors import ConfigError, GrammarError
+from cfglab.grammar import Grammar
 
 
 def _window_all(t: int) -> None:
@@ -595,6 +597,48 @@ def _tables(
     return tables
 
 
+# ---- what every analysis of a run directory does first -----------------------------------------
+def load_layered_run(run_dir: Path, needs: str) -> tuple[nn.Module, ExperimentConfig, Grammar]:
+    """(model, ExperimentConfig, Grammar) of a run; GrammarError unless the grammar is layered.
+
+    `needs` opens the error message, e.g. "probing needs"."""
+    from cfglab.train.checkpoint import load_model
+
+    model, cfg = load_model(run_dir)
+    grammar = cfg.grammar.load()
+    if grammar.levels is None:
+        raise GrammarError(
+            f"{needs} a layered grammar (like the cfg3 family); the run's "
+            f"grammar {cfg.grammar.name!r} has no levels"
+        )
+    return model, cfg, grammar
+
+
+def with_random_init(model: nn.Module, baseline: bool, seed: int) -> dict[str, nn.Module]:
+    """{"model": model}, plus "random_init" (an untrained twin built under torch seed `seed`)
+    when `baseline`: the chance level of every statistic."""
+    from cfglab.model import build_model
+
+    models = {"model": model}
+    if baseline:
+        torch.manual_seed(seed)
+        models["random_init"] = build_model(model.config).eval()
+    return models
+
+
+def run_header(run_dir: Path, cfg: ExperimentConfig, model: nn.Module) -> dict:
+    """The keys every analyze/*.json starts with: run, grammar, model shape, objective."""
+    return {
+        "run": run_dir.name,
+        "grammar": cfg.grammar.name,
+        "model": {
+            k: getattr(model.config, k)
+            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
+        },
+        "objective": cfg.train.objective,
+    }
+
+
 def probe_run(
     run_dir: str | Path,
     *,
@@ -612,25 +656,14 @@ def probe_run(
     built with torch seed `seed`. Windows other than "all"/"causal" are restricted probes, scored
     at NT ends (the paper's local probes)."""
     from cfglab.data.sampler import sample
-    from cfglab.model import build_model
-    from cfglab.train.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    model, cfg = load_model(run_dir)
-    grammar = cfg.grammar.load()
-    if grammar.levels is None:
-        raise GrammarError(
-            f"probing needs a layered grammar (like the cfg3 family); the run's "
-            f"grammar {cfg.grammar.name!r} has no levels"
-        )
+    model, cfg, grammar = load_layered_run(run_dir, "probing needs")
     max_len = model.config.block_size - 2
     t0 = time.perf_counter()
     train = sample(grammar, n_train, seed, max_len=max_len, labels=True)
     test = sample(grammar, n_test, seed + 1, max_len=max_len, labels=True)
-    models = {"model": model}
-    if baseline:
-        torch.manual_seed(seed)
-        models["random_init"] = build_model(model.config).eval()
+    models = with_random_init(model, baseline, seed)
     tables = []
     for window in windows:
         where = "all" if WINDOWS[window](2) is None or window == "causal" else "ends"
@@ -645,13 +678,7 @@ def probe_run(
             table["settings"] = asdict(s)
             tables.append(table)
     out = {
-        "run": run_dir.name,
-        "grammar": cfg.grammar.name,
-        "model": {
-            k: getattr(model.config, k)
-            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
-        },
-        "objective": cfg.train.objective,
+        **run_header(run_dir, cfg, model),
         "n_train": n_train,
         "n_test": n_test,
         "seed": seed,
