@@ -291,10 +291,30 @@ def generation_accuracy(
 
     See DEFINITIONS['accuracy'], ['accuracy_ci'], ['first_error'].
     """
+    res, (_, _, strings, _, _) = _judged_generations(
+        grammar, generate, prompts, rng, cut=cut, temperature=temperature, batch_size=batch_size
+    )
+    return res, strings
+
+
+def _judged_generations(
+    grammar: Grammar,
+    generate: GenerateFn,
+    prompts: list[np.ndarray],
+    rng: np.random.Generator,
+    *,
+    cut: int,
+    temperature: float,
+    batch_size: int,
+    judge: Callable = judge_generations,
+) -> tuple[AccuracyResult, tuple]:
+    """generation_accuracy's work, also returning judge's (correct, first_error, strings, ended,
+    bad_token); `judge` is swappable so evaluate_model can time it."""
     sequences: list[np.ndarray] = []
     for b in range(0, len(prompts), batch_size):
         sequences.extend(generate(prompts[b : b + batch_size], rng))
-    correct, first_err, strings, ended, bad = judge_generations(grammar, sequences)
+    judged = judge(grammar, sequences)
+    correct, first_err, strings, ended, bad = judged
     res = accuracy_from_judgements(
         correct,
         cut=cut,
@@ -304,7 +324,7 @@ def generation_accuracy(
         bad_token=bad,
         lengths=[len(s) for s in strings],
     )
-    return res, strings
+    return res, judged
 
 
 # ---- distribution: next-token and sequence KL ------------------------------------------------
@@ -764,18 +784,15 @@ def evaluate_model(
         rng = np.random.default_rng([seed, 3, ti])
         for cut in cuts:
             prompts = make_prompts(prompt_pool(n, cut), cut, n) if cut else [np.array([BOS])] * n
-            seqs: list[np.ndarray] = []
-            for b in range(0, n, batch_size):
-                seqs.extend(gen(prompts[b : b + batch_size], rng))
-            correct, first_err, strings, ended, bad = judge(grammar, seqs)
-            res = accuracy_from_judgements(
-                correct,
+            res, (correct, _, strings, ended, bad) = _judged_generations(
+                grammar,
+                gen,
+                prompts,
+                rng,
                 cut=cut,
                 temperature=temp,
-                first_error=first_err,
-                ended=ended,
-                bad_token=bad,
-                lengths=[len(s) for s in strings],
+                batch_size=batch_size,
+                judge=judge,
             )
             accuracy.append(res.to_dict())
             if cut == 0 and ti == 0:
