@@ -243,42 +243,15 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     two = tmp_path / "two"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cfglab",
-            "train",
-            yaml_path,
-            "--no-progress",
-            "--out",
-            str(one),
-            "--set",
-            *common,
-        ],
-        check=True,
-        env=env,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "cfglab",
-            "train",
-            yaml_path,
-            "--no-progress",
-            "--out",
-            str(two),
-            "--set",
-            *common,
-        ],
-        check=True,
-        env=env,
-    )
+
+    def train(out: Path) -> list[str]:
+        # the same training command; only the launcher in front of it differs
+        cmd = ["-m", "cfglab", "train", yaml_path, "--no-progress", "--out", str(out)]
+        return [*cmd, "--set", *common]
+
+    subprocess.run([sys.executable, *train(one)], check=True, env=env)
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run([sys.executable, *torchrun, *train(two)], check=True, env=env)
     r1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     r2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in r2] == [r["step"] for r in r1] == list(range(1, 9))
