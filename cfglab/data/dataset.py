@@ -115,7 +115,18 @@ def bos_aligned_windows(
 
 
 class _Batches:
-    """What FreshStream and SavedDataset share: tensors and step ranges on top of `batch_np`."""
+    """What FreshStream and SavedDataset share: the rank's share of a batch, and tensors and step
+    ranges on top of `batch_np`."""
+
+    def _shard(self, global_batch: int, rank: int, world_size: int) -> None:
+        """This rank's share of each global batch: windows first .. first + local - 1."""
+        if global_batch % world_size:
+            raise ConfigError(
+                f"train.batch_size {global_batch} is not divisible by the world "
+                f"size {world_size}; pick a multiple of the number of processes"
+            )
+        self.local = global_batch // world_size
+        self.first = rank * self.local  # first global window index of this rank
 
     def batch_np(self, step: int) -> np.ndarray:
         raise NotImplementedError
@@ -151,15 +162,9 @@ class FreshStream(_Batches):
         max_len: int | None = None,
         split: int = TRAIN,
     ) -> None:
-        if global_batch % world_size:
-            raise ConfigError(
-                f"train.batch_size {global_batch} is not divisible by the world "
-                f"size {world_size}; pick a multiple of the number of processes"
-            )
+        self._shard(global_batch, rank, world_size)
         self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
         self.global_batch = global_batch
-        self.local = global_batch // world_size
-        self.first = rank * self.local  # first global window index of this rank
         self.max_len = max_len
         self.eos = Vocab.from_grammar(grammar).eos
 
@@ -300,14 +305,8 @@ class SavedDataset(_Batches):
                 f"data.dataset: {path} has {len(self.tokens)} tokens, fewer than "
                 f"one window ({window}); write more strings"
             )
-        if global_batch % world_size:
-            raise ConfigError(
-                f"train.batch_size {global_batch} is not divisible by the world "
-                f"size {world_size}; pick a multiple of the number of processes"
-            )
+        self._shard(global_batch, rank, world_size)
         self.meta, self.window, self.seed, self.split = meta, window, seed, split
-        self.local = global_batch // world_size
-        self.first = rank * self.local
 
     def batch_np(self, step: int) -> np.ndarray:
         # windows start at a string's BOS, as in the fresh stream; any string whose window fits
