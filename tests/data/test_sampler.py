@@ -161,8 +161,8 @@ def test_builtin_labels_rebuild_valid_trees_and_rule_frequencies_match(name):
 
 @pytest.mark.parametrize("name", BUILTIN_GRAMMARS)
 def test_builtin_strings_accepted_by_nltk(name):
-    # NLTK's chart parser takes 0.3-1 s per cfg3 string on one core: the 4 shortest of 20 here,
-    # many more under -m slow
+    # NLTK's chart parser takes 0.02-0.3 s per cfg3 string on one core: the 4 shortest of 20
+    # here, 100 per grammar under -m slow, all 10,000 with CFGLAB_NLTK_STRINGS=10000 (~2 CPU hours)
     g = load(name)
     nltk_cfg = nltk_grammar(g)
     strings = sorted(sample(g, 20, seed=3, labels=False).strings(), key=len)[:4]
