@@ -119,16 +119,14 @@ def nltk_chart_accepts(nltk_cfg, tokens: list[str]) -> bool:
     long, highly ambiguous strings once the parse forest passes nltk.parse.chart.MAX_PARSE_TREES
     nodes; here a complete start-symbol edge over the whole input is the answer.
     """
-    import nltk
+    # the incremental left-corner chart parser: the fastest of NLTK's complete chart parsers on
+    # cfg3 strings (~1.5x the default ChartParser), which makes the 10,000-string sweep feasible
+    from nltk.parse.earleychart import IncrementalLeftCornerChartParser
 
     try:
         nltk_cfg.check_coverage(tokens)
     except ValueError:  # a token that is not a terminal of the grammar
         return False
-    # the incremental left-corner chart parser: the fastest of NLTK's complete chart parsers on
-    # cfg3 strings (~1.5x the default ChartParser), which makes the 10,000-string sweep feasible
-    from nltk.parse.earleychart import IncrementalLeftCornerChartParser
-
     # max_time=None: NLTK's default 5 s wall-clock limit raises on long strings of a loaded
     # machine, and an oracle must answer rather than time out
     chart = IncrementalLeftCornerChartParser(nltk_cfg, max_time=None).chart_parse(tokens)
