@@ -8,10 +8,15 @@ twelve probes per layer) cut to their first 510 tokens, labels cut with them. 75
 the probes, 250 score them (`probe_model`, the default ProbeSettings, no random-init twin).
 Reference measured in the same run: one forward pass of the model over the same strings, the
 unavoidable part; the ratio says what the probes add on top of it.
+
+If runs/quickstart has been probed (`cfglab run configs/quickstart.yaml`), its last-layer
+NT-ancestor accuracy is printed against the random-init twin per level (issue 7's goal: >= 20
+points at every level).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -135,3 +140,33 @@ def main() -> None:
         f"probing 1,000 strings: {t_probe:.1f} s wall (target <= 120 s); "
         f"peak RSS {rss:.2f} GiB (target <= 2 GiB)"
     )
+    quickstart_gap()
+
+
+def quickstart_gap(goal: float = 20.0) -> None:
+    """The quickstart run's last-layer NT-ancestor probe vs its random-init twin, per level."""
+    path = ROOT / "runs" / "quickstart" / "analyze" / "probe.json"
+    if not path.exists():
+        print("(run `cfglab run configs/quickstart.yaml` first for its probe gap)")
+        return
+    out = json.loads(path.read_text())
+    for table in out["tables"]:
+        acc = table["accuracy"]
+        if table["target"] != "ancestor" or "random_init" not in acc:
+            continue
+        model, base = acc["model"][-1], acc["random_init"][-1]
+        gaps = [100 * (m - b) for m, b in zip(model, base, strict=True)]
+        print(
+            f"quickstart last layer ({out['layers'][-1]}), NT ancestor, window {table['window']}:"
+        )
+        for lev, m, b, maj, gap in zip(
+            table["levels"], model, base, table["majority"], gaps, strict=True
+        ):
+            print(
+                f"  level {lev}: model {100 * m:.1f}%  random-init {100 * b:.1f}%  "
+                f"majority {100 * maj:.1f}%  gap {gap:+.1f} points"
+            )
+        print(
+            f"  smallest gap {min(gaps):+.1f} points (goal >= {goal:.0f}): "
+            + ("ok" if min(gaps) >= goal else "BELOW")
+        )
