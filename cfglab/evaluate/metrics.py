@@ -76,6 +76,10 @@ DEFINITIONS: dict[str, str] = {
     "entropy_rate": "the grammar's true entropy per predicted token on the same strings: -sum log "
     "P(x) / sum (n + 1); 'entropy_rate_rb' is the lower-variance estimate sum over rows of "
     "H(P*(.|x_<=k)) / sum (n + 1). A perfect model's cross-entropy.",
+    "loss_floor": "a perfect model's training loss on packed windows BOS x EOS BOS ...: "
+    "sum of -log P(x) / sum of (n + 2) over 2,000 (N_FLOOR) fresh true strings (the n tokens, "
+    "EOS and the certain BOS after it are predicted; window cuts ignored), with its "
+    "delta-method standard error; what the training and validation losses tend to.",
     "distinct": "number (and share) of distinct strings among the M generations, and among M "
     "completions of one fixed prompt.",
     "collision_support": "birthday estimate of the effective support 1 / sum_x q(x)^2 of the "
@@ -462,6 +466,21 @@ def evaluate_distribution(
     return distribution_metrics(strings, p_true, logq, grammar.n_t, eps=eps, buckets=buckets)
 
 
+N_FLOOR = 2000  # true strings behind the loss floor: +-0.3% on the quickstart grammar
+
+
+def packed_loss_floor(lengths: np.ndarray, log_probs: np.ndarray) -> dict:
+    """DEFINITIONS['loss_floor'] from true strings' lengths n and exact log P(x): a ratio
+    estimator sum(-log P) / sum(n + 2) and its delta-method standard error."""
+    h = -np.asarray(log_probs, dtype=np.float64)
+    d = np.asarray(lengths, dtype=np.float64) + 2
+    m = len(h)
+    ratio = float(h.sum() / d.sum())
+    resid = h - ratio * d  # the ratio estimator's linearisation
+    se = float(resid.std(ddof=1) / math.sqrt(m) / d.mean()) if m > 1 else float("nan")
+    return {"value": ratio, "stderr": se, "n_strings": m}
+
+
 # ---- diversity --------------------------------------------------------------------------------
 def _key(s: np.ndarray) -> bytes:
     return np.asarray(s, dtype=np.int64).tobytes()
@@ -827,9 +846,13 @@ def evaluate_model(
     for b in range(0, len(kl_strings), batch_size):
         logq.extend(model_t([np.concatenate([[BOS], s]) for s in kl_strings[b : b + batch_size]]))
     dist = distribution_metrics(kl_strings, p_true, logq, grammar.n_t)
+    floor_strings = true_strings(N_FLOOR, stream=5)
+    floor = packed_loss_floor(
+        np.array([len(x) for x in floor_strings]), log_prob(grammar, floor_strings)
+    )
     return {
         "accuracy": accuracy,
-        "distribution": dist.to_dict(),
+        "distribution": {**dist.to_dict(), "loss_floor": floor},
         "diversity": diversity_out,
         "timing": {
             "seconds": clock.seconds,

@@ -33,9 +33,11 @@ def _fmt(v, digits: int = 5) -> str:
 
 
 def loss_floor(dist: dict) -> float | None:
-    """A perfect model's training loss on packed windows `BOS x EOS BOS ...`: the grammar's
-    entropy per (n + 1) predicted tokens, diluted by the deterministic BOS after each EOS, i.e.
-    entropy_rate_rb * sum(n + 1) / sum(n + 2) over the evaluated strings (window cuts ignored)."""
+    """A perfect model's training loss on packed windows `BOS x EOS BOS ...`
+    (metrics.DEFINITIONS['loss_floor']). Eval files written before it was measured on its own
+    strings give the rougher entropy_rate_rb * sum(n + 1) / sum(n + 2) of the KL strings."""
+    if "loss_floor" in dist:
+        return dist["loss_floor"]["value"]
     if not dist.get("n_rows"):
         return None
     return dist["entropy_rate_rb"] * dist["n_rows"] / (dist["n_rows"] + dist["n_strings"])
@@ -102,10 +104,16 @@ def report_markdown(
         out += [last + (f", validation loss {vl[-1]:.4f}" if vl else "") + ".", ""]
         floor = loss_floor(res.distribution)
         if floor is not None:
+            measured = res.distribution.get("loss_floor")
+            how = (
+                f" ± {measured['stderr']:.4f} (s.e.; exact log-probabilities of "
+                f"{measured['n_strings']} true strings"
+                if measured
+                else " (the entropy rate below"
+            )
             out += [
-                f"A perfect model's loss on the packed training windows is about {floor:.4f} "
-                "nats/token (the entropy rate below, diluted by the certain BOS after each "
-                "EOS).",
+                f"A perfect model's loss on the packed training windows is {floor:.4f}{how}, "
+                "diluted by the certain BOS after each EOS).",
                 "",
             ]
         fig("loss", "training loss")

@@ -186,6 +186,25 @@ def test_entropy_estimates_agree_with_enumeration():
     assert res.entropy_rate_rb == pytest.approx(h / mean_tokens, rel=0.02)
 
 
+def test_packed_loss_floor_agrees_with_enumeration():
+    """The floor estimate lands within 4 of its standard errors of H(P) / E[n + 2] computed by
+    enumeration, and that standard error is the spread of repeated estimates."""
+    from cfglab.exact.inside import log_prob
+
+    table = all_strings(TINY, TINY_MAX)
+    h = -sum(p * math.log(p) for p in table.values())
+    exact = h / sum(p * (len(s) + 2) for s, p in table.items())
+    estimates, errors = [], []
+    for seed in range(20):
+        strings = true_strings(TINY, 500, seed=100 + seed)
+        out = M.packed_loss_floor(np.array([len(s) for s in strings]), log_prob(TINY, strings))
+        assert out["n_strings"] == 500
+        assert abs(out["value"] - exact) < 4 * out["stderr"]
+        estimates.append(out["value"])
+        errors.append(out["stderr"])
+    assert np.std(estimates, ddof=1) == pytest.approx(np.mean(errors), rel=0.4)
+
+
 def test_distribution_metrics_rejects_mismatched_rows():
     with pytest.raises(M.CfglabError, match="do not match"):
         M.distribution_metrics([np.array([1, 2])], [np.ones((2, 3)) / 3], [np.zeros((3, 6))], 2)
