@@ -191,9 +191,12 @@ class Attention(nn.Module):
                 return mask, is_causal
 
             mask, is_causal = self.shared(position, memo, "sdpa", sdpa_mask)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-            )
+            if masked and split_causal(q, T, len(pos_k), dropout_p):
+                y = causal_sdpa_in_halves(q, k, v, mask, scale, memo)
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+                )
         else:
             bias = self.shared(  # (B or 1, H, T, Tk)
                 position, memo, "bias", lambda: position.bias(self.layer, pos_q, pos_k, q, k, self)
@@ -211,6 +214,54 @@ class Attention(nn.Module):
             y = self.attn_dropout(pattern) @ v  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.c_proj(y)
+
+
+# CPU flash attention computes keys in 512-wide blocks: up to T = 512 a causal call does the whole
+# T x T square and masks half of it. Two half-length query blocks (the first half causal over the
+# first half of the keys, the second over all keys with a mask) compute 3/4 of the square.
+# Measured fwd + bwd, B=4 H=4 D=32, 2 threads: 1.12x at T=384, 1.15x at 448, 1.19x at 512,
+# 1.08x at 576, 1.02x at 640, 0.94x at 768, 1.00x at 320 (below, the halves' smaller query
+# blocks cost more than the skipped work; above, the kernel already skips whole key blocks).
+SPLIT_MIN_T, SPLIT_MAX_T = 384, 640
+
+
+def split_causal(q: Tensor, T: int, Tk: int, dropout_p: float) -> bool:
+    """Whether causal self-attention of T queries over T keys runs faster in two query halves:
+    on CPU only (GPU flash kernels skip the masked blocks themselves), without attention
+    dropout (kept to one SDPA call, whose dropout is the tested one)."""
+    return q.device.type == "cpu" and T == Tk and SPLIT_MIN_T <= T <= SPLIT_MAX_T and not dropout_p
+
+
+def causal_sdpa_in_halves(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, memo: dict | None
+) -> Tensor:
+    """Causal SDPA of q, k, v (B, H, T, D) as two query halves, without the masked keys of the
+    first half. mask: None for plain causal attention, or an additive (.., T, T) mask that
+    already holds -inf above the diagonal (alibi)."""
+    T = q.shape[2]
+    h = T // 2
+    if mask is None:  # the second half: query h + i sees keys 0 .. h + i
+        memo = {} if memo is None else memo
+        key = ("lower_right", T, q.dtype, q.device)  # built once per forward pass
+        if key not in memo:
+            pos = torch.arange(T, device=q.device)
+            future = pos[None, :] > pos[h:, None]  # (T - h, T)
+            memo[key] = torch.zeros(future.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                future, float("-inf")
+            )
+        top_mask, bottom_mask = None, memo[key]
+    else:
+        top_mask, bottom_mask = mask[..., :h, :h], mask[..., h:, :]
+    top = F.scaled_dot_product_attention(
+        q[:, :, :h],
+        k[:, :, :h],
+        v[:, :, :h],
+        attn_mask=top_mask,
+        is_causal=mask is None,
+        scale=scale,
+    )
+    bottom = F.scaled_dot_product_attention(q[:, :, h:], k, v, attn_mask=bottom_mask, scale=scale)
+    return torch.cat([top, bottom], dim=2)  # (B, H, T, D)
 
 
 class MLP(nn.Module):

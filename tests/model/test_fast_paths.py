@@ -1,6 +1,6 @@
 """The speed paths of the attention give the numbers of their plain statements: the rotary
-autograd function, and the shared mask kept across passes (rebuilt whenever what it depends on
-changes)."""
+autograd function, the shared mask kept across passes (rebuilt whenever what it depends on
+changes), and causal attention in two query halves on CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from cfglab.model import POSITIONS, gpt
 from cfglab.model.positions import _Rotary
 
 from .conftest import VOCAB, tiny
@@ -99,3 +100,55 @@ def test_rot_step_matches_the_formula_through_the_training_path():
     for a, p in zip(fast, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
     assert math.isfinite(sum(float(g.abs().sum()) for g in fast))
+
+
+@pytest.mark.parametrize("T", [gpt.SPLIT_MIN_T, 401, gpt.SPLIT_MAX_T])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_causal_attention_in_halves_equals_one_call(T, with_mask):
+    """Output and q/k/v gradients of the two-halves form equal one causal SDPA call, for plain
+    causal attention and for an additive per-head mask holding -inf above the diagonal (alibi's
+    form), at even and odd T."""
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, T, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = None
+    if with_mask:
+        pos = torch.arange(T)
+        mask = torch.randn(1, 3, T, T, generator=g).masked_fill(
+            pos[None, :] > pos[:, None], float("-inf")
+        )
+    grad_out = torch.randn(2, 3, T, 8, generator=g)
+    outs = []
+    for halves in (False, True):
+        if halves:
+            y = gpt.causal_sdpa_in_halves(q, k, v, mask, 8**-0.5, {})
+        else:
+            y = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None
+            )
+        grads = torch.autograd.grad(y, (q, k, v), grad_out)
+        outs.append((y.detach(), *grads))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", [p for p in POSITIONS if POSITIONS[p].sdpa])
+def test_model_takes_the_halves_path_at_its_lengths_with_manual_numbers(position, monkeypatch):
+    """At a length inside the split range the model's SDPA path runs the two halves (counted)
+    and gives the manual path's logits and gradients; outside the range it does not split."""
+    calls = []
+    halves = gpt.causal_sdpa_in_halves
+    monkeypatch.setattr(gpt, "causal_sdpa_in_halves", lambda *a: calls.append(1) or halves(*a))
+    model = tiny(position, block_size=gpt.SPLIT_MAX_T, n_layer=1).train()
+    x = tokens(1, gpt.SPLIT_MIN_T + 1, seed=5)
+    results = []
+    for manual in (False, True):
+        model.zero_grad()
+        logits = model(x, manual=manual)
+        logits.logsumexp(-1).sum().backward()
+        results.append([logits.detach()] + [p.grad.clone() for p in model.parameters()])
+    assert len(calls) == 1  # one layer, one fast pass
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        model(x[:, : gpt.SPLIT_MIN_T - 1])
+    assert len(calls) == 1
