@@ -13,6 +13,9 @@ $CFGLAB_BENCH_ROUNDS sets the rounds per goal variant (half as many for the othe
 average is printed before and after. The whole run takes ~60-90 s on 2 cores.
 Goals (issue 4): abs/rot/nope/alibi >= 1.0x the reference; KV cache >= 5x no-cache when
 generating 512 tokens.
+A third table times causal attention alone (fwd + bwd, the small preset's heads) as one SDPA call
+and as the model's two query halves, across lengths: the range where the halves are faster is
+the model's SPLIT_MIN_T..SPLIT_MAX_T.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 from cfglab.evaluate.generate import generate
 from cfglab.model import POSITIONS, PRESETS, GPTConfig, build_model
+from cfglab.model.gpt import SPLIT_MAX_T, SPLIT_MIN_T, causal_sdpa_in_halves
 
 T, BATCH, VOCAB = 512, 4, 7
 # the issue's setting is 2 threads; on a machine shared with other jobs 2 threads make every op
@@ -122,6 +126,53 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def attention_timer(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor):
+    """A function timing attend(q, k, v) and the q, k, v gradients (autograd.grad, so nothing
+    accumulates across rounds), returning its seconds."""
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
+        return time.perf_counter() - t0
+
+    step()  # warm-up
+    return step
+
+
+def attention_halves(shape: dict, rounds: int = 15) -> None:
+    """Causal attention fwd + bwd: one SDPA call vs the two query halves, paired rounds."""
+    H = shape["n_head"]
+    D = shape["n_embd"] // H
+    print(f"\ncausal attention fwd + bwd, B={BATCH} H={H} D={D}: two query halves vs one call")
+    print(f"{'T':>5} {'one call ms':>11} {'ratio':>6} {'IQR':>12}  model")
+
+    def one_call(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def in_halves(q, k, v):
+        return causal_sdpa_in_halves(q, k, v, None, D**-0.5, None)
+
+    for length in (256, 320, SPLIT_MIN_T, 448, 512, 576, SPLIT_MAX_T, 768):
+        g = torch.Generator().manual_seed(length)
+        q, k, v = (  # (B, H, T, D) views of (B, T, H, D) memory, as the model's split heads
+            torch.randn(BATCH, length, H, D, generator=g).transpose(1, 2).requires_grad_()
+            for _ in range(3)
+        )
+        grad = torch.randn(BATCH, H, length, D, generator=g)
+
+        t_one, t_halves = paired(
+            attention_timer(one_call, q, k, v, grad),
+            attention_timer(in_halves, q, k, v, grad),
+            rounds,
+        )
+        q1, ratio, q3 = quartiles([a / b for a, b in zip(t_one, t_halves, strict=True)])
+        used = "halves" if SPLIT_MIN_T <= length <= SPLIT_MAX_T else "one call"
+        print(
+            f"{length:5d} {1e3 * statistics.median(t_one):11.2f} {ratio:5.2f}x "
+            f"[{q1:.2f}, {q3:.2f}]  {used}"
+        )
+
+
 def main() -> None:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -159,6 +210,8 @@ def main() -> None:
     finally:
         gc.enable()
     print(f"load avg after: {' '.join(f'{a:.2f}' for a in os.getloadavg())}")
+
+    attention_halves(shape)
 
     # generation: 512 tokens from BOS, never stopping (eos_id outside the vocabulary)
     n_gen = 4

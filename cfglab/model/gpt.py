@@ -219,9 +219,9 @@ class Attention(nn.Module):
 # CPU flash attention computes keys in 512-wide blocks: up to T = 512 a causal call does the whole
 # T x T square and masks half of it. Two half-length query blocks (the first half causal over the
 # first half of the keys, the second over all keys with a mask) compute 3/4 of the square.
-# Measured fwd + bwd, B=4 H=4 D=32, 2 threads: 1.12x at T=384, 1.15x at 448, 1.19x at 512,
-# 1.08x at 576, 1.02x at 640, 0.94x at 768, 1.00x at 320 (below, the halves' smaller query
-# blocks cost more than the skipped work; above, the kernel already skips whole key blocks).
+# `python -m benchmarks model` times both forms, fwd + bwd, B=4 H=4 D=32, 2 threads: 1.15x at
+# T=384, 448 and 512, 1.05x at 576, 1.02x at 640; 0.96x at 256 and 320 (the halves' smaller
+# query blocks cost more than the skipped work), 0.93x at 768 (the kernel skips key blocks).
 SPLIT_MIN_T, SPLIT_MAX_T = 384, 640
 
 
