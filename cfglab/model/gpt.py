@@ -192,7 +192,7 @@ class Attention(nn.Module):
 
             mask, is_causal = self.shared(position, memo, "sdpa", sdpa_mask)
             if masked and split_causal(q, T, len(pos_k), dropout_p):
-                y = causal_sdpa_in_halves(q, k, v, mask, scale, memo)
+                y = causal_sdpa_in_halves(q, k, v, mask, scale, {} if memo is None else memo)
             else:
                 y = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
@@ -233,15 +233,15 @@ def split_causal(q: Tensor, T: int, Tk: int, dropout_p: float) -> bool:
 
 
 def causal_sdpa_in_halves(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, memo: dict | None
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, memo: dict
 ) -> Tensor:
     """Causal SDPA of q, k, v (B, H, T, D) as two query halves, without the masked keys of the
     first half. mask: None for plain causal attention, or an additive (.., T, T) mask that
-    already holds -inf above the diagonal (alibi)."""
+    already holds -inf above the diagonal (alibi). memo: the forward pass's dict, which keeps
+    the second half's causal mask for the other layers."""
     T = q.shape[2]
     h = T // 2
     if mask is None:  # the second half: query h + i sees keys 0 .. h + i
-        memo = {} if memo is None else memo
         key = ("lower_right", T, q.dtype, q.device)  # built once per forward pass
         if key not in memo:
             pos = torch.arange(T, device=q.device)
