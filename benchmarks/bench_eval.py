@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 
+import cfglab.evaluate.adapters as AD
+import cfglab.evaluate.run as R
 from cfglab.data.sampler import sample
 from cfglab.data.vocab import Vocab
-from cfglab.evaluate import metrics as M
 from cfglab.exact import cyk, inside
 from cfglab.grammar import load
 from cfglab.model import build_model
@@ -43,20 +44,20 @@ def main() -> None:
     model.register_forward_hook(
         lambda mod, inp, out: out.index_fill(-1, torch.tensor([eos]), float("-inf"))
     )
-    fn = M.torch_logprob_fn(model, pad_id=vocab.pad)
+    fn = AD.torch_logprob_fn(model, pad_id=vocab.pad)
     strings = sample(g, N_KL, seed=0, labels=False).strings()
     cyk.recognize(g, strings[:1])  # compile (numba) outside the timings
     cyk.first_error(g, strings[:1])
     inside.next_token_dist(g, strings[:1])
     inside.log_prob(g, strings[:1])
 
-    def make_generate(temp: float) -> M.GenerateFn:
-        return M.torch_generate_fn(
+    def make_generate(temp: float) -> AD.GenerateFn:
+        return AD.torch_generate_fn(
             model, eos_id=vocab.eos, max_new_tokens=MAX_NEW, temperature=temp
         )
 
     t0 = time.perf_counter()
-    out = M.evaluate_model(g, fn, make_generate, n=N_GEN, n_kl=N_KL, cuts=(0,), seed=0, max_len=511)
+    out = R.evaluate_model(g, fn, make_generate, n=N_GEN, n_kl=N_KL, cuts=(0,), seed=0, max_len=511)
     total = time.perf_counter() - t0
     s = out["timing"]["seconds"]
     gen_lens = out["accuracy"][0]["lengths"]

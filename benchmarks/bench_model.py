@@ -31,7 +31,7 @@ from torch import nn
 
 from cfglab.evaluate.generate import generate
 from cfglab.model import POSITIONS, PRESETS, GPTConfig, build_model
-from cfglab.model.gpt import SPLIT_MAX_T, SPLIT_MIN_T, causal_sdpa_in_halves
+from cfglab.model.causal_halves import SPLIT_MAX_T, SPLIT_MIN_T, causal_sdpa_in_halves
 
 T, BATCH, VOCAB = 512, 4, 7
 # the setting is 2 threads; on a machine shared with other jobs 2 threads make every op
@@ -149,8 +149,8 @@ def attention_halves(shape: dict, rounds: int = 15) -> None:
     def one_call(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def in_halves(q, k, v):  # a fresh memo: the mask is built inside every timed call
-        return causal_sdpa_in_halves(q, k, v, None, D**-0.5, {})
+    def in_halves(q, k, v):  # the mask is built inside every timed call, as in the model
+        return causal_sdpa_in_halves(q, k, v, None, D**-0.5)
 
     for length in (256, 320, SPLIT_MIN_T, 448, 512, 576, SPLIT_MAX_T, 768):
         g = torch.Generator().manual_seed(length)

@@ -31,7 +31,7 @@ from cfglab.config import load_config
 from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import Vocab
 from cfglab.grammar import load
-from cfglab.model import build_model
+from cfglab.model import build_model, gpt_config
 
 N_STRINGS, N_TRAIN, LENGTH = 1000, 750, 510
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def _model(vocab_size: int):
     cfg = load_config(ROOT / "configs" / "quickstart.yaml").model
     cfg.block_size = LENGTH + 2
     torch.manual_seed(0)
-    return build_model(cfg.to_gpt_config(vocab_size)).eval(), "configs/quickstart.yaml shape"
+    return build_model(gpt_config(cfg, vocab_size)).eval(), "configs/quickstart.yaml shape"
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ def _bare(cfg, steps: int) -> float:
 
     from cfglab.data.dataset import FreshStream
     from cfglab.data.vocab import Vocab
-    from cfglab.model import build_model
+    from cfglab.model import build_model, gpt_config
     from cfglab.train.loop import make_optimizer
     from cfglab.train.objectives import get_objective, loss_fn
 
@@ -37,7 +37,7 @@ def _bare(cfg, steps: int) -> float:
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     torch.manual_seed(0)
-    model = build_model(cfg.model.to_gpt_config(vocab.size))
+    model = build_model(gpt_config(cfg.model, vocab.size))
     opt = make_optimizer(model, cfg)
     obj = get_objective(t.objective)
     w = FreshStream(grammar, cfg.model.block_size + 1, t.batch_size).batch(0)

@@ -222,7 +222,7 @@ def add_generate(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from cfglab.evaluate.metrics import generate_from_run
+    from cfglab.stages import generate_from_run
 
     prompts = labels = None
     if args.prompts:

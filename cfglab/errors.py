@@ -4,6 +4,9 @@ Library code raises these with a message that names the problem *and the fix*; o
 turns them into `cfglab: error: ...` and an exit code. Anything else escaping is a bug.
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class CfglabError(Exception):
     """Root of all deliberate cfglab errors. The message is shown to the user as is."""
@@ -31,3 +34,9 @@ class ConfigError(CfglabError):
 
 class CheckpointError(CfglabError):
     """A checkpoint or run directory that is missing, incomplete or corrupt."""
+
+
+def did_you_mean(name: str, choices: Iterable) -> str:
+    """' (did you mean 'x'?)' for the choice closest to a mistyped name, or ''."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,13 +85,26 @@ def test_int_accepted_for_float_and_yaml_exponent(tmp_path: Path) -> None:
         ("train:\n  lr: fast\n", None, "train.lr: expected float, got str"),
         ("eval:\n  cuts: 3\n", None, "eval.cuts: expected list of int"),
         ("model: 3\n", None, "model: expected a mapping"),
-        ("", "train.objective=mlmm", "unknown objective 'mlmm' (did you mean 'mlm'?)"),
+        ("", "train.objective=mlmm", "train.objective: unknown value 'mlmm' (did you mean 'mlm'?)"),
+        ("", "train.lr=nan", "train.lr: expected float"),
+        ("", "train.lr=.nan", "train.lr: expected float (finite), got float nan"),
+        ("", "eval.temperatures=[1.0, .inf]", "eval.temperatures: expected list of float"),
+        ("", "eval.n_samples=0", "eval.n_samples must be >= 1, got 0"),
+        ("", "stages=[train, evil]", "stages: unknown value 'evil' (did you mean 'eval'?)"),
+        ("", "probe.windows=[all, wide]", "probe.windows: unknown value 'wide'"),
+        ("", "eval.corrupt=[1.5]", "each gamma is a probability"),
+        (
+            "train:\n  lr: 1\n  lr_x: [\n",
+            None,
+            "bad.yaml:4:1: not valid YAML",
+        ),  # YAML errors name the line
         ("", "train.decay=cosin", "(did you mean 'cosine'?)"),
         ("", "grammar.name=cfg3z", "unknown grammar 'cfg3z' (did you mean"),
         ("", "train.batch_size=0", "train.batch_size must be >= 1"),
         ("", "train.grad_accum=5", "not divisible by train.grad_accum"),
         ("- a\n- b\n", None, "top level must be a mapping"),
         ("train: [\n", None, "not valid YAML"),
+        ("base: nothere.yaml\n", None, "base: nothere.yaml not found"),
         ("", "train.lr", "is not key=value"),
     ],
 )
@@ -106,7 +120,7 @@ def test_bad_configs_name_the_problem(
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="no such config file"):
+    with pytest.raises(ConfigError, match="config does/not/exist.yaml: no such file"):
         load_config("does/not/exist.yaml")
 
 
@@ -148,27 +162,146 @@ def test_config_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_analyze_switches(tmp_path: Path) -> None:
-    """analyze.probe / analyze.attention: typed booleans, default on (also for older config.json
-    files without them), and `cfglab run`'s analyze stage does only what they allow."""
-    from cfglab import cli
-    from cfglab.errors import CfglabError
+def test_stages_setting(tmp_path: Path) -> None:
+    """`stages` lists what `cfglab run` runs: every stage by default, a subset when given, in the
+    config's order; a typo fails at load time."""
+    from cfglab.stages import STAGES
 
-    cfg = load_config(None)
-    assert cfg.analyze.probe is True and cfg.analyze.attention is True
-    off = load_config(None, ["analyze.probe=false", "analyze.attention=false"])
-    assert off.analyze.probe is False and off.analyze.attention is False
-    with pytest.raises(ConfigError, match="analyze.probe"):
-        load_config(None, ["analyze.probe=3"])
-    old = ExperimentConfig().to_dict()
-    del old["analyze"]["probe"], old["analyze"]["attention"]
-    assert config_from_dict(old).analyze.probe is True
+    assert load_config(None).stages == list(STAGES)  # config.STAGE_NAMES == stages.STAGES
+    assert load_config(None, ["stages=[train, probe]"]).stages == ["train", "probe"]
+    with pytest.raises(ConfigError, match="each stage at most once"):
+        load_config(None, ["stages=[train, train]"])
 
-    assert off.grammar.load().levels is not None  # so the stage is not skipped for that reason
-    run = tmp_path / "run"  # no model in it: probing would fail
-    run.mkdir()
-    dict(cli.RUN_STAGES)["analyze"](off, run, None)
-    assert not (run / "analyze").exists()
-    on = load_config(None, ["analyze.attention=false"])
-    with pytest.raises(CfglabError, match="no config.json"):  # the probe tried to load the run
-        dict(cli.RUN_STAGES)["analyze"](on, run, None)
+
+def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _get(data: dict, key: str):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> None:
+    """Every setting of every section can be overridden with --set, and the run's config.json
+    (save_config) holds the overridden value."""
+    default = ExperimentConfig().to_dict()
+    changed = {  # a valid non-default value for every key, by type
+        "name": "other",
+        "out_dir": "elsewhere",
+        "stages": ["train", "report"],
+        "grammar.name": "cfg3f",
+        "model.preset": "tiny",
+        "model.position": "abs",
+        "train.objective": "mlm",
+        "train.decay": "cosine",
+        "train.dtype": "float32",
+        "train.device": "cpu",
+        "eval.device": "cpu",
+        "probe.device": "cpu",
+        "attention.device": "cpu",
+        "probe.windows": ["all", "causal"],
+        "eval.cuts": [0, 7],
+        "eval.temperatures": [0.5, 1.0],
+        "eval.corrupt": [0.15],
+        "report.compare": ["runs/x"],
+        "model.causal": False,  # derived from the objective (mlm: an encoder)
+        "train.mlm_prob": 0.2,
+        "model.dropout": 0.1,
+        "model.rotary_fraction": 0.5,
+        "train.min_lr": 1e-5,
+        "train.grad_accum": 2,
+        "train.batch_size": 6,
+        "data.dataset": "some/folder",
+        "model.n_embd": 96,
+    }
+    keys = _leaf_keys(default)
+    assert "model.rel_max_distance" in keys and "probe.n_heads" in keys and "eval.n_kl" in keys
+    overrides, expected = [], {}
+    for key in keys:
+        old = _get(default, key)
+        if key in changed:
+            new = changed[key]
+        elif isinstance(old, bool):
+            new = not old
+        elif isinstance(old, int) or old is None:
+            new = 5 if key != "model.block_size" else 64
+        elif isinstance(old, float):
+            new = old * 2 + 0.5 if old < 0.5 else old + 1.0
+        else:
+            raise AssertionError(f"no test value for {key} ({old!r})")
+        value = new if isinstance(new, str) else json.dumps(new)
+        overrides.append(f"{key}={value}")
+        expected[key] = new
+    cfg = load_config(None, overrides)
+    save_config(cfg, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key, want in expected.items():
+        got = _get(saved, key)
+        if key == "grammar.name":
+            want = "cfg3f"
+        assert got == want, (key, got, want)
+        assert want != _get(default, key) or key == "model.causal", key  # really overridden
+
+
+def test_base_chain_of_three_files(tmp_path: Path) -> None:
+    """top.yaml -> mid/mid.yaml -> base.yaml: each overrides its base key by key, paths are
+    relative to the file that names them, and --set overrides them all."""
+    (tmp_path / "mid").mkdir()
+    (tmp_path / "g.cfg").write_text("S -> A B\nA -> 'a' | 'b'\nB -> 'c'\n")
+    (tmp_path / "base.yaml").write_text(
+        "grammar:\n  name: g.cfg\ntrain:\n  lr: 0.1\n  max_steps: 10\n  seed: 1\n"
+        "model:\n  n_layer: 3\n"
+    )
+    (tmp_path / "mid" / "mid.yaml").write_text(
+        "base: ../base.yaml\ntrain:\n  lr: 0.2\n  max_steps: 20\nmodel:\n  position: abs\n"
+    )
+    (tmp_path / "top.yaml").write_text("base: mid/mid.yaml\ntrain:\n  lr: 0.3\nname: top\n")
+    cfg = load_config(tmp_path / "top.yaml", ["train.seed=7"])
+    assert cfg.name == "top"
+    assert cfg.train.lr == 0.3 and cfg.train.max_steps == 20 and cfg.train.seed == 7
+    assert cfg.model.n_layer == 3 and cfg.model.position == "abs"  # sections merge, not replace
+    assert cfg.grammar.name == str((tmp_path / "g.cfg").resolve())  # relative to base.yaml
+
+
+def test_base_cycle_and_missing_base_name_the_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "a.yaml")
+    msg = str(exc.value)
+    assert msg.startswith("config base cycle:") and "a.yaml -> " in msg and "b.yaml" in msg
+    assert "\n" not in msg
+    (tmp_path / "c.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: base: gone.yaml not found"):
+        load_config(tmp_path / "c.yaml")
+    for argv in (["train", str(tmp_path / "a.yaml")], ["run", str(tmp_path / "c.yaml")]):
+        result = subprocess.run(
+            [sys.executable, "-m", "cfglab", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cfglab: error: ") and ".yaml" in lines[0]
+
+
+def test_paper_configs_share_one_base() -> None:
+    """configs/paper/: one base and one short file per variant, each differing from the base in
+    its position (and the encoder's objective)."""
+    paper = ROOT / "configs" / "paper"
+    base = load_config(paper / "base.yaml")
+    for variant in ("gpt_abs", "gpt_rel", "gpt_rot", "gpt_pos", "gpt_uni", "encoder_mlm"):
+        text = (paper / f"{variant}.yaml").read_text()
+        assert "base: base.yaml" in text and len(text.splitlines()) <= 12
+        cfg = load_config(paper / f"{variant}.yaml")
+        assert (
+            cfg.model.preset == "gpt2-small" and cfg.train.batch_size == 96 == base.train.batch_size
+        )
+    assert load_config(paper / "encoder_mlm.yaml").train.objective == "mlm"
+    assert load_config(paper / "gpt_uni.yaml").model.position == "uni"

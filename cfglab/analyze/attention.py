@@ -25,11 +25,6 @@ position are not pairs of the statistics, but their mass stays in the rows, as i
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -210,7 +205,7 @@ def attention_model(
     """The statistics of the module docstring for `model` on the labelled SampleBatch `batch`,
     plus example maps: the first string's first `example_len` tokens for the `n_examples` heads
     with the highest boundary score, with the labels to draw the tree's boundaries."""
-    from cfglab.analyze.probe import string_windows
+    from cfglab.analyze.states import string_windows
     from cfglab.data.vocab import Vocab
     from cfglab.model.hooks import run_with_cache
 
@@ -265,37 +260,3 @@ def attention_model(
         ],
     }
     return out
-
-
-def attention_run(
-    run_dir: str | Path,
-    *,
-    n_strings: int = 64,
-    seed: int = 3,
-    baseline: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> Path:
-    """Attention statistics of a run's model (and of a random-init twin, for the chance level of
-    every statistic) -> run_dir/analyze/attention.json."""
-    from cfglab.analyze.probe import load_layered_run, run_header, with_random_init
-    from cfglab.data.sampler import sample
-
-    run_dir = Path(run_dir)
-    model, cfg, grammar = load_layered_run(run_dir, "attention statistics need")
-    t0 = time.perf_counter()
-    batch = sample(grammar, n_strings, seed, max_len=model.config.block_size - 2, labels=True)
-    models = with_random_init(model, baseline, seed)
-    out = {
-        **run_header(run_dir, cfg, model),
-        "n_strings": n_strings,
-        "seed": seed,
-    }
-    for label, m in models.items():
-        if log:
-            log(f"attention statistics of {label} on {n_strings} strings")
-        out[label] = attention_model(m, grammar, batch)
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    path = run_dir / "analyze" / "attention.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
-    return path

@@ -11,48 +11,25 @@ G stays a linear function of the hidden states: a probe that succeeds shows the 
 linearly present, not computed by the probe. Which keys k a query may use is the `window`
 (WINDOWS: all positions as in the paper, causal, or the restricted diagonal / |i-k| <= 1
 probes, which are scored at NT ends only). The paper uses H = 16, d' = 1024 and 30k steps on
-GPU; the CPU defaults here (ProbeSettings) are H = 4, d' = 32, 300 steps of 16 strings, each
+GPU; the CPU defaults (cfglab.config.ProbeConfig) are H = 4, d' = 32, 300 steps of 16 strings, each
 step's loss taken on 64 random positions per string (an unbiased estimate of the full loss at a
 cost of 64*T instead of T^2), inputs standardised, the read-out started at the ridge solution.
 
-Targets, one probe per level l (level 0 = the root is skipped: it is constant):
-- "ancestor": the level-l NT ancestor of every token (a class among grammar.levels[l]);
-- "boundary": whether the token is the last token of its level-l subtree (binary).
-
-Protocol: fresh training strings and fresh test strings from the sampler (different seeds);
-hidden states of every probed layer are collected in one forward pass per batch and spilled to
-a temporary folder, then loaded and probed one layer at a time, so memory holds one layer's
-states, not all of them. Baselines in the same table: the same probe on a randomly initialised
-model of the same shape, and the majority-class rate of the test labels (majority class taken
-from the training labels).
+Which targets are probed, on which strings, and the tables: cfglab.analyze.probe_tree.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.config import ExperimentConfig
-from cfglab.errors import ConfigError, GrammarError
-from cfglab.grammar import Grammar
-
-
-def _window_all(t: int) -> None:
-    return None  # no restriction: skips the masking pass
-
-
-def _window_causal(t: int) -> Tensor:
-    return torch.ones(t, t, dtype=torch.bool).tril()
+from cfglab.config import ProbeConfig
+from cfglab.errors import ConfigError
 
 
 def _window_band(width: int) -> Callable[[int], Tensor]:
@@ -65,45 +42,20 @@ def _window_band(width: int) -> Callable[[int], Tensor]:
 
 # Which keys k position i may read: name -> T -> (T, T) bool [query i, key k], None = all.
 WINDOWS: dict[str, Callable[[int], Tensor | None]] = {
-    "all": _window_all,  # the paper's probe: every position of the string
-    "causal": _window_causal,  # k <= i: only what a left-to-right reader has seen
+    "all": lambda t: None,  # the paper's probe: every position (None skips the masking pass)
+    "causal": lambda t: torch.ones(t, t, dtype=torch.bool).tril(),  # k <= i: what was read
     "diagonal": _window_band(0),  # k = i: the information sits at the token itself
     "tridiagonal": _window_band(1),  # |i - k| <= 1: "near the ending position +-1"
 }
 
-# Where a probe is trained and scored: "all" tokens, or only the level's NT "ends".
-WHERE = ("all", "ends")
-
-TARGETS = ("ancestor", "boundary")
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """Probe size and training; scaled down from the paper's H=16, d'=1024, 30k steps for CPU."""
-
-    n_heads: int = 4  # H: probe heads r
-    d_probe: int = 32  # d': size of the position embeddings P
-    window: str = "all"  # a key of WINDOWS
-    where: str = "all"  # "all" tokens, or only NT "ends" of the probed level (restricted probes)
-    steps: int = 300  # optimizer steps (batches of training strings)
-    batch_size: int = 16  # strings per step
-    n_queries: int = 64  # positions per string whose loss a step uses (random; all if fewer)
-    lr: float = 1e-2  # AdamW, constant; the paper's 3e-3 needs ~10x more steps than we can pay
-    weight_decay: float = 1e-3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.window not in WINDOWS:
-            raise ConfigError(
-                f"unknown probe window {self.window!r}; choose from {', '.join(WINDOWS)}"
-            )
-        if self.where not in WHERE:
-            raise ConfigError(
-                f"unknown probe positions {self.where!r}; choose from {', '.join(WHERE)}"
-            )
-        for name in ("n_heads", "d_probe", "steps", "batch_size", "n_queries"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+# Where a window's probe is trained and scored: every token, or only the probed level's NT
+# ends (the paper's restricted probes read the information "near the ending position +-1").
+SCORED_AT: dict[str, str] = {
+    "all": "all",
+    "causal": "all",
+    "diagonal": "ends",
+    "tridiagonal": "ends",
+}
 
 
 class MultiHeadProbe(nn.Module):
@@ -257,24 +209,27 @@ def fit_probe(
     labels: np.ndarray,
     n_classes: Sequence[int],
     *,
+    settings: ProbeConfig,
+    window: str = "all",
     where: np.ndarray | None = None,
-    settings: ProbeSettings = ProbeSettings(),
     max_len: int | None = None,
+    seed: int = 0,
 ) -> MultiHeadProbe:
     """Train G probes on one layer's states of a set of strings.
 
     feats (N, C) hidden states of all tokens, strings concatenated; offsets (S+1,) string starts;
     labels (G, N) int class per token and probe; n_classes (G,); where (G, N) bool: the tokens
-    each probe is trained on (None: all). max_len: the longest string the probe will ever read
-    (default: the longest here)."""
+    each probe is trained on (None: all). settings: size and training (ProbeConfig); window: a
+    key of WINDOWS; max_len: the longest string the probe will ever read (default: the longest
+    here); seed: its initialisation and batches."""
     n_probes, n = labels.shape
     if feats.shape[0] != n or offsets[-1] != n:
         raise ValueError(
             f"feats {feats.shape}, labels {labels.shape} and offsets end "
             f"{offsets[-1]} disagree on the number of tokens"
         )
-    rng = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     longest = int(np.diff(offsets).max())
     probe = MultiHeadProbe(
         feats.shape[1],
@@ -282,7 +237,7 @@ def fit_probe(
         n_heads=settings.n_heads,
         d_probe=settings.d_probe,
         max_len=max(max_len or 0, longest),
-        window=settings.window,
+        window=window,
     )
     sample = feats[np.random.default_rng(0).choice(n, min(n, 100_000), replace=False)]
     sample = sample.astype(np.float64)
@@ -380,314 +335,3 @@ def majority_rate(
         values, counts = np.unique(tr, return_counts=True)
         out.append(float((te == values[counts.argmax()]).mean()))
     return np.array(out)
-
-
-# ---- hidden states of a model -----------------------------------------------------------------
-def string_windows(
-    strings: Sequence[np.ndarray], *, eos: int, pad: int, block_size: int, causal: bool
-) -> Tensor:
-    """Model inputs (B, T) int64 in which string j's tokens sit at positions 1..n_j.
-
-    Row j is `BOS x_j EOS` as in training. A causal model cannot see what follows, so the rows
-    are padded with PAD to the longest; an encoder would see the padding, so its row continues
-    with the next strings of the batch packed as in training (`BOS x EOS BOS x EOS ...`, the
-    batch read cyclically) up to block_size: the context it was trained on."""
-    from cfglab.data.vocab import BOS
-
-    rows = []
-    for j, x in enumerate(strings):
-        if len(x) + 2 > block_size:
-            raise ConfigError(
-                f"a string of {len(x)} tokens does not fit the model's block_size "
-                f"{block_size} with BOS and EOS; sample with max_len <= "
-                f"{block_size - 2}"
-            )
-        parts, have, k = [], 0, j
-        while True:
-            y = strings[k % len(strings)]
-            parts.append(np.concatenate([[BOS], y, [eos]]))
-            have += len(y) + 2
-            k += 1
-            if causal or have >= block_size:
-                break
-        rows.append(np.concatenate(parts)[:block_size])
-    t = max(len(r) for r in rows)
-    out = np.full((len(rows), t), pad, dtype=np.int64)
-    for j, r in enumerate(rows):
-        out[j, : len(r)] = r
-    return torch.from_numpy(out)
-
-
-def resid_names(n_layer: int) -> list[str]:
-    """The probed activations: the residual stream after each block."""
-    return [f"blocks.{i}.hook_resid_post" for i in range(n_layer)]
-
-
-class HiddenStore:
-    """Hidden states of a set of strings for several layers, spilled to a temporary folder.
-
-    `collect` runs the model once per batch with every layer cached and appends each layer's
-    real-token rows (fp16) to that layer's file; `load` reads one layer back as (N, C). So the
-    probes hold one layer of one split in memory, and the model runs once, not once per layer.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.n_embd: int | None = None
-
-    def collect(
-        self,
-        model: nn.Module,
-        split: str,
-        strings: Sequence[np.ndarray],
-        names: Sequence[str],
-        *,
-        eos: int,
-        pad: int,
-        batch_size: int = 16,
-    ) -> None:
-        from cfglab.model.hooks import run_with_cache
-
-        cfg = model.config
-        files = {n: open(self.dir / f"{split}.{n}.bin", "wb") for n in names}
-        try:
-            for start in range(0, len(strings), batch_size):
-                chunk = strings[start : start + batch_size]
-                tokens = string_windows(
-                    chunk, eos=eos, pad=pad, block_size=cfg.block_size, causal=cfg.causal
-                )
-                device = next(model.parameters()).device
-                _, cache = run_with_cache(model, tokens.to(device), names, stop_early=cfg.causal)
-                for n in names:
-                    h = cache[n].float().cpu()  # (B, T, C)
-                    self.n_embd = h.shape[-1]
-                    rows = torch.cat([h[j, 1 : len(x) + 1] for j, x in enumerate(chunk)])
-                    files[n].write(rows.to(torch.float16).numpy().tobytes())
-        finally:
-            for f in files.values():
-                f.close()
-
-    def load(self, split: str, name: str) -> np.ndarray:
-        """(N, C) float16 states of one layer for one split, strings concatenated."""
-        return np.fromfile(self.dir / f"{split}.{name}.bin", dtype=np.float16).reshape(
-            -1, self.n_embd
-        )
-
-
-# ---- probing a model and a run ------------------------------------------------------------------
-def probe_targets(
-    grammar, batch, levels: Sequence[int], targets: Sequence[str]
-) -> tuple[list[tuple[str, int]], np.ndarray, list[int]]:
-    """[(target, level)], labels (G, N) int64, n_classes (G,) from a labelled SampleBatch."""
-    keys, labels, n_classes = [], [], []
-    for target in targets:
-        for lev in levels:
-            keys.append((target, lev))
-            if target == "ancestor":
-                labels.append(batch.ancestors[lev].astype(np.int64))
-                n_classes.append(len(grammar.levels[lev]))
-            else:
-                labels.append(batch.is_boundary[lev].astype(np.int64))
-                n_classes.append(2)
-    return keys, np.stack(labels), n_classes
-
-
-def probe_model(
-    model: nn.Module,
-    grammar,
-    train,
-    test,
-    *,
-    settings: ProbeSettings = ProbeSettings(),
-    levels: Sequence[int] | None = None,
-    targets: Sequence[str] = TARGETS,
-    batch_size: int = 16,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Probe every layer of `model` for every (target, level): trained on the labelled
-    SampleBatch `train`, scored on `test`. Returns {"layers", "keys": [(target, level)],
-    "accuracy" (layers, G), "balanced_accuracy" (layers, G), "majority" (G,)}."""
-    from cfglab.data.vocab import Vocab
-
-    if grammar.levels is None or train.ancestors is None:
-        raise GrammarError(
-            f"probing needs a layered grammar (like the cfg3 family) and labelled "
-            f"samples; {grammar.name or 'this grammar'} has no levels"
-        )
-    n_levels = train.ancestors.shape[0]
-    levels = list(range(1, n_levels)) if levels is None else list(levels)
-    if settings.where == "ends":
-        targets = [t for t in targets if t != "boundary"]  # a boundary probe at ends is trivial
-    for t in targets:
-        if t not in TARGETS:
-            raise ConfigError(f"unknown probe target {t!r}; choose from {', '.join(TARGETS)}")
-    keys, y_train, n_classes = probe_targets(grammar, train, levels, targets)
-    _, y_test, _ = probe_targets(grammar, test, levels, targets)
-    w_train = w_test = None
-    if settings.where == "ends":  # restricted probes: the level's NT ends only
-        w_train = np.stack([train.is_boundary[lev] for _, lev in keys])
-        w_test = np.stack([test.is_boundary[lev] for _, lev in keys])
-    vocab = Vocab.from_grammar(grammar)
-    names = resid_names(model.config.n_layer)
-    acc, bal = [], []
-    with tempfile.TemporaryDirectory(prefix="cfglab-probe-") as tmp:
-        store = HiddenStore(Path(tmp))
-        for split, batch in (("train", train), ("test", test)):
-            store.collect(
-                model,
-                split,
-                batch.strings(),
-                names,
-                eos=vocab.eos,
-                pad=vocab.pad,
-                batch_size=batch_size,
-            )
-        for name in names:
-            t0 = time.perf_counter()
-            probe = fit_probe(
-                store.load("train", name),
-                train.offsets,
-                y_train,
-                n_classes,
-                where=w_train,
-                settings=settings,
-                max_len=model.config.block_size,
-            )
-            scores = score_probe(
-                probe, store.load("test", name), test.offsets, y_test, where=w_test
-            )
-            acc.append(scores["accuracy"])
-            bal.append(scores["balanced_accuracy"])
-            if log:
-                log(
-                    f"{name}: "
-                    + " ".join(
-                        f"{t[0][:3]}{t[1]}={a:.3f}" for t, a in zip(keys, acc[-1], strict=True)
-                    )
-                    + f" ({time.perf_counter() - t0:.1f} s)"
-                )
-    return {
-        "layers": names,
-        "keys": keys,
-        "accuracy": np.array(acc),
-        "balanced_accuracy": np.array(bal),
-        "majority": majority_rate(y_train, y_test, w_train, w_test),
-    }
-
-
-def _tables(
-    result: dict, baseline: dict | None, levels: Sequence[int], settings: ProbeSettings
-) -> list[dict]:
-    """Regroup probe_model's columns into one table per target: rows layers, columns levels."""
-    tables = []
-    for target in dict.fromkeys(t for t, _ in result["keys"]):
-        cols = [i for i, (t, _) in enumerate(result["keys"]) if t == target]
-        table = {
-            "target": target,
-            "window": settings.window,
-            "where": settings.where,
-            "levels": [result["keys"][i][1] for i in cols],
-            "majority": result["majority"][cols].tolist(),
-        }
-        for metric in ("accuracy", "balanced_accuracy"):
-            table[metric] = {"model": result[metric][:, cols].tolist()}
-            if baseline is not None:
-                table[metric]["random_init"] = baseline[metric][:, cols].tolist()
-        tables.append(table)
-    return tables
-
-
-# ---- what every analysis of a run directory does first -----------------------------------------
-def load_layered_run(run_dir: Path, needs: str) -> tuple[nn.Module, ExperimentConfig, Grammar]:
-    """(model, ExperimentConfig, Grammar) of a run; GrammarError unless the grammar is layered.
-
-    `needs` opens the error message, e.g. "probing needs"."""
-    from cfglab.train.checkpoint import load_model
-
-    model, cfg = load_model(run_dir)
-    grammar = cfg.grammar.load()
-    if grammar.levels is None:
-        raise GrammarError(
-            f"{needs} a layered grammar (like the cfg3 family); the run's "
-            f"grammar {cfg.grammar.name!r} has no levels"
-        )
-    return model, cfg, grammar
-
-
-def with_random_init(model: nn.Module, baseline: bool, seed: int) -> dict[str, nn.Module]:
-    """{"model": model}, plus "random_init" (an untrained twin built under torch seed `seed`)
-    when `baseline`: the chance level of every statistic."""
-    from cfglab.model import build_model
-
-    models = {"model": model}
-    if baseline:
-        torch.manual_seed(seed)
-        models["random_init"] = build_model(model.config).eval()
-    return models
-
-
-def run_header(run_dir: Path, cfg: ExperimentConfig, model: nn.Module) -> dict:
-    """The keys every analyze/*.json starts with: run, grammar, model shape, objective."""
-    return {
-        "run": run_dir.name,
-        "grammar": cfg.grammar.name,
-        "model": {
-            k: getattr(model.config, k)
-            for k in ("n_layer", "n_head", "n_embd", "position", "causal")
-        },
-        "objective": cfg.train.objective,
-    }
-
-
-def probe_run(
-    run_dir: str | Path,
-    *,
-    n_train: int = 768,
-    n_test: int = 256,
-    seed: int = 2,
-    windows: Sequence[str] = ("all",),
-    settings: ProbeSettings = ProbeSettings(),
-    baseline: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> Path:
-    """Probe a run's model (and a random-init twin) -> run_dir/analyze/probe.json.
-
-    Training strings use sampler seed `seed`, test strings `seed + 1`; the random-init model is
-    built with torch seed `seed`. Windows other than "all"/"causal" are restricted probes, scored
-    at NT ends (the paper's local probes)."""
-    from cfglab.data.sampler import sample
-
-    run_dir = Path(run_dir)
-    model, cfg, grammar = load_layered_run(run_dir, "probing needs")
-    max_len = model.config.block_size - 2
-    t0 = time.perf_counter()
-    train = sample(grammar, n_train, seed, max_len=max_len, labels=True)
-    test = sample(grammar, n_test, seed + 1, max_len=max_len, labels=True)
-    models = with_random_init(model, baseline, seed)
-    tables = []
-    for window in windows:
-        where = "all" if WINDOWS[window](2) is None or window == "causal" else "ends"
-        s = ProbeSettings(**{**asdict(settings), "window": window, "where": where})
-        results = {}
-        for label, m in models.items():
-            if log:
-                log(f"probing {label} (window {window}, {where} positions)")
-            results[label] = probe_model(m, grammar, train, test, settings=s, log=log)
-        levels = sorted({lev for _, lev in results["model"]["keys"]})
-        for table in _tables(results["model"], results.get("random_init"), levels, s):
-            table["settings"] = asdict(s)
-            tables.append(table)
-    out = {
-        **run_header(run_dir, cfg, model),
-        "n_train": n_train,
-        "n_test": n_test,
-        "seed": seed,
-        "n_test_tokens": int(test.offsets[-1]),
-        "layers": resid_names(model.config.n_layer),
-        "tables": tables,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    path = run_dir / "analyze" / "probe.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    return path

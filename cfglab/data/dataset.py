@@ -320,3 +320,25 @@ class SavedDataset(_Batches):
             for j in range(self.first, self.first + self.local)
         ]
         return np.stack([self.tokens[s : s + self.window] for s in starts]).astype(np.int64)
+
+
+def read_training_strings(dataset_dir: str | Path) -> set[bytes]:
+    """The strings of a saved dataset folder (`tokens.npy`: BOS x EOS ..., `offsets.npy`: each
+    string's BOS) as a set of their int64 bytes, for the diversity family's
+    'seen_in_training'."""
+    d = Path(dataset_dir)
+    try:
+        tokens = np.load(d / "tokens.npy", mmap_mode="r")
+        offsets = np.load(d / "offsets.npy")
+        eos = json.loads((d / "meta.json").read_text())["eos"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{d}: not a saved dataset ({exc}); the run's data.dataset must be a "
+            "folder written by `cfglab data`"
+        ) from None
+    out = set()
+    for start in offsets:
+        seg = np.asarray(tokens[start + 1 : start + 1 + 4096], dtype=np.int64)  # BOS skipped
+        end = np.flatnonzero(seg == eos)
+        out.add((seg[: end[0]] if len(end) else seg).tobytes())
+    return out

@@ -1,4 +1,4 @@
-"""Robustness to corrupted prompts (the paper's Results 11-12): stage 6a, beside metrics.py.
+"""Robustness to corrupted prompts (the paper's Results 11-13): stage 6a, metric family.
 
 A cutC prompt (the first C tokens of a fresh true string) has each token substituted by a
 different random terminal with probability gamma (`cfglab.data.noise.corrupt`, default 0.15);
@@ -12,7 +12,9 @@ the model completes the corrupted prompt, and the completion is scored two ways 
   within that many substitutions of a viable prefix, so a perfect continuation stays within it).
 
 Also reported: the share of corrupted prompts that are still viable prefixes (a substitution can
-land on another grammatical prefix). Both scores come with 95% Wilson / Clopper-Pearson intervals.
+land on another grammatical prefix). Both scores come with 95% Wilson / Clopper-Pearson intervals,
+per (gamma, temperature, cut): the same corrupted prompts at every temperature, so the
+temperature "mode switch" of a noise-trained model shows as a curve over temperature.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ import numpy as np
 
 from cfglab.data.noise import corrupt
 from cfglab.data.vocab import BOS
-from cfglab.evaluate.metrics import (
-    GenerateFn,
-    clopper_pearson_interval,
-    split_generation,
-    wilson_interval,
-)
+from cfglab.evaluate.accuracy import split_generation
+from cfglab.evaluate.adapters import GenerateFn
+from cfglab.evaluate.context import EvalContext
+from cfglab.evaluate.stats import proportion
 from cfglab.grammar.cfg import Grammar
 
 DEFINITIONS: dict[str, str] = {
@@ -41,21 +41,6 @@ DEFINITIONS: dict[str, str] = {
 }
 
 
-def _rate(ok: np.ndarray) -> dict:
-    n, k = len(ok), int(np.sum(ok))
-    lo, hi = wilson_interval(k, n)
-    cp_lo, cp_hi = clopper_pearson_interval(k, n)
-    return {
-        "n": n,
-        "n_correct": k,
-        "accuracy": k / n if n else float("nan"),
-        "ci_low": lo,
-        "ci_high": hi,
-        "cp_low": cp_lo,
-        "cp_high": cp_hi,
-    }
-
-
 def corrupted_prompt_accuracy(
     grammar: Grammar,
     generate: GenerateFn,
@@ -64,17 +49,18 @@ def corrupted_prompt_accuracy(
     *,
     cut: int = 50,
     gamma: float = 0.15,
-    seed: int = 0,
+    corrupt_seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 64,
 ) -> dict:
     """Scores (A) and (B) of the module docstring for one completion per true string longer than
-    `cut` (its first `cut` tokens are the clean prompt). JSON-ready dict."""
+    `cut` (its first `cut` tokens are the clean prompt, corrupted with seed `corrupt_seed`);
+    `generate` completes them with `rng`. JSON-ready dict."""
     from cfglab.exact import cyk
 
     t = grammar.n_t
     clean = [np.asarray(s[:cut], dtype=np.int64) for s in true_strings if len(s) > cut]
-    noisy = corrupt(clean, t, gamma, seed, ("substitute",))
+    noisy = corrupt(clean, t, gamma, corrupt_seed, ("substitute",))
     n_changed = np.array([int((a != b).sum()) for a, b in zip(clean, noisy, strict=True)])
     prompts = [np.concatenate([[BOS], p]) for p in noisy]
     seqs: list[np.ndarray] = []
@@ -101,8 +87,54 @@ def corrupted_prompt_accuracy(
         "gamma": gamma,
         "temperature": temperature,
         "mean_tokens_changed": float(n_changed.mean()) if len(n_changed) else float("nan"),
-        "clean": _rate(ok_a),
-        "no_new_errors": _rate(ok_b),
+        "clean": proportion(ok_a),
+        "no_new_errors": proportion(ok_b),
         "prompt_still_viable": float(viable.mean()) if len(viable) else float("nan"),
-        "definitions": DEFINITIONS,
     }
+
+
+def measure(ctx: EvalContext) -> list[dict] | None:
+    """corrupted_prompt_accuracy per (gamma, temperature, cut > 0) of eval.corrupt x
+    eval.temperatures x eval.cuts; None when eval.corrupt is empty."""
+    s = ctx.settings
+    if not s.corrupt:
+        return None
+    out = []
+    for gi, gamma in enumerate(s.corrupt):
+        for cut in (c for c in s.cuts if c > 0):
+            pool = ctx.strings_longer_than(ctx.n, cut, "robust_prompts")
+            for ti, temperature in enumerate(s.temperatures):
+                out.append(
+                    corrupted_prompt_accuracy(
+                        ctx.grammar,
+                        lambda prompts, rng, t=temperature: ctx.generate(t, prompts, rng),
+                        pool,
+                        ctx.rng("robust_generate", gi, ti, cut),
+                        cut=cut,
+                        gamma=gamma,
+                        corrupt_seed=ctx.seed("robust_corrupt", gi, cut),
+                        temperature=temperature,
+                        batch_size=len(pool),
+                    )
+                )
+    return out
+
+
+def summary_rows(result: list[dict]) -> list[dict]:
+    rows = []
+    for r in result:
+        for score in ("clean", "no_new_errors"):
+            a = r[score]
+            rows.append(
+                {
+                    "metric": f"robust_{score}",
+                    "cut": r["cut"],
+                    "gamma": r["gamma"],
+                    "temperature": r["temperature"],
+                    "value": a["accuracy"],
+                    "ci_low": a["ci_low"],
+                    "ci_high": a["ci_high"],
+                    "n": a["n"],
+                }
+            )
+    return rows

@@ -6,6 +6,10 @@ model = build_model(GPTConfig(vocab_size=7, position="rot", **PRESETS["small"]))
 
 from __future__ import annotations
 
+import dataclasses
+
+from cfglab.config import ModelConfig, ModelShape
+from cfglab.errors import ConfigError, did_you_mean
 from cfglab.model.gpt import GPT, GPTConfig, KVCache, check_config
 from cfglab.model.positions import POSITIONS
 
@@ -20,6 +24,21 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
+    """The GPTConfig of a config's model section: every ModelShape field, with the preset's sizes
+    applied when model.preset is set; vocab_size from the grammar (cfglab.data.vocab.Vocab)."""
+    shape = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelShape)}
+    if model.preset is not None:
+        if model.preset not in PRESETS:
+            raise ConfigError(
+                f"model.preset: unknown preset {model.preset!r}"
+                f"{did_you_mean(model.preset, PRESETS)}; choose from {', '.join(PRESETS)}, or "
+                "set it to null and give n_layer, n_head, n_embd"
+            )
+        shape.update(PRESETS[model.preset])
+    return GPTConfig(vocab_size=vocab_size, **shape)
+
+
 def build_model(cfg: GPTConfig) -> GPT:
     """Validate `cfg` (ConfigError on an unknown variant or an inconsistent shape, before any
     allocation) and build the model on the CPU in float32."""
@@ -27,4 +46,4 @@ def build_model(cfg: GPTConfig) -> GPT:
     return GPT(cfg)
 
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "POSITIONS", "PRESETS", "build_model"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "POSITIONS", "PRESETS", "build_model", "gpt_config"]

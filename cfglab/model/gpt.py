@@ -19,26 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfglab.config.schema import ModelShape
 from cfglab.errors import ConfigError
+from cfglab.model.causal_halves import causal_sdpa_in_halves, split_causal
 from cfglab.model.hooks import HookPoint
-from cfglab.model.positions import POSITIONS, NoPosition
+from cfglab.model.positions import POSITIONS, NoPosition, Span
 
 
 @dataclass(kw_only=True)
-class GPTConfig:
+class GPTConfig(ModelShape):
+    """The network's shape, position variant and variant parameters (every field of
+    `cfglab.config.ModelShape`, so the config and the model cannot drift), plus the vocabulary
+    size, which comes from the grammar."""
+
     vocab_size: int  # BOS, terminals, EOS, MASK, PAD: cfglab.data.vocab.Vocab.size
-    block_size: int = 512  # longest sequence (positions 0..block_size-1)
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-    position: str = "rot"  # a key of cfglab.model.positions.POSITIONS
-    causal: bool = True  # False: bidirectional encoder
-    bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
-    # variant parameters (ignored by the other variants)
-    rel_max_distance: int = 512  # rel: |i - j| clipped here (DeBERTa's max_relative_positions)
-    rotary_fraction: float = 1.0  # rot: share of each head's dims rotated (HF GPT-NeoX: 0.25)
-    rotary_base: float = 10000.0  # rot: frequency base
 
 
 def check_config(cfg: GPTConfig) -> None:
@@ -120,47 +114,31 @@ class Attention(nn.Module):
         return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
 
     def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """This layer's W_q, W_k applied to rows x (N, C) -> q, k each (H, N, D) (rel's seam)."""
+        """This layer's W_q, W_k applied to rows x (N, C) -> q, k each (H, N, D): what a variant
+        that declares `needs_projection` (rel) is given."""
         C = x.shape[-1]
         w, b = self.c_attn.weight, self.c_attn.bias
         q = F.linear(x, w[:C], None if b is None else b[:C])
         k = F.linear(x, w[C : 2 * C], None if b is None else b[C : 2 * C])
         return self.split_heads(q[None])[0], self.split_heads(k[None])[0]
 
-    def shared(self, position: NoPosition, memo: dict | None, kind: str, build):
-        """build() for this layer, or, for a shared_bias variant (a fixed function of the
-        positions, the same in every layer), the value built by the first layer that asked:
-        kept on the position module across passes while the span, dtype, device and
-        inference mode stay the same (training at one length builds alibi's mask once)."""
-        if not position.shared_bias or memo is None or "span" not in memo:
-            return build()
-        w = self.c_proj.weight
-        key = (memo["span"], w.dtype, w.device, torch.is_inference_mode_enabled())
-        hit = position.mask_cache.get(kind)
-        if hit is None or hit[0] != key:
-            hit = position.mask_cache[kind] = (key, build())
-        return hit[1]
-
     def forward(
         self,
         x: Tensor,
-        pos_q: Tensor,
-        pos_k: Tensor,
+        span: Span,
         position: NoPosition,
         cache: KVCache | None = None,
         manual: bool = False,
-        memo: dict | None = None,
     ) -> Tensor:
-        """x (B, T, C) at positions pos_q (T,); pos_k (Tk,): positions of all keys, cached ones
-        included. memo: a dict shared by the layers of one forward pass; its "span" (pos_offset,
-        past, T) identifies the positions, so a shared_bias variant's mask is built once."""
+        """x (B, T, C) at the query positions of `span` (its keys: every position, cached ones
+        included)."""
         B, T, C = x.shape
         qkv = self.c_attn(x)  # (B, T, 3C), or (B, T, C): v only
         if self.content:
             # split as nanoGPT does: SDPA returns the gradients of q, k, v in (B, T, H, D) memory
             # order, so the backward of these views is a single cat into (B, T, 3C)
             q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, T, D) each
-            q, k = position.rotate(q, pos_q), position.rotate(k, pos_q)
+            q, k = position.rotate(q, span.q), position.rotate(k, span.q)
         else:
             q, k, v = None, None, self.split_heads(qkv)
         if cache is not None:
@@ -170,6 +148,11 @@ class Attention(nn.Module):
         masked = self.causal and T > 1
         scale = position.scale(v.shape[-1])
         dropout_p = self.dropout if self.training else 0.0
+        project = self.project_qk if position.needs_projection else None
+
+        def bias() -> Tensor | None:  # (B or 1, H, T, Tk): the variant's logit term
+            return position.bias(self.layer, span, q, k, v.dtype, project)
+
         if (
             self.use_sdpa
             and not manual
@@ -178,10 +161,10 @@ class Attention(nn.Module):
         ):
 
             def sdpa_mask() -> tuple[Tensor | None, bool]:
-                mask = position.bias(self.layer, pos_q, pos_k, q, k, self)  # (B|1, H, T, Tk)
-                is_causal = mask is None and masked and T == len(pos_k)  # SDPA's fast causal
+                mask = bias()
+                is_causal = mask is None and masked and T == len(span.k)  # SDPA's fast causal
                 if masked and not is_causal:
-                    visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
+                    visible = span.k[None, :] <= span.q[:, None]  # (T, Tk)
                     # one float mask with -inf for the future (SDPA takes no causal flag
                     # beside a mask). Measured for alibi, fwd + bwd per layer: this ~1.07x
                     # plain causal SDPA; the CPU flash op called with both a causal flag and
@@ -190,22 +173,20 @@ class Attention(nn.Module):
                     mask = visible if mask is None else mask.masked_fill(~visible, float("-inf"))
                 return mask, is_causal
 
-            mask, is_causal = self.shared(position, memo, "sdpa", sdpa_mask)
-            if masked and split_causal(q, T, len(pos_k), dropout_p):
-                y = causal_sdpa_in_halves(q, k, v, mask, scale, {} if memo is None else memo)
+            mask, is_causal = position.shared(self.layer, "sdpa", span, v.dtype, sdpa_mask)
+            if masked and split_causal(q, T, len(span.k), dropout_p):
+                y = causal_sdpa_in_halves(q, k, v, mask, scale)
             else:
                 y = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
                 )
         else:
-            bias = self.shared(  # (B or 1, H, T, Tk)
-                position, memo, "bias", lambda: position.bias(self.layer, pos_q, pos_k, q, k, self)
-            )
+            logit_bias = position.shared(self.layer, "bias", span, v.dtype, bias)
             scores = (q @ k.transpose(-1, -2)) * scale if self.content else 0.0  # (B, H, T, Tk)
-            if bias is not None:
-                scores = scores + bias
+            if logit_bias is not None:
+                scores = scores + logit_bias
             if masked:
-                visible = pos_k[None, :] <= pos_q[:, None]  # (T, Tk)
+                visible = span.k[None, :] <= span.q[:, None]  # (T, Tk)
                 scores = scores.masked_fill(~visible, float("-inf"))
             if scores.shape[0] != B:  # position-only variants: one pattern for the whole batch
                 scores = scores.expand(B, -1, -1, -1)
@@ -214,54 +195,6 @@ class Attention(nn.Module):
             y = self.attn_dropout(pattern) @ v  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.c_proj(y)
-
-
-# CPU flash attention computes keys in 512-wide blocks: up to T = 512 a causal call does the whole
-# T x T square and masks half of it. Two half-length query blocks (the first half causal over the
-# first half of the keys, the second over all keys with a mask) compute 3/4 of the square.
-# `python -m benchmarks model` times both forms, fwd + bwd, B=4 H=4 D=32, 2 threads: 1.15x at
-# T=384, 448 and 512, 1.05x at 576, 1.02x at 640; 0.96x at 256 and 320 (the halves' smaller
-# query blocks cost more than the skipped work), 0.93x at 768 (the kernel skips key blocks).
-SPLIT_MIN_T, SPLIT_MAX_T = 384, 640
-
-
-def split_causal(q: Tensor, T: int, Tk: int, dropout_p: float) -> bool:
-    """Whether causal self-attention of T queries over T keys runs faster in two query halves:
-    on CPU only (GPU flash kernels skip the masked blocks themselves), without attention
-    dropout (kept to one SDPA call, whose dropout is the tested one)."""
-    return q.device.type == "cpu" and T == Tk and SPLIT_MIN_T <= T <= SPLIT_MAX_T and not dropout_p
-
-
-def causal_sdpa_in_halves(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, memo: dict
-) -> Tensor:
-    """Causal SDPA of q, k, v (B, H, T, D) as two query halves, without the masked keys of the
-    first half. mask: None for plain causal attention, or an additive (.., T, T) mask that
-    already holds -inf above the diagonal (alibi). memo: the forward pass's dict, which keeps
-    the second half's causal mask for the other layers."""
-    T = q.shape[2]
-    h = T // 2
-    if mask is None:  # the second half: query h + i sees keys 0 .. h + i
-        key = ("lower_right", T, q.dtype, q.device)  # built once per forward pass
-        if key not in memo:
-            pos = torch.arange(T, device=q.device)
-            future = pos[None, :] > pos[h:, None]  # (T - h, T)
-            memo[key] = torch.zeros(future.shape, dtype=q.dtype, device=q.device).masked_fill_(
-                future, float("-inf")
-            )
-        top_mask, bottom_mask = None, memo[key]
-    else:
-        top_mask, bottom_mask = mask[..., :h, :h], mask[..., h:, :]
-    top = F.scaled_dot_product_attention(
-        q[:, :, :h],
-        k[:, :, :h],
-        v[:, :, :h],
-        attn_mask=top_mask,
-        is_causal=mask is None,
-        scale=scale,
-    )
-    bottom = F.scaled_dot_product_attention(q[:, :, h:], k, v, attn_mask=bottom_mask, scale=scale)
-    return torch.cat([top, bottom], dim=2)  # (B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -292,17 +225,10 @@ class Block(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self,
-        x: Tensor,
-        pos_q: Tensor,
-        pos_k: Tensor,
-        position: NoPosition,
-        cache: KVCache | None,
-        manual: bool,
-        memo: dict,
+        self, x: Tensor, span: Span, position: NoPosition, cache: KVCache | None, manual: bool
     ) -> Tensor:
         x = self.hook_resid_pre(x)
-        a = self.attn(self.ln_1(x), pos_q, pos_k, position, cache, manual, memo)
+        a = self.attn(self.ln_1(x), span, position, cache, manual)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.resid_dropout(a)))
         m = self.mlp(self.ln_2(x))
         return self.hook_resid_post(x + self.hook_mlp_out(self.resid_dropout(m)))
@@ -382,12 +308,11 @@ class GPT(nn.Module):
                 "or build the model with a larger block_size"
             )
         pos_k = torch.arange(pos_offset, end, device=idx.device)  # (Tk,) every key position
-        pos_q = pos_k[past:]  # (T,) positions of idx
-        x = self.position.embed(self.hook_embed(self.embed(idx)), pos_q)  # (B, T, C)
+        span = Span(q=pos_k[past:], k=pos_k, key=(pos_offset, past, T))
+        x = self.position.embed(self.hook_embed(self.embed(idx)), span.q)  # (B, T, C)
         x = self.drop(x)
-        memo = {"span": (pos_offset, past, T)}  # what the layers' shared masks depend on
         for block in self.blocks:
-            x = block(x, pos_q, pos_k, self.position, cache, manual, memo)
+            x = block(x, span, self.position, cache, manual)
         if cache is not None:
             cache.length += T
         return self.unembed(self.ln_final(x))  # (B, T, V)

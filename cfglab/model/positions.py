@@ -3,14 +3,17 @@
 The paper compares GPTs that differ only here (SPEC.md "Models"). Every variant is one class that
 plugs into the model at three fixed seams, and nowhere else:
 
-    embed(x, pos)                          added to the input embedding         (abs)
-    rotate(x, pos)                         transforms q and k before q.k        (rot)
-    bias(layer, pos_q, pos_k, q, k, attn)  a term added to the attention logits (rel, pos, uni,
-                                           alibi); -inf entries hide keys (uni's window)
+    embed(x, pos)                                added to the input embedding        (abs)
+    rotate(x, pos)                               transforms q and k before q.k       (rot)
+    bias(layer, span, q, k, dtype, project)      a term added to the attention logits (rel,
+                                                 pos, uni, alibi); -inf hides keys (uni's window)
 
-Positions are absolute indices (`pos_q` (Tq,), `pos_k` (Tk,)), so a KV cache (decoding one query
-against all cached keys) needs nothing special: every relative term is a function of
-pos_q - pos_k. The causal mask (keys after the query) is applied by the attention, not here.
+A variant is given what it needs as arguments: the positions of the pass (`Span`: absolute
+indices of the queries, (Tq,), and of the keys, (Tk,)), q and k, the dtype of the logits, and,
+only where it declares `needs_projection` (rel), the layer's W_q, W_k as a callable. A KV cache
+(decoding one query against all cached keys) needs nothing special: every relative term is a
+function of the query position minus the key position. The causal mask (keys after the query)
+is applied by the attention, not here.
 
 Facts about each variant live beside its class as data, so tests parametrize over POSITIONS:
     shift_invariant  logits do not change when every position is offset by the same k
@@ -18,20 +21,35 @@ Facts about each variant live beside its class as data, so tests parametrize ove
     content          the logits contain q.k (False: the pattern depends on positions only,
                      and the layer has no q/k projections)
     shared_bias      bias() is a fixed function of the positions, the same in every layer:
-                     built once per forward pass and kept (mask_cache) while the positions
+                     built once per forward pass and kept (`shared`) while the positions
                      stay the same, so training at one length builds it once
+    needs_projection bias() reads the layer's W_q, W_k (given as `project`)
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # gpt.py imports this module; only the type names are needed here
-    from cfglab.model.gpt import Attention, GPTConfig
+from cfglab.config import ModelShape
+
+Projection = Callable[[Tensor], tuple[Tensor, Tensor]]  # rows (N, C) -> q, k each (H, N, D)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The positions of one forward pass: q (Tq,) of the queries, k (Tk,) of every key (cached
+    ones included), and `key` = (offset, past, Tq) as plain ints, which identify them without
+    reading the tensors (no device synchronisation)."""
+
+    q: Tensor
+    k: Tensor
+    key: tuple[int, int, int]
 
 
 class NoPosition(nn.Module):
@@ -45,13 +63,14 @@ class NoPosition(nn.Module):
     sdpa: ClassVar[bool] = True
     content: ClassVar[bool] = True
     shared_bias: ClassVar[bool] = False
+    needs_projection: ClassVar[bool] = False
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__()
         self.causal = config.causal
         self.block_size = config.block_size
         self.n_head = config.n_head
-        # shared_bias variants: attention kind -> (key, mask); see gpt.Attention.shared
+        # shared_bias variants: kind -> (key, value) of the last pass (see `shared`)
         self.mask_cache: dict[str, tuple] = {}
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
@@ -69,14 +88,28 @@ class NoPosition(nn.Module):
     def bias(
         self,
         layer: int,
-        pos_q: Tensor,
-        pos_k: Tensor,
+        span: Span,
         q: Tensor | None,
         k: Tensor | None,
-        attn: Attention,
+        dtype: torch.dtype,
+        project: Projection | None = None,
     ) -> Tensor | None:
-        """Seam 3: an additive logit term broadcastable to (B, H, Tq, Tk), or None."""
+        """Seam 3: an additive logit term broadcastable to (B, H, Tq, Tk) of `dtype`, or None."""
         return None
+
+    def shared(self, layer: int, kind: str, span: Span, dtype: torch.dtype, build: Callable):
+        """build() for this layer, or, for a shared_bias variant (the same bias in every
+        layer), the value built by the first layer that asked: kept across passes while the
+        span, dtype, device and inference mode stay the same (training at one length builds
+        alibi's mask once). `kind` names what the attention builds from the bias (its SDPA mask
+        or its manual-path bias)."""
+        if not self.shared_bias:
+            return build()
+        key = (span.key, dtype, span.k.device, torch.is_inference_mode_enabled())
+        hit = self.mask_cache.get(kind)
+        if hit is None or hit[0] != key:
+            hit = self.mask_cache[kind] = (key, build())
+        return hit[1]
 
 
 class AbsolutePosition(NoPosition):
@@ -84,7 +117,7 @@ class AbsolutePosition(NoPosition):
 
     shift_invariant = False
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
 
@@ -97,7 +130,7 @@ class RotaryPosition(NoPosition):
     `rotary_fraction` of each head's dims; SPEC [ours]: 1.0 = every dim, where Hugging Face's
     GPT-NeoX defaults to 0.25). q.k then depends on positions only through i - j."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         head_dim = config.n_embd // config.n_head
         self.rot_dim = r = int(head_dim * config.rotary_fraction) // 2 * 2
@@ -159,7 +192,7 @@ class RelativePosition(NoPosition):
     `share_att_key`), so GPT_rel has the same parameters as GPT plus the table.
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         self.max_distance = config.rel_max_distance
         self.table = nn.Embedding(2 * self.max_distance + 1, config.n_embd)
@@ -167,15 +200,17 @@ class RelativePosition(NoPosition):
     def scale(self, head_dim: int) -> float:
         return (3 * head_dim) ** -0.5
 
-    def bias(self, layer, pos_q, pos_k, q, k, attn):
+    needs_projection = True
+
+    def bias(self, layer, span, q, k, dtype, project=None):
         # The queries are the last Tq of the Tk keys (positions are consecutive), so distances
         # span -(Tk-1)..Tk-1 and each term is a skewed (Toeplitz) read of a small product:
         # no (B, H, Tq, Tk) index tensors, and the backward pass is a plain copy.
         M = self.max_distance
         Tq, Tk = q.shape[2], k.shape[2]
         lo = -min(Tk - 1, M)  # table rows that can occur: distances lo..-lo, clipped at M
-        qr, kr = attn.project_qk(self.table.weight[lo + M : M - lo + 1])  # (H, R, D) each
-        dev = pos_q.device
+        qr, kr = project(self.table.weight[lo + M : M - lo + 1])  # (H, R, D) each
+        dev = span.q.device
         # c2p[i, j] = q_i . Kr[d(i, j)]: rows = queries, d = i - j from Tk-1 down to -(Tq-1)
         d = torch.arange(Tk - 1, -Tq, -1, device=dev).clamp(-M, M) - lo  # (Tq + Tk - 1,)
         c2p = _skew(q @ kr[:, d].transpose(-1, -2), Tk)  # (B, H, Tq, Tk)
@@ -210,13 +245,13 @@ class PositionOnlyAttention(NoPosition):
     sdpa = False
     content = False
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         n_dist = config.block_size if config.causal else 2 * config.block_size - 1
         self.table = nn.Parameter(torch.zeros(config.n_layer, config.n_head, n_dist))
 
-    def bias(self, layer, pos_q, pos_k, q, k, attn):
-        d = pos_q[:, None] - pos_k[None, :]  # (Tq, Tk)
+    def bias(self, layer, span, q, k, dtype, project=None):
+        d = span.q[:, None] - span.k[None, :]  # (Tq, Tk)
         # causal: d < 0 entries are masked by the attention; clamp only keeps the index valid
         idx = d.clamp(min=0) if self.causal else d + self.block_size - 1
         return self.table[layer][:, idx][None]  # (1, H, Tq, Tk)
@@ -237,17 +272,17 @@ class UniformAttention(NoPosition):
     content = False
     shared_bias = True
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         cap = 2 * config.block_size + 1  # any larger window is the whole sequence anyway
         w = [min(2**h - 1, cap) for h in range(1, config.n_head + 1)]
         self.register_buffer("window", torch.tensor(w), persistent=False)  # (H,)
 
-    def bias(self, layer, pos_q, pos_k, q, k, attn):
-        d = (pos_q[:, None] - pos_k[None, :])[None]  # (1, Tq, Tk)
+    def bias(self, layer, span, q, k, dtype, project=None):
+        d = (span.q[:, None] - span.k[None, :])[None]  # (1, Tq, Tk)
         w = self.window[:, None, None]  # (H, 1, 1)
         inside = (d < w) & (d >= 0) if self.causal else d.abs() <= (w - 1) // 2  # (H, Tq, Tk)
-        out = torch.zeros(inside.shape, dtype=attn.c_attn.weight.dtype, device=d.device)
+        out = torch.zeros(inside.shape, dtype=dtype, device=d.device)
         return out.masked_fill(~inside, float("-inf"))[None]  # (1, H, Tq, Tk)
 
 
@@ -258,15 +293,14 @@ class ALiBiPosition(NoPosition):
 
     shared_bias = True
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         self.register_buffer(
             "slopes", torch.tensor(alibi_slopes(config.n_head)), persistent=False
         )  # (H,)
 
-    def bias(self, layer, pos_q, pos_k, q, k, attn):
-        d = (pos_q[:, None] - pos_k[None, :]).abs()  # (Tq, Tk)
-        dtype = attn.c_attn.weight.dtype
+    def bias(self, layer, span, q, k, dtype, project=None):
+        d = (span.q[:, None] - span.k[None, :]).abs()  # (Tq, Tk)
         return (-self.slopes[:, None, None] * d).to(dtype)[None]  # (1, H, Tq, Tk)
 
 

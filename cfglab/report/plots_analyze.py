@@ -8,18 +8,14 @@ matplotlib runs with the Agg backend; every figure is closed after saving.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cfglab import rundir
 from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _table(probe: dict, target: str, window: str = "all") -> dict | None:
@@ -304,18 +300,17 @@ def attention_markdown(att: dict) -> list[str]:
 
 
 # ---- a run's section ---------------------------------------------------------------------------
-def write_analyze_figures(run_dir: str | Path) -> dict[str, Path]:
-    """Every figure run_dir/analyze/*.json allows, into run_dir/report/figures/."""
-    run_dir = Path(run_dir)
-    fig_dir = run_dir / "report" / "figures"
+def write_analyze_figures(analyze: dict[str, dict], fig_dir: Path) -> dict[str, Path]:
+    """Every figure a run's analyze results ({"probe": ..., "attention": ...}, as
+    cfglab.rundir.read_results reads them) allow, into fig_dir."""
     figs: dict[str, Path] = {}
-    probe = _read(run_dir / "analyze" / "probe.json")
+    probe = analyze.get("probe")
     if probe:
         for target in ("ancestor", "boundary"):
             p = plot_probe_heatmap(probe, fig_dir / f"probe_{target}.png", target)
             if p:
                 figs[f"probe_{target}"] = p
-    att = _read(run_dir / "analyze" / "attention.json")
+    att = analyze.get("attention")
     if att:
         figs["attention_distance"] = plot_attention_distance(
             att, fig_dir / "attention_distance.png"
@@ -327,11 +322,9 @@ def write_analyze_figures(run_dir: str | Path) -> dict[str, Path]:
     return figs
 
 
-def analyze_markdown(run_dir: str | Path, figs: dict[str, Path], rel_to: Path) -> list[str]:
-    """The report section "Inside the model" (empty if the run has no analyze/*.json)."""
-    run_dir = Path(run_dir)
-    probe = _read(run_dir / "analyze" / "probe.json")
-    att = _read(run_dir / "analyze" / "attention.json")
+def analyze_markdown(analyze: dict[str, dict], figs: dict[str, Path], rel_to: Path) -> list[str]:
+    """The report section "Inside the model" (empty if the run has no analyze results)."""
+    probe, att = analyze.get("probe"), analyze.get("attention")
     if not probe and not att:
         return []
     out = ["## Inside the model", ""]
@@ -367,7 +360,7 @@ def compare_runs(
     are relative to rel_to (default out_dir). Runs without analyze/probe.json are left out."""
     probes = {}
     for d in run_dirs:
-        p = _read(Path(d) / "analyze" / "probe.json")
+        p = rundir.read_result(d, f"{rundir.ANALYZE}/probe")
         if p:
             probes[f"{p['run']} ({p.get('objective', '?')})"] = p
     if not probes:

@@ -20,6 +20,8 @@ from pathlib import Path
 from cfglab.errors import CfglabError
 from cfglab.report import plots, plots_analyze
 from cfglab.report.results import RunResults, load_run
+from cfglab.report.tables import rows_markdown
+from cfglab.rundir import write_text_atomic
 
 
 def _fmt(v, digits: int = 5) -> str:
@@ -32,23 +34,12 @@ def _fmt(v, digits: int = 5) -> str:
     return str(v)
 
 
-def loss_floor(dist: dict) -> float | None:
-    """A perfect model's training loss on packed windows `BOS x EOS BOS ...`
-    (metrics.DEFINITIONS['loss_floor']). Eval files written before it was measured on its own
-    strings give the rougher entropy_rate_rb * sum(n + 1) / sum(n + 2) of the KL strings."""
-    if "loss_floor" in dist:
-        return dist["loss_floor"]["value"]
-    if not dist.get("n_rows"):
-        return None
-    return dist["entropy_rate_rb"] * dist["n_rows"] / (dist["n_rows"] + dist["n_strings"])
-
-
 def make_figures(res: RunResults, fig_dir: Path) -> dict[str, Path]:
     """Every figure the results allow, name -> PNG path."""
     figs: dict[str, Path] = {}
     steps, loss = res.series("loss")
     if steps:
-        floor = loss_floor(res.distribution)
+        floor = (res.loss_floor or {}).get("value")
         figs["loss"] = plots.plot_loss(
             steps, loss, fig_dir / "loss.png", val=res.series("val_loss"), floor=floor
         )
@@ -102,18 +93,12 @@ def report_markdown(
         vs, vl = res.series("val_loss")
         last = f"final train loss {loss[-1]:.4f} at step {steps[-1]}"
         out += [last + (f", validation loss {vl[-1]:.4f}" if vl else "") + ".", ""]
-        floor = loss_floor(res.distribution)
+        floor = res.loss_floor
         if floor is not None:
-            measured = res.distribution.get("loss_floor")
-            how = (
-                f" ± {measured['stderr']:.4f} (s.e.; exact log-probabilities of "
-                f"{measured['n_strings']} true strings"
-                if measured
-                else " (the entropy rate below"
-            )
             out += [
-                f"A perfect model's loss on the packed training windows is {floor:.4f}{how}, "
-                "diluted by the certain BOS after each EOS).",
+                f"A perfect model's loss on the packed training windows is {floor['value']:.4f} "
+                f"± {floor['stderr']:.4f} (s.e.; exact log-probabilities of {floor['n_strings']} "
+                "true strings, diluted by the certain BOS after each EOS).",
                 "",
             ]
         fig("loss", "training loss")
@@ -121,6 +106,8 @@ def report_markdown(
         out += ["(no metrics.jsonl)", ""]
 
     defs = res.definitions
+    if res.summary_rows:
+        out += ["## Summary", "", *rows_markdown(res.summary_rows), ""]
     if res.accuracy:
         out += ["## Generation accuracy", ""]
         out += _table(
@@ -257,7 +244,6 @@ def report_markdown(
             ],
         )
         out.append("")
-        defs = {**defs, **res.robustness[0].get("definitions", {})}
     out += extra or []
     if defs:
         out += ["## Definitions", ""]
@@ -339,8 +325,9 @@ def compare_section(run_dir: Path, others: Sequence[str | Path], fig_dir: Path) 
     runs = [Path(run_dir), *(Path(o) for o in others)]
     rows = []
     for d in runs:
-        cfg = load_run(d).config  # CfglabError if d is not a run directory
-        if not (d / "analyze" / "probe.json").is_file():
+        run = load_run(d)  # CfglabError if d is not a run directory
+        cfg = run.config
+        if "probe" not in run.analyze:
             raise CfglabError(
                 f"{d} has no analyze/probe.json to compare: run `cfglab run <its config>` "
                 f"or `cfglab probe {d}` first"
@@ -374,14 +361,14 @@ def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Pat
     res = load_run(run_dir)
     out = Path(run_dir) / "report"
     figs = make_figures(res, out / "figures")
-    figs.update(plots_analyze.write_analyze_figures(run_dir))  # probes, attention (analyze/)
-    extra = plots_analyze.analyze_markdown(run_dir, figs, out)
+    figs.update(plots_analyze.write_analyze_figures(res.analyze, out / "figures"))
+    extra = plots_analyze.analyze_markdown(res.analyze, figs, out)
     if compare:
         extra += compare_section(Path(run_dir), compare, out / "figures")
         for name in ("probe_compare", "probe_compare_boundary"):
             if (out / "figures" / f"{name}.png").is_file():
                 figs[name] = out / "figures" / f"{name}.png"
     md = report_markdown(res, figs, out, extra=extra)
-    (out / "report.md").write_text(md + "\n")
-    (out / "report.html").write_text(_md_to_html(md, figs, out))
+    write_text_atomic(out / "report.md", md + "\n")
+    write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
     return out

@@ -1,20 +1,18 @@
-"""Read a run directory's result files into plain tables (no torch): the report's only input.
+"""A run directory's result files as plain tables (no torch): the report's only input.
 
-A run directory (see DESIGN.md) holds `config.json`, `metrics.jsonl` (one JSON object per logged
-training step) and `eval/*.json` written by `cfglab eval` (`accuracy.json`, `distribution.json`,
-`diversity.json`, `summary.json`). Everything here is optional except the directory itself, so a
+Everything is read through `cfglab.rundir` (the one reader of each file): config.json,
+metrics.jsonl, eval/*.json (one file per metric family, summary.json with the summary rows),
+analyze/*.json (probe, attention). Everything is optional except the directory itself, so a
 report can be built for a run that has only trained, or only been evaluated.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cfglab import rundir
 from cfglab.errors import CfglabError
-
-EVAL_FILES = ("accuracy", "distribution", "diversity", "robustness", "summary")
 
 
 @dataclass
@@ -24,7 +22,8 @@ class RunResults:
     run_dir: Path
     config: dict = field(default_factory=dict)  # config.json, or {} if absent
     metrics: list[dict] = field(default_factory=list)  # metrics.jsonl rows, in file order
-    eval: dict[str, dict] = field(default_factory=dict)  # eval/<name>.json by name
+    eval: dict[str, dict] = field(default_factory=dict)  # eval/<name>.json bodies by name
+    analyze: dict[str, dict] = field(default_factory=dict)  # analyze/<name>.json bodies by name
 
     @property
     def name(self) -> str:
@@ -35,58 +34,41 @@ class RunResults:
         rows = [r for r in self.metrics if isinstance(r.get(key), (int, float))]
         return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
 
+    def family(self, name: str):
+        """One metric family's result (eval/<name>.json's <name> key), or None."""
+        return self.eval.get(name, {}).get(name)
+
     @property
     def accuracy(self) -> list[dict]:
-        return self.eval.get("accuracy", {}).get("accuracy", [])
+        return self.family("accuracy") or []
 
     @property
     def distribution(self) -> dict:
-        return self.eval.get("distribution", {}).get("distribution", {})
+        return self.family("distribution") or {}
 
     @property
     def diversity(self) -> dict:
-        return self.eval.get("diversity", {}).get("diversity") or {}
+        return self.family("diversity") or {}
 
     @property
     def robustness(self) -> list[dict]:
-        return self.eval.get("robustness", {}).get("robustness", [])
+        return self.family("robustness") or []
+
+    @property
+    def loss_floor(self) -> dict | None:
+        return self.family("loss_floor")
+
+    @property
+    def summary_rows(self) -> list[dict]:
+        return self.eval.get("summary", {}).get("rows", [])
 
     @property
     def definitions(self) -> dict[str, str]:
+        """Every family's definitions, merged."""
+        out: dict[str, str] = {}
         for body in self.eval.values():
-            if body.get("definitions"):
-                return body["definitions"]
-        return {}
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl rows; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
-    if not path.is_file():
-        return rows
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise CfglabError(
-                f"{path}:{i + 1}: not a JSON object; metrics.jsonl holds one JSON "
-                "object per line (fix or delete the line)"
-            ) from None
-    return rows
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CfglabError(
-            f"{path}: invalid JSON ({exc}); re-run the stage that writes it (`cfglab eval RUN_DIR`)"
-        ) from None
+            out.update(body.get("definitions") or {})
+        return out
 
 
 def load_run(run_dir: str | Path) -> RunResults:
@@ -97,16 +79,14 @@ def load_run(run_dir: str | Path) -> RunResults:
             f"no run directory {d}; give the folder `cfglab train` wrote (runs/<name>)"
         )
     res = RunResults(run_dir=d)
-    if (d / "config.json").is_file():
-        res.config = _read_json(d / "config.json")
-    res.metrics = read_metrics(d / "metrics.jsonl")
-    for name in EVAL_FILES:
-        p = d / "eval" / f"{name}.json"
-        if p.is_file():
-            res.eval[name] = _read_json(p)
-    if not res.metrics and not res.eval:
+    if (d / rundir.CONFIG).is_file():
+        res.config = rundir.read_run_config(d).to_dict()
+    res.metrics = rundir.read_metrics(d)
+    res.eval = rundir.read_results(d, rundir.EVAL)
+    res.analyze = rundir.read_results(d, rundir.ANALYZE)
+    if not res.metrics and not res.eval and not res.analyze:
         raise CfglabError(
-            f"{d} has neither metrics.jsonl nor eval/*.json: train it "
+            f"{d} has no metrics.jsonl, eval/*.json or analyze/*.json: train it "
             "(`cfglab train`) or evaluate it (`cfglab eval`) first"
         )
     return res

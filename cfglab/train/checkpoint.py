@@ -217,24 +217,22 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         ) from None
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """The trained model of a run (latest complete checkpoint) and its config.
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: Path | None = None
+):
+    """A run's model (its latest complete checkpoint, or `checkpoint`) and its config.
 
-    Returns (GPT in eval mode on `device`, ExperimentConfig). CheckpointError if the run has
-    no usable checkpoint.
+    Returns (GPT in eval mode on `device`, ExperimentConfig). The vocabulary comes from the
+    run's own grammar.cfg, never from the file the run was made from. CheckpointError if the
+    run has no usable checkpoint.
     """
-    from cfglab.config import read_config
+    from cfglab import rundir
     from cfglab.data.vocab import Vocab
-    from cfglab.model import build_model
+    from cfglab.model import build_model, gpt_config
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(
-            f"no run directory {run_dir}; give the folder that `cfglab train` wrote (runs/<name>)"
-        )
-    cfg = read_config(run_dir / "config.json")
-    path = latest_checkpoint(run_dir)
-    vocab = Vocab.from_grammar(cfg.grammar.load())
-    model = build_model(cfg.model.to_gpt_config(vocab.size))
+    cfg = rundir.read_run_config(run_dir)
+    path = checkpoint if checkpoint is not None else latest_checkpoint(run_dir)
+    vocab = Vocab.from_grammar(rundir.read_run_grammar(run_dir, cfg.grammar.name))
+    model = build_model(gpt_config(cfg.model, vocab.size))
     load_weights(model, path)
     return model.to(device).eval(), cfg

@@ -17,7 +17,6 @@ fixed global batch, DDP averages gradients, rank 0 alone writes files.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -29,11 +28,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cfglab.config import ExperimentConfig, read_config, save_config
-from cfglab.data.dataset import TRAIN, VAL, FreshStream, SavedDataset, key_seed
+from cfglab import rundir
+from cfglab.config import ExperimentConfig
+from cfglab.data.dataset import TRAIN, VAL, FreshStream, SavedDataset
 from cfglab.data.vocab import Vocab
 from cfglab.errors import CfglabError, ConfigError
-from cfglab.model import build_model
+from cfglab.model import build_model, gpt_config
+from cfglab.seeds import stream_seed
 from cfglab.train import checkpoint as ckpt
 from cfglab.train import dist
 from cfglab.train.objectives import get_objective, loss_fn
@@ -78,7 +79,7 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
 
 
 def _check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
-    old = read_config(run_dir / "config.json")
+    old = rundir.read_run_config(run_dir)
     for section in ("grammar", "model"):
         a, b = getattr(old, section), getattr(cfg, section)
         if a != b:
@@ -88,16 +89,6 @@ def _check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
                 f"config.json ({getattr(a, diff[0])!r} vs {getattr(b, diff[0])!r}); "
                 "resume with the same model and grammar, or start a new run"
             )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    tmp.replace(path)
 
 
 def train(
@@ -128,7 +119,7 @@ def train(
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model.to_gpt_config(vocab.size))  # checks the position variant
+    model = build_model(gpt_config(cfg.model, vocab.size))  # checks the position variant
     device = info.device
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -169,8 +160,7 @@ def train(
     writer = None
     if info.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
-        (run_dir / "grammar.cfg").write_text(grammar.to_text())
+        rundir.write_run_record(run_dir, cfg, grammar)
         if t.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -184,13 +174,12 @@ def train(
             f"{tokens_per_step} tokens/step | grammar {grammar.name}"
         )
     if info.is_master and resume_from is not None:
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if info.is_master else None  # noqa: SIM115
+        rundir.truncate_metrics(run_dir, start)
+    metrics_file = rundir.MetricsLog(run_dir) if info.is_master else None
 
     def log(record: dict[str, Any]) -> None:
         if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            metrics_file.write(record)
         if writer is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -203,7 +192,7 @@ def train(
         for i in range(t.eval_batches):
             w = val_data.batch(i).to(device)
             gen = torch.Generator(device=device).manual_seed(
-                key_seed(cfg.data.seed, VAL, i, info.rank)
+                stream_seed(cfg.data.seed, "objective", VAL, i, info.rank)
             )
             x, y = objective.make_batch(w, vocab.eos, vocab.mask, gen)
             with autocast:
@@ -257,7 +246,7 @@ def train(
             windows = next(batches).to(device, non_blocking=True)  # (B_local, T+1)
             data_wait += time.perf_counter() - tw
             gen = torch.Generator(device=device).manual_seed(
-                key_seed(cfg.data.seed, TRAIN, step, info.rank)
+                stream_seed(cfg.data.seed, "objective", TRAIN, step, info.rank)
             )
             loss_sum = torch.zeros((), device=device)
             for k in range(t.grad_accum):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from cfglab import cli
+from cfglab import cli, rundir
 from cfglab.config import load_config, read_config
 from cfglab.report.plots_analyze import analyze_markdown, compare_runs, write_analyze_figures
+from cfglab.stages import STAGES
 
 QUICK_GRAMMAR = str(Path(__file__).resolve().parents[2] / "configs" / "grammars" / "quickstart.cfg")
 
@@ -34,7 +36,9 @@ def tiny_run(tmp_path_factory) -> Path:
             "train.eval_every=0",
             f"out_dir={out}",
             "name=tiny",
-            "analyze.n_strings=8",
+            "probe.n_train=24",
+            "eval.cuts=[0, 5]",
+            "probe.n_test=8",
         ],
     )
     return train(cfg, progress=False)
@@ -75,9 +79,20 @@ def test_probe_command_writes_tables_and_figures(tiny_run, capsys):
             assert acc.shape == (2, 2) and ((acc >= 0) & (acc <= 1)).all()
         assert all(0 < m <= 1 for m in t["majority"])
     out = capsys.readouterr().out
-    assert "**ancestor probe**" in out and "| majority |" in out
+    # the printed tables are the file's numbers: every layer row, model / random-init, majority
+    for t in probe["tables"]:
+        for i, (row, rand) in enumerate(
+            zip(t["accuracy"]["model"], t["accuracy"]["random_init"], strict=True)
+        ):
+            cells = " | ".join(
+                f"{100 * v:.1f} / {100 * r:.1f}" for v, r in zip(row, rand, strict=True)
+            )
+            assert f"| {i} | {cells} |" in out
+        assert "| majority | " + " | ".join(f"{100 * v:.1f}" for v in t["majority"]) in out
     for name in ("probe_ancestor", "probe_boundary"):
-        assert (tiny_run / "report" / "figures" / f"{name}.png").stat().st_size > 1000
+        image = plt.imread(tiny_run / "report" / "figures" / f"{name}.png")  # (H, W, 4)
+        assert image.shape[1] > image.shape[0] > 100  # panels side by side
+        assert image[..., :3].std() > 0.05  # drawn, not blank
 
 
 def test_attention_command_writes_statistics_and_figures(tiny_run):
@@ -91,9 +106,10 @@ def test_attention_command_writes_statistics_and_figures(tiny_run):
         mean = np.array(res["mean_by_distance"], dtype=float)
         assert res["distances"][0] == 0  # causal: keys at or before the query
         assert mean.shape[:2] == (2, 4) and (np.nan_to_num(mean) >= 0).all()
-    figs = write_analyze_figures(tiny_run)
+    analyze = rundir.read_results(tiny_run, "analyze")
+    figs = write_analyze_figures(analyze, tiny_run / "report" / "figures")
     assert {"attention_distance", "attention_boundary", "attention_examples"} <= set(figs)
-    md = analyze_markdown(tiny_run, figs, tiny_run / "report")
+    md = analyze_markdown(analyze, figs, tiny_run / "report")
     assert md[0] == "## Inside the model"
     assert any("boundary_l1" in line for line in md)
     assert any(line.startswith("![") for line in md)
@@ -108,19 +124,20 @@ def test_compare_runs_puts_runs_side_by_side(tiny_run, tmp_path):
 
 
 def test_cfglab_run_analyzes_before_the_report():
-    names = [n for n, _ in cli.RUN_STAGES]
-    assert names.index("eval") < names.index("analyze") < names.index("report")
+    names = list(STAGES)
+    assert names.index("eval") < names.index("probe") < names.index("report")
+    assert names.index("attention") < names.index("report")
+    assert load_config(None).stages == names
 
 
 @pytest.mark.slow
-def test_analyze_stage_of_cfglab_run(tiny_run):
+def test_probe_stage_reads_its_config_section(tiny_run):
     cfg = read_config(tiny_run / "config.json")
-    cfg.analyze.n_strings = 4
+    cfg.probe.n_test, cfg.probe.n_train, cfg.probe.steps = 4, 12, 2
     (tiny_run / "analyze" / "probe.json").unlink(missing_ok=True)
-    dict(cli.RUN_STAGES)["analyze"](cfg, tiny_run, None)
+    STAGES["probe"](cfg, tiny_run)
     probe = json.loads((tiny_run / "analyze" / "probe.json").read_text())
-    assert probe["n_test"] == 4 and probe["n_train"] == 12
-    assert (tiny_run / "analyze" / "attention.json").is_file()
+    assert probe["n_test"] == 4 and probe["n_train"] == 12 and probe["settings"]["steps"] == 2
 
 
 @pytest.mark.parametrize(
@@ -128,9 +145,14 @@ def test_analyze_stage_of_cfglab_run(tiny_run):
     [
         (["probe", "{missing}"], "no run directory"),
         (["attention", "{missing}"], "no run directory"),
-        (["probe", "{run}", "--window", "wide"], "unknown probe window 'wide'; choose from all"),
-        (["probe", "{run}", "--n-test", "1"], "--n-test 1: give at least 2"),
-        (["attention", "{run}", "--n-strings", "0"], "--n-strings 0: give at least 1"),
+        (["probe", "{run}", "--window", "wide"], "probe.windows: unknown value 'wide'"),
+        (
+            ["probe", "{run}", "--n-test", "1"],
+            "probe.n_test must be >= 2, got 1 (given as --n-test)",
+        ),
+        (["attention", "{run}", "--n-strings", "0"], "(given as --n-strings)"),
+        (["probe", "{run}", "--steps", "many"], "probe.steps: expected int, got str"),
+        (["probe", "{run}", "--set", "train.lr=0.1"], "takes only probe.* settings"),
     ],
 )
 def test_bad_input_is_one_clear_error(tiny_run, tmp_path, capsys, argv, message):

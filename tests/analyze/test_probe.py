@@ -6,14 +6,13 @@ import torch
 
 from cfglab.analyze.probe import (
     WINDOWS,
-    HiddenStore,
     MultiHeadProbe,
-    ProbeSettings,
     fit_probe,
     majority_rate,
     score_probe,
-    string_windows,
 )
+from cfglab.analyze.states import HiddenStore, string_windows
+from cfglab.config import ProbeConfig, load_config
 from cfglab.errors import ConfigError
 
 C = 16
@@ -44,7 +43,7 @@ def _planted(offsets: np.ndarray, seed: int, shift: int = 0):
     return x.astype(np.float16), labels
 
 
-SETTINGS = ProbeSettings(steps=60, batch_size=16)
+SETTINGS = ProbeConfig(steps=60, batch_size=16)
 
 
 @pytest.mark.parametrize("window", ["all", "diagonal"])
@@ -54,8 +53,7 @@ def test_probe_recovers_a_planted_linear_feature(window):
     x, y = _planted(np.concatenate([off_tr, off_tr[-1] + off_te[1:]]), 4)
     n_tr = off_tr[-1]
     x_tr, y_tr, x_te, y_te = x[:n_tr], y[:, :n_tr], x[n_tr:], y[:, n_tr:]
-    s = ProbeSettings(**{**SETTINGS.__dict__, "window": window})
-    probe = fit_probe(x_tr, off_tr, y_tr, [3, 2], settings=s)
+    probe = fit_probe(x_tr, off_tr, y_tr, [3, 2], settings=SETTINGS, window=window)
     acc = score_probe(probe, x_te, off_te, y_te)["accuracy"]
     assert (acc >= 0.99).all(), acc
 
@@ -81,8 +79,8 @@ def test_all_window_reads_a_feature_stored_at_the_next_token():
     n_tr = off_tr[-1]
     acc = {}
     for window in ("all", "diagonal"):
-        s = ProbeSettings(**{**SETTINGS.__dict__, "window": window, "steps": 500})
-        probe = fit_probe(x[:n_tr], off_tr, y[:, :n_tr], [3, 2], settings=s)
+        s = ProbeConfig(steps=500, batch_size=16)
+        probe = fit_probe(x[:n_tr], off_tr, y[:, :n_tr], [3, 2], settings=s, window=window)
         acc[window] = score_probe(probe, x[n_tr:], off_te, y[:, n_tr:])["accuracy"]
     assert acc["all"].min() > 0.75, acc  # chance: 1/3 and 1/2
     assert acc["diagonal"].max() < 0.55, acc
@@ -132,10 +130,12 @@ def test_string_windows_place_each_string_at_positions_1_to_n():
 
 
 def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="probe.windows: unknown value 'wide'"):
+        load_config(None, ["probe.windows=[wide]"])
+    with pytest.raises(ConfigError, match="probe.steps must be >= 1"):
+        load_config(None, ["probe.steps=0"])
     with pytest.raises(ConfigError, match="window"):
-        ProbeSettings(window="wide")
-    with pytest.raises(ConfigError, match="steps"):
-        ProbeSettings(steps=0)
+        MultiHeadProbe(C, [3], window="wide")
 
 
 def test_hidden_store_rows_equal_a_direct_forward_pass(tmp_path):

@@ -11,11 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import cfglab.evaluate.adapters as AD  # noqa: E402
+from cfglab import rundir  # noqa: E402
 from cfglab.cli import main  # noqa: E402
-from cfglab.config import load_config, save_config  # noqa: E402
+from cfglab.config import load_config  # noqa: E402
 from cfglab.data.vocab import Vocab  # noqa: E402
-from cfglab.evaluate import metrics as M  # noqa: E402
-from cfglab.model import build_model  # noqa: E402
+from cfglab.model import build_model, gpt_config  # noqa: E402
 from cfglab.train.checkpoint import save_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,9 +31,8 @@ def run_dir(tmp_path_factory):
     )
     vocab = Vocab.from_grammar(cfg.grammar.load())
     torch.manual_seed(0)
-    model = build_model(cfg.model.to_gpt_config(vocab.size))
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.json")
+    model = build_model(gpt_config(cfg.model, vocab.size))
+    rundir.write_run_record(run, cfg, cfg.grammar.load())
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 1.5 - s / 100}) + "\n" for s in range(10, 60, 10))
     )
@@ -45,7 +45,7 @@ def test_torch_logprob_fn_padding_does_not_change_rows(run_dir):
 
     model, cfg = load_model(run_dir)
     vocab = Vocab.from_grammar(cfg.grammar.load())
-    fn = M.torch_logprob_fn(model, pad_id=vocab.pad)
+    fn = AD.torch_logprob_fn(model, pad_id=vocab.pad)
     a, b = np.array([0, 1, 2, 3, 1]), np.array([0, 2])
     together = fn([a, b])
     alone = [fn([a])[0], fn([b])[0]]
@@ -85,7 +85,8 @@ def test_eval_writes_results_and_report_builds(run_dir, capsys):
     args = ["eval", str(run_dir), "--n", "12", "--n-kl", "10", "--cut", "0", "4"]
     assert main([*args, "--corrupt", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy cut0 T=1" in out and "accuracy cut4 T=1" in out and "next-token KL" in out
+    assert "accuracy cut=0 temperature=1" in out and "accuracy cut=4 temperature=1" in out
+    assert "robust_clean cut=4 gamma=0.2 temperature=1" in out and "\nkl " in out
     acc = json.loads((run_dir / "eval" / "accuracy.json").read_text())["accuracy"]
     assert [a["cut"] for a in acc] == [0, 4] and all(a["n"] == 12 for a in acc)
     dist = json.loads((run_dir / "eval" / "distribution.json").read_text())["distribution"]
@@ -109,6 +110,6 @@ def test_eval_errors_are_clear(run_dir, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "no run directory" in capsys.readouterr().err
     assert main(["generate", str(run_dir), "--device", "tpu"]) == 2
-    assert "--device tpu: unknown device" in capsys.readouterr().err
+    assert "unknown device 'tpu'" in capsys.readouterr().err
     assert main(["generate", str(run_dir), "-n", "0"]) == 2
     assert "at least one" in capsys.readouterr().err

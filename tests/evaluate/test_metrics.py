@@ -9,7 +9,16 @@ import random
 import numpy as np
 import pytest
 
-from cfglab.evaluate import metrics as M
+import cfglab.data.dataset as DS
+import cfglab.errors as E
+import cfglab.evaluate.accuracy as A
+import cfglab.evaluate.adapters as AD
+import cfglab.evaluate.distribution as D
+import cfglab.evaluate.diversity as V
+import cfglab.evaluate.loss_floor as F
+import cfglab.evaluate.run as R
+import cfglab.evaluate.stats as S
+from cfglab.config import EvalConfig
 from cfglab.grammar.cfg import Grammar
 from tests.oracles import (
     all_strings,
@@ -26,7 +35,7 @@ B -> 'b' [0.3] | 'c' A [0.7]
 """)
 TINY_MAX = 5
 COIN = Grammar.from_text("S -> 'a' [0.5] | 'b' [0.5]")
-EPS = M.KL_EPS
+EPS = D.KL_EPS
 
 
 def ids(grammar: Grammar, names: list[str]) -> np.ndarray:
@@ -41,11 +50,11 @@ def true_strings(grammar: Grammar, n: int, seed: int) -> list[np.ndarray]:
 # ---- confidence intervals ---------------------------------------------------------------------
 def test_intervals_match_textbook_values():
     # 8 of 10: Wilson (0.4902, 0.9433), Clopper-Pearson (0.4439, 0.9748) (Brown, Cai & DasGupta)
-    assert M.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    assert M.clopper_pearson_interval(8, 10) == pytest.approx((0.4439, 0.9748), abs=1e-4)
+    assert S.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert S.clopper_pearson_interval(8, 10) == pytest.approx((0.4439, 0.9748), abs=1e-4)
     # the extremes: 0/n and n/n have a closed form, (alpha/2)^(1/n)
-    assert M.clopper_pearson_interval(20, 20)[0] == pytest.approx(0.025 ** (1 / 20), rel=1e-6)
-    assert M.clopper_pearson_interval(0, 20)[1] == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-6)
+    assert S.clopper_pearson_interval(20, 20)[0] == pytest.approx(0.025 ** (1 / 20), rel=1e-6)
+    assert S.clopper_pearson_interval(0, 20)[1] == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-6)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.98])
@@ -53,8 +62,8 @@ def test_interval_coverage_with_a_planted_error_rate(rate):
     rng = np.random.default_rng(0)
     n, reps = 200, 1000
     ks = rng.binomial(n, rate, size=reps)
-    wilson = np.mean([lo <= rate <= hi for lo, hi in (M.wilson_interval(k, n) for k in ks)])
-    exact = np.mean([lo <= rate <= hi for lo, hi in (M.clopper_pearson_interval(k, n) for k in ks)])
+    wilson = np.mean([lo <= rate <= hi for lo, hi in (S.wilson_interval(k, n) for k in ks)])
+    exact = np.mean([lo <= rate <= hi for lo, hi in (S.clopper_pearson_interval(k, n) for k in ks)])
     assert 0.92 <= wilson <= 0.985, wilson
     assert exact >= 0.94, exact
 
@@ -62,9 +71,9 @@ def test_interval_coverage_with_a_planted_error_rate(rate):
 # ---- judging generations ----------------------------------------------------------------------
 def test_split_generation():
     t = 3  # EOS = 4, MASK = 5
-    s, ended, bad = M.split_generation(np.array([0, 1, 2, 4, 3]), t)
+    s, ended, bad = A.split_generation(np.array([0, 1, 2, 4, 3]), t)
     assert s.tolist() == [1, 2] and ended and bad == -1
-    s, ended, bad = M.split_generation(np.array([0, 1, 5, 2]), t)
+    s, ended, bad = A.split_generation(np.array([0, 1, 5, 2]), t)
     assert s.tolist() == [1, 5, 2] and not ended and bad == 1
 
 
@@ -80,11 +89,11 @@ def test_judge_generations_categories():
         [bos, c, a],  # viable but no EOS: unfinished
         [bos, c, mask, eos],  # special token at index 1
     ]
-    correct, first, _, _, bad = M.judge_generations(TINY, [np.array(s) for s in seqs])
+    correct, first, _, _, bad = A.judge_generations(TINY, [np.array(s) for s in seqs])
     assert correct.tolist() == [True, True, False, False, False, False]
     assert first.tolist() == [-1, -1, 1, 1, -1, 1]
     assert bad.tolist() == [False] * 5 + [True]
-    res = M.accuracy_from_judgements(correct, first_error=first, bad_token=bad)
+    res = A.accuracy_from_judgements(correct, first_error=first, bad_token=bad)
     assert (res.n, res.n_correct, res.n_unfinished, res.n_bad_token) == (6, 2, 1, 1)
 
 
@@ -105,7 +114,7 @@ def test_planted_error_rate_through_the_judge():
             out.append(np.concatenate([[0], x, [eos]]))
         return out
 
-    res, _ = M.generation_accuracy(TINY, generate, [np.array([0])] * n, np.random.default_rng(1))
+    res, _ = A.judge_accuracy(TINY, generate([np.array([0])] * n, np.random.default_rng(1)))
     assert res.ci_low <= rate <= res.ci_high
     assert res.cp_low <= rate <= res.cp_high
     assert abs(res.accuracy - rate) < 0.06
@@ -123,9 +132,9 @@ def test_uniform_model_kl_by_hand():
     kl = 0.5 * (math.log(3 * (0.5 + EPS) / d) + math.log(3 * (1 + EPS) / d))
     strings = [np.array([1]), np.array([2]), np.array([1])]
     p_true = [np.array([[0, 0.5, 0.5], [1.0, 0, 0]])] * 3
-    model = M.uniform_logprob_fn(6)
+    model = AD.uniform_logprob_fn(6)
     logq = model([np.concatenate([[0], s]) for s in strings])
-    res = M.distribution_metrics(strings, p_true, logq, 2, buckets=(0, 1))
+    res = D.distribution_metrics(strings, p_true, logq, 2, buckets=(0, 1))
     assert res.kl == pytest.approx(kl, rel=1e-12)
     assert [b["kl"] for b in res.kl_by_position] == pytest.approx(
         [math.log(3 * (0.5 + EPS) / d), math.log(3 * (1 + EPS) / d)], rel=1e-12
@@ -140,7 +149,7 @@ def test_bruteforce_oracle_scores_zero_and_uniform_matches_direct_sum():
     strings = true_strings(TINY, 40, seed=3)
     p_true = [bruteforce_next_token_dist(TINY, list(s), TINY_MAX) for s in strings]
     oracle = bruteforce_logprob_model(TINY, TINY_MAX)
-    res = M.distribution_metrics(
+    res = D.distribution_metrics(
         strings, p_true, oracle([np.concatenate([[0], s]) for s in strings]), TINY.n_t
     )
     assert abs(res.kl) < 1e-9 and abs(res.seq_kl) < 1e-12
@@ -151,10 +160,10 @@ def test_bruteforce_oracle_scores_zero_and_uniform_matches_direct_sum():
     assert res.entropy_rate == pytest.approx(-logp / sum(len(s) + 1 for s in strings), rel=1e-12)
 
     # uniform over V = 7: direct double loop with the formula written out
-    uni = M.distribution_metrics(
+    uni = D.distribution_metrics(
         strings,
         p_true,
-        M.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings]),
+        AD.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings]),
         TINY.n_t,
     )
     per_string = []
@@ -180,8 +189,8 @@ def test_entropy_estimates_agree_with_enumeration():
         cache.setdefault(tuple(s), bruteforce_next_token_dist(TINY, list(s), TINY_MAX))
         for s in strings
     ]
-    logq = M.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings])
-    res = M.distribution_metrics(strings, p_true, logq, TINY.n_t)
+    logq = AD.uniform_logprob_fn(7)([np.concatenate([[0], s]) for s in strings])
+    res = D.distribution_metrics(strings, p_true, logq, TINY.n_t)
     assert res.entropy_rate == pytest.approx(h / mean_tokens, rel=0.03)
     assert res.entropy_rate_rb == pytest.approx(h / mean_tokens, rel=0.02)
 
@@ -197,7 +206,7 @@ def test_packed_loss_floor_agrees_with_enumeration():
     estimates, errors = [], []
     for seed in range(20):
         strings = true_strings(TINY, 500, seed=100 + seed)
-        out = M.packed_loss_floor(np.array([len(s) for s in strings]), log_prob(TINY, strings))
+        out = F.packed_loss_floor(np.array([len(s) for s in strings]), log_prob(TINY, strings))
         assert out["n_strings"] == 500
         assert abs(out["value"] - exact) < 4 * out["stderr"]
         estimates.append(out["value"])
@@ -206,8 +215,8 @@ def test_packed_loss_floor_agrees_with_enumeration():
 
 
 def test_distribution_metrics_rejects_mismatched_rows():
-    with pytest.raises(M.CfglabError, match="do not match"):
-        M.distribution_metrics([np.array([1, 2])], [np.ones((2, 3)) / 3], [np.zeros((3, 6))], 2)
+    with pytest.raises(E.CfglabError, match="do not match"):
+        D.distribution_metrics([np.array([1, 2])], [np.ones((2, 3)) / 3], [np.zeros((3, 6))], 2)
 
 
 # ---- diversity --------------------------------------------------------------------------------
@@ -215,10 +224,10 @@ def test_collision_support_estimates_a_uniform_support():
     rng = np.random.default_rng(0)
     k, m = 5000, 3000
     strings = [np.array([v]) for v in rng.integers(0, k, size=m)]
-    stats = M.collision_stats(strings)
+    stats = V.collision_stats(strings)
     assert stats["collision_support"] == pytest.approx(k, rel=0.25)
     assert stats["distinct"] == len({int(s[0]) for s in strings})
-    distinct = M.collision_stats([np.array([i]) for i in range(100)])
+    distinct = V.collision_stats([np.array([i]) for i in range(100)])
     assert distinct["equal_pairs"] == 0 and distinct["collision_support"] is None
     assert distinct["collision_support_lower"] == pytest.approx(100 * 99 / 2 / 3)
 
@@ -227,11 +236,11 @@ def test_diversity_entropy_reverse_kl_and_seen_fraction():
     strings = [np.array([1]), np.array([2]), np.array([1]), np.array([1, 1])]
     logq = np.log([0.25, 0.25, 0.25, 0.1])
     logp = np.array([math.log(0.5)] * 3 + [-math.inf])  # the last one is not in the language
-    out = M.diversity(
+    out = V.diversity(
         strings,
         model_logq=logq,
         true_logp=logp,
-        training=M.training_set([np.array([1]), np.array([3])]),
+        training=V.training_set([np.array([1]), np.array([3])]),
     )
     assert out["generations"]["distinct"] == 3 and out["generations"]["equal_pairs"] == 1
     assert out["seen_in_training"] == pytest.approx(0.5)
@@ -243,13 +252,13 @@ def test_diversity_entropy_reverse_kl_and_seen_fraction():
 def test_sampling_from_the_bruteforce_oracle_matches_the_grammar():
     """Ancestral sampling from the oracle reproduces the enumerated string distribution."""
     table = all_strings(TINY, TINY_MAX)
-    gen = M.sampling_generate_fn(
+    gen = AD.sampling_generate_fn(
         bruteforce_logprob_model(TINY, TINY_MAX), TINY.n_t + 1, max_new_tokens=8
     )
     outs = gen([np.array([0])] * 600, np.random.default_rng(0))
     counts: dict[tuple, int] = {}
     for o in outs:
-        s, ended, bad = M.split_generation(o, TINY.n_t)
+        s, ended, bad = A.split_generation(o, TINY.n_t)
         assert ended and bad < 0
         key = tuple(TINY.terminals[i - 1] for i in s)
         counts[key] = counts.get(key, 0) + 1
@@ -263,14 +272,14 @@ def test_uniform_model_through_the_exact_stage_matches_the_hand_value():
     """The same hand-computed KL, with the exact rows from cfglab.exact.inside."""
     d = 1 + 3 * EPS
     kl = 0.5 * (math.log(3 * (0.5 + EPS) / d) + math.log(3 * (1 + EPS) / d))
-    res = M.evaluate_distribution(COIN, M.uniform_logprob_fn(6), [np.array([1]), np.array([2])])
+    res = D.evaluate_distribution(COIN, AD.uniform_logprob_fn(6), [np.array([1]), np.array([2])])
     assert res.kl == pytest.approx(kl, rel=1e-12)
     assert res.seq_kl == pytest.approx((math.log(0.5) + 2 * math.log(6)) / 2, rel=1e-12)
 
 
 def test_exact_rows_match_bruteforce_enumeration():
     strings = true_strings(TINY, 30, seed=11)
-    oracle = M.exact_logprob_fn(TINY)([np.concatenate([[0], s]) for s in strings])
+    oracle = AD.exact_logprob_fn(TINY)([np.concatenate([[0], s]) for s in strings])
     brute = bruteforce_logprob_model(TINY, TINY_MAX)([np.concatenate([[0], s]) for s in strings])
     for a, b in zip(oracle, brute, strict=True):
         assert np.allclose(np.exp(a), np.exp(b), atol=1e-12)
@@ -282,28 +291,26 @@ def test_oracle_model_scores_perfectly_on_cfg3b():
     from cfglab.grammar import load
 
     g = load("cfg3b")
-    oracle = M.exact_logprob_fn(g)
-    out = M.evaluate_model(
+    oracle = AD.exact_logprob_fn(g)
+    out = R.evaluate_model(
         g,
         oracle,
-        lambda temp: M.sampling_generate_fn(
+        lambda temp: AD.sampling_generate_fn(
             oracle, g.n_t + 1, max_new_tokens=600, temperature=temp
         ),
-        n=12,
-        n_kl=24,
-        cuts=(0, 50),
-        seed=4,
-        n_fixed_prompt=6,
+        EvalConfig(n_samples=12, n_kl=24, cuts=[0, 50], seed=4, n_fixed_prompt=6),
     )
-    for acc in out["accuracy"]:
+    res = out["results"]
+    assert set(res) == {"accuracy", "distribution", "loss_floor", "diversity"}  # no corrupt: no
+    for acc in res["accuracy"]:
         assert acc["accuracy"] == 1.0 and acc["n"] == 12, acc
         assert acc["ci_low"] < 1.0 == acc["ci_high"]
-    dist = out["distribution"]
+    dist = res["distribution"]
     assert abs(dist["kl"]) < 1e-9 and max(map(abs, dist["kl_per_string"])) < 1e-9
     assert abs(dist["seq_kl"]) < 1e-9
     assert dist["cross_entropy"] == pytest.approx(dist["entropy_rate"], abs=1e-9)
     assert 0.3 < dist["entropy_rate_rb"] < 0.55  # SPEC.md: cfg3b's true entropy is 0.423
-    div = out["diversity"]
+    div = res["diversity"]
     assert div["generations"]["distinct"] == 12 and div["reverse_kl_share_used"] == 1.0
     assert abs(div["reverse_kl"]) < 1e-9  # the oracle's Q is P
     assert div["fixed_prompt"]["n"] == 6
@@ -316,7 +323,7 @@ def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
     from cfglab.data.dataset import write_dataset
 
     d = write_dataset(TINY, tmp_path / "ds", n=50, seed=4)
-    seen = M.read_training_strings(d)
+    seen = DS.read_training_strings(d)
     # independently: split the packed stream BOS x EOS BOS x EOS ... by hand
     tokens = np.load(d / "tokens.npy").astype(np.int64).tolist()
     eos, by_hand, cur = TINY.n_t + 1, set(), None
@@ -331,10 +338,10 @@ def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
     language = {tuple(ids(TINY, list(x))) for x in all_strings(TINY, TINY_MAX)}
     assert by_hand <= language and len(by_hand) >= 5
     inside_training = [np.array(x) for x in sorted(by_hand)]
-    out = M.diversity([*inside_training, np.array([3, 3, 3])], training=seen)
+    out = V.diversity([*inside_training, np.array([3, 3, 3])], training=seen)
     assert out["seen_in_training"] == pytest.approx(len(by_hand) / (len(by_hand) + 1))
-    with pytest.raises(M.CfglabError, match="not a saved dataset"):
-        M.read_training_strings(tmp_path)
+    with pytest.raises(E.CfglabError, match="not a saved dataset"):
+        DS.read_training_strings(tmp_path)
 
 
 def test_subtree_diversity_counts_yields_by_hand():
@@ -346,7 +353,7 @@ def test_subtree_diversity_counts_yields_by_hand():
         ids(TINY, ["a", "b"]),
         ids(TINY, ["b", "b"]),
     ]
-    out = M.subtree_diversity(TINY, gen, [ids(TINY, ["b"])])
+    out = V.subtree_diversity(TINY, gen, [ids(TINY, ["b"])])
     assert out["n_generated"] == 3 and out["n_true"] == 1
     rows = {r["nt"]: (r["generated"], r["true"]) for r in out["per_nt"]}
     assert rows == {"S": (2, 1), "A": (2, 0), "B": (2, 1)}
@@ -356,7 +363,7 @@ def test_subtree_diversity_counts_yields_by_hand():
 def test_sequence_log_probs_at_a_temperature_by_hand():
     """Uniform over 4 symbols is unchanged by any temperature; a two-valued row is not:
     p = (0.8, 0.2) at T = 2 becomes (sqrt .8, sqrt .2) / (sqrt .8 + sqrt .2)."""
-    assert M.sequence_log_probs(M.uniform_logprob_fn(4), [np.array([1, 2])], 3, temperature=0.5)[
+    assert AD.sequence_log_probs(AD.uniform_logprob_fn(4), [np.array([1, 2])], 3, temperature=0.5)[
         0
     ] == pytest.approx(3 * math.log(0.25))
 
@@ -364,5 +371,5 @@ def test_sequence_log_probs_at_a_temperature_by_hand():
         return [np.log(np.tile([0.8, 0.2], (len(s), 1))) for s in batch]
 
     q = math.sqrt(0.8) / (math.sqrt(0.8) + math.sqrt(0.2))
-    got = M.sequence_log_probs(model, [np.array([0, 0])], 1, temperature=2.0)[0]
+    got = AD.sequence_log_probs(model, [np.array([0, 0])], 1, temperature=2.0)[0]
     assert got == pytest.approx(2 * math.log(q) + math.log(1 - q))

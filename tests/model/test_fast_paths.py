@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from cfglab.model import POSITIONS, gpt
+from cfglab.model import POSITIONS, causal_halves, gpt
 from cfglab.model.positions import _Rotary
 
 from .conftest import VOCAB, tiny
@@ -102,7 +102,7 @@ def test_rot_step_matches_the_formula_through_the_training_path():
     assert math.isfinite(sum(float(g.abs().sum()) for g in fast))
 
 
-@pytest.mark.parametrize("T", [gpt.SPLIT_MIN_T, 401, gpt.SPLIT_MAX_T])
+@pytest.mark.parametrize("T", [causal_halves.SPLIT_MIN_T, 401, causal_halves.SPLIT_MAX_T])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_causal_attention_in_halves_equals_one_call(T, with_mask):
     """Output and q/k/v gradients of the two-halves form equal one causal SDPA call, for plain
@@ -120,7 +120,7 @@ def test_causal_attention_in_halves_equals_one_call(T, with_mask):
     outs = []
     for halves in (False, True):
         if halves:
-            y = gpt.causal_sdpa_in_halves(q, k, v, mask, 8**-0.5, {})
+            y = causal_halves.causal_sdpa_in_halves(q, k, v, mask, 8**-0.5)
         else:
             y = torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None
@@ -138,8 +138,8 @@ def test_model_takes_the_halves_path_at_its_lengths_with_manual_numbers(position
     calls = []
     halves = gpt.causal_sdpa_in_halves
     monkeypatch.setattr(gpt, "causal_sdpa_in_halves", lambda *a: calls.append(1) or halves(*a))
-    model = tiny(position, block_size=gpt.SPLIT_MAX_T, n_layer=1).train()
-    x = tokens(1, gpt.SPLIT_MIN_T + 1, seed=5)
+    model = tiny(position, block_size=causal_halves.SPLIT_MAX_T, n_layer=1).train()
+    x = tokens(1, causal_halves.SPLIT_MIN_T + 1, seed=5)
     results = []
     for manual in (False, True):
         model.zero_grad()
@@ -150,5 +150,5 @@ def test_model_takes_the_halves_path_at_its_lengths_with_manual_numbers(position
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     with torch.no_grad():
-        model(x[:, : gpt.SPLIT_MIN_T - 1])
+        model(x[:, : causal_halves.SPLIT_MIN_T - 1])
     assert len(calls) == 1

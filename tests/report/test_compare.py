@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cfglab import cli
+from cfglab import cli, rundir
 from cfglab.errors import CfglabError
 from cfglab.report import build_report
 
@@ -50,7 +50,7 @@ def probe_run_dir(tmp_path, name: str, objective: str, seed: int):
         "n_test_tokens": 120,
         "tables": tables,
     }
-    (run / "analyze" / "probe.json").write_text(json.dumps(probe))
+    rundir.write_result(run, "analyze/probe", probe)
     return run
 
 
@@ -110,7 +110,7 @@ def test_compare_needs_probe_results(tmp_path):
 def test_accuracy_figure_with_zero_correct(tmp_path):
     """0 of 10 correct: the Wilson lower bound comes out as 2.8e-17 > accuracy 0 (seen in a real
     100-step run); the figure is still drawn instead of matplotlib refusing a negative error."""
-    from cfglab.evaluate.metrics import accuracy_from_judgements
+    from cfglab.evaluate.accuracy import accuracy_from_judgements
     from cfglab.report.plots import plot_accuracy
 
     row = accuracy_from_judgements(np.zeros(10, bool), cut=0).to_dict()

@@ -288,27 +288,3 @@ def test_data_command_and_training_on_it(tmp_path: Path, capsys) -> None:
         _cfg(tmp_path, "name=saved", f"data.dataset={ds}", "train.max_steps=2"), progress=False
     )
     assert ckpt.read_state(ckpt.latest_checkpoint(run))["step"] == 2
-
-
-def test_run_command_trains_then_later_stages(tmp_path: Path, monkeypatch) -> None:
-    """`cfglab run` = training, then each later stage on the same run directory (the later
-    stages are replaced by a probe here; they have their own tests)."""
-    assert cli.RUN_STAGES[0][0] == "train"
-    seen = []
-    monkeypatch.setattr(
-        cli, "RUN_STAGES", [cli.RUN_STAGES[0], ("probe", lambda cfg, d, a: seen.append(d))]
-    )
-    out = tmp_path / "r"
-    argv = [
-        "run",
-        _write_yaml(tmp_path),
-        "--no-progress",
-        "--out",
-        str(out),
-        "--set",
-        *TINY,
-        "train.max_steps=2",
-    ]
-    assert cli.main(argv) == 0
-    assert seen == [out]
-    assert ckpt.read_state(ckpt.latest_checkpoint(out))["step"] == 2

@@ -1,0 +1,424 @@
+"""Loading configs: strict YAML with `base:` inheritance, dotted overrides, JSON round trip.
+
+    cfg = load_config("configs/quickstart.yaml", ["model.position=rel", "train.max_steps=200"])
+    cfg.model.position   # 'rel'
+
+A config file may name another one as its `base:` (a path relative to the file); its keys
+override the base's, section by section, and bases chain (`paper/gpt_rot.yaml` -> `base.yaml`).
+Then the `--set` overrides apply, then everything is checked. Loading is strict, so a typo fails
+in under a second, before any sampling or training: unknown keys raise ConfigError with a
+"did you mean"; values must have the field's type (an int is accepted for a float, nothing else
+is converted; NaN and infinities are refused); ranges and names are checked in `_validate`.
+Override values are read as YAML (`200` -> int, `true` -> bool, `[1, 3]` -> list, `null`).
+
+What is validated where (nothing here imports torch): here, every key, type and range, the stage
+names, the objective and the grammar (loaded through `cfglab.grammar.load`); at the start of
+training, before any sampling: the position variant (by building the model), the batch against
+the world size, and the checkpoint on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cfglab.config.schema import (
+    DECAYS,
+    DTYPES,
+    OBJECTIVES,
+    PROBE_WINDOWS,
+    STAGE_NAMES,
+    ExperimentConfig,
+)
+from cfglab.errors import CfglabError, ConfigError, did_you_mean
+
+PATH_KEYS = (("grammar", "name"), ("data", "dataset"))  # file paths, relative to their config
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config and its `base:` chain (None: the defaults), apply dotted `key=value`
+    overrides, validate.
+
+    Relative file paths (grammar.name, data.dataset) are resolved against the folder of the
+    config file that sets them, then the working directory, and stored absolute, so the run
+    directory's config.json is portable.
+    """
+    data: dict[str, Any] = {} if path is None else _read_chain(Path(path), [])
+    for item in overrides or []:
+        _apply_override(data, item)
+    cfg = config_from_dict(data)
+    _resolve_grammar_path(cfg, Path(".") if path is None else Path(path).parent)
+    return cfg
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        what = "a folder" if p.is_dir() else "no such file"
+        raise ConfigError(f"config {p}: {what}; give a YAML file such as configs/quickstart.yaml")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections (grammar:, model:, train:, ...)"
+        )
+    return loaded
+
+
+def _read_chain(p: Path, chain: list[Path]) -> dict[str, Any]:
+    """The config at p merged over its base chain; chain = the files that led here."""
+    here = p.resolve()
+    if here in chain:
+        names = " -> ".join(str(c) for c in [*chain, here])
+        raise ConfigError(f"config base cycle: {names}; remove one of these base: keys")
+    data = _read_yaml(p)
+    _absolute_paths(data, p.parent)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: base: must be the path of another config file, got {base!r}")
+    base_path = p.parent / base
+    if not base_path.is_file():
+        raise ConfigError(
+            f"{p}: base: {base} not found (looked for {base_path}); give a path relative to {p}"
+        )
+    return _merge(_read_chain(base_path, [*chain, here]), data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """top's keys over base's, mappings merged key by key (a section is not replaced whole)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _absolute_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make PATH_KEYS that name an existing file or folder relative to `folder` absolute."""
+    from cfglab.grammar import BUILTIN_GRAMMARS
+
+    for section, key in PATH_KEYS:
+        node = data.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
+            continue
+        value = node[key]
+        if value in BUILTIN_GRAMMARS or Path(value).is_absolute():
+            continue
+        if (folder / value).exists():
+            node[key] = str((folder / value).resolve())
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an ExperimentConfig from plain data (YAML or config.json)."""
+    cfg = _build(ExperimentConfig, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as JSON (enough to rebuild the run), atomically."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    tmp.replace(p)
+
+
+def read_config(path: str | Path) -> ExperimentConfig:
+    """Read a config.json written by `save_config`."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json at {p}; is {p.parent} a run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: corrupt config.json ({exc}); re-create the run") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: corrupt config.json (not a mapping); re-create the run")
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{p}: {exc} (written by another version of cfglab? re-create the run)"
+        ) from None
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. model.position=rel")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: bad key {key!r}; write e.g. train.max_steps=200")
+    # the type check in _build validates; str fields take the raw text (see _RawOverride)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = _RawOverride(raw, value)
+
+
+class _RawOverride:
+    """An override value with its raw text, so a str field gets '1e-3' rather than 0.001."""
+
+    def __init__(self, raw: str, value: Any) -> None:
+        self.raw, self.value = raw, value
+
+
+def _build(cls: type, data: Any, where: str):
+    label = where.rstrip(".") or "config"
+    if isinstance(data, _RawOverride):
+        data = data.value
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of keys, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key {where}{key}{did_you_mean(str(key), fields)}; "
+                f"valid keys in {label}: {', '.join(fields)}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value if value is not None else {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _hint_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"list of {_hint_name(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else hint.__name__
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    raw = None
+    if isinstance(value, _RawOverride):
+        raw, value = value.raw, value.value
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    for opt in options:
+        ok, out = _matches(value, opt, raw)
+        if ok:
+            return out
+    finite = "" if not isinstance(value, float) or math.isfinite(value) else " (finite)"
+    raise ConfigError(
+        f"{key}: expected {_hint_name(hint)}{finite}, got {_type_name(value)} "
+        f"{value!r}; fix the value in the config or the --set override"
+    )
+
+
+def _matches(value: Any, opt: Any, raw: str | None) -> tuple[bool, Any]:
+    if opt is type(None):
+        return value is None, None
+    if opt is str:
+        if isinstance(value, str):
+            return True, value
+        if raw is not None and value is not None and not isinstance(value, (list, dict)):
+            return True, raw.strip()  # `--set name=123` means the string "123"
+        return False, None
+    if opt is bool:
+        return isinstance(value, bool), value
+    if opt is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if opt is float:
+        if isinstance(value, str):
+            try:  # PyYAML reads 3e-4 (no dot) as a string; accept it as the float it means
+                value = float(value)
+            except ValueError:
+                return False, None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)  # NaN and infinities are no setting's meaning
+        return ok, float(value) if ok else None
+    if typing.get_origin(opt) is list:
+        if not isinstance(value, list):
+            return False, None
+        (inner,) = typing.get_args(opt)
+        outs = [_matches(v, inner, None) for v in value]
+        return all(ok for ok, _ in outs), [o for _, o in outs]
+    return False, None
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    """Value checks that need no torch (ranges, names)."""
+    t, m, d, e, p, a = cfg.train, cfg.model, cfg.data, cfg.eval, cfg.probe, cfg.attention
+    _one_of("train.objective", t.objective, OBJECTIVES)
+    m.causal = OBJECTIVES[t.objective]
+    _one_of("train.decay", t.decay, DECAYS)
+    _one_of("train.dtype", t.dtype, DTYPES)
+    for stage in cfg.stages:
+        _one_of("stages", stage, STAGE_NAMES)
+    if len(set(cfg.stages)) != len(cfg.stages):
+        raise ConfigError(f"stages {cfg.stages}: each stage at most once")
+    for window in p.windows:
+        _one_of("probe.windows", window, PROBE_WINDOWS)
+    at_least = {  # key: (value, minimum)
+        "train.max_steps": (t.max_steps, 1),
+        "train.batch_size": (t.batch_size, 1),
+        "train.grad_accum": (t.grad_accum, 1),
+        "train.log_every": (t.log_every, 1),
+        "train.eval_batches": (t.eval_batches, 1),
+        "train.ckpt_every": (t.ckpt_every, 1),
+        "train.keep_last": (t.keep_last, 1),
+        "train.warmup_steps": (t.warmup_steps, 0),
+        "train.eval_every": (t.eval_every, 0),
+        "train.grad_clip": (t.grad_clip, 0),
+        "train.weight_decay": (t.weight_decay, 0),
+        "train.seed": (t.seed, 0),
+        "model.block_size": (m.block_size, 2),
+        "model.n_layer": (m.n_layer, 1),
+        "model.n_head": (m.n_head, 1),
+        "model.n_embd": (m.n_embd, 1),
+        "model.rel_max_distance": (m.rel_max_distance, 1),
+        "data.seed": (d.seed, 0),
+        "data.prefetch": (d.prefetch, 0),
+        "eval.n_samples": (e.n_samples, 1),
+        "eval.n_fixed_prompt": (e.n_fixed_prompt, 0),
+        "eval.batch_size": (e.batch_size, 1),
+        "eval.seed": (e.seed, 0),
+        "probe.n_train": (p.n_train, 2),
+        "probe.n_test": (p.n_test, 2),
+        "probe.n_heads": (p.n_heads, 1),
+        "probe.d_probe": (p.d_probe, 1),
+        "probe.steps": (p.steps, 1),
+        "probe.batch_size": (p.batch_size, 1),
+        "probe.n_queries": (p.n_queries, 1),
+        "probe.weight_decay": (p.weight_decay, 0),
+        "probe.seed": (p.seed, 0),
+        "attention.n_strings": (a.n_strings, 1),
+        "attention.n_examples": (a.n_examples, 0),
+        "attention.example_len": (a.example_len, 1),
+        "attention.seed": (a.seed, 0),
+    }
+    for key, value in (("data.max_len", d.max_len), ("eval.n_kl", e.n_kl)):
+        if value is not None:
+            at_least[key] = (value, 1)
+    for section in ("train", "eval", "probe", "attention"):
+        threads = getattr(cfg, section).threads
+        if threads is not None:
+            at_least[f"{section}.threads"] = (threads, 1)
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        raise ConfigError(f"train.lr ({t.lr}) must be > 0 and train.min_lr ({t.min_lr}) in [0, lr]")
+    if p.lr <= 0:
+        raise ConfigError(f"probe.lr must be > 0, got {p.lr}")
+    if not 0 < t.mlm_prob < 1:
+        raise ConfigError(f"train.mlm_prob must be in (0, 1), got {t.mlm_prob}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0 < m.rotary_fraction <= 1 or m.rotary_base <= 0:
+        raise ConfigError(
+            f"model.rotary_fraction must be in (0, 1] (got {m.rotary_fraction}) and "
+            f"model.rotary_base > 0 (got {m.rotary_base})"
+        )
+    if m.preset is None and m.n_embd % m.n_head:
+        raise ConfigError(
+            f"model.n_embd {m.n_embd} is not divisible by model.n_head {m.n_head}; choose "
+            f"n_embd a multiple of n_head (e.g. {m.n_head * 32})"
+        )
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} is not divisible by train.grad_accum "
+            f"{t.grad_accum}; pick a batch that splits evenly"
+        )
+    if not e.cuts or any(c < 0 for c in e.cuts):
+        raise ConfigError(f"eval.cuts {e.cuts}: give one or more prompt lengths >= 0, e.g. [0, 50]")
+    if not e.temperatures or any(x <= 0 for x in e.temperatures):
+        raise ConfigError(
+            f"eval.temperatures {e.temperatures}: give one or more temperatures > 0, e.g. [1.0]"
+        )
+    if any(not 0 <= g <= 1 for g in e.corrupt):
+        raise ConfigError(f"eval.corrupt {e.corrupt}: each gamma is a probability in [0, 1]")
+    if e.corrupt and not any(c > 0 for c in e.cuts):
+        raise ConfigError(
+            f"eval.corrupt needs a prompt to corrupt: add a cut > 0 to eval.cuts (now {e.cuts})"
+        )
+    if not p.windows:
+        raise ConfigError("probe.windows is empty; give at least one, e.g. [all]")
+    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"name {cfg.name!r} must be a plain directory name (no '/')")
+
+
+def check_cuts(cfg: ExperimentConfig) -> None:
+    """The eval stage's prompts must leave room to generate in the model's window (checked by
+    `cfglab run` before training, and by `cfglab eval`)."""
+    cuts, block = cfg.eval.cuts, cfg.model.block_size
+    if any(c >= block - 1 for c in cuts):
+        raise ConfigError(
+            f"eval.cuts {cuts}: a cut of {max(cuts)} tokens leaves no room to generate in "
+            f"model.block_size {block}; use cuts below {block - 1}"
+        )
+
+
+def _one_of(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{key}: unknown value {value!r}{did_you_mean(value, choices)}; choose from "
+            f"{', '.join(choices)}"
+        )
+
+
+def _resolve_grammar_path(cfg: ExperimentConfig, folder: Path) -> None:
+    """Check the grammar now (before any work) and make a relative file path absolute: relative
+    to the config file's folder first (a --set override of grammar.name too), then to the
+    working directory."""
+    from cfglab.grammar import BUILTIN_GRAMMARS
+
+    name = cfg.grammar.name
+    if name not in BUILTIN_GRAMMARS:
+        for candidate in (folder / name, Path(name)):
+            if candidate.is_file():
+                cfg.grammar.name = str(candidate.resolve())
+                break
+        else:
+            raise ConfigError(
+                f"grammar.name: unknown grammar {name!r}"
+                f"{did_you_mean(name, BUILTIN_GRAMMARS)}; give a built-in name "
+                f"({', '.join(BUILTIN_GRAMMARS)}) or the path of a grammar file"
+            )
+    try:
+        cfg.grammar.load()
+    except CfglabError as exc:
+        raise ConfigError(f"grammar.name: {exc}") from None

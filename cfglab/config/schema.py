@@ -1,0 +1,170 @@
+"""Every setting of every stage: one typed dataclass per config section, one default each.
+
+An experiment is one `ExperimentConfig`; its sections are the stages' settings (grammar, data,
+model, train, eval, probe, attention, report). The comment beside a field is its documentation
+(`configs/quickstart.yaml` repeats them). Values are names and numbers only, never classes, so a
+config round-trips through YAML and JSON; names are resolved by the stage that uses them.
+Nothing here imports torch.
+
+`ModelShape` is the network's shape and position variant. It is shared, field for field, with
+`cfglab.model.GPTConfig` (which subclasses it and adds `vocab_size`), so a setting of the model
+cannot exist in one and be missing in the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# objective name -> whether the model is causal (GPT) or bidirectional (encoder, masked LM);
+# the torch-free registry of the names that `cfglab.train.objectives.OBJECTIVES` implements
+OBJECTIVES: dict[str, bool] = {"next_token": True, "mlm": False}
+DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
+DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
+# the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
+# that `cfglab.stages.STAGES` implements (a test keeps the two equal)
+STAGE_NAMES = ("train", "eval", "probe", "attention", "report")
+PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
+
+
+@dataclass
+class GrammarConfig:
+    name: str = "cfg3b"  # a built-in name (`cfglab grammar list`) or a grammar file path
+
+    def load(self):
+        """The Grammar this config names (GrammarError if the name or file is bad)."""
+        from cfglab.grammar import load
+
+        return load(self.name)
+
+
+@dataclass
+class DataConfig:
+    seed: int = 0  # data seed: the training stream is keyed by (seed, split, step)
+    max_len: int | None = None  # resample strings longer than this (None: keep all)
+    dataset: str | None = None  # a saved dataset dir (`cfglab data`) instead of fresh samples
+    prefetch: int = 4  # batches sampled ahead by a background thread (0: sample inline)
+
+
+@dataclass(kw_only=True)
+class ModelShape:
+    block_size: int = 512  # window length in tokens (the paper: 512)
+    n_layer: int = 2  # Transformer blocks (ignored if model.preset is set)
+    n_head: int = 2  # attention heads per block (ignored if model.preset is set)
+    n_embd: int = 64  # residual width (ignored if model.preset is set)
+    dropout: float = 0.0  # the paper trains without dropout
+    position: str = "rot"  # position variant, a name in cfglab.model.positions.POSITIONS
+    causal: bool = True  # derived from train.objective (False for mlm); not set by hand
+    bias: bool = True  # biases in linear layers and LayerNorm (GPT-2 style)
+    rel_max_distance: int = 512  # rel: |i - j| clipped here (DeBERTa's max_relative_positions)
+    rotary_fraction: float = 1.0  # rot: share of each head's dims rotated (HF GPT-NeoX: 0.25)
+    rotary_base: float = 10000.0  # rot: frequency base
+
+
+@dataclass(kw_only=True)
+class ModelConfig(ModelShape):
+    preset: str | None = None  # a name in cfglab.model.PRESETS; sets n_layer/n_head/n_embd
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "next_token"  # next_token (GPT) or mlm (encoder, 15% masking)
+    mlm_prob: float = 0.15  # masked-LM: share of positions predicted
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 96  # GLOBAL windows per optimizer step, fixed across world sizes
+    grad_accum: int = 1  # micro-steps per optimizer step (per-rank batch is split this many ways)
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 0.0  # learning rate at the end of the decay
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    decay: str = "linear"  # linear, cosine or constant after warmup
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.98  # AdamW second-moment decay (the reproductions' 0.98)
+    grad_clip: float = 1.0  # max global grad norm (0: off)
+    seed: int = 0  # model init and dropout seed
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA), float32, bfloat16
+    compile: bool = False  # torch.compile the model
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    eval_every: int = 100  # steps between validation losses (0: only at the end)
+    eval_batches: int = 4  # validation batches (of batch_size windows) per evaluation
+    ckpt_every: int = 500  # steps between checkpoints (the last step always saves)
+    keep_last: int = 2  # checkpoints kept on disk
+    tensorboard: bool = True  # also write TensorBoard events (if tensorboard is installed)
+
+
+@dataclass
+class EvalConfig:
+    n_samples: int = 100  # generations per accuracy number
+    n_kl: int | None = None  # fresh true strings for the KL (None: n_samples)
+    cuts: list[int] = field(default_factory=lambda: [0, 50])  # prompt lengths (cut0, cut50)
+    temperatures: list[float] = field(default_factory=lambda: [1.0])  # sampling temperatures
+    corrupt: list[float] = field(
+        default_factory=list
+    )  # robustness: gamma values for cutC>0 prompts
+    n_fixed_prompt: int = 100  # completions of one fixed prompt (diversity), at most n_samples
+    batch_size: int = 32  # sequences per model call
+    seed: int = 1  # every eval stream is keyed by (seed, purpose)
+    device: str | None = None  # None: the run's train.device
+    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+
+
+@dataclass
+class ProbeConfig:
+    n_train: int = 768  # fresh strings the probes learn on
+    n_test: int = 256  # other fresh strings they are scored on
+    windows: list[str] = field(
+        default_factory=lambda: ["all"]
+    )  # keys a probe reads (one table each)
+    n_heads: int = 4  # H: probe heads (the paper: 16)
+    d_probe: int = 32  # d': position embedding size (the paper: 1024)
+    steps: int = 300  # optimizer steps (batches of training strings)
+    batch_size: int = 16  # strings per step
+    n_queries: int = 64  # positions per string whose loss a step uses (all if fewer)
+    lr: float = 1e-2  # AdamW, constant (the paper's 3e-3 needs ~10x more steps)
+    weight_decay: float = 1e-3  # AdamW
+    seed: int = 2  # probe strings, probe init and the random-init twin, keyed by purpose
+    baseline: bool = True  # also probe a random-init twin of the model (the chance level)
+    device: str | None = None  # None: the run's train.device
+    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+
+
+@dataclass
+class AttentionConfig:
+    n_strings: int = 64  # fresh labelled strings
+    n_examples: int = 4  # example maps drawn (the heads with the highest boundary score)
+    example_len: int = 64  # tokens of the example maps
+    seed: int = 3  # strings and the random-init twin, keyed by purpose
+    baseline: bool = True  # also measure a random-init twin of the model (the chance level)
+    device: str | None = None  # None: the run's train.device
+    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+
+
+@dataclass
+class ReportConfig:
+    compare: list[str] = field(default_factory=list)  # runs whose probes go beside this run's
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "run"  # run directory name: runs/<name>
+    out_dir: str = "runs"  # parent of run directories
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # what `cfglab run` runs
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,196 @@
+"""The run directory: its layout and the one reader and writer of each file in it (no torch).
+
+    runs/<name>/
+      config.json      the resolved config (config.save_config): enough to rebuild the run
+      grammar.cfg      the grammar as trained; later stages read this copy, never the source
+      metrics.jsonl    one JSON object per logged training step: the record
+      ckpt/            checkpoints (their format: cfglab.train.checkpoint)
+      eval/            <family>.json per metric family and summary.json (cfglab eval)
+      analyze/         probe.json, attention.json (cfglab probe, cfglab attention)
+      report/          report.md, report.html, figures/*.png (cfglab report)
+
+Every result file is JSON with a `schema` header {"kind", "version"}; `write_result` writes
+it atomically (a temporary file renamed over the old one, so a reader or a crash never sees
+half a file) and `read_result` refuses a file of another kind or version with a message naming
+the command that rewrites it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from cfglab.errors import CfglabError
+
+SCHEMA_VERSION = 1
+CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
+EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
+# result kind -> the command that writes it (named in error messages)
+WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab probe / cfglab attention"}
+
+
+def result_path(run_dir: str | Path, kind: str) -> Path:
+    """The file of a result kind, e.g. 'eval/accuracy' -> run_dir/eval/accuracy.json."""
+    return Path(run_dir) / f"{kind}.json"
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> Path:
+    """Write JSON to `path` through a temporary file and a rename (never half a file)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_result(run_dir: str | Path, kind: str, body: dict[str, Any]) -> Path:
+    """Write a result file (kind like 'eval/accuracy', 'analyze/probe') with its schema header."""
+    data = {"schema": {"kind": kind, "version": SCHEMA_VERSION}, **body}
+    return write_json_atomic(result_path(run_dir, kind), data)
+
+
+def read_result(run_dir: str | Path, kind: str) -> dict[str, Any] | None:
+    """A result file's body (schema header removed), or None if the run has none."""
+    path = result_path(run_dir, kind)
+    if not path.is_file():
+        return None
+    writer = WRITERS.get(kind.split("/")[0], "the stage that writes it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CfglabError(
+            f"{path}: not valid JSON ({type(exc).__name__}); re-run {writer} on {run_dir}"
+        ) from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != {"kind": kind, "version": SCHEMA_VERSION}:
+        found = (
+            f"kind {schema.get('kind')!r} version {schema.get('version')!r}"
+            if isinstance(schema, dict)
+            else "no schema header"
+        )
+        raise CfglabError(
+            f"{path}: written by another cfglab version ({found}, expected {kind!r} version "
+            f"{SCHEMA_VERSION}); re-run {writer} on {run_dir}"
+        )
+    return {k: v for k, v in data.items() if k != "schema"}
+
+
+def read_results(run_dir: str | Path, folder: str) -> dict[str, dict[str, Any]]:
+    """Every result file of a folder (eval, analyze) by name: {"accuracy": body, ...}."""
+    root = Path(run_dir) / folder
+    names = sorted(p.stem for p in root.glob("*.json")) if root.is_dir() else []
+    return {name: read_result(run_dir, f"{folder}/{name}") for name in names}
+
+
+def remove_result(run_dir: str | Path, kind: str) -> None:
+    """Delete a result that a newer run of its stage made stale."""
+    result_path(run_dir, kind).unlink(missing_ok=True)
+
+
+# ---- config and grammar: the run's own copies -------------------------------------------------
+def write_run_record(run_dir: str | Path, cfg, grammar) -> None:
+    """config.json and grammar.cfg: what later stages read instead of the source files."""
+    from cfglab.config import save_config
+
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / CONFIG)
+    tmp = root / f".{GRAMMAR}.tmp"
+    tmp.write_text(grammar.to_text(), encoding="utf-8")
+    os.replace(tmp, root / GRAMMAR)
+
+
+def read_run_config(run_dir: str | Path):
+    """The ExperimentConfig of a run (ConfigError if config.json is missing or corrupt)."""
+    from cfglab.config import read_config
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        what = (
+            f"{root} is a file, not a run directory"
+            if root.exists()
+            else f"no run directory {root}"
+        )
+        raise CfglabError(f"{what}; give the folder `cfglab train` wrote (runs/<name>)")
+    return read_config(root / CONFIG)
+
+
+def read_run_grammar(run_dir: str | Path, name: str = ""):
+    """The run's own grammar (grammar.cfg as trained), named `name`."""
+    from cfglab.grammar import Grammar
+
+    path = Path(run_dir) / GRAMMAR
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CfglabError(
+            f"{path} is missing: the run's grammar as trained; re-create the run"
+        ) from None
+    except UnicodeDecodeError:
+        raise CfglabError(f"{path}: not UTF-8 text; re-create the run") from None
+    return Grammar.from_text(text, name=name, source=str(path))
+
+
+# ---- metrics.jsonl ----------------------------------------------------------------------------
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows in file order; a torn last line (a run killed mid-write) is skipped."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a step record")
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            raise CfglabError(
+                f"{path}:{i + 1}: not a JSON object with a step; metrics.jsonl holds one per "
+                "line (fix or delete the line)"
+            ) from None
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Keep the records up to `step` (a resumed run logs the later ones again); also drops a
+    torn last line. Atomic."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    keep = [row for row in read_metrics(run_dir) if row["step"] <= step]
+    tmp = path.with_name(f".{METRICS}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends step records to metrics.jsonl, one JSON object per line, flushed per record."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.file = open(Path(run_dir) / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: a number that is not finite is stored as null."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,0 +1,91 @@
+"""The stage layer: `cfglab run CONFIG` is the stage commands run one by one, numbers equal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cfglab import cli
+from cfglab.config import STAGE_NAMES
+from cfglab.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "grammar.name=grammars/quickstart.cfg",
+    "model.preset=tiny",
+    "model.block_size=48",
+    "train.batch_size=4",
+    "train.max_steps=12",
+    "train.log_every=4",
+    "train.eval_every=6",
+    "train.ckpt_every=6",
+    "train.threads=1",
+    "train.tensorboard=false",
+    "data.prefetch=0",
+    "eval.n_samples=6",
+    "eval.n_kl=5",
+    "eval.cuts=[0, 3]",
+    "eval.corrupt=[0.2]",
+    "eval.n_fixed_prompt=4",
+    "probe.n_train=12",
+    "probe.n_test=6",
+    "probe.steps=4",
+    "attention.n_strings=4",
+]
+# what may differ between two runs of the same config: wall-clock times and the run's location
+VOLATILE = {"seconds", "timing", "tokens_per_s", "elapsed_s", "data_wait_frac", "run_dir"}
+
+
+def _strip(x):
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def _results(run: Path) -> dict[str, object]:
+    out = {}
+    for path in sorted(run.rglob("*")):
+        rel = path.relative_to(run).as_posix()
+        if path.suffix == ".json" and not rel.startswith("ckpt/"):
+            out[rel] = _strip(json.loads(path.read_text()))
+        elif path.name == "metrics.jsonl":
+            out[rel] = [_strip(json.loads(line)) for line in path.read_text().splitlines()]
+        elif path.name in ("model.safetensors", "grammar.cfg"):
+            out[rel] = path.read_bytes()
+    return out
+
+
+def test_stage_names_match_the_registry():
+    assert tuple(STAGES) == STAGE_NAMES
+
+
+def test_run_equals_the_stage_commands_one_by_one(tmp_path):
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    together, apart = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    sets = ["--set", *TINY]
+    assert cli.main(["run", config, "--no-progress", "--out", str(together), *sets]) == 0
+    assert cli.main(["train", config, "--no-progress", "--out", str(apart), *sets]) == 0
+    for stage in ("eval", "probe", "attention", "report"):
+        assert cli.main([stage, str(apart)]) == 0
+    a, b = _results(together), _results(apart)
+    expected = {
+        "config.json",
+        "eval/accuracy.json",
+        "eval/distribution.json",
+        "eval/loss_floor.json",
+        "eval/diversity.json",
+        "eval/robustness.json",
+        "eval/summary.json",
+        "analyze/probe.json",
+        "analyze/attention.json",
+        "metrics.jsonl",
+        "grammar.cfg",
+    }
+    assert expected <= set(a) and set(a) == set(b)
+    for key in a:
+        assert a[key] == b[key], key
+    md_a = (together / "report" / "report.md").read_text()
+    md_b = (apart / "report" / "report.md").read_text()
+    assert md_a.split("Evaluation time")[0] == md_b.split("Evaluation time")[0]
