@@ -170,6 +170,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run's latest complete checkpoint"
     )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue with changed training settings (recorded in history.jsonl)",
+    )
     p.add_argument("--out", metavar="DIR", help="run directory (default: <out_dir>/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -182,11 +187,18 @@ def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
     from cfglab.train import dist
 
     run_dir = Path(args.out) if args.out else cfg.run_dir
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes only applies with --resume")
+    options = {
+        "resume": args.resume,
+        "allow_changes": args.allow_changes,
+        "progress": not args.no_progress,
+    }
     try:
         if only_train:
-            run_train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+            run_train(cfg, run_dir, **options)
         else:
-            run_stages(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+            run_stages(cfg, run_dir, **options)
     finally:
         dist.cleanup()
     return 0

@@ -4,6 +4,8 @@
       config.json      the resolved config (config.save_config): enough to rebuild the run
       grammar.cfg      the grammar as trained; later stages read this copy, never the source
       metrics.jsonl    one JSON object per logged training step: the record
+      history.jsonl    accepted changes of training settings on resume (--allow-changes)
+      fingerprint.json hashes of config.json, grammar.cfg (and a saved dataset's meta.json)
       ckpt/            checkpoints (their format: cfglab.train.checkpoint)
       eval/            <family>.json per metric family and summary.json (cfglab eval)
       analyze/         probe.json, attention.json (cfglab probe, cfglab attention)
@@ -17,8 +19,8 @@ the command that rewrites it.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from cfglab.errors import CfglabError
 
 SCHEMA_VERSION = 1
 CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
+HISTORY, FINGERPRINT = "history.jsonl", "fingerprint.json"
 EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
 # result kind -> the command that writes it (named in error messages)
 WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab probe / cfglab attention"}
@@ -96,16 +99,24 @@ def remove_result(run_dir: str | Path, kind: str) -> None:
 
 
 # ---- config and grammar: the run's own copies -------------------------------------------------
-def write_run_record(run_dir: str | Path, cfg, grammar) -> None:
-    """config.json and grammar.cfg: what later stages read instead of the source files."""
+def sha256(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def write_run_record(run_dir: str | Path, cfg, grammar, dataset: str | None = None) -> None:
+    """config.json, grammar.cfg and fingerprint.json (their hashes, and the saved dataset's
+    meta.json hash when training reads one): what later stages read instead of the sources."""
     from cfglab.config import save_config
 
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / CONFIG)
-    tmp = root / f".{GRAMMAR}.tmp"
-    tmp.write_text(grammar.to_text(), encoding="utf-8")
-    os.replace(tmp, root / GRAMMAR)
+    text = grammar.to_text()
+    write_text_atomic(root / GRAMMAR, text)
+    fingerprint = {"config": sha256((root / CONFIG).read_text()), "grammar": sha256(text)}
+    if dataset:
+        fingerprint["dataset_meta"] = sha256((Path(dataset) / "meta.json").read_bytes())
+    write_json_atomic(root / FINGERPRINT, fingerprint)
 
 
 def read_run_config(run_dir: str | Path):
@@ -136,6 +147,18 @@ def read_run_grammar(run_dir: str | Path, name: str = ""):
         ) from None
     except UnicodeDecodeError:
         raise CfglabError(f"{path}: not UTF-8 text; re-create the run") from None
+    fingerprint = Path(run_dir) / FINGERPRINT
+    if fingerprint.is_file():
+        try:
+            expected = json.loads(fingerprint.read_text())["grammar"]
+        except (ValueError, KeyError, TypeError):
+            raise CfglabError(f"{fingerprint} is corrupt; re-create the run") from None
+        if sha256(text) != expected:
+            raise CfglabError(
+                f"{path} was changed after training (its hash is not the one in "
+                f"{FINGERPRINT}); the run's results describe the grammar it was trained on: "
+                "restore that file, or train a new run on the new grammar"
+            )
     return Grammar.from_text(text, name=name, source=str(path))
 
 
@@ -177,6 +200,13 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def append_history(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """history.jsonl: one line per accepted change of a run's training settings (resume with
+    --allow-changes), so config.json's earlier values are never lost."""
+    with open(Path(run_dir) / HISTORY, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 class MetricsLog:
     """Appends step records to metrics.jsonl, one JSON object per line, flushed per record."""
 
@@ -189,8 +219,3 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON has no NaN: a number that is not finite is stored as null."""
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -106,12 +106,17 @@ def _need_levels(grammar, what: str) -> None:
 
 # ---- the stages -------------------------------------------------------------------------------
 def run_train(
-    cfg: ExperimentConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    allow_changes: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Train per cfg.train (also under torchrun); the run's checkpoints -> run_dir/ckpt."""
     from cfglab.train.loop import train
 
-    train(cfg, resume=resume, run_dir=run_dir, progress=progress)
+    train(cfg, resume=resume, run_dir=run_dir, progress=progress, allow_changes=allow_changes)
     return Path(run_dir) / "ckpt"
 
 
@@ -339,7 +344,12 @@ STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
 
 
 def run_stages(
-    cfg: ExperimentConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    allow_changes: bool = False,
+    progress: bool = True,
 ) -> list[Path]:
     """cfg.stages in order on one run directory (`cfglab run`); under torchrun every rank
     trains and rank 0 alone runs the later stages."""
@@ -357,7 +367,11 @@ def run_stages(
         if dist.is_master():
             say(f"== cfglab run: {name}")
         if name == "train":
-            wrote.append(run_train(cfg, run_dir, resume=resume, progress=progress))
+            wrote.append(
+                run_train(
+                    cfg, run_dir, resume=resume, allow_changes=allow_changes, progress=progress
+                )
+            )
         else:
             wrote.append(STAGES[name](cfg, run_dir))
     return wrote

@@ -123,8 +123,10 @@ class MultiHeadProbe(nn.Module):
         # product. The shift by the row maximum cancels in the ratio, so it needs no gradient.
         u = torch.exp(scores - scores.detach().amax(-1, keepdim=True))  # (G, H, Q, T)
         is_real = (torch.arange(t, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
-        feats = (h * is_real[..., None])[None] @ self.read.view(n_probes, 1, c, n_heads * n_max)
-        feats = feats.view(n_probes, b, t, n_heads, n_max).permute(0, 3, 2, 1, 4)  # (G,H,T,B,K)
+        # every probe head's read-out in one (B*T, C) @ (C, G*H*K) product
+        read = self.read.permute(1, 0, 2, 3).reshape(c, n_probes * n_heads * n_max)
+        feats = (h * is_real[..., None]).reshape(b * t, c) @ read
+        feats = feats.view(b, t, n_probes, n_heads, n_max).permute(2, 3, 1, 0, 4)  # (G,H,T,B,K)
         rhs = torch.cat(
             [
                 feats.reshape(n_probes * n_heads, t, b * n_max),
@@ -183,24 +185,39 @@ def _warm_start(
     """Start each probe's read-out f_r at the ridge least-squares map from a token's own state
     to its one-hot label (split over the H heads). The probe starts near-diagonal, so this is
     where plain gradient descent would head first; AdamW then needs far fewer steps. Only the
-    starting point changes, not the probe."""
+    starting point changes, not the probe. Computed on the probe's device; probes trained on
+    the same tokens (where None) share one Gram matrix and one solve."""
     rng = np.random.default_rng(0)
     n, c = feats.shape
     n_heads = probe.read.shape[2]
-    for g, k in enumerate(n_classes):
-        rows = np.flatnonzero(where[g]) if where is not None else np.arange(n)
+    dev = probe.read.device
+    groups = (
+        [list(range(len(n_classes)))] if where is None else [[g] for g in range(len(n_classes))]
+    )
+    for group in groups:
+        rows = np.arange(n) if where is None else np.flatnonzero(where[group[0]])
         if len(rows) > n_max:
             rows = rng.choice(rows, n_max, replace=False)
         if len(rows) == 0:
             continue
-        x = (torch.from_numpy(feats[rows].astype(np.float64)) - probe.shift) / probe.scale
-        y = F.one_hot(torch.from_numpy(labels[g, rows]), k).double()  # (M, K)
+        x = torch.from_numpy(feats[rows]).to(dev, torch.float64)
+        x = (x - probe.shift.double()) / probe.scale.double()  # (M, C)
+        ys = [
+            F.one_hot(torch.from_numpy(labels[g, rows]).to(dev), n_classes[g]).double()
+            for g in group
+        ]
+        y = torch.cat(ys, dim=1)  # (M, sum of the group's K)
         mu_x, mu_y = x.mean(0), y.mean(0)
         xc = x - mu_x
-        gram = xc.T @ xc + 1e-3 * len(rows) * torch.eye(c, dtype=torch.float64)
-        w = torch.linalg.solve(gram, xc.T @ (y - mu_y))  # (C, K)
-        probe.read[g, :, :, :k] = (w / n_heads).float()[:, None, :]
-        probe.bias[g, :k] = (mu_y - mu_x @ w).float()
+        gram = xc.T @ xc + 1e-3 * len(rows) * torch.eye(c, dtype=torch.float64, device=dev)
+        w = torch.linalg.solve(gram, xc.T @ (y - mu_y))  # (C, sum K)
+        b = mu_y - mu_x @ w
+        col = 0
+        for g in group:
+            k = n_classes[g]
+            probe.read[g, :, :, :k] = (w[:, col : col + k] / n_heads).float()[:, None, :]
+            probe.bias[g, :k] = b[col : col + k].float()
+            col += k
 
 
 def fit_probe(
@@ -214,14 +231,15 @@ def fit_probe(
     where: np.ndarray | None = None,
     max_len: int | None = None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> MultiHeadProbe:
-    """Train G probes on one layer's states of a set of strings.
+    """Train G probes on one layer's states of a set of strings (on `device`).
 
     feats (N, C) hidden states of all tokens, strings concatenated; offsets (S+1,) string starts;
     labels (G, N) int class per token and probe; n_classes (G,); where (G, N) bool: the tokens
     each probe is trained on (None: all). settings: size and training (ProbeConfig); window: a
     key of WINDOWS; max_len: the longest string the probe will ever read (default: the longest
-    here); seed: its initialisation and batches."""
+    here); seed: its initialisation and batches; device: where it trains (the model's)."""
     n_probes, n = labels.shape
     if feats.shape[0] != n or offsets[-1] != n:
         raise ValueError(
@@ -243,6 +261,7 @@ def fit_probe(
     sample = sample.astype(np.float64)
     probe.shift.copy_(torch.from_numpy(sample.mean(0)))
     probe.scale.copy_(torch.from_numpy(sample.std(0) + 1e-6))
+    probe.to(device)
     _warm_start(probe, feats, labels, n_classes, where)
     opt = torch.optim.AdamW(
         probe.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay
@@ -252,12 +271,12 @@ def fit_probe(
         if not batches:  # a new epoch over the training strings
             batches = _length_buckets(np.diff(offsets), settings.batch_size, rng)
         idx = batches.pop()
-        h, y, lengths = _batch(feats, offsets, labels, where, idx)
+        h, y, lengths = (t.to(device) for t in _batch(feats, offsets, labels, where, idx))
         queries = None
         if h.shape[1] > settings.n_queries:  # a random subset of positions (cost Q*T, not T^2)
             queries = torch.from_numpy(
                 np.sort(rng.choice(h.shape[1], settings.n_queries, replace=False))
-            )
+            ).to(device)
             y = y[:, :, queries]
         logits = probe(h, lengths, queries)  # (G, B, Q, K)
         loss = F.cross_entropy(
@@ -285,8 +304,8 @@ def predict_probe(
     for start in range(0, n_strings, batch_size):
         idx = np.arange(start, min(start + batch_size, n_strings))
         h, _, lengths = _batch(feats, offsets, dummy, None, idx)
-        pred = probe(h, lengths).argmax(-1)  # (G, B, T)
-        is_real = torch.arange(h.shape[1])[None, :] < lengths[:, None]
+        pred = probe(h.to(probe.read.device), lengths.to(probe.read.device)).argmax(-1).cpu()
+        is_real = torch.arange(h.shape[1])[None, :] < lengths[:, None]  # (B, T)
         out.append(pred[:, is_real])  # (G, tokens of these strings), string order kept
     return torch.cat(out, dim=1).numpy()
 

@@ -67,6 +67,7 @@ def probe_layers(
     max_len: int | None = None,
     levels: Sequence[int] | None = None,
     targets: Sequence[str] = TARGETS,
+    device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Probe the layers `names` of a HiddenStore (splits "train" and "test" collected from the
@@ -107,6 +108,7 @@ def probe_layers(
             where=w_train,
             max_len=max_len,
             seed=seed,
+            device=device,
         )
         scores = score_probe(probe, store.load("test", name), test.offsets, y_test, where=w_test)
         acc.append(scores["accuracy"])
@@ -177,6 +179,7 @@ def probe_model(
                 max_len=model.config.block_size,
                 levels=levels,
                 targets=targets,
+                device=str(next(model.parameters()).device),
                 log=log,
             )
     return out

@@ -95,10 +95,11 @@ class HiddenStore:
                 device = next(model.parameters()).device
                 _, cache = run_with_cache(model, tokens.to(device), names, stop_early=cfg.causal)
                 for n in names:
-                    h = cache[n].float().cpu()  # (B, T, C)
+                    h = cache[n]  # (B, T, C) on the model's device
                     self.n_embd = h.shape[-1]
+                    # gather and halve on the device: half the bytes cross to the host
                     rows = torch.cat([h[j, 1 : len(x) + 1] for j, x in enumerate(chunk)])
-                    files[n].write(rows.to(torch.float16).numpy().tobytes())
+                    files[n].write(rows.to(torch.float16).cpu().numpy().tobytes())
         finally:
             for f in files.values():
                 f.close()

@@ -68,18 +68,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
-    torch.set_rng_state(torch.from_numpy(raw))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(
-            [
-                torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
-                for s in state["cuda"]
-            ]
-        )
+    torch_state, python_state, numpy_state, cuda = _decode_rng(state)
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _jsonable(x: Any) -> Any:
@@ -169,15 +163,43 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: its step is the folder's, and its RNG states decode
+    (so a resume either restores everything or fails here, before any work)."""
+    f = path / "state.json"
+    advice = (
+        f"the weights in {path.name} are not affected (eval, probe and report still work); to "
+        f"resume, point {path.parent / LATEST} at an earlier step_* folder"
+    )
     try:
-        state = json.loads((path / "state.json").read_text())
-        int(state["step"])
+        state = json.loads(f.read_text(encoding="utf-8"))
+        step = state["step"]
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r}")
+        if path.name.startswith("step_") and step_dir_name(step) != path.name:
+            raise ValueError(f"step {step} in folder {path.name}")
+        if "rng" in state:
+            _decode_rng(state["rng"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path / 'state.json'} is corrupt ({type(exc).__name__}); delete "
-            f"{path} and point ckpt/latest at an earlier checkpoint"
-        ) from None
+        raise CheckpointError(f"{f} is corrupt ({type(exc).__name__}: {exc}); {advice}") from None
     return state
+
+
+def _decode_rng(state: dict[str, Any]) -> tuple:
+    """The RNG states of state.json as the objects torch, random and numpy take (ValueError or
+    KeyError or TypeError if malformed)."""
+    torch_state = torch.from_numpy(
+        np.frombuffer(base64.b64decode(state["torch"], validate=True), dtype=np.uint8).copy()
+    )
+    version, internal, gauss = state["python"]
+    python_state = (version, tuple(internal), gauss)
+    numpy_state = state["numpy"]
+    np.random.RandomState().set_state(numpy_state)  # validates
+    random.Random().setstate(python_state)  # validates
+    cuda = [
+        torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+        for s in state.get("cuda", [])
+    ]
+    return torch_state, python_state, numpy_state, cuda
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -207,13 +229,16 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         optimizer.load_state_dict(sd)
     except FileNotFoundError:
         raise CheckpointError(
-            f"{path} has no optim.pt, so the run cannot resume exactly; start a new run"
+            f"{path} has no optim.pt, so the run cannot resume exactly from it; its weights still "
+            f"serve eval, probe and report; to resume, point {path.parent / LATEST} at an "
+            "earlier step_* folder"
         ) from None
     except Exception as exc:  # noqa: BLE001  (any unreadable file: one clear message)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{f} is corrupt ({first}); delete {path} and point ckpt/latest "
-            "at an earlier checkpoint"
+            f"{f} is corrupt ({first}); the weights in {path.name} are not affected (eval, "
+            f"probe and report still work); to resume, point {path.parent / LATEST} at an "
+            "earlier step_* folder"
         ) from None
 
 

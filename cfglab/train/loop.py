@@ -64,8 +64,14 @@ def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # fused on CUDA (one kernel for every parameter), foreach elsewhere; the state is the same
+    fused = all(p.is_cuda for p in params)
     return torch.optim.AdamW(
-        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True
+        groups,
+        lr=cfg.train.lr,
+        betas=(cfg.train.beta1, cfg.train.beta2),
+        fused=fused or None,
+        foreach=None if fused else True,
     )
 
 
@@ -78,17 +84,58 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
     return FreshStream(grammar, window, batch, max_len=cfg.data.max_len, **kw)
 
 
-def _check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
+# Settings that do not change what is learned: a resumed run may use other values freely
+# (another device, more threads, a different logging cadence). Every other data./train.
+# setting is part of the run's record: changing it on --resume needs --allow-changes.
+NOT_TRAINING = {
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.tensorboard",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.eval_every",
+    "train.eval_batches",
+    "data.prefetch",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(run_dir: Path, cfg: ExperimentConfig, grammar) -> dict[str, list]:
+    """The training settings of `cfg` that differ from the run's config.json: {key: [old, new]}.
+    ConfigError if the model or the grammar (by content: the run's grammar.cfg) differ, which no
+    resume can bridge."""
     old = rundir.read_run_config(run_dir)
-    for section in ("grammar", "model"):
-        a, b = getattr(old, section), getattr(cfg, section)
-        if a != b:
-            diff = [k for k in vars(a) if getattr(a, k) != getattr(b, k)]
-            raise ConfigError(
-                f"--resume: {section}.{diff[0]} differs from the run's "
-                f"config.json ({getattr(a, diff[0])!r} vs {getattr(b, diff[0])!r}); "
-                "resume with the same model and grammar, or start a new run"
-            )
+    if rundir.read_run_grammar(run_dir, old.grammar.name) != grammar:
+        raise ConfigError(
+            f"--resume: the grammar differs from the one {run_dir} was trained on (its "
+            f"grammar.cfg; was {cfg.grammar.name} edited?); resume with the run's own grammar: "
+            f"--set grammar.name={run_dir / rundir.GRAMMAR}"
+        )
+    a, b = _flat(old.to_dict()), _flat(cfg.to_dict())
+    changes = {
+        k: [a[k], b[k]]
+        for k in a
+        if k.split(".")[0] in ("data", "train", "model") and k not in NOT_TRAINING and a[k] != b[k]
+    }
+    model = [k for k in changes if k.startswith("model.")]
+    if model:
+        k = model[0]
+        raise ConfigError(
+            f"--resume: {k} differs from the run's config.json ({changes[k][0]!r} vs "
+            f"{changes[k][1]!r}); a checkpoint only fits its own model: start a new run"
+        )
+    return changes
 
 
 def train(
@@ -97,10 +144,13 @@ def train(
     resume: bool = False,
     run_dir: str | Path | None = None,
     progress: bool = True,
+    allow_changes: bool = False,
     stop_after: int | None = None,
 ) -> Path:
-    """Train per `cfg`; returns the run directory. `stop_after` ends the process's work after
-    that many steps as if interrupted (for tests of resume), without the exit."""
+    """Train per `cfg`; returns the run directory. `resume`: continue from the latest complete
+    checkpoint, refusing changed training settings unless `allow_changes` (then recorded in the
+    run's history.jsonl). `stop_after` ends the process's work after that many steps as if
+    interrupted (for tests of resume), without the exit."""
     t = cfg.train
     # ---- 1. resolve everything before any work --------------------------------------------
     env = dist.torchrun_env()  # checked before joining a process group, so a bad batch
@@ -125,13 +175,31 @@ def train(
     optimizer = make_optimizer(model, cfg)
     start = 0
     resume_from = None
+    changes: dict[str, list] = {}
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; give a folder for the run")
     if resume:
         resume_from = ckpt.latest_checkpoint(run_dir)
-        _check_resume_compatible(run_dir, cfg)
-        state = ckpt.read_state(resume_from)
+        state = ckpt.read_state(resume_from)  # checked: step, RNG states, the folder's step
+        start = int(state["step"])
+        changes = resume_changes(run_dir, cfg, grammar)
+        if changes and not allow_changes:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            raise ConfigError(
+                f"--resume: the training settings differ from the run's config.json ({listed}); "
+                f"resume with the run's own config ({run_dir / rundir.CONFIG}), or pass "
+                "--allow-changes to continue with these (recorded in the run's history.jsonl)"
+            )
+        if start > t.max_steps:
+            raise ConfigError(
+                f"--resume: the run is at step {start}, past train.max_steps {t.max_steps}; "
+                f"raise train.max_steps (with --allow-changes) or leave the run as it is"
+            )
         ckpt.load_weights(model, resume_from)
         ckpt.load_optimizer(optimizer, resume_from)
-        start = int(state["step"])
+        if start == t.max_steps:  # finished: nothing to train, nothing to rewrite
+            dist.print0(f"cfglab train: {run_dir} is already trained to step {start}")
+            return run_dir
     elif (run_dir / ckpt.CKPT_DIR / ckpt.LATEST).exists():
         raise ConfigError(
             f"{run_dir} already holds a trained run; pass --resume to continue it, "
@@ -160,7 +228,7 @@ def train(
     writer = None
     if info.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_run_record(run_dir, cfg, grammar)
+        rundir.write_run_record(run_dir, cfg, grammar, cfg.data.dataset)
         if t.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -173,8 +241,12 @@ def train(
             f"{info.world_size} process(es) on {device} | steps {start}->{t.max_steps} | "
             f"{tokens_per_step} tokens/step | grammar {grammar.name}"
         )
-    if info.is_master and resume_from is not None:
+    if info.is_master:
+        # a resumed run logs the steps after its checkpoint again; a restarted run (killed
+        # before its first checkpoint) logs every step again
         rundir.truncate_metrics(run_dir, start)
+        if changes:
+            rundir.append_history(run_dir, {"step": start, "changed": changes})
     metrics_file = rundir.MetricsLog(run_dir) if info.is_master else None
 
     def log(record: dict[str, Any]) -> None:
@@ -236,6 +308,8 @@ def train(
     last_loss = float("nan")
     end = t.max_steps if stop_after is None else min(t.max_steps, start + stop_after)
     step = start
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
+    bad_loss = torch.zeros((), device=device)  # its loss
     batches = train_data.iterate(start, end, prefetch=cfg.data.prefetch)
     try:
         while step < end:
@@ -266,21 +340,35 @@ def train(
                 loss_sum += loss.detach()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            # one collective carries the global loss and "someone pressed Ctrl-C"
-            packet = torch.stack(
-                [loss_sum, torch.tensor(float(interrupted["flag"]), device=device)]
-            )
-            if info.is_distributed:
+            stop = interrupted["flag"]
+            if info.is_distributed:  # one collective: the global loss and "someone pressed Ctrl-C"
+                packet = torch.stack([loss_sum, torch.tensor(float(stop), device=device)])
                 torch.distributed.all_reduce(packet)
-                packet[0] /= info.world_size
-            last_loss, stop = float(packet[0]), bool(packet[1] > 0)
-            if not math.isfinite(last_loss):
-                optimizer.zero_grad(set_to_none=True)
-                raise DivergedError(
-                    f"loss is {last_loss} at step {step + 1}; stopped without saving, so the "
-                    f"last good checkpoint in {run_dir / 'ckpt'} stays. Lower train.lr or raise "
-                    "train.warmup_steps, then --resume"
-                )
+                loss_sum, stop = packet[0] / info.world_size, bool(packet[1] > 0)
+            # The loss is read on the host only where it is used (a log, evaluation or checkpoint
+            # step, the end, a stop; every step on CPU, where reading it is free): on a GPU a read
+            # per step would wait for the step to finish. The first non-finite loss and its step
+            # are kept on the device until then; nothing is saved before that check.
+            is_bad = ~torch.isfinite(loss_sum)
+            first_bad = torch.where(is_bad & (first_bad < 0), step + 1, first_bad)
+            bad_loss = torch.where(is_bad & (bad_loss == 0), loss_sum, bad_loss)
+            due = (
+                device.type == "cpu"
+                or stop
+                or (step + 1) % t.log_every == 0
+                or (step + 1) % t.ckpt_every == 0
+                or (t.eval_every and (step + 1) % t.eval_every == 0)
+                or step + 1 in (end, t.max_steps)
+            )
+            if due:
+                last_loss = float(loss_sum)
+                if int(first_bad) >= 0:
+                    optimizer.zero_grad(set_to_none=True)
+                    raise DivergedError(
+                        f"loss is {float(bad_loss)} at step {int(first_bad)}; stopped without "
+                        f"saving, so the last good checkpoint in {run_dir / 'ckpt'} stays. Lower "
+                        "train.lr or raise train.warmup_steps, then --resume"
+                    )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -290,7 +378,8 @@ def train(
             tok_s = (step - start) * tokens_per_step / elapsed
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                if due:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
             record = None
             if step % t.log_every == 0 or step == t.max_steps:
                 record = {

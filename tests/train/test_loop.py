@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import cfglab.data.dataset as dataset_mod
 from cfglab import cli
 from cfglab.config import load_config
+from cfglab.errors import ConfigError
 from cfglab.train import checkpoint as ckpt
 from cfglab.train import loop
 from cfglab.train.loop import DivergedError, lr_at, train
@@ -73,6 +74,7 @@ def test_run_layout_and_load_model(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == [
         "ckpt",
         "config.json",
+        "fingerprint.json",
         "grammar.cfg",
         "metrics.jsonl",
     ]
@@ -225,8 +227,8 @@ def test_bad_input_exit_2_before_sampling(
         "--no-progress",
         *args,
     ]
-    if corrupt:
-        argv = [a for a in argv if a != "train.max_steps=6"]
+    if corrupt:  # the run's own settings, so only the damaged file stands in the way
+        argv = [a if a != "train.max_steps=6" else "train.max_steps=2" for a in argv]
     code = cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -271,9 +273,14 @@ def test_resume_after_crash_does_not_duplicate_metrics(tmp_path: Path) -> None:
     # as if the process died after logging steps 5-6 but before checkpoint 6 was complete
     (run / "ckpt" / "latest").write_text("step_0000004\n")
     cfg.train.max_steps = 7
-    train(cfg, progress=False, resume=True)
+    with pytest.raises(ConfigError, match=r"train.max_steps 6 -> 7.*--allow-changes"):
+        train(cfg, progress=False, resume=True)  # a changed setting is refused by default
+    train(cfg, progress=False, resume=True, allow_changes=True)
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert history == [{"step": 4, "changed": {"train.max_steps": [6, 7]}}]
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 7
 
 
 def test_data_command_and_training_on_it(tmp_path: Path, capsys) -> None:
