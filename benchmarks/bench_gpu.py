@@ -18,16 +18,16 @@ Sections, in this order (each timed; one that fails prints its error and the oth
 2. agreement: bf16 autocast vs fp32 from identical weights on the same batches: the held-out
    loss at init, the loss of each of 10 AdamW steps and the held-out loss after; PASS if the
    largest relative difference is within AGREE_TOL.
-3. train: cfglab's own `train()` on configs/paper/gpt_rot.yaml with grammar cfg3b (bf16
+3. generation: KV-cache sampling, 64 prompts x 256 new tokens, fp32 and bf16 autocast; no cache.
+4. exact: cyk.recognize and inside.next_token_dist on 1,000 cfg3f strings (CPU, Numba).
+5. probe: hidden states of 1,000 cfg3f strings (750 train / 250 test) through the 12-layer model
+   on the device; one layer's probes fitted and scored as probe_model does each layer (on the
+   CPU: probe.py has no device), and probe_model itself if the estimate for all layers is short.
+6. train: cfglab's own `train()` on configs/paper/gpt_rot.yaml with grammar cfg3b (bf16
    autocast, torch.compile, global batch 96 as 2 micro-batches of 48, the throughput rows' shape,
    so their compiled graph is reused) for a wall-clock budget: max_steps comes from the measured
    step time, so the linear decay ends with the budget. Prints the loss curve and the loss
    reached beside the packed-window loss floor (exact log-probabilities of fresh strings).
-4. generation: KV-cache sampling, 64 prompts x 256 new tokens, fp32 and bf16 autocast; no cache.
-5. exact: cyk.recognize and inside.next_token_dist on 1,000 cfg3f strings (CPU, Numba).
-6. probe: hidden states of 1,000 cfg3f strings (750 train / 250 test) through the 12-layer model
-   on the device; one layer's probes fitted and scored as probe_model does each layer (on the
-   CPU: probe.py has no device), and probe_model itself if the estimate for all layers is short.
 7. extra: cfglab abs + torch.compile (a third compile), if the deadline leaves time for it.
 
 Environment: CFGLAB_BENCH_OUT (gpu.json and the training run's metrics.jsonl go there);
@@ -577,7 +577,7 @@ def section_agreement(plan: Plan, clock: Clock, out: dict, results: dict) -> Non
         raise RuntimeError(f"bf16 vs fp32 relative loss difference {worst:.3g} > {AGREE_TOL:g}")
 
 
-# ---- 3. the training check ----------------------------------------------------------------------
+# ---- 6. the training check ----------------------------------------------------------------------
 def train_config(plan: Plan, out_dir: Path, max_steps: int) -> ExperimentConfig:
     """configs/paper/gpt_rot.yaml + plan.train_overrides for max_steps steps (the linear decay
     ends there): ~40 log lines, 4 validations, one checkpoint at the end, no TensorBoard."""
@@ -600,8 +600,8 @@ def train_config(plan: Plan, out_dir: Path, max_steps: int) -> ExperimentConfig:
 
 
 def section_train(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
-    # what the sections after this one need at least: generation, exact stage, hidden states
-    budget = max(min(plan.train_seconds, clock.remaining() - 45), plan.train_seconds / 4)
+    # 20 s of the deadline stay for the loss floor after it and the summary
+    budget = max(min(plan.train_seconds, clock.remaining() - 20), plan.train_seconds / 4)
     rows = results["sections"].get("throughput", {}).get("rows", [])
     row = next((r for r in rows if r["row"] == plan.train_row), None)
     if row is None and "compile" in plan.train_row:
@@ -711,7 +711,7 @@ def section_train(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         raise RuntimeError(f"loss did not fall: {first['loss']:.4f} -> {last['loss']:.4f}")
 
 
-# ---- 4. KV-cache generation ---------------------------------------------------------------------
+# ---- 3. KV-cache generation ---------------------------------------------------------------------
 def section_generation(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
     device = plan.device
     cfg = plan.config(plan.grammar)
@@ -770,7 +770,7 @@ def section_generation(plan: Plan, clock: Clock, out: dict, results: dict) -> No
         raise RuntimeError("; ".join(errors))
 
 
-# ---- 5. exact stage -----------------------------------------------------------------------------
+# ---- 4. exact stage -----------------------------------------------------------------------------
 def section_exact(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
     grammar = plan.config(plan.grammar).grammar.load()
     strings = sample(grammar, plan.n_exact, seed=3, labels=False).strings()
@@ -808,7 +808,7 @@ def section_exact(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         raise RuntimeError(f"only {out['accepted']} of {n} sampled strings were accepted")
 
 
-# ---- 6. probes ----------------------------------------------------------------------------------
+# ---- 5. probes ----------------------------------------------------------------------------------
 def split_batch(batch: SampleBatch, n: int) -> tuple[SampleBatch, SampleBatch]:
     """The first n strings and the rest, labels alike."""
     cut = batch.offsets[n]
@@ -859,7 +859,8 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         sync(device)
         out["collect_s"] = time.perf_counter() - t0
         print(f"  hidden states, every layer ({device.type}): {out['collect_s']:.1f} s")
-        if clock.remaining() < 90 and device.type == "cuda":
+        if device.type == "cuda" and clock.remaining() < plan.train_seconds + 45:
+            # the training check comes next and matters more than this estimate
             print(f"  one layer's probes: skipped ({clock.remaining():.0f} s left of the deadline)")
             out["layer_fit_s"] = None
             return
@@ -889,11 +890,9 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         f"({out['torch_threads']} threads): {out['layer_fit_s']:.1f} s -> probe_model estimate "
         f"{estimate:.0f} s for {len(names)} layers"
     )
-    if estimate > min(plan.probe_full_s, clock.remaining() - 30):
-        print(
-            f"  probe_model: not run (estimate {estimate:.0f} s > "
-            f"{min(plan.probe_full_s, clock.remaining() - 30):.0f} s allowed)"
-        )
+    allowed = min(plan.probe_full_s, clock.remaining() - plan.train_seconds - 30)
+    if estimate > allowed:
+        print(f"  probe_model: not run (estimate {estimate:.0f} s > {allowed:.0f} s allowed)")
         out["probe_model_s"] = None
         return
     t0 = time.perf_counter()
@@ -909,10 +908,10 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
 SECTIONS: dict[str, Callable[[Plan, Clock, dict, dict], None]] = {
     "throughput": section_throughput,
     "agreement": section_agreement,
-    "train": section_train,
     "generation": section_generation,
     "exact": section_exact,
     "probe": section_probe,
+    "train": section_train,  # late: its budget takes what the deadline leaves, up to the full one
     "extra": section_extra,
 }
 
