@@ -966,7 +966,7 @@ def run_all(plan: Plan) -> dict:
     print(
         f"device {name} ({plan.device}); {peak_text}; torch {torch.__version__}, CUDA "
         f"{torch.version.cuda}; fp32 matmul precision {torch.get_float32_matmul_precision()}; "
-        f"{torch.get_num_threads()} CPU threads; {results['toolchain']}"
+        f"torch threads {torch.get_num_threads()}; {results['toolchain']}"
     )
     for section, fn in SECTIONS.items():
         print(f"\n-- {section} (at {clock.elapsed():.0f} s)")
