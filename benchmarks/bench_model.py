@@ -68,14 +68,18 @@ class RefBlock(nn.Module):
 
 
 class RefGPT(nn.Module):
-    """nanoGPT's GPT without dropout modules (p=0 in this step) and without the generation code."""
+    """nanoGPT's GPT without dropout modules (p=0 in this step) and without the generation code.
+    The shape is nanoGPT's (n_layer, n_head, n_embd, vocab_size, block_size); benchmarks/bench_gpu
+    builds the paper's 12/12/768 at T=512 from the same class."""
 
-    def __init__(self, n_layer: int, n_head: int, n_embd: int) -> None:
+    def __init__(
+        self, n_layer: int, n_head: int, n_embd: int, vocab_size: int = VOCAB, block_size: int = T
+    ) -> None:
         super().__init__()
-        self.wte, self.wpe = nn.Embedding(VOCAB, n_embd), nn.Embedding(T, n_embd)
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
         self.blocks = nn.ModuleList(RefBlock(n_embd, n_head) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
-        self.head = nn.Linear(n_embd, VOCAB, bias=False)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
         self.head.weight = self.wte.weight
         for m in self.modules():  # nanoGPT's init (values do not change the speed of fp32 ops)
             if isinstance(m, nn.Linear | nn.Embedding):
@@ -84,7 +88,7 @@ class RefGPT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))  # (B, T, C)
         for b in self.blocks:
             x = b(x)
         return self.head(self.ln_f(x))
