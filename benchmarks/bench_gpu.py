@@ -22,7 +22,7 @@ Sections, in this order (each timed; one that fails prints its error and the oth
 4. exact: cyk.recognize and inside.next_token_dist on 1,000 cfg3f strings (CPU, Numba).
 5. probe: hidden states of 1,000 cfg3f strings (750 train / 250 test) through the 12-layer model
    on the device; one layer's probes fitted and scored as probe_model does each layer (on the
-   CPU: probe.py has no device), and probe_model itself if the estimate for all layers is short.
+   model's device), and probe_model itself if the estimate for all layers is short.
 6. train: cfglab's own `train()` on configs/paper/gpt_rot.yaml with grammar cfg3b (bf16
    autocast, torch.compile, global batch 96 as 2 micro-batches of 48, the throughput rows' shape,
    so their compiled graph is reused) for a wall-clock budget: max_steps comes from the measured
@@ -63,24 +63,17 @@ import torch
 
 # cfglab's own pieces, so the benchmark measures the real code (one block: paths may move)
 from benchmarks.bench_model import RefGPT
-from cfglab.analyze.probe import (
-    TARGETS,
-    HiddenStore,
-    ProbeSettings,
-    fit_probe,
-    probe_model,
-    probe_targets,
-    resid_names,
-    score_probe,
-)
-from cfglab.config import ExperimentConfig, load_config
+from cfglab.analyze.probe import fit_probe, score_probe
+from cfglab.analyze.probe_tree import TARGETS, probe_model, probe_targets
+from cfglab.analyze.states import HiddenStore, resid_names
+from cfglab.config import ExperimentConfig, ProbeConfig, load_config
 from cfglab.data.dataset import FreshStream
 from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import BOS, Vocab
 from cfglab.evaluate.generate import generate
-from cfglab.evaluate.metrics import packed_loss_floor
+from cfglab.evaluate.loss_floor import packed_loss_floor
 from cfglab.exact import cyk, inside
-from cfglab.model import build_model
+from cfglab.model import build_model, gpt_config
 from cfglab.train.dist import pick_device
 from cfglab.train.loop import lr_at, make_optimizer, train
 from cfglab.train.objectives import get_objective, loss_fn
@@ -128,7 +121,7 @@ class Plan:
     new_tokens: int
     n_exact: int
     n_probe: int
-    probe_settings: ProbeSettings
+    probe_settings: ProbeConfig
     probe_full_s: float  # run probe_model when its estimate is below this
     n_floor: int  # strings for the loss floor
     deadline_s: float  # wall-time goal of the whole benchmark
@@ -163,7 +156,7 @@ def make_plan(device: torch.device) -> Plan:
             new_tokens=256,
             n_exact=1000,
             n_probe=1000,
-            probe_settings=ProbeSettings(),
+            probe_settings=ProbeConfig(),
             probe_full_s=float(env("CFGLAB_BENCH_GPU_PROBE_S", "60")),
             n_floor=2000,
             deadline_s=float(env("CFGLAB_BENCH_GPU_DEADLINE_S", "400")),
@@ -190,7 +183,7 @@ def make_plan(device: torch.device) -> Plan:
         new_tokens=24,
         n_exact=200,
         n_probe=80,
-        probe_settings=ProbeSettings(steps=20),
+        probe_settings=ProbeConfig(steps=20),
         probe_full_s=float(env("CFGLAB_BENCH_GPU_PROBE_S", "60")),
         n_floor=200,
         deadline_s=float(env("CFGLAB_BENCH_GPU_DEADLINE_S", "120")),
@@ -362,7 +355,7 @@ class StepBench:
         self.plan, self.device = plan, plan.device
         self.cfg = plan.config(plan.grammar)
         self.vocab = Vocab.from_grammar(self.cfg.grammar.load())
-        self.gcfg = self.cfg.model.to_gpt_config(self.vocab.size)
+        self.gcfg = gpt_config(self.cfg.model, self.vocab.size)
         self.x, self.y = real_batch(self.cfg, plan.batch, 0, 1, self.device)  # (B, T) each
         self.peak = peak_tflops(device_name(self.device))
         self.kept = None  # (model, compiled forward)
@@ -514,7 +507,7 @@ def section_agreement(plan: Plan, clock: Clock, out: dict, results: dict) -> Non
     )
     vocab = Vocab.from_grammar(cfg.grammar.load())
     torch.manual_seed(0)
-    base = build_model(cfg.model.to_gpt_config(vocab.size))
+    base = build_model(gpt_config(cfg.model, vocab.size))
     batches = [real_batch(cfg, plan.agree_batch, s, 2, device) for s in range(plan.agree_steps)]
     held = [real_batch(cfg, plan.agree_batch, 10_000 + i, 2, device) for i in range(2)]
     runs = {}
@@ -721,7 +714,7 @@ def section_generation(plan: Plan, clock: Clock, out: dict, results: dict) -> No
     cfg = plan.config(plan.grammar)
     vocab = Vocab.from_grammar(cfg.grammar.load())
     torch.manual_seed(0)
-    model = build_model(cfg.model.to_gpt_config(vocab.size)).to(device).eval()
+    model = build_model(gpt_config(cfg.model, vocab.size)).to(device).eval()
     prompts = [torch.tensor([BOS])] * plan.n_prompts  # cut0 prompts
 
     def run(use_cache: bool, bf16: bool, n_new: int, prompts=prompts):
@@ -835,7 +828,7 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     torch.manual_seed(0)  # random init: the cost does not depend on the weights
-    model = build_model(cfg.model.to_gpt_config(vocab.size)).to(device).eval()
+    model = build_model(gpt_config(cfg.model, vocab.size)).to(device).eval()
     T = model.config.block_size
     batch = sample(grammar, plan.n_probe, seed=4, max_len=T - 2, labels=True)
     train_b, test_b = split_batch(batch, plan.n_probe * 3 // 4)
@@ -880,6 +873,7 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
             n_classes,
             settings=settings,
             max_len=T,
+            device=device,
         )
         scores = score_probe(probe, store.load("test", names[-1]), test_b.offsets, y_test)
         out["layer_fit_s"] = time.perf_counter() - t0
@@ -900,7 +894,7 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         out["probe_model_s"] = None
         return
     t0 = time.perf_counter()
-    res = probe_model(model, grammar, train_b, test_b, settings=settings)
+    res = probe_model(model, grammar, train_b, test_b, settings=settings)["all"]
     out["probe_model_s"] = time.perf_counter() - t0
     out["probe_model_last_layer"] = {
         f"{t}{lev}": float(a) for (t, lev), a in zip(res["keys"], res["accuracy"][-1], strict=True)

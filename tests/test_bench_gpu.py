@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from benchmarks import bench_gpu
+from cfglab.model import gpt_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,7 @@ def test_generation_exact_and_probe_numbers(run):
 def test_cuda_plan_trains_the_papers_config_in_the_throughput_shape(tmp_path):
     plan = bench_gpu.make_plan(torch.device("cuda"))  # a plan only: nothing touches CUDA
     cfg = bench_gpu.train_config(plan, tmp_path, 1000)
-    t, m = cfg.train, cfg.model.to_gpt_config(7)
+    t, m = cfg.train, gpt_config(cfg.model, 7)
     assert cfg.grammar.name == "cfg3b"
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.position) == (12, 12, 768, 512, "rot")
     assert (t.batch_size, t.lr, t.decay, t.dtype, t.compile) == (96, 3e-4, "linear", "auto", True)
