@@ -150,6 +150,13 @@ class RotaryPosition(NoPosition):
 
     def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, D)
+        if torch.compiler.is_compiling():
+            # Under torch.compile the plain formula is fused into one kernel forward and one
+            # backward; the hand-written backward below pays off in eager mode only (measured on
+            # an H200, GPT-2 small, bf16: the Function cost 14% of a compiled step).
+            r, h = self.rot_dim, self.rot_dim // 2
+            swapped = torch.cat([x[..., h:r], x[..., :h], x[..., r:]], dim=-1)
+            return x * cos + swapped * sin
         return _Rotary.apply(x, cos, sin, self.rot_dim)
 
 
