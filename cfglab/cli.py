@@ -150,7 +150,7 @@ def _yaml_item(text: str) -> str:
 
 def run_stage(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from cfglab.stages import STAGES, load_run_config
+        from cfglab.stages import load_run_config, run_stage
 
         overrides, flag_of = stage_overrides(name, args)
         try:
@@ -158,7 +158,7 @@ def run_stage(name: str) -> Callable[[argparse.Namespace], int]:
         except ConfigError as exc:
             given = [f for key, f in flag_of.items() if key in str(exc)]
             raise ConfigError(f"{exc} (given as {given[0]})" if given else str(exc)) from None
-        STAGES[name](cfg, Path(args.run_dir))
+        run_stage(name, cfg, Path(args.run_dir))
         return 0
 
     return run
@@ -183,7 +183,7 @@ def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
     from cfglab.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # fails before torch is even imported
-    from cfglab.stages import run_stages, run_train
+    from cfglab.stages import run_stage, run_stages
     from cfglab.train import dist
 
     run_dir = Path(args.out) if args.out else cfg.run_dir
@@ -196,7 +196,7 @@ def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
     }
     try:
         if only_train:
-            run_train(cfg, run_dir, **options)
+            run_stage("train", cfg, run_dir, **options)
         else:
             run_stages(cfg, run_dir, **options)
     finally:

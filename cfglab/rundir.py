@@ -6,6 +6,7 @@
       metrics.jsonl    one JSON object per logged training step: the record
       history.jsonl    accepted changes of training settings on resume (--allow-changes)
       fingerprint.json hashes of config.json, grammar.cfg (and a saved dataset's meta.json)
+      stages.json      the stages completed, each with a hash of the settings it ran under
       ckpt/            checkpoints (their format: cfglab.train.checkpoint)
       eval/            <family>.json per metric family and summary.json (cfglab eval)
       analyze/         probe.json, attention.json (cfglab probe, cfglab attention)
@@ -29,7 +30,7 @@ from cfglab.errors import CfglabError
 
 SCHEMA_VERSION = 1
 CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
-HISTORY, FINGERPRINT = "history.jsonl", "fingerprint.json"
+HISTORY, FINGERPRINT, STAGE_MARKS = "history.jsonl", "fingerprint.json", "stages.json"
 EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
 # result kind -> the command that writes it (named in error messages)
 WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab probe / cfglab attention"}
@@ -198,6 +199,24 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     tmp = path.with_name(f".{METRICS}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_stage_marks(run_dir: str | Path) -> dict[str, str]:
+    """stages.json: {stage: settings hash} of the stages completed ({} if none or unreadable:
+    then every stage runs again, which loses nothing)."""
+    path = Path(run_dir) / STAGE_MARKS
+    try:
+        marks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return marks if isinstance(marks, dict) else {}
+
+
+def mark_stage_done(run_dir: str | Path, stage: str, key: str) -> None:
+    """Record a completed stage (atomically)."""
+    marks = read_stage_marks(run_dir)
+    marks[stage] = key
+    write_json_atomic(Path(run_dir) / STAGE_MARKS, marks)
 
 
 def append_history(run_dir: str | Path, record: dict[str, Any]) -> None:

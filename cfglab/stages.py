@@ -44,21 +44,12 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return config_from_dict(data)
 
 
-def set_threads(threads: int | None) -> None:
-    """torch CPU threads. Small models decode one token at a time: on a busy machine one thread
-    is often several times faster than many (thread wake-ups dominate tiny matmuls)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Path | None = None):
     """(model in eval mode on the section's device, grammar) of a run, with the section's
     threads set; `section` is cfg.eval / cfg.probe / cfg.attention (device, threads None: the
     run's train.device / train.threads)."""
     from cfglab.train.checkpoint import load_model
-    from cfglab.train.dist import pick_device
+    from cfglab.train.dist import pick_device, set_threads
 
     set_threads(section.threads if section.threads is not None else cfg.train.threads)
     try:
@@ -343,6 +334,51 @@ STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
 }
 
 
+def stage_key(cfg: ExperimentConfig, stage: str) -> str:
+    """A hash of the settings a stage's result depends on: the training record (every grammar,
+    data, model and train setting but those that change nothing learned), plus the stage's own
+    section without its device and threads. Equal keys: the stage's result would be the same."""
+    from cfglab.train.loop import NOT_TRAINING, flat
+
+    settings = flat(cfg.to_dict())
+    record = {
+        k: v
+        for k, v in settings.items()
+        if k.split(".")[0] in ("grammar", "data", "model", "train") and k not in NOT_TRAINING
+    }
+    own = {
+        k: v
+        for k, v in settings.items()
+        if k.startswith(f"{stage}.") and k.split(".")[-1] not in ("device", "threads")
+    }
+    return rundir.sha256(json.dumps([record, own], sort_keys=True))
+
+
+def run_stage(
+    name: str, cfg: ExperimentConfig, run_dir: Path, *, skip_done: bool = False, **options
+) -> Path | None:
+    """STAGES[name] on a run, recorded in the run's stages.json when it completes; with
+    `skip_done`, a stage already completed under the same settings (stage_key) is skipped
+    (None). Training resumes from its checkpoint when one exists (and skip_done)."""
+    from cfglab.train import checkpoint as ckpt
+
+    key = stage_key(cfg, name)
+    if skip_done and rundir.read_stage_marks(run_dir).get(name) == key:
+        say(f"== {name}: done earlier with these settings, skipped")
+        return None
+    if name == "train":
+        if skip_done and (Path(run_dir) / ckpt.CKPT_DIR / ckpt.LATEST).exists():
+            options["resume"] = True
+        wrote = run_train(cfg, run_dir, **options)
+    else:
+        wrote = STAGES[name](cfg, run_dir)
+    from cfglab.train import dist
+
+    if dist.is_master():
+        rundir.mark_stage_done(run_dir, name, key)
+    return wrote
+
+
 def run_stages(
     cfg: ExperimentConfig,
     run_dir: Path,
@@ -350,9 +386,10 @@ def run_stages(
     resume: bool = False,
     allow_changes: bool = False,
     progress: bool = True,
-) -> list[Path]:
-    """cfg.stages in order on one run directory (`cfglab run`); under torchrun every rank
-    trains and rank 0 alone runs the later stages."""
+    skip_done: bool = False,
+) -> list[Path | None]:
+    """cfg.stages in order on one run directory (`cfglab run`, and each run of a sweep with
+    skip_done); under torchrun every rank trains and rank 0 alone runs the later stages."""
     from cfglab.train import dist
 
     unknown = [s for s in cfg.stages if s not in STAGES]
@@ -360,18 +397,17 @@ def run_stages(
         raise ConfigError(f"stages: unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
     if "eval" in cfg.stages:
         check_cuts(cfg)  # before training, not after it
-    wrote = []
+    wrote: list[Path | None] = []
     for name in cfg.stages:
         if name != "train" and not dist.is_master():
             break
         if dist.is_master():
             say(f"== cfglab run: {name}")
+        options = {}
         if name == "train":
-            wrote.append(
-                run_train(
-                    cfg, run_dir, resume=resume, allow_changes=allow_changes, progress=progress
-                )
-            )
-        else:
-            wrote.append(STAGES[name](cfg, run_dir))
+            options = {"resume": resume, "allow_changes": allow_changes, "progress": progress}
+        # a stage is skipped only while every stage before it was: one that ran made the
+        # results after it stale
+        fresh = skip_done and all(w is None for w in wrote)
+        wrote.append(run_stage(name, cfg, run_dir, skip_done=fresh, **options))
     return wrote

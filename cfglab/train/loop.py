@@ -101,11 +101,12 @@ NOT_TRAINING = {
 }
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -122,7 +123,7 @@ def resume_changes(run_dir: Path, cfg: ExperimentConfig, grammar) -> dict[str, l
             f"grammar.cfg; was {cfg.grammar.name} edited?); resume with the run's own grammar: "
             f"--set grammar.name={run_dir / rundir.GRAMMAR}"
         )
-    a, b = _flat(old.to_dict()), _flat(cfg.to_dict())
+    a, b = flat(old.to_dict()), flat(cfg.to_dict())
     changes = {
         k: [a[k], b[k]]
         for k in a
@@ -166,8 +167,7 @@ def train(
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     objective = get_objective(t.objective, t.mlm_prob)
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    dist.set_threads(t.threads)
     torch.manual_seed(t.seed)
     model = build_model(gpt_config(cfg.model, vocab.size))  # checks the position variant
     device = info.device

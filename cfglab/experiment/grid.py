@@ -1,0 +1,287 @@
+"""Experiment files: a base run config x a grid over any config keys x seeds -> run configs.
+
+    name: positions
+    base: ../quickstart.yaml          # any run config (path relative to this file)
+    set: {train.max_steps: 2000}      # overrides for every run
+    grid:                             # cartesian product over any config keys
+      model.position: [abs, rot]
+      grammar.name: [cfg3b, cfg3f]
+    seeds: [0, 1, 2]                  # one run per seed: train.seed and data.seed
+    stages: [train, eval, probe]      # default: the base config's stages
+    executor: {kind: local, workers: 2}
+
+`load_experiment` reads such a file strictly (unknown keys and bad values are ConfigErrors with
+a "did you mean") and expands it into one `RunSpec` per grid point and seed, each an ordinary run
+config validated by `cfglab.config.load_config` before anything runs. Each run directory is
+`<out_dir>/<name>/<key=value,...,seed=S>`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cfglab.config import STAGE_NAMES, ExperimentConfig, load_config
+from cfglab.errors import ConfigError, did_you_mean
+
+TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
+EXECUTORS = ("local", "slurm")
+# the executor block's keys per kind (SLURM's are passed to submitit, see launch.py)
+EXECUTOR_KEYS = {
+    "local": ("kind", "workers"),
+    "slurm": (
+        "kind",
+        "partition",
+        "gpus_per_run",
+        "cpus_per_run",
+        "time_min",
+        "array_parallelism",
+        "mem_gb",
+        "nodes",
+        "account",
+        "qos",
+        "constraint",
+        "setup",
+    ),
+}
+
+
+@dataclass
+class RunSpec:
+    """One run of an experiment: its grid point, seed, overrides and validated config."""
+
+    dir: Path  # the run directory
+    point: dict[str, Any]  # grid key -> value
+    seed: int
+    overrides: list[str]  # `--set` items that make its config from the base
+    config: ExperimentConfig
+
+
+@dataclass
+class Experiment:
+    name: str
+    file: Path
+    out: Path  # <out_dir>/<name>: the experiment folder
+    base: Path
+    stages: list[str]
+    executor: dict[str, Any]
+    runs: list[RunSpec] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # grid keys, in file order
+
+    def plan(self) -> dict[str, Any]:
+        """experiment.json: the expanded plan (JSON-ready)."""
+        return {
+            "name": self.name,
+            "file": str(self.file),
+            "base": str(self.base),
+            "axes": self.axes,
+            "stages": self.stages,
+            "executor": self.executor,
+            "runs": [
+                {
+                    "dir": r.dir.name,
+                    "point": r.point,
+                    "seed": r.seed,
+                    "overrides": r.overrides,
+                    "config": r.config.to_dict(),
+                }
+                for r in self.runs
+            ],
+        }
+
+
+def _value_text(value: Any) -> str:
+    """A config value as a `--set` override value (YAML reads JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _dir_part(value: Any) -> str:
+    """A grid value as part of a directory name: file paths by their stem, odd characters _."""
+    if isinstance(value, str) and ("/" in value or value.endswith((".cfg", ".yaml"))):
+        value = Path(value).stem
+    text = value if isinstance(value, str) else json.dumps(value).replace(" ", "")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(
+            f"no such experiment file: {path}; give a YAML file such as "
+            "configs/experiments/smoke.yaml"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (name:, base:, grid:, ...)")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(
+                f"{path}: unknown key {key!r}{did_you_mean(key, TOP_KEYS)}; valid keys: "
+                f"{', '.join(TOP_KEYS)}"
+            )
+    return data
+
+
+def _executor(path: Path, block: Any, workers: int | None, kind: str | None) -> dict[str, Any]:
+    block = dict(block or {"kind": "local"})
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: executor must be a mapping, e.g. {{kind: local, workers: 2}}")
+    if kind is not None:
+        block["kind"] = kind
+    block.setdefault("kind", "local")
+    if block["kind"] not in EXECUTORS:
+        raise ConfigError(
+            f"{path}: executor.kind {block['kind']!r}{did_you_mean(block['kind'], EXECUTORS)}; "
+            f"choose from {', '.join(EXECUTORS)}"
+        )
+    allowed = EXECUTOR_KEYS[block["kind"]]
+    for key in block:
+        if key not in allowed and not (block["kind"] == "local" and key in EXECUTOR_KEYS["slurm"]):
+            raise ConfigError(
+                f"{path}: unknown executor key {key!r}{did_you_mean(key, allowed)}; valid for "
+                f"{block['kind']}: {', '.join(allowed)}"
+            )
+    if workers is not None:
+        block["workers"] = workers
+    block.setdefault("workers", 1)
+    ints = ("workers", "gpus_per_run", "cpus_per_run", "time_min", "array_parallelism", "nodes")
+    for key in ints:
+        if key in block and (
+            not isinstance(block[key], int) or isinstance(block[key], bool) or block[key] < 1
+        ):
+            raise ConfigError(f"{path}: executor.{key} must be an integer >= 1, got {block[key]!r}")
+    return block
+
+
+def load_experiment(
+    path: str | Path,
+    *,
+    workers: int | None = None,
+    executor: str | None = None,
+    only: list[str] | None = None,
+) -> Experiment:
+    """Read and expand an experiment file; every run config is validated before returning.
+
+    `only` keeps the grid points matching every KEY=VALUE given (a value compared as the
+    grid's own values are written, e.g. model.position=rot, seed=1)."""
+    path = Path(path)
+    data = _read(path)
+    name = data.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{path}: name must be a plain folder name, got {name!r}")
+    base = data.get("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must name a run config (a path relative to {path})")
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base} not found (looked for {base_path})")
+    common = data.get("set") or {}
+    grid = data.get("grid") or {}
+    for what, block in (("set", common), ("grid", grid)):
+        if not isinstance(block, dict):
+            raise ConfigError(f"{path}: {what} must be a mapping of dotted config keys")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{path}: grid.{key} must be a non-empty list of values, got {values!r}"
+            )
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"{path}: grid.{key} lists a value twice: {values}")
+    seeds = data.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    stages = data.get("stages")
+    if stages is not None:
+        if not isinstance(stages, list) or not stages:
+            raise ConfigError(f"{path}: stages must be a list, e.g. [train, eval]")
+        for stage in stages:
+            if stage not in STAGE_NAMES:
+                raise ConfigError(
+                    f"{path}: stages: unknown stage {stage!r}{did_you_mean(stage, STAGE_NAMES)}; "
+                    f"choose from {', '.join(STAGE_NAMES)}"
+                )
+    out_dir = Path(data.get("out_dir", "runs"))
+    exp = Experiment(
+        name=name,
+        file=path.resolve(),
+        out=out_dir / name,
+        base=base_path,
+        stages=[],
+        executor=_executor(path, data.get("executor"), workers, executor),
+        axes=list(grid),
+    )
+    filters = _filters(path, only or [], grid)
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    common_items = [f"{k}={_value_text(v)}" for k, v in common.items()]
+    seen: dict[str, dict] = {}
+    for point in points:
+        for seed in seeds:
+            if not all(_matches(point, seed, k, v) for k, v in filters):
+                continue
+            parts = [f"{k}={_dir_part(v)}" for k, v in point.items()] + [f"seed={seed}"]
+            dirname = ",".join(parts)
+            if dirname in seen:
+                raise ConfigError(
+                    f"{path}: grid points {seen[dirname]} and {point} give one run folder "
+                    f"{dirname!r}; make the values distinguishable"
+                )
+            seen[dirname] = point
+            items = [
+                *common_items,
+                *(f"{k}={_value_text(v)}" for k, v in point.items()),
+                f"train.seed={seed}",
+                f"data.seed={seed}",
+                f"name={dirname}",
+                f"out_dir={exp.out}",
+            ]
+            if stages is not None:
+                items.append(f"stages=[{', '.join(stages)}]")
+            try:
+                cfg = load_config(base_path, items)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
+            exp.runs.append(RunSpec(exp.out / dirname, point, seed, items, cfg))
+    if not exp.runs:
+        raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
+    exp.stages = list(exp.runs[0].config.stages)
+    return exp
+
+
+def _filters(path: Path, only: list[str], grid: dict) -> list[tuple[str, str]]:
+    out = []
+    for item in only:
+        if "=" not in item:
+            raise ConfigError(f"--only {item!r}: write KEY=VALUE, e.g. model.position=rot")
+        key, value = (x.strip() for x in item.split("=", 1))
+        if key != "seed" and key not in grid:
+            choices = [*grid, "seed"]
+            raise ConfigError(
+                f"--only {item!r}: {key!r} is not a grid key of {path}"
+                f"{did_you_mean(key, choices)}; choose from {', '.join(choices)}"
+            )
+        out.append((key, value))
+    return out
+
+
+def _matches(point: dict, seed: int, key: str, value: str) -> bool:
+    got = seed if key == "seed" else point[key]
+    return value in (str(got), _value_text(got), _dir_part(got))

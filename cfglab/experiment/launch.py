@@ -1,0 +1,226 @@
+"""Running an experiment's runs: a local process pool or SLURM through submitit.
+
+`sweep(exp)` writes the plan (experiment.json), skips the runs whose stages are all done under
+the same settings (cfglab.stages.stage_key), and hands the others to an executor; each run is
+`run_one(spec)`: the run's stages in order, resuming training from its checkpoint, its output in
+RUN_DIR/log.txt and its state in RUN_DIR/run_status.json (running / done / failed / interrupted,
+wall time, the error line). The experiment's status.json gathers the runs' states. A failed run
+is recorded and the others go on; Ctrl-C stops the workers, whose training saves a checkpoint,
+and a later sweep finishes only what is missing.
+
+Local executor: a pool of `workers` processes, each with cores // workers torch threads
+(CFGLAB_MAX_THREADS), so workers x threads <= cores. SLURM: one job-array task per run through
+submitit (`executor.kind: slurm`), at most `array_parallelism` at a time, `gpus_per_run` GPUs
+(DDP inside the job, with torchrun's environment variables), requeued on preemption or time-out
+and resumed from the last checkpoint. `cluster="local"` runs the same path under submitit's
+local executor (tests).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from cfglab import rundir
+from cfglab.config import config_from_dict
+from cfglab.errors import CfglabError
+from cfglab.experiment.grid import Experiment, RunSpec
+
+RUN_STATUS = "run_status.json"
+
+
+def pending_stages(spec: RunSpec) -> list[str]:
+    """The run's stages not yet completed under its settings (no torch needed to tell)."""
+    from cfglab.stages import stage_key
+
+    marks = rundir.read_stage_marks(spec.dir)
+    return [s for s in spec.config.stages if marks.get(s) != stage_key(spec.config, s)]
+
+
+def _job(spec: RunSpec) -> dict[str, Any]:
+    """What a worker needs (plain data: it crosses a process boundary)."""
+    return {"dir": str(spec.dir), "config": spec.config.to_dict()}
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """A run's stages in order (done stages skipped, training resumed), in this process.
+    Never raises for a run's own failure: returns {state, seconds, error}."""
+    run_dir = Path(job["dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"state": "running", "seconds": None, "error": None, "pid": os.getpid()}
+    rundir.write_json_atomic(run_dir / RUN_STATUS, status)
+    t0 = time.perf_counter()
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                from cfglab.stages import run_stages
+
+                run_stages(config_from_dict(job["config"]), run_dir, skip_done=True, progress=False)
+            status["state"] = "done"
+        except KeyboardInterrupt:
+            status.update(state="interrupted", error="interrupted (Ctrl-C); sweep again to resume")
+        except CfglabError as exc:
+            status.update(state="failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001  (a bug in one run must not stop the others)
+            log.write(traceback.format_exc())
+            status.update(state="failed", error=f"{type(exc).__name__}: {exc} (see log.txt)")
+    status["seconds"] = round(time.perf_counter() - t0, 1)
+    status.pop("pid")
+    rundir.write_json_atomic(run_dir / RUN_STATUS, status)
+    return status
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["CFGLAB_MAX_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def write_status(exp: Experiment) -> dict[str, dict]:
+    """status.json: every run's state (pending when it has not started)."""
+    states = {}
+    for spec in exp.runs:
+        path = spec.dir / RUN_STATUS
+        try:
+            states[spec.dir.name] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            states[spec.dir.name] = {"state": "pending", "seconds": None, "error": None}
+    rundir.write_json_atomic(exp.out / "status.json", states)
+    return states
+
+
+def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    if workers == 1:  # in this process: no pool to start
+        _worker_init(threads)
+        for spec in specs:
+            print(f"run {spec.dir.name}", file=sys.stderr, flush=True)
+            run_one(_job(spec))
+            write_status(exp)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                initargs=(threads,)) as pool:
+        futures = {pool.submit(run_one, _job(spec)): spec for spec in specs}
+        try:
+            for future in cf.as_completed(futures):
+                spec = futures[future]
+                try:
+                    state = future.result()["state"]
+                except Exception as exc:  # noqa: BLE001  (a worker that died)
+                    state = "failed"
+                    rundir.write_json_atomic(
+                        spec.dir / RUN_STATUS,
+                        {"state": "failed", "seconds": None, "error": f"worker died: {exc}"},
+                    )
+                print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
+                write_status(exp)
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+class SubmititRun:
+    """One run as a submitit job: requeued on preemption or time-out (submitit's checkpoint()
+    hook), and then resumed from the run's last checkpoint by run_one."""
+
+    def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # DDP inside the job: torchrun's variables for cfglab.train.dist
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            if env.global_rank > 0:  # every rank trains; rank 0 runs the later stages and logs
+                from cfglab.stages import run_stages
+
+                run_stages(config_from_dict(job["config"]), Path(job["dir"]), skip_done=True,
+                           progress=False)
+                return {"state": "done", "rank": env.global_rank}
+        return run_one(job)
+
+    def checkpoint(self, job: dict[str, Any]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SubmititRun(), job)
+
+
+def submitit_parameters(block: dict[str, Any], name: str) -> dict[str, Any]:
+    """The executor block as submitit's update_parameters arguments (SLURM names prefixed)."""
+    gpus = block.get("gpus_per_run", 0)
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": block.get("time_min", 60),
+        "nodes": block.get("nodes", 1),
+        "tasks_per_node": max(1, gpus),
+        "cpus_per_task": block.get("cpus_per_run", 2),
+    }
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if "mem_gb" in block:
+        params["mem_gb"] = block["mem_gb"]
+    for key, slurm_key in (
+        ("partition", "slurm_partition"),
+        ("array_parallelism", "slurm_array_parallelism"),
+        ("account", "slurm_account"),
+        ("qos", "slurm_qos"),
+        ("constraint", "slurm_constraint"),
+        ("setup", "slurm_setup"),
+    ):
+        if key in block:
+            params[slurm_key] = block[key]
+    return params
+
+
+def submitit_executor(exp: Experiment, cluster: str | None = None):
+    """A submitit AutoExecutor for the experiment (cluster None: SLURM if available)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=exp.out / "submitit" / "%j", cluster=cluster)
+    executor.update_parameters(**submitit_parameters(exp.executor, f"cfglab-{exp.name}"))
+    return executor
+
+
+def run_submitit(exp: Experiment, specs: list[RunSpec], cluster: str | None = None) -> None:
+    executor = submitit_executor(exp, cluster)
+    jobs = executor.map_array(SubmititRun(), [_job(s) for s in specs])
+    print(f"submitted {len(jobs)} jobs to {executor.cluster} (array {jobs[0].job_id})",
+          file=sys.stderr, flush=True)
+    for job, spec in zip(jobs, specs, strict=True):
+        try:
+            state = job.result()["state"]
+        except Exception as exc:  # noqa: BLE001  (the scheduler's error: time limit, OOM, ...)
+            state = "failed"
+            line = str(exc).strip().splitlines()
+            rundir.write_json_atomic(
+                spec.dir / RUN_STATUS,
+                {"state": "failed", "seconds": None, "error": line[-1] if line else repr(exc)},
+            )
+        print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
+        write_status(exp)
+
+
+def sweep(exp: Experiment, *, cluster: str | None = None) -> dict[str, dict]:
+    """Run every run of the experiment that has stages left; returns status.json's content."""
+    exp.out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json_atomic(exp.out / "experiment.json", exp.plan())
+    todo = [spec for spec in exp.runs if pending_stages(spec)]
+    for spec in todo:  # a stale "running" from a killed sweep is pending again
+        (spec.dir / RUN_STATUS).unlink(missing_ok=True)
+    write_status(exp)
+    if todo:
+        if exp.executor["kind"] == "slurm" or cluster is not None:
+            run_submitit(exp, todo, cluster)
+        else:
+            run_local(exp, todo, exp.executor["workers"])
+    return write_status(exp)

@@ -1,0 +1,193 @@
+"""Many runs side by side: tidy results.csv, seed aggregates and the paper's cross-run figures.
+
+`cfglab compare DIR ... [--out DIR]` (also the end of `cfglab sweep`): DIR is an experiment
+folder (its experiment.json names the runs and their grid points) or a run folder. Every run's
+results become tidy rows, one per run x metric:
+
+    experiment, run, <one column per grid axis>, seed, stage, metric,
+    <qualifiers: cut, temperature, gamma, target, window, level, layer, model, pattern>,
+    value, ci_low, ci_high, n
+
+(results.csv, loadable with pandas.read_csv). summary.csv aggregates over seeds: the mean, the
+95% t-interval across seeds, and for proportions the pooled within-run interval (Wilson on the
+seeds' pooled counts). report.md / report.html show the figures of cfglab.report.plots_compare.
+Everything is read through cfglab.rundir; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cfglab import rundir
+from cfglab.errors import CfglabError
+
+FIXED = ["experiment", "run", "seed", "stage", "metric"]
+QUALIFIERS = ["cut", "temperature", "gamma", "target", "window", "level", "layer", "model",
+              "pattern"]
+VALUES = ["value", "ci_low", "ci_high", "n"]
+PROPORTIONS = {"accuracy", "robust_clean", "robust_no_new_errors"}  # pooled Wilson intervals
+# two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+       2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+@dataclass
+class RunEntry:
+    dir: Path
+    experiment: str
+    point: dict = field(default_factory=dict)  # grid axis -> value
+    seed: int | None = None
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
+    """The runs named by experiment folders and run folders, and the grid axes (in order)."""
+    runs, axes = [], []
+    for p in map(Path, paths):
+        plan_file = p / "experiment.json"
+        if plan_file.is_file():
+            try:
+                plan = json.loads(plan_file.read_text())
+                entries = [(r["dir"], r["point"], r["seed"]) for r in plan["runs"]]
+            except (ValueError, KeyError, TypeError):
+                raise CfglabError(f"{plan_file} is corrupt; run `cfglab sweep` again") from None
+            axes += [a for a in plan.get("axes", []) if a not in axes]
+            for name, point, seed in entries:
+                runs.append(RunEntry(p / name, plan.get("name", p.name), point, seed))
+        elif (p / rundir.CONFIG).is_file():
+            cfg = rundir.read_run_config(p)
+            runs.append(RunEntry(p, "", {}, cfg.train.seed))
+        else:
+            raise CfglabError(
+                f"{p} is neither an experiment folder (experiment.json) nor a run folder "
+                "(config.json); give what `cfglab sweep` or `cfglab train` wrote"
+            )
+    if not runs:
+        raise CfglabError("no runs to compare; give experiment or run folders")
+    return runs, axes
+
+
+def run_rows(run: RunEntry) -> list[dict]:
+    """One run's tidy rows (without the experiment/axis columns)."""
+    rows: list[dict] = []
+    metrics = rundir.read_metrics(run.dir)
+    for key, metric in (("loss", "final_loss"), ("val_loss", "final_val_loss")):
+        last = [r for r in metrics if isinstance(r.get(key), (int, float))]
+        if last:
+            rows.append({"stage": "train", "metric": metric, "value": last[-1][key],
+                         "n": last[-1]["step"]})
+    summary = rundir.read_result(run.dir, f"{rundir.EVAL}/summary")
+    for r in (summary or {}).get("rows", []):
+        rows.append({"stage": "eval", **{k: v for k, v in r.items() if k != "family"}})
+    probe = rundir.read_result(run.dir, f"{rundir.ANALYZE}/probe")
+    for t in (probe or {}).get("tables", []):
+        for model, table in t["accuracy"].items():
+            for layer, row in enumerate(table):
+                for level, value in zip(t["levels"], row, strict=True):
+                    rows.append({
+                        "stage": "probe", "metric": "probe_accuracy", "target": t["target"],
+                        "window": t["window"], "level": level, "layer": layer,
+                        "model": "trained" if model == "model" else model, "value": value,
+                    })
+        for level, value in zip(t["levels"], t["majority"], strict=True):
+            rows.append({"stage": "probe", "metric": "probe_majority", "target": t["target"],
+                         "window": t["window"], "level": level, "value": value})
+    att = rundir.read_result(run.dir, f"{rundir.ANALYZE}/attention")
+    for model in ("model", "random_init"):
+        res = (att or {}).get(model)
+        for pattern, scores in (res or {}).get("head_scores", {}).items():
+            best = max(v for layer in scores for v in layer if v == v)  # NaN-safe max
+            rows.append({"stage": "attention", "metric": "best_head_score", "pattern": pattern,
+                         "model": "trained" if model == "model" else model, "value": best})
+            if model == "model":
+                rows.append({"stage": "attention", "metric": "head_score_chance",
+                             "pattern": pattern, "value": res["chance"][pattern]})
+    return rows
+
+
+def tidy_rows(runs: list[RunEntry], axes: list[str]) -> list[dict]:
+    out = []
+    for run in runs:
+        base = {"experiment": run.experiment, "run": run.dir.name, "seed": run.seed}
+        base.update({a: run.point.get(a) for a in axes})
+        out += [{**base, **row} for row in run_rows(run)]
+    return out
+
+
+def _t95(df: int) -> float:
+    return T95[df - 1] if df <= len(T95) else 1.96
+
+
+def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
+    """Mean over seeds per (grid point, stage, metric, qualifiers), with the across-seed 95%
+    t-interval and, for proportions, the pooled within-run Wilson interval."""
+    from cfglab.evaluate.stats import wilson_interval  # torch-free
+
+    key_cols = ["experiment", *axes, "stage", "metric", *QUALIFIERS]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r.get(c) for c in key_cols)].append(r)
+    out = []
+    for key, members in groups.items():
+        values = [float(m["value"]) for m in members if m.get("value") is not None]
+        values = [v for v in values if math.isfinite(v)]
+        row = dict(zip(key_cols, key, strict=True))
+        row.update(n_seeds=len(values), mean=statistics.fmean(values) if values else None)
+        half = None
+        if len(values) > 1:
+            half = _t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        row.update(
+            seed_ci_low=row["mean"] - half if half is not None else None,
+            seed_ci_high=row["mean"] + half if half is not None else None,
+            pooled_ci_low=None,
+            pooled_ci_high=None,
+        )
+        if row["metric"] in PROPORTIONS and all(m.get("n") for m in members):
+            n = sum(int(m["n"]) for m in members)
+            k = sum(round(float(m["value"]) * int(m["n"])) for m in members)
+            row["pooled_ci_low"], row["pooled_ci_high"] = wilson_interval(k, n)
+        out.append(row)
+    return out
+
+
+def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
+    """A CSV with these columns (missing values empty), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
+    """results.csv, summary.csv, report.md, report.html and figures/ in `out` (default: the
+    one experiment folder given, else ./compare); returns `out`."""
+    from cfglab.report import plots_compare
+    from cfglab.report.report import _md_to_html
+
+    runs, axes = find_runs(paths)
+    if out is None:
+        out = Path(paths[0]) / "compare" if len(paths) == 1 else Path("compare")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = tidy_rows(runs, axes)
+    write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
+    agg = aggregate(rows, axes)
+    write_csv(agg, out / "summary.csv", [
+        "experiment", *axes, "stage", "metric", *QUALIFIERS, "n_seeds", "mean", "seed_ci_low",
+        "seed_ci_high", "pooled_ci_low", "pooled_ci_high",
+    ])
+    curves = {r.dir.name: rundir.read_metrics(r.dir) for r in runs}
+    figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
+    md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
+    rundir.write_text_atomic(out / "report.md", md + "\n")
+    rundir.write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
+    return out
