@@ -31,3 +31,11 @@ class ConfigError(CfglabError):
 
 class CheckpointError(CfglabError):
     """A checkpoint or run directory that is missing, incomplete or corrupt."""
+
+
+class ExactError(CfglabError):
+    """A string or grammar too large for the exact algorithms' time or memory bounds."""
+
+
+class PathError(CfglabError):
+    """An input file or output path that cannot be used as given (missing, a folder, encoding)."""
