@@ -57,7 +57,8 @@ def length_moments(
             for r, m_r in zip(rules, sums, strict=True):
                 d = m_r - e if e != float("inf") else 0.0
                 v += r.prob * (d * d + sum(var[sym] for sym in r.rhs if sym < n))
-            mean[a], var[a] = e, (v if e != float("inf") else e)
+            # (rounding leaves ~1e-12 where every rule has the same length: that is 0)
+            mean[a], var[a] = e, (v if v > 1e-18 * e * e else 0.0) if e != float("inf") else e
             continue
         radius = _recursive_component(g, comp, mean, var)
         if (roots is None or any(b in roots for b in comp)) and radius > worst:
