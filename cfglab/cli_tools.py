@@ -250,7 +250,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
         if len(seen) < need:
             raise CfglabError(
                 f"{args.file} has {len(seen)} distinct token(s): "
-                f"{'substitution' if need == 2 else 'insertion'} needs at least {need} "
+                f"{'substitution' if need == 2 else 'corruption'} needs at least {need} "
                 f"terminal{'s' if need == 2 else ''} to choose from; "
                 "give the terminal set with --grammar"
             )

@@ -70,6 +70,7 @@ CASES = {
     "generate_prompts_non_utf8": (["generate", "{folder}", "--prompts", "{non_utf8}"], "UTF-8"),
     "parse_folder": (["parse", "cfg3f", "{folder}"], "is a folder"),
     "parse_missing": (["parse", "cfg3f", "{folder}/nope.txt"], "no such file"),
+    "parse_endless_device": (["parse", "cfg3f", "/dev/zero"], "is a device"),
     "parse_unknown_token": (["parse", "cfg3f", "{unknown_token}"], ":2: unknown token 'x'"),
     "parse_unknown_grammar": (["parse", "cfg3zz", "{good}"], "unknown grammar"),
     "prob_grammar_folder": (["prob", "{folder}", "{good}"], "directory"),

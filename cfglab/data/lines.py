@@ -40,6 +40,8 @@ def read_text(path: str | Path, what: str = "a text file with one string per lin
         raise PathError(f"{path} is a folder: give {what}")
     if not p.exists():
         raise PathError(f"no such file: {path}; give {what}")
+    if p.is_char_device() or p.is_block_device():  # /dev/zero never ends; pipes are fine
+        raise PathError(f"{path} is a device, not a file: give {what}")
     try:
         data = p.read_bytes()
     except OSError as exc:  # permission denied, a device that cannot be read, ...
