@@ -1,12 +1,20 @@
 """The `cfglab` tool commands that work on grammars and strings, not on a run's stages:
 grammar, sample, corrupt, parse, prob, generate, data. Each is a pair (add its arguments, run it)
 that `cli.COMMANDS` lists; library errors become exit codes in `cli.main`.
+
+Every run_* checks its arguments, input files and output path before any work and before
+anything is written (`_check_*` here, `data/lines.py` for files): a bad value is one line
+`cfglab: error: ...` naming the flag and the fix. Strings files are read by
+`data.lines.read_token_lines` (a blank line is the empty string, so verdicts stay aligned
+with input lines); outputs are written by `data.lines.open_output` (a temporary file renamed
+into place when complete).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -15,19 +23,29 @@ from cfglab.errors import CfglabError, GrammarWarning
 
 
 def _write_lines(lines, path: str | None) -> None:
-    """Write lines to `path`, or to stdout (left open)."""
-    if path:
-        with open(path, "w") as f:
-            f.writelines(line + "\n" for line in lines)
-    else:
-        sys.stdout.writelines(line + "\n" for line in lines)
+    """Write lines to `path` (atomically), or to stdout (left open)."""
+    from cfglab.data.lines import open_output
+
+    with open_output(path) as f:
+        f.writelines(line + "\n" for line in lines)
 
 
-def _read_lines(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise CfglabError(f"no such file: {path}; give a text file with one string per line")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+def _check_int(flag: str, value: int | None, lo: int, advice: str) -> None:
+    """CfglabError unless value is None or >= lo, naming the flag and value as typed."""
+    if value is not None and value < lo:
+        raise CfglabError(f"{flag} {value}: {advice}")
+
+
+def _check_float(flag: str, value: float, lo: float, hi: float, *, open_lo: bool) -> None:
+    """CfglabError unless value is a finite number in [lo, hi] (or (lo, hi] with open_lo)."""
+    ok = math.isfinite(value) and (value > lo if open_lo else value >= lo) and value <= hi
+    if not ok:
+        interval = (
+            f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+            if math.isfinite(hi)
+            else (f"> {lo:g}" if open_lo else f">= {lo:g}")
+        )
+        raise CfglabError(f"{flag} {value}: give a finite number {interval}")
 
 
 def add_grammar(p: argparse.ArgumentParser) -> None:
@@ -95,12 +113,23 @@ def run_grammar(args: argparse.Namespace) -> int:
                 g = load(args.grammar)
             for w in caught:
                 print(f"cfglab: warning: {w.message}", file=sys.stderr)
+        from cfglab.data.sampler import check_length
+        from cfglab.errors import SamplingError
+
         layered = f"layered, {len(g.levels) + 1} levels" if g.levels else "not layered"
         print(
             f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "
-            f"rules, {layered}, mean length {g.mean_length:.1f})"
+            f"rules, {layered}, length mean {g.mean_length:.4g} sd {g.length_sd:.4g})"
         )
+        try:  # usable, but not without a length cap: say so now rather than at `sample`
+            check_length(g)
+        except SamplingError as exc:
+            print(f"cfglab: warning: {exc}", file=sys.stderr)
     elif args.action == "random":
+        from cfglab.data.lines import check_output_file
+
+        if args.output:
+            check_output_file(args.output)
         g = random_cfg(
             sizes=tuple(args.levels),
             rules_per_nt=tuple(args.rules),
@@ -133,21 +162,40 @@ def add_sample(p: argparse.ArgumentParser) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cfglab.data.sampler import sample
     from cfglab.grammar import load
 
     g = load(args.grammar)
-    batch = sample(g, args.n, args.seed, max_len=args.max_len, labels=args.labels)
+    from cfglab.data.lines import open_output
+    from cfglab.data.sampler import check_length, sample_parts
+
+    _check_int("-n", args.n, 0, "give a number of strings >= 0")
+    _check_int("--seed", args.seed, 0, "give a seed >= 0")
+    _check_int("--max-len", args.max_len, 1, "give at least one token (or leave it out: no cap)")
+    check_length(g, args.max_len)  # a grammar with astronomically long strings stops here
     names = np.array(["<bos>", *g.terminals], dtype=object)  # token id -> terminal name
-    strings = [names[s].tolist() for s in batch.strings()]
-    if not args.labels:
-        _write_lines((" ".join(s) for s in strings), args.output)
-        return 0
+    # parts of ~10^6 tree nodes, each written as soon as it is drawn: output starts at once,
+    # memory stays constant for any -n, and the strings are those of sample(g, n, seed)
+    parts = sample_parts(g, args.n, args.seed, max_len=args.max_len, labels=args.labels)
+    with open_output(args.output) as f:
+        for batch in parts:
+            f.writelines(line + "\n" for line in _sample_lines(g, batch, names, args.labels))
+    return 0
+
+
+def _sample_lines(g, batch, names, labels: bool):
+    """One part's output lines: strings, or JSON lines with their labels."""
+    import numpy as np
+
+    tokens = names[batch.ids].tolist()
+    off = batch.offsets.tolist()
+    strings = [tokens[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
+    if not labels:
+        return [" ".join(toks) for toks in strings]
     lines = []
     if batch.ancestors is not None:  # layered: per-level labels
         level_names = [np.array([g.nonterminals[a] for a in lev], dtype=object) for lev in g.levels]
         for i, toks in enumerate(strings):
-            a, b = batch.offsets[i], batch.offsets[i + 1]
+            a, b = off[i], off[i + 1]
             anc = [
                 level_names[lev][batch.ancestors[lev, a:b]].tolist() for lev in range(len(g.levels))
             ]
@@ -157,8 +205,7 @@ def run_sample(args: argparse.Namespace) -> int:
         for toks, spans in zip(strings, batch.spans, strict=True):
             rows = [[g.nonterminals[nt], int(s), int(e)] for nt, s, e in spans.tolist()]
             lines.append(json.dumps({"tokens": toks, "spans": rows}))
-    _write_lines(lines, args.output)
-    return 0
+    return lines
 
 
 def add_corrupt(p: argparse.ArgumentParser) -> None:
@@ -185,19 +232,32 @@ def add_corrupt(p: argparse.ArgumentParser) -> None:
 def run_corrupt(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from cfglab.data.lines import check_output_file, encode_lines, read_token_lines
     from cfglab.data.noise import corrupt
     from cfglab.data.vocab import Vocab
     from cfglab.grammar import load
 
-    lines = [line.split() for line in _read_lines(args.file)]
+    _check_float("--rate", args.rate, 0.0, 1.0, open_lo=False)
+    _check_int("--seed", args.seed, 0, "give a seed >= 0")
+    if args.output:
+        check_output_file(args.output)
+    lines = read_token_lines(args.file)  # a blank line is an empty string, kept as one
     if args.grammar:
         vocab = Vocab.from_grammar(load(args.grammar))
     else:  # the tokens seen, numbers first in numeric order (as the grammar reader orders them)
         seen = {tok for toks in lines for tok in toks}
+        need = 2 if "substitute" in args.kinds else 1
+        if len(seen) < need:
+            raise CfglabError(
+                f"{args.file} has {len(seen)} distinct token(s): "
+                f"{'substitution' if need == 2 else 'corruption'} needs at least {need} "
+                f"terminal{'s' if need == 2 else ''} to choose from; "
+                "give the terminal set with --grammar"
+            )
         vocab = Vocab(
             tuple(sorted(seen, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s)))
         )
-    strings = [vocab.encode(toks, where=f"{args.file}:{i + 1}: ") for i, toks in enumerate(lines)]
+    strings = encode_lines(vocab, lines, args.file)
     noisy = corrupt(strings, len(vocab.terminals), args.rate, args.seed, tuple(args.kinds))
     names = np.array(vocab.token_names(), dtype=object)
     _write_lines((" ".join(names[s].tolist()) for s in noisy), args.output)
@@ -224,18 +284,16 @@ def add_generate(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from cfglab.stages import generate_from_run
 
+    _check_int("-n", args.n, 1, "give at least one generation")
+    _check_float("--temperature", args.temperature, 0.0, math.inf, open_lo=True)
+    _check_int("--seed", args.seed, 0, "give a seed >= 0")
+    _check_int("--threads", args.threads, 1, "give at least one thread")
     prompts = labels = None
     if args.prompts:
-        p = Path(args.prompts)
-        if not p.is_file():
-            raise CfglabError(
-                f"no such file: {args.prompts}; give a text file with one prompt per line"
-            )
-        numbered = [
-            (i + 1, line.split())
-            for i, line in enumerate(p.read_text().splitlines())
-            if line.strip()
-        ]
+        from cfglab.data.lines import read_prompts
+
+        # blank lines are skipped; a file with no prompt is an error, not a run from BOS
+        numbered = read_prompts(args.prompts)
         prompts = [toks for _, toks in numbered]
         labels = [f"{args.prompts}:{i}" for i, _ in numbered]
     strings = generate_from_run(
@@ -265,6 +323,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_MAX_DATASET_BYTES = 8 * 1024**3
+
+
 def add_data(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to write")
@@ -274,14 +335,33 @@ def add_data(p: argparse.ArgumentParser) -> None:
 def run_data(args: argparse.Namespace) -> int:
     from cfglab.config import load_config
 
+    _check_int("-n", args.n, 1, "give at least one string")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CfglabError(f"--out {args.out} is a file: give a folder for the dataset")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise CfglabError(
+            f"--out {args.out} already holds files: give a new or empty folder (nothing there "
+            "is overwritten)"
+        )
     cfg = load_config(args.config, args.overrides)
-    if args.n < 1:
-        raise CfglabError(f"-n {args.n}: give at least one string")
     from cfglab.data.dataset import write_dataset
+    from cfglab.data.sampler import check_length
 
-    out = write_dataset(
-        cfg.grammar.load(), args.out, args.n, seed=cfg.data.seed, max_len=cfg.data.max_len
-    )
+    grammar = cfg.grammar.load()
+    check_length(grammar, cfg.data.max_len)
+    # write_dataset holds the whole dataset in memory (tokens uint16, labels per level)
+    per_token = 2 + (7 * len(grammar.levels) if grammar.levels else 0)
+    mean = min(grammar.mean_length, cfg.data.max_len or math.inf) + 2
+    need = args.n * mean * per_token
+    if need > _MAX_DATASET_BYTES:
+        raise CfglabError(
+            f"-n {args.n}: about {need / 1024**3:.1f} GiB of strings and labels would be held "
+            f"in memory while writing (limit {_MAX_DATASET_BYTES / 1024**3:.0f} GiB): give a "
+            f"smaller -n (at most ~{int(_MAX_DATASET_BYTES / (mean * per_token)):,})"
+        )
+
+    out = write_dataset(grammar, args.out, args.n, seed=cfg.data.seed, max_len=cfg.data.max_len)
     meta = json.loads((out / "meta.json").read_text())
     print(
         f"wrote {out}: {args.n} strings, {meta['n_tokens']} tokens (tokens.npy, offsets.npy, "
@@ -291,64 +371,64 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def _read_strings(grammar_arg: str, path: str):
-    """(grammar, file line numbers, token-id strings) of a file of strings, one per line, terminals
-    separated by spaces; blank lines are skipped, an unknown token names its line."""
+    """(grammar, token-id strings) of a file of strings, one per line, terminals separated by
+    spaces; a blank line is the empty string (so outputs stay aligned with input lines), an
+    unknown token names its line."""
+    from cfglab.data.lines import read_strings
     from cfglab.data.vocab import Vocab
     from cfglab.grammar import load
 
     g = load(grammar_arg)
-    p = Path(path)
-    if not p.is_file():
-        raise CfglabError(f"no such file: {path}; give a text file with one string per line")
-    vocab = Vocab.from_grammar(g)
-    line_nos, strings = [], []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
-        if line.strip():
-            line_nos.append(i)
-            strings.append(vocab.encode(line.split(), where=f"{path}:{i}: "))
-    return g, line_nos, strings
+    return g, read_strings(path, Vocab.from_grammar(g))
 
 
 def add_parse(p: argparse.ArgumentParser) -> None:
     p.add_argument("grammar", help="built-in name or grammar file")
-    p.add_argument("file", help="strings, one per line, terminals separated by spaces")
+    p.add_argument(
+        "file",
+        help="strings, one per line, terminals separated by spaces (a blank line is the empty "
+        "string: one verdict per line)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def run_parse(args: argparse.Namespace) -> int:
     from cfglab.exact import cyk
 
-    g, line_nos, strings = _read_strings(args.grammar, args.file)
-    ok = cyk.recognize(g, strings)
-    err = cyk.first_error(g, strings)
-    for line_no, x, accepted, e in zip(line_nos, strings, ok, err, strict=True):
+    g, strings = _read_strings(args.grammar, args.file)
+    ok, err = cyk.judge(g, strings)  # one sweep per string, in interruptible chunks
+    out = []
+    verdicts = zip(strings, ok.tolist(), err.tolist(), strict=True)
+    for line_no, (x, accepted, e) in enumerate(verdicts, 1):
         if args.json:
-            print(
+            out.append(
                 json.dumps(
-                    {
-                        "line": line_no,
-                        "length": len(x),
-                        "accepted": bool(accepted),
-                        "first_error": int(e),
-                    }
+                    {"line": line_no, "length": len(x), "accepted": accepted, "first_error": e}
                 )
             )
         elif accepted:
-            print("accepted")
+            out.append("accepted")
+        elif len(x) == 0:
+            out.append("rejected: a blank line, the empty string (never a sentence)")
         elif e >= 0:
-            print(f"rejected: no sentence has token {e + 1} ({g.terminals[x[e] - 1]!r}) there")
+            out.append(f"rejected: no sentence has token {e + 1} ({g.terminals[x[e] - 1]!r}) there")
         else:
-            print("rejected: a prefix of a sentence, but incomplete")
+            out.append("rejected: a prefix of a sentence, but incomplete")
     if args.json:
-        print(json.dumps({"accepted": int(ok.sum()), "of": len(strings)}))
+        out.append(json.dumps({"accepted": int(ok.sum()), "of": len(strings)}))
     else:
-        print(f"accepted {int(ok.sum())} of {len(strings)}")
+        out.append(f"accepted {int(ok.sum())} of {len(strings)}")
+    _write_lines(out, None)
     return 0
 
 
 def add_prob(p: argparse.ArgumentParser) -> None:
     p.add_argument("grammar", help="built-in name or grammar file")
-    p.add_argument("file", help="strings, one per line, terminals separated by spaces")
+    p.add_argument(
+        "file",
+        help="strings, one per line, terminals separated by spaces (a blank line is the empty "
+        "string: one value per line)",
+    )
     p.add_argument(
         "--next",
         action="store_true",
@@ -359,19 +439,18 @@ def add_prob(p: argparse.ArgumentParser) -> None:
 def run_prob(args: argparse.Namespace) -> int:
     from cfglab.exact import inside
 
-    g, line_nos, strings = _read_strings(args.grammar, args.file)
+    g, strings = _read_strings(args.grammar, args.file)
     log_p = inside.log_prob(g, strings)
     if not args.next:
-        for v in log_p:
-            print(f"{v:.10g}")
+        _write_lines((f"{v:.10g}" for v in log_p), None)
         return 0
-    header = "k  next  " + " ".join(f"{c:>10}" for c in ["<eos>", *g.terminals])
-    for line_no, x, v, rows in zip(
-        line_nos, strings, log_p, inside.next_token_dist(g, strings), strict=True
-    ):
-        print(f"# line {line_no}: log P = {v:.10g}")
-        print(header)
+    # whitespace-separated fields on every line: k, the next token, then one column per symbol
+    header = "k    next  " + " ".join(f"{c:>10}" for c in ["<eos>", *g.terminals])
+    for line_no, (x, v) in enumerate(zip(strings, log_p, strict=True), 1):
+        rows = inside.next_token_dist(g, [x])[0]  # one string at a time: memory stays small
+        out = [f"# line {line_no}: log P = {v:.10g}", header]
         for k, row in enumerate(rows):
             nxt = g.terminals[x[k] - 1] if k < len(x) else "<eos>"
-            print(f"{k:<3}{nxt:>5}  " + " ".join(f"{q:>10.6g}" for q in row))
+            out.append(f"{k:<4} {nxt:>5}  " + " ".join(f"{q:>10.6g}" for q in row))
+        _write_lines(out, None)
     return 0

@@ -36,6 +36,14 @@ class CheckpointError(CfglabError):
     """A checkpoint or run directory that is missing, incomplete or corrupt."""
 
 
+class ExactError(CfglabError):
+    """A string or grammar too large for the exact algorithms' time or memory bounds."""
+
+
+class PathError(CfglabError):
+    """An input file or output path that cannot be used as given (missing, a folder, encoding)."""
+
+
 def did_you_mean(name: str, choices: Iterable) -> str:
     """' (did you mean 'x'?)' for the choice closest to a mistyped name, or ''."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)

@@ -39,6 +39,14 @@ plus the shortest possible yield of its pending nonterminals) is abandoned as so
 known and a fresh one is drawn in its place, so the batch follows the grammar's distribution
 conditioned on length <= max_len. After `max_tries * n` draws (at least 1000) without `n`
 accepted strings, a SamplingError says how many were accepted and what to change.
+
+Bounded memory and time, whatever the grammar or n: `sample_parts` yields the batch in parts
+(each at most ~_NODES_PER_BATCH tree nodes; `sample` concatenates them, so both give the same
+strings), which is what lets `cfglab sample -n 100000000` stream in constant memory. Before
+any draw, a grammar whose strings are astronomically long is refused without max_len
+(`check_length`: the 99% quantile bound mean + sqrt(99) sd, by Cantelli's inequality, must
+stay under MAX_SAMPLE_LENGTH tokens), and a batch whose trees grow past _MAX_BATCH_NODES
+nodes stops with a SamplingError naming max_len, so no grammar can exhaust memory.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +64,15 @@ from cfglab.grammar.cfg import Grammar
 
 # Nodes (all generations) one batch may hold before sampling is cut into several batches.
 _NODES_PER_BATCH = 2_000_000
-# With max_len=None, a single batch holding more nodes than this is a runaway derivation.
-_RUNAWAY_NODES = 200_000_000
-# Buckets of the guide table for drawing rules: the search starts at most a bucket away.
+# A batch whose trees grow past this many nodes is a runaway derivation (~60 bytes a node
+# while it is assembled, so ~600 MB): a SamplingError, never an exhausted machine.
+_MAX_BATCH_NODES = 10_000_000
+# Without max_len, the 99% quantile bound of the string length may not exceed this (tokens).
+MAX_SAMPLE_LENGTH = 1_000_000
+# Buckets of the guide table for drawing rules: the search starts at most a bucket away. Any
+# power of two gives the same draws; fewer buckets for grammars with very many nonterminals.
 _GUIDE = 256
+_GUIDE_CELLS = 4_000_000
 
 
 @dataclass
@@ -147,37 +161,53 @@ class _SpanSource:
 # ---- tables ----------------------------------------------------------------------------------
 @dataclass
 class _Tables:
-    """The grammar as padded arrays for vectorised expansion."""
+    """The grammar as flat arrays for vectorised expansion (rows of varying length, CSR)."""
 
     n_nt: int
-    n_rules: np.ndarray  # (n_nt,) rules per nonterminal
-    rule_of: np.ndarray  # (n_nt, R) global rule index of an nt's j-th rule (padded)
-    cum: np.ndarray  # (n_nt * R,) flat cumulative rule probabilities; the last rule's is 2.0
-    guide: np.ndarray  # (n_nt, _GUIDE) first rule whose cumulative probability exceeds b/_GUIDE
-    rhs_len: np.ndarray  # (n_rules,)
-    rhs: np.ndarray  # (n_rules, max_rhs) symbols, padded with -1
+    rule_off: np.ndarray  # (n_nt+1,) nt a's rules are flat entries rule_off[a] .. rule_off[a+1]-1
+    rule_flat: np.ndarray  # (R,) global rule index of each flat entry
+    cum: np.ndarray  # (R,) cumulative rule probabilities within each nt; the last rule's is 2.0
+    guide: np.ndarray  # (n_nt, G) first entry (within the nt) whose cumulative prob > b/G
+    rhs_len: np.ndarray  # (R,) symbols on each rule's right-hand side
+    rhs_off: np.ndarray  # (R+1,) rule r's symbols are rhs_flat[rhs_off[r] .. rhs_off[r+1]-1]
+    rhs_flat: np.ndarray  # (sum of rhs lengths,) symbols
     min_len: np.ndarray  # (n_nt + n_t,) shortest yield of each symbol (terminals 1)
 
 
 def _tables(grammar: Grammar) -> _Tables:
     n_nt = grammar.n_nt
-    max_r = max(len(rs) for rs in grammar.rules_of)
-    n_rules = np.array([len(rs) for rs in grammar.rules_of], dtype=np.int64)
-    rule_of = np.zeros((n_nt, max_r), dtype=np.int64)
-    cum = np.full((n_nt, max_r), 2.0)
-    for a, rs in enumerate(grammar.rules_of):
-        rule_of[a, : len(rs)] = rs
-        rule_of[a, len(rs) :] = rs[-1]
-        cum[a, : len(rs) - 1] = np.cumsum([grammar.rules[r].prob for r in rs])[:-1]
-    # guide table (Chen & Asau): where the inverse-CDF search for u in [b/G, (b+1)/G) starts
-    grid = np.arange(_GUIDE) / _GUIDE
-    guide = (cum[:, None, :] <= grid[None, :, None]).sum(axis=2)  # (n_nt, G)
-    max_rhs = max(len(r.rhs) for r in grammar.rules)
-    rhs = np.full((len(grammar.rules), max_rhs), -1, dtype=np.int64)
+    counts = np.array([len(rs) for rs in grammar.rules_of], dtype=np.int64)
+    rule_off = np.zeros(n_nt + 1, dtype=np.int64)
+    np.cumsum(counts, out=rule_off[1:])
+    rule_flat = np.fromiter((r for rs in grammar.rules_of for r in rs), np.int64, int(counts.sum()))
+    probs = np.array([grammar.rules[r].prob for r in rule_flat])
+    lhs_flat = np.repeat(np.arange(n_nt), counts)
+    # cumulative probabilities within each nt (a row-wise cumsum over the nts with the same
+    # number of rules: the very sums of a per-nt cumsum, so the draws never change); the last
+    # entry 2.0 so no u in [0, 1) passes it
+    cum = np.empty(len(probs))
+    for c in np.unique(counts):
+        first = rule_off[:-1][counts == c]  # (k,) row starts of the nts with c rules
+        cells = first[:, None] + np.arange(c)  # (k, c)
+        cum[cells] = np.cumsum(probs[cells], axis=1)
+    cum[rule_off[1:] - 1] = 2.0
+    # guide table (Chen & Asau): per nt and bucket b, how many entries have cum <= b/G, found
+    # by one searchsorted over all nts at once (cum is increasing within an nt; nt a is
+    # shifted by 3a so the rows stay apart)
+    n_guide = _GUIDE
+    while n_guide > 16 and n_nt * n_guide > _GUIDE_CELLS:
+        n_guide //= 2
+    keys = cum + 3.0 * lhs_flat
+    grid = np.arange(n_guide) / n_guide
+    guide = np.searchsorted(keys, grid[None, :] + 3.0 * np.arange(n_nt)[:, None], side="right")
+    guide = (guide - rule_off[:-1, None]).astype(np.int64)  # (n_nt, G)
     rhs_len = np.array([len(r.rhs) for r in grammar.rules], dtype=np.int64)
-    for i, r in enumerate(grammar.rules):
-        rhs[i, : len(r.rhs)] = r.rhs
-    return _Tables(n_nt, n_rules, rule_of, cum.ravel(), guide, rhs_len, rhs, _min_lengths(grammar))
+    rhs_off = np.zeros(len(grammar.rules) + 1, dtype=np.int64)
+    np.cumsum(rhs_len, out=rhs_off[1:])
+    rhs_flat = np.fromiter((s for r in grammar.rules for s in r.rhs), np.int64, int(rhs_off[-1]))
+    return _Tables(
+        n_nt, rule_off, rule_flat, cum, guide, rhs_len, rhs_off, rhs_flat, _min_lengths(grammar)
+    )
 
 
 def _min_lengths(grammar: Grammar) -> np.ndarray:
@@ -233,7 +263,14 @@ class _Generation:
     n_children: np.ndarray  # (M,) right-hand-side length of the rule each one drew
 
 
-def _derive(t: _Tables, m: int, rng: np.random.Generator, max_len: int | None):
+def _derive(
+    t: _Tables,
+    m: int,
+    rng: np.random.Generator,
+    max_len: int | None,
+    grammar_name: str = "the grammar",
+    mean_length: float = 0.0,
+):
     """Expand `m` roots to full trees. Returns (generations, alive): alive[i] is False for
     strings abandoned because they exceed max_len (their nodes may linger in early generations
     and are filtered out by the caller)."""
@@ -252,22 +289,29 @@ def _derive(t: _Tables, m: int, rng: np.random.Generator, max_len: int | None):
         # inverse CDF with a guide table: start at the bucket's first candidate rule, then
         # step right while u is past the rule's cumulative probability (rarely more than once)
         u = rng.random(nt_pos.size)
-        j = t.guide[nts, (u * _GUIDE).astype(np.intp)]
-        base = nts * t.rule_of.shape[1]  # row starts in the flat cumulative table
+        j = t.guide[nts, (u * t.guide.shape[1]).astype(np.intp)]
+        base = t.rule_off[nts]  # row starts in the flat cumulative table
         todo = np.arange(nt_pos.size)
         while todo.size:
             step = u[todo] >= t.cum[base[todo] + j[todo]]
             todo = todo[step]
             j[todo] += 1
-        rule = t.rule_of[nts, j]
+        rule = t.rule_flat[base + j]
         n_children = t.rhs_len[rule]
         gens.append(_Generation(sym, string, nt_pos, n_children))
         # replace each nonterminal by its right-hand side: (C,) children, left to right
         first = np.cumsum(n_children) - n_children
         k = np.arange(int(first[-1] + n_children[-1])) - np.repeat(first, n_children)
-        child = t.rhs[np.repeat(rule, n_children), k]
+        child = t.rhs_flat[np.repeat(t.rhs_off[rule], n_children) + k]
         child_string = np.repeat(string[nt_pos], n_children)
         total += child.size
+        if total > _MAX_BATCH_NODES:
+            raise SamplingError(
+                f"a batch of {m} derivation(s) grew past {_MAX_BATCH_NODES:,} tree nodes "
+                f"(strings of {grammar_name} are long with heavy tails; mean length "
+                f"{mean_length:.3g}): cap the length with max_len (cfglab sample --max-len, "
+                "config data.max_len)"
+            )
         if max_len is not None:
             is_t = child >= t.n_nt
             emitted += np.bincount(child_string[is_t], minlength=m)
@@ -277,11 +321,6 @@ def _derive(t: _Tables, m: int, rng: np.random.Generator, max_len: int | None):
                 alive &= ~too_long
                 keep = alive[child_string]
                 child, child_string = child[keep], child_string[keep]
-        elif total > _RUNAWAY_NODES:
-            raise SamplingError(
-                f"a derivation grew past {_RUNAWAY_NODES:,} nodes without finishing: the "
-                "grammar's strings are very long with heavy tails; pass max_len to cap them"
-            )
         sym, string = child, child_string
 
 
@@ -376,6 +415,87 @@ def _concat(parts: list[SampleBatch]) -> SampleBatch:
 
 
 # ---- public API --------------------------------------------------------------------------------
+def check_length(grammar: Grammar, max_len: int | None = None) -> None:
+    """SamplingError, before any draw, when strings of `grammar` are too long to sample: without
+    max_len, when the 99% quantile bound mean + sqrt(99) sd (Cantelli's inequality: at most 1%
+    of strings are longer) exceeds MAX_SAMPLE_LENGTH tokens; with max_len, when max_len is
+    below the grammar's shortest string."""
+    name = grammar.name or "the grammar"
+    if max_len is None:
+        mean, sd = grammar.mean_length, grammar.length_sd
+        q99 = mean + math.sqrt(99.0) * sd
+        if not q99 <= MAX_SAMPLE_LENGTH:  # also inf and nan
+            raise SamplingError(
+                f"strings of {name} are too long to sample without a length cap: mean length "
+                f"{mean:.3g} tokens, sd {sd:.3g} (1% may exceed {q99:.3g}; the limit is "
+                f"{MAX_SAMPLE_LENGTH:,}); cap it with max_len (cfglab sample --max-len, config "
+                "data.max_len) or use a grammar with shorter strings"
+            )
+        return
+    shortest = _min_lengths(grammar)[0]
+    if shortest > max_len:
+        raise SamplingError(
+            f"max_len={max_len} is below the shortest string of {name} "
+            f"({shortest:.6g} tokens): raise max_len to at least {shortest:.6g}"
+        )
+
+
+def _check_args(n: int, seed, max_len: int | None) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise SamplingError(f"cannot sample n={n!r} strings: give a whole number n >= 0")
+    if isinstance(seed, (int, np.integer)) and seed < 0:
+        raise SamplingError(f"seed={seed} is negative: give a seed >= 0")
+    if max_len is not None and (
+        isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1
+    ):
+        raise SamplingError(f"max_len={max_len!r}: give a whole number of tokens >= 1, or None")
+
+
+def sample_parts(
+    grammar: Grammar,
+    n: int,
+    seed: int,
+    *,
+    max_len: int | None = None,
+    labels: bool = True,
+    max_tries: int = 100,
+) -> Iterator[SampleBatch]:
+    """The batch of `sample(grammar, n, seed, ...)` in parts, each as soon as it is drawn (at
+    most ~_NODES_PER_BATCH tree nodes): the same strings, in the same order, in constant
+    memory. Every argument is checked before the first draw."""
+    _check_args(n, seed, max_len)
+    check_length(grammar, max_len)
+    return _draw_parts(grammar, n, seed, max_len, labels, max_tries)
+
+
+def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[SampleBatch]:
+    t = _tables(grammar)
+    name = grammar.name or "the grammar"
+    rng = np.random.default_rng(seed)
+    levels = _strict_levels(grammar)
+    per_batch = max(1, int(_NODES_PER_BATCH / (2.0 * max(grammar.mean_length, 1.0))))
+    budget = max(1000, max_tries * n)
+    got = drawn = 0
+    while got < n:
+        if drawn >= budget:
+            raise SamplingError(
+                f"only {got} of {n} strings of {name} had length <= {max_len} after {drawn} "
+                f"draws (acceptance {got / drawn:.2%}; mean length {grammar.mean_length:.1f}): "
+                "raise max_len (cfglab sample --max-len, config data.max_len)"
+            )
+        need = n - got
+        # draw enough for the acceptance rate seen so far, within the batch size and budget
+        rate = max((got + 1) / (drawn + 1), 0.01) if drawn else 1.0
+        m = min(per_batch, budget - drawn, max(need, math.ceil(need / rate * 1.1)))
+        gens, alive = _derive(t, m, rng, max_len, name, grammar.mean_length)
+        drawn += m
+        accept = alive.copy()
+        accept[np.flatnonzero(alive)[need:]] = False  # keep the first `need` survivors
+        if accept.any():
+            got += int(accept.sum())
+            yield _assemble(gens, accept, t, labels, levels)
+
+
 def sample(
     grammar: Grammar,
     n: int,
@@ -387,42 +507,14 @@ def sample(
 ) -> SampleBatch:
     """`n` strings from `grammar` (see the module docstring for labels and the max_len policy).
 
-    Raises SamplingError for n < 0, max_len below the grammar's shortest string, or when
-    fewer than `n` strings of length <= max_len turn up in `max_tries * n` (>= 1000) draws.
+    Raises SamplingError for n < 0, a negative seed, strings too long to sample without
+    max_len (`check_length`), max_len below the grammar's shortest string, a runaway
+    derivation, or when fewer than `n` strings of length <= max_len turn up in
+    `max_tries * n` (>= 1000) draws.
     """
-    if n < 0:
-        raise SamplingError(f"cannot sample n={n} strings: give n >= 0")
-    t = _tables(grammar)
-    name = grammar.name or "the grammar"
-    if max_len is not None and t.min_len[0] > max_len:
-        raise SamplingError(
-            f"max_len={max_len} is below the shortest string of {name} "
-            f"({int(t.min_len[0])} tokens): raise max_len to at least {int(t.min_len[0])}"
-        )
-    rng = np.random.default_rng(seed)
-    levels = _strict_levels(grammar)
-    per_batch = max(1, int(_NODES_PER_BATCH / (2.0 * max(grammar.mean_length, 1.0))))
-    budget = max(1000, max_tries * n)
-    parts: list[SampleBatch] = []
-    got = drawn = 0
-    while got < n:
-        if drawn >= budget:
-            raise SamplingError(
-                f"only {got} of {n} strings of {name} had length <= {max_len} after {drawn} "
-                f"draws (acceptance {got / drawn:.2%}; mean length {grammar.mean_length:.1f}): "
-                "raise max_len, or max_tries to keep drawing"
-            )
-        need = n - got
-        # draw enough for the acceptance rate seen so far, within the batch size and budget
-        rate = max((got + 1) / (drawn + 1), 0.01) if drawn else 1.0
-        m = min(per_batch, budget - drawn, max(need, math.ceil(need / rate * 1.1)))
-        gens, alive = _derive(t, m, rng, max_len)
-        drawn += m
-        accept = alive.copy()
-        accept[np.flatnonzero(alive)[need:]] = False  # keep the first `need` survivors
-        if accept.any():
-            parts.append(_assemble(gens, accept, t, labels, levels))
-            got += int(accept.sum())
+    parts = list(
+        sample_parts(grammar, n, seed, max_len=max_len, labels=labels, max_tries=max_tries)
+    )
     if not parts:  # n == 0
         return SampleBatch(ids=np.empty(0, np.int64), offsets=np.zeros(1, np.int64))
     return _concat(parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Vocab:
 
     def encode(self, tokens: Iterable[str], where: str = "") -> np.ndarray:
         """Terminal names -> ids (int64). An unknown token is a VocabError naming it."""
-        index = self._index
+        index = self.index
         out = []
         for i, tok in enumerate(tokens):
             tid = index.get(tok)
@@ -74,6 +75,7 @@ class Vocab:
         names = self.token_names()
         return [names[int(i)] for i in ids]
 
-    @property
-    def _index(self) -> dict[str, int]:
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Terminal name -> token id (built once: encoding a file looks up every token)."""
         return {t: i + 1 for i, t in enumerate(self.terminals)}

@@ -7,10 +7,15 @@ positions it would see alone; the paper's cut0 / cut50 prompts all have one leng
 Within a group a sequence stops after it emits EOS (EOS kept) and is dropped from the batch, so
 the batch shrinks as strings end. Sampling: temperature, then top-k, then top-p (nucleus), or
 greedy argmax. Sequences never run past the model's block_size.
+
+Only tokens a string can continue with are ever sampled: the terminals and EOS. BOS, MASK and
+PAD (ids 0 and above EOS in the layout of data/vocab.py) get probability 0 before the filters,
+whatever the model's logits say, so a barely trained model cannot emit `<mask>` mid-string.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -21,6 +26,12 @@ from cfglab.errors import ConfigError
 from cfglab.model.gpt import GPT
 
 
+def special_ids(vocab_size: int, eos_id: int) -> list[int]:
+    """Ids no continuation may take (data/vocab.py layout): BOS (0) and every id after EOS
+    (MASK, PAD)."""
+    return [0, *range(eos_id + 1, vocab_size)]
+
+
 def sample_next(
     logits: Tensor,
     *,
@@ -29,8 +40,12 @@ def sample_next(
     top_p: float | None = None,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    banned: Tensor | None = None,
 ) -> Tensor:
-    """Next token ids (B,) from last-position logits (B, V)."""
+    """Next token ids (B,) from last-position logits (B, V); `banned` (V,) bool ids are never
+    drawn."""
+    if banned is not None:
+        logits = logits.masked_fill(banned, float("-inf"))
     if greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -56,13 +71,23 @@ def _check_args(
     top_k: int | None,
     top_p: float | None,
     greedy: bool,
+    eos_id: int,
+    banned_ids: list[int],
 ) -> None:
     if not model.config.causal:
         raise ConfigError("generate needs a causal model; this one is an encoder (causal=False)")
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not greedy and not temperature > 0:
-        raise ConfigError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
+    if not greedy and not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+    vocab = model.config.vocab_size
+    if not 1 <= eos_id < vocab:
+        raise ConfigError(f"eos_id {eos_id} is not a token id of the model (1..{vocab - 1})")
+    if any(not 0 <= b < vocab for b in banned_ids) or len(set(banned_ids)) >= vocab:
+        raise ConfigError(
+            f"banned_ids {banned_ids} must be ids of the model (0..{vocab - 1}) and leave at "
+            "least one token to sample"
+        )
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -73,10 +98,12 @@ def _check_args(
                 f"prompt {i} must be a non-empty 1-D tensor of token ids starting "
                 f"with BOS, got shape {tuple(p.shape)}"
             )
-        if len(p) > model.config.block_size:
+        block = model.config.block_size
+        if len(p) > block or (len(p) == block and max_new_tokens > 0):
             raise ConfigError(
-                f"prompt {i} has {len(p)} tokens, more than the model's block_size "
-                f"{model.config.block_size}; shorten it"
+                f"prompt {i} has {len(p)} tokens (BOS included) and the model's block_size "
+                f"(model.block_size) is {block}, which leaves no room to generate: shorten the "
+                f"prompt to at most {block - 1} tokens"
             )
 
 
@@ -86,7 +113,7 @@ def _generate_group(
 ) -> list[Tensor]:
     """Prompts (B, P) of one length -> B sequences (prompt + completion, EOS included)."""
     B, P = prompts.shape
-    steps = min(max_new_tokens, model.config.block_size - P)
+    steps = min(max_new_tokens, model.config.block_size - P)  # >= 0: _check_args
     cache = model.new_cache(B, P + steps) if use_cache and steps > 0 else None
     seqs = torch.empty(B, P + steps, dtype=torch.long, device=prompts.device)  # (B, P + steps)
     seqs[:, :P] = prompts
@@ -126,6 +153,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     max_batch: int | None = None,
+    banned_ids: list[int] | None = None,
 ) -> list[Tensor]:
     """Complete each prompt (1-D LongTensor, BOS first) by sampling; return prompt + completion.
 
@@ -133,9 +161,17 @@ def generate(
     reaches block_size. `generator` seeds torch.multinomial for reproducible samples.
     `use_cache=False` recomputes the whole prefix every step (the benchmark's baseline).
     `max_batch` caps how many prompts run together (memory). The model runs in eval mode.
+    `banned_ids` are never sampled (default `special_ids`: BOS, MASK, PAD).
     """
-    _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy)
+    vocab = model.config.vocab_size
+    if banned_ids is None:
+        banned_ids = special_ids(vocab, eos_id)
+    _check_args(
+        model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, eos_id, banned_ids
+    )
     device = model.embed.weight.device
+    banned = torch.zeros(vocab, dtype=torch.bool, device=device)  # (V,)
+    banned[banned_ids] = True
     groups: dict[int, list[int]] = defaultdict(list)  # prompt length -> prompt indices
     for i, p in enumerate(prompts):
         groups[len(p)].append(i)
@@ -159,6 +195,7 @@ def generate(
                     top_p=top_p,
                     greedy=greedy,
                     generator=generator,
+                    banned=banned,
                 )
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = r.to(prompts[i].device)

@@ -4,14 +4,17 @@ Stage 3 of the pipeline (no torch). Every function takes a grammar and a batch o
 a 1-D array of token ids 1..T (cfglab/data/vocab.py), mixed lengths allowed::
 
     ok = recognize(g, strings)            # (B,) bool
+    ok, err = judge(g, strings)           # both of the above and below from one sweep
     trees = parse(g, strings)             # one parse per string, None if rejected
     counts = count_parses(g, strings)     # exact Python ints
     err = first_error(g, strings)         # first token no sentence can have there, else -1
     dist = min_substitutions(g, strings)  # fewest token substitutions to reach the language
 
 Recognition runs the boolean chart sweep of `sweep.py` (top-down filtered CYK on the binarised
-grammar, compiled with Numba); `min_substitutions` is a separate min-cost CYK (the authors'
-"slow DP", here in compiled code with span lengths pruned to those each symbol can derive).
+grammar, compiled with Numba) in chunks that return to Python often enough for Ctrl-C;
+`min_substitutions` is a separate min-cost CYK (the authors' "slow DP", here in compiled code
+with span lengths pruned to those each symbol can derive), chunked by span length and refused
+up front (ExactError) when its (N, n+1, n+1) cost table would not fit in MAX_TABLE_BYTES.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from cfglab.errors import VocabError
+from cfglab.errors import ExactError, VocabError
 from cfglab.exact import sweep
 from cfglab.exact.normal_form import NormalForm, normal_form
 from cfglab.grammar.cfg import Grammar
@@ -79,42 +82,46 @@ def check_strings(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.nd
                 f"string {s}: expected a 1-D array of token ids 1..{n_t}, got shape "
                 f"{arr.shape} dtype {arr.dtype}; encode names with Vocab.encode"
             )
-        arr = arr.astype(np.int64)
-        bad = np.flatnonzero((arr < 1) | (arr > n_t))
-        if bad.size:
-            raise VocabError(
-                f"string {s}: token id {arr[bad[0]]} at position {bad[0]} is not a "
-                f"terminal of {grammar.name or 'the grammar'} (ids 1..{n_t}; "
-                "strings carry no BOS/EOS/PAD)"
-            )
-        out.append(arr)
+        out.append(arr if arr.dtype == np.int64 else arr.astype(np.int64))
+    # one range check over all tokens; only a failure looks for the string that has it
+    flat = np.concatenate(out) if out else np.zeros(0, np.int64)
+    if flat.size and (flat.min() < 1 or flat.max() > n_t):
+        for s, arr in enumerate(out):
+            bad = np.flatnonzero((arr < 1) | (arr > n_t))
+            if bad.size:
+                raise VocabError(
+                    f"string {s}: token id {arr[bad[0]]} at position {bad[0]} is not a "
+                    f"terminal of {grammar.name or 'the grammar'} (ids 1..{n_t}; "
+                    "strings carry no BOS/EOS/PAD)"
+                )
     return out
+
+
+def judge(grammar: Grammar, strings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """((B,) bool accepted, (B,) int64 first error) from one boolean sweep per string: what
+    `recognize` and `first_error` return, for half the work of calling both."""
+    return sweep.judge_many(normal_form(grammar), check_strings(grammar, strings))
 
 
 def recognize(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) bool: is each string a sentence of the grammar?"""
-    nf = normal_form(grammar)
-    res = np.zeros(len(strings), bool)
-    for s, x in enumerate(check_strings(grammar, strings)):
-        r = sweep.run(nf, x, is_prob=False)
-        res[s] = r[3] == -1 and r[1][len(x)] > 0
-    return res
+    return judge(grammar, strings)[0]
 
 
 def first_error(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) int64: index of the first token at which the prefix stops being a prefix of any
     sentence; -1 if every prefix is viable (a sentence, or an unfinished one)."""
-    nf = normal_form(grammar)
-    return np.array(
-        [sweep.run(nf, x, is_prob=False)[3] for x in check_strings(grammar, strings)],
-        dtype=np.int64,
-    )
+    return judge(grammar, strings)[1]
 
 
-def _chart(nf: NormalForm, x: np.ndarray) -> dict[tuple[int, int], set[int]] | None:
+def _chart(
+    nf: NormalForm, x: np.ndarray, where: str = ""
+) -> dict[tuple[int, int], set[int]] | None:
     """The filtered boolean chart {(i, j): binarised symbols deriving x[i:j]}, None if x is
     rejected. Insertion order = the sweep's order, a topological order of the cells."""
-    _, eos, _, err, cell_start, end_off, ent_off, ent_sym, _ = sweep.run(nf, x, is_prob=False)
+    _, eos, _, err, cell_start, end_off, ent_off, ent_sym, _ = sweep.run(
+        nf, x, is_prob=False, where=where
+    )
     n = len(x)
     if err != -1 or eos[n] <= 0:
         return None
@@ -138,8 +145,8 @@ def count_parses(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[int]:
     by_parent = _rules_by_parent(nf)
     ucount = nf.ustar_count.astype(object)
     counts = []
-    for x in check_strings(grammar, strings):
-        chart = _chart(nf, x)
+    for s, x in enumerate(check_strings(grammar, strings)):
+        chart = _chart(nf, x, where=f"string {s}: ")
         if chart is None:
             counts.append(0)
             continue
@@ -169,8 +176,8 @@ def parse(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[Tree | None]:
     for a, b, _ in nf.unary:
         unary_of[a].append(b)
     trees: list[Tree | None] = []
-    for x in check_strings(grammar, strings):
-        chart = _chart(nf, x)
+    for s, x in enumerate(check_strings(grammar, strings)):
+        chart = _chart(nf, x, where=f"string {s}: ")
         if chart is None:
             trees.append(None)
             continue
@@ -218,19 +225,22 @@ def parse(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[Tree | None]:
 
 
 # ---- minimum substitutions ----------------------------------------------------------------
-INF = 32767  # int16 "unreachable": costs are at most n <= MAX_SUB_LEN
-MAX_SUB_LEN = 30000
+INF = 32767  # int16 "unreachable": costs never reach it (the table size bounds n)
 
 
 @njit(cache=True)
-def _derivable_lengths(n, n_sym, has_lex, bin_off, bin_parent, bin_right, up_off, up_sym):
-    """ok[A, L]: some string of length L (1..n) derives from symbol A."""
-    ok = np.zeros((n_sym, n + 1), np.bool_)
-    for a in range(n_sym):
-        ok[a, 1] = has_lex[a]
-    for length in range(1, n + 1):
+def _derivable_lengths(ok, l0, budget, has_lex, bin_off, bin_parent, bin_right, up_off, up_sym):
+    """ok[A, L]: some string of length L (1..n) derives from symbol A; fills lengths l0, l0+1,
+    ... until `budget` steps are spent and returns the next length (n+1 when done)."""
+    n_sym, n = ok.shape[0], ok.shape[1] - 1
+    if l0 <= 1 and n >= 1:
+        for a in range(n_sym):
+            ok[a, 1] = has_lex[a]
+    steps = 0
+    for length in range(max(l0, 1), n + 1):
         if length > 1:
             for b in range(n_sym):
+                steps += length
                 for lb in range(1, length):
                     if ok[b, lb]:
                         for r in range(bin_off[b], bin_off[b + 1]):
@@ -240,12 +250,17 @@ def _derivable_lengths(n, n_sym, has_lex, bin_off, bin_parent, bin_right, up_off
             if ok[b, length]:
                 for q in range(up_off[b], up_off[b + 1]):
                     ok[up_sym[q], length] = True
-    return ok
+        if steps > budget:
+            return length + 1
+    return n + 1
 
 
 @njit(cache=True)
 def _min_subs(
     x,
+    l0,
+    budget,
+    cost,
     n_sym,
     lex,
     has_lex,
@@ -264,14 +279,16 @@ def _min_subs(
 
     Pruned to span lengths each symbol can derive (ok, and len_val[len_off[b]:len_off[b+1]] the
     lengths of b in increasing order), and to spans starting at 0 / ending at n for symbols
-    that only ever sit there (the root and its suffix symbols: most of the top-level work)."""
+    that only ever sit there (the root and its suffix symbols: most of the top-level work).
+    cost (N, n+1, n+1) int16 starts at INF; fills span lengths l0, l0+1, ... until `budget`
+    steps are spent and returns the next length (n+1 when done)."""
     n = x.shape[0]
     big = 32767
-    cost = np.full((n_sym, n + 1, n + 1), big, np.int16)  # (N, n+1, n+1); int16 halves memory
     pre = np.empty(n_sym, np.int32)
     n_rules = bin_parent.shape[0]
     active = np.empty(n_rules, np.int64)
-    for length in range(1, n + 1):
+    steps = 0
+    for length in range(l0, n + 1):
         n_active = 0  # the rules whose parent can derive this length
         for r in range(n_rules):
             if ok[bin_parent[r], length]:
@@ -301,6 +318,7 @@ def _min_subs(
                             v = np.int32(cost[b, i, i + lb]) + np.int32(cost[c, i + lb, j])
                             if v < pre[a]:
                                 pre[a] = v
+                        steps += 1
             for a in range(n_sym):
                 cost[a, i, j] = min(pre[a], big)
             for b in range(n_sym):  # unary chains cost nothing
@@ -309,7 +327,10 @@ def _min_subs(
                         a = up_sym[q]
                         if pre[b] < cost[a, i, j]:
                             cost[a, i, j] = pre[b]
-    return np.int32(cost[0, 0, n]) if n > 0 else np.int32(big)
+            steps += n_sym
+        if steps > budget:
+            return length + 1
+    return n + 1
 
 
 def _anywhere(nf: NormalForm) -> tuple[np.ndarray, np.ndarray]:
@@ -332,28 +353,51 @@ def _anywhere(nf: NormalForm) -> tuple[np.ndarray, np.ndarray]:
 
 def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) int64: the fewest token substitutions that make each string a sentence (0 for a
-    sentence); -1 if no sentence has that length. O(n^3) per string: seconds for long strings."""
+    sentence); -1 if no sentence has that length. O(n^3) time and O(N n^2) memory per string:
+    seconds for long strings; an ExactError up front when the table would not fit."""
     nf = normal_form(grammar)
     has_lex = nf.lex[1:].sum(axis=0) > 0
     xs = check_strings(grammar, strings)
     n_max = max((len(x) for x in xs), default=0)
-    if n_max > MAX_SUB_LEN:
-        raise VocabError(
-            f"min_substitutions: a string of {n_max} tokens is longer than the "
-            f"{MAX_SUB_LEN} this O(n^3) DP supports; split or shorten it"
+    need = nf.n_sym * (n_max + 1) ** 2 * 2  # the int16 cost table of the longest string
+    if need > sweep.MAX_TABLE_BYTES:
+        longest = int((sweep.MAX_TABLE_BYTES / (2 * nf.n_sym)) ** 0.5) - 1
+        raise ExactError(
+            f"min_substitutions: a string of {n_max:,} tokens needs a {need / 1024**3:.1f} GiB "
+            f"table with this grammar ({nf.n_sym} symbols after binarisation): give strings of "
+            f"at most {longest:,} tokens"
         )
-    ok = _derivable_lengths(
-        n_max, nf.n_sym, has_lex, nf.bin_off, nf.bin_parent, nf.bin_right, nf.up_off, nf.up_sym
-    )
+    ok = np.zeros((nf.n_sym, n_max + 1), np.bool_)
+    length = 1
+    while length <= n_max:  # chunks of at most WORK_PER_CALL steps: Ctrl-C is seen between them
+        length = sweep.call_compiled(
+            _derivable_lengths,
+            ok,
+            length,
+            sweep.WORK_PER_CALL,
+            has_lex,
+            nf.bin_off,
+            nf.bin_parent,
+            nf.bin_right,
+            nf.up_off,
+            nf.up_sym,
+        )
     lens = [np.flatnonzero(row) for row in ok]
     len_off = np.concatenate([[0], np.cumsum([len(v) for v in lens])]).astype(np.int64)
     len_val = np.concatenate(lens).astype(np.int64)
     anywhere_start, anywhere_end = _anywhere(nf)
     res = np.empty(len(xs), np.int64)
     for s, x in enumerate(xs):
-        v = int(
-            _min_subs(
+        n = len(x)
+        cost = np.full((nf.n_sym, n + 1, n + 1), INF, np.int16)  # (N, n+1, n+1)
+        length = 1
+        while length <= n:
+            length = sweep.call_compiled(
+                _min_subs,
                 x,
+                length,
+                sweep.WORK_PER_CALL,
+                cost,
                 nf.n_sym,
                 nf.lex,
                 has_lex,
@@ -368,6 +412,6 @@ def min_substitutions(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.nda
                 nf.up_off,
                 nf.up_sym,
             )
-        )
+        v = int(cost[0, 0, n]) if n > 0 else INF
         res[s] = -1 if v >= INF else v
     return res

@@ -28,13 +28,7 @@ from cfglab.grammar.cfg import Grammar
 
 def log_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) float64: natural-log probability of each string; -inf if it is not a sentence."""
-    nf = normal_form(grammar)
-    res = np.full(len(strings), -np.inf)
-    for s, x in enumerate(check_strings(grammar, strings)):
-        log_c, eos, _, err, *_ = sweep.run(nf, x, is_prob=True)
-        if err == -1 and eos[len(x)] > 0:
-            res[s] = log_c.sum() + np.log(eos[len(x)])
-    return res
+    return sweep.log_prob_many(normal_form(grammar), check_strings(grammar, strings))
 
 
 def log_prefix_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -53,9 +47,11 @@ def next_token_dist(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.
 def _prefix_and_rows(grammar: Grammar, strings: Sequence[np.ndarray]):
     nf = normal_form(grammar)
     out = []
-    for x in check_strings(grammar, strings):
+    for s, x in enumerate(check_strings(grammar, strings)):
         n = len(x)
-        log_c, _, rows, err, *_ = sweep.run(nf, x, is_prob=True, want_rows=True)
+        log_c, _, rows, err, *_ = sweep.run(
+            nf, x, is_prob=True, want_rows=True, where=f"string {s}: "
+        )
         last = n if err == -1 else err  # rows 0..last are defined
         # scaled rows sum to Z_k = P(prefix k) / prod_{m<k} c_m, which is 1 up to rounding
         z = rows[: last + 1].sum(axis=1)

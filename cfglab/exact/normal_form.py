@@ -23,7 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cfglab.errors import ExactError
 from cfglab.grammar.cfg import Grammar
+
+# symbols of the binarised grammar beyond which its dense (N, N) closures (72 MB each, an
+# O(N^3) solve) are refused up front rather than left to exhaust memory or time
+MAX_SYMBOLS = 3000
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +83,6 @@ def _build(g: Grammar) -> NormalForm:
     n_nt, n_t = g.n_nt, g.n_t
     names = list(g.nonterminals)
     added = [False] * n_nt
-    suffix_of: dict[tuple[int, ...], int] = {}  # suffix of symbols -> its added symbol
     preterminal_of: dict[int, int] = {}  # token id -> its added preterminal
     lexical: list[tuple[int, int, float]] = []  # (A, token, p)
     binary: list[tuple[int, int, int, float]] = []  # (A, B, C, p)
@@ -98,13 +102,35 @@ def _build(g: Grammar) -> NormalForm:
             lexical.append((preterminal_of[tok], tok, 1.0))
         return preterminal_of[tok]
 
+    # shared suffix symbols, hash-consed: a suffix is (its first symbol, the suffix after it),
+    # so long rules cost linear time and memory (a tuple key per suffix would be quadratic)
+    intern: dict[tuple[int, int], int] = {}  # (first, code of the rest) -> suffix id
+    symbol_of: list[int] = []  # suffix id -> normal-form symbol
+
     def suffix(syms: tuple[int, ...]) -> int:  # the shared symbol deriving `syms` (len >= 2)
-        if syms not in suffix_of:
-            z = new_symbol("<" + " ".join(names[s] for s in syms) + ">")
-            suffix_of[syms] = z
-            rest = syms[1] if len(syms) == 2 else suffix(syms[1:])
-            binary.append((z, syms[0], rest, 1.0))
-        return suffix_of[syms]
+        length = len(syms)
+        ids = [0] * length  # ids[i]: suffix id of syms[i:] (i <= length - 2)
+        rest_code = -1 - syms[-1]  # a lone symbol codes as a negative number
+        for i in range(length - 2, -1, -1):
+            key = (syms[i], rest_code)
+            if key not in intern:
+                intern[key] = len(symbol_of)
+                symbol_of.append(-1)
+            ids[i] = rest_code = intern[key]
+        # new symbols outermost first, rules innermost first: the numbering of a recursive
+        # construction, so the sweeps add in the same order as always
+        made = []
+        for i in range(length - 1):
+            if symbol_of[ids[i]] != -1:
+                break
+            part = syms[i:] if length - i <= 8 else (*syms[i : i + 2], None)
+            label = " ".join(names[s] if s is not None else f"... ({length - i})" for s in part)
+            symbol_of[ids[i]] = new_symbol(f"<{label}>")
+            made.append(i)
+        for i in reversed(made):
+            rest = syms[i + 1] if i == length - 2 else symbol_of[ids[i + 1]]
+            binary.append((symbol_of[ids[i]], syms[i], rest, 1.0))
+        return symbol_of[ids[0]]
 
     for rule in g.rules:
         rhs = rule.rhs
@@ -119,6 +145,18 @@ def _build(g: Grammar) -> NormalForm:
         binary.append((rule.lhs, syms[0], right, rule.prob))
 
     n = len(names)
+    if n > MAX_SYMBOLS:
+        raise ExactError(
+            f"{g.name or 'the grammar'} binarises to {n:,} symbols (nonterminals, one per "
+            f"distinct rule suffix, one per terminal inside a long rule), more than the "
+            f"{MAX_SYMBOLS:,} the exact algorithms handle (dense N x N closures): use a "
+            "grammar with fewer nonterminals or shorter rules"
+        )
+    if (n_t + 1) * n * 8 > 2 * 1024**3:
+        raise ExactError(
+            f"{g.name or 'the grammar'}: {n_t:,} terminals x {n:,} symbols is too large a "
+            "lexical table for the exact algorithms: use fewer terminals"
+        )
     lex = np.zeros((n_t + 1, n))
     for a, tok, p in lexical:
         lex[tok, a] += p
@@ -205,8 +243,9 @@ def _group(items: list[tuple[int, int, float]], n_keys: int):
 def _reachability(edges: np.ndarray) -> np.ndarray:
     """Reflexive-transitive closure of a boolean (N, N) adjacency matrix."""
     reach = edges | np.eye(len(edges), dtype=bool)
-    while True:
-        nxt = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+    while True:  # float32 products go through BLAS; only their sign matters
+        r = reach.astype(np.float32)
+        nxt = reach | ((r @ r) > 0)
         if (nxt == reach).all():
             return reach
         reach = nxt

@@ -109,8 +109,9 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
             write_status(exp)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                initargs=(threads,)) as pool:
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
         futures = {pool.submit(run_one, _job(spec)): spec for spec in specs}
         try:
             for future in cf.as_completed(futures):
@@ -144,8 +145,12 @@ class SubmititRun:
             if env.global_rank > 0:  # every rank trains; rank 0 runs the later stages and logs
                 from cfglab.stages import run_stages
 
-                run_stages(config_from_dict(job["config"]), Path(job["dir"]), skip_done=True,
-                           progress=False)
+                run_stages(
+                    config_from_dict(job["config"]),
+                    Path(job["dir"]),
+                    skip_done=True,
+                    progress=False,
+                )
                 return {"state": "done", "rank": env.global_rank}
         return run_one(job)
 
@@ -194,8 +199,11 @@ def submitit_executor(exp: Experiment, cluster: str | None = None):
 def run_submitit(exp: Experiment, specs: list[RunSpec], cluster: str | None = None) -> None:
     executor = submitit_executor(exp, cluster)
     jobs = executor.map_array(SubmititRun(), [_job(s) for s in specs])
-    print(f"submitted {len(jobs)} jobs to {executor.cluster} (array {jobs[0].job_id})",
-          file=sys.stderr, flush=True)
+    print(
+        f"submitted {len(jobs)} jobs to {executor.cluster} (array {jobs[0].job_id})",
+        file=sys.stderr,
+        flush=True,
+    )
     for job, spec in zip(jobs, specs, strict=True):
         try:
             state = job.result()["state"]

@@ -24,6 +24,9 @@ import numpy as np
 from cfglab.errors import GrammarError
 from cfglab.grammar.cfg import Grammar, Rule
 
+# random_cfg draws at most this many right-hand-side symbols (a few seconds of Python)
+MAX_RANDOM_SYMBOLS = 5_000_000
+
 # name -> one-line description; every entry is a file `files/<name>.json`
 BUILTIN_GRAMMARS: dict[str, str] = {
     "cfg3b": "paper; 2 rules per NT, no repeated symbol in a rule; unambiguous (easiest)",
@@ -55,13 +58,17 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
             for k, node in enumerate(symbols[lev]):
                 a = nt_id[str(idx[lev][k])]
                 children = node["children"]
+                if not children or any(not child for child in children):
+                    raise ValueError(f"'all'[{lev}][{k}] has an empty rule or no rules")
                 for child in children:
+                    if any(not isinstance(c, int) or not 0 <= c < len(below) for c in child):
+                        raise IndexError(f"'all'[{lev}][{k}] names a child outside level {lev + 1}")
                     rhs = tuple(
                         t_id[below[c]] if lev + 1 == n_levels - 1 else nt_id[below[c]]
                         for c in child
                     )
                     rules.append(Rule(a, rhs, 1.0 / len(children)))
-    except (KeyError, IndexError, TypeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise GrammarError(
             f"{name or 'grammar JSON'}: not in the authors' layered format "
             f"(missing or bad field {exc}); see cfglab/grammar/builtin.py"
@@ -83,11 +90,20 @@ def load(name_or_path: str | Path) -> Grammar:
         )
     if path.is_dir():
         raise GrammarError(f"{name} is a directory: give a grammar file (NLTK CFG/PCFG text)")
+    if not path.is_file():  # a pipe or a device: reading could block or never end
+        raise GrammarError(
+            f"{name} is not a regular file: give a grammar file (NLTK CFG/PCFG text)"
+        )
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise GrammarError(
-            f"{name}: not a text file; a grammar file is NLTK CFG/PCFG text, e.g. S -> A 'b'"
+            f"{name}: not a text file (not UTF-8); a grammar file is NLTK CFG/PCFG text, "
+            "e.g. S -> A 'b'"
+        ) from None
+    except OSError as exc:
+        raise GrammarError(
+            f"cannot read {name} ({exc.strerror or exc}): give a readable file"
         ) from None
     if path.suffix == ".json":
         try:
@@ -97,7 +113,9 @@ def load(name_or_path: str | Path) -> Grammar:
                 f"{name}: invalid JSON ({exc}); a .json grammar must be in the "
                 "authors' layered format"
             ) from None
-        return grammar_from_authors_json(data, name=path.stem)
+        g = grammar_from_authors_json(data, name=path.stem)
+        # a user's file gets the text reader's checks (duplicates, dead symbols, terminals)
+        return Grammar.from_text(g.to_text(), name=path.stem, source=name)
     return Grammar.from_text(text, name=path.stem, source=name)
 
 
@@ -136,6 +154,16 @@ def random_cfg(
         )
     if llo == 1 and len(sizes) > 2 and lhi == 1:
         raise GrammarError("random_cfg: rules of length 1 only would make every string one token")
+    if isinstance(seed, int) and seed < 0:
+        raise GrammarError(f"random_cfg: seed {seed} is negative: give a seed >= 0")
+    # every rule is drawn symbol by symbol in Python: bound the work before starting
+    most = sum(sizes[:-1]) * hi * lhi
+    if most > MAX_RANDOM_SYMBOLS:
+        raise GrammarError(
+            f"random_cfg: up to {most:,} right-hand-side symbols ({sum(sizes[:-1]):,} "
+            f"nonterminals x {hi} rules x {lhi} symbols), more than {MAX_RANDOM_SYMBOLS:,}: "
+            "lower the level sizes, rules_per_nt or rule_len"
+        )
     if distinct_symbols_in_rule and lhi > min(sizes[1:]):
         raise GrammarError(
             f"random_cfg: rules of length {lhi} cannot have distinct symbols "
@@ -147,10 +175,13 @@ def random_cfg(
     for lev in range(n_levels - 1):
         below = sizes[lev + 1]
         # how many different right-hand sides exist; redrawing duplicates must terminate
-        capacity = sum(
-            perm(below, n) if distinct_symbols_in_rule else below**n for n in range(llo, lhi + 1)
-        )
+        # (summed only until it covers the need: below**n grows fast)
         needed = sizes[lev] * hi if distinct_rules_per_level else hi
+        capacity = 0
+        for n in range(llo, lhi + 1):
+            capacity += perm(below, n) if distinct_symbols_in_rule else below**n
+            if capacity >= needed:
+                break
         if needed > capacity:
             raise GrammarError(
                 f"random_cfg: level {lev} needs up to {needed} distinct rules but "

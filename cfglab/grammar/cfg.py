@@ -24,7 +24,13 @@ Text syntax (NLTK's `CFG.fromstring` / `PCFG.fromstring`)::
 
 Supported: several rules per nonterminal, ambiguity, recursion, unary rules (`A -> B`).
 Rejected with a message: epsilon rules (`A -> `), unary cycles (`A -> B`, `B -> A`), symbols that
-derive no finite string, and PCFGs whose expected string length is infinite.
+derive no finite string, PCFGs whose expected string length is infinite, and terminals that the
+strings format (one string per line, tokens separated by spaces) cannot write: empty, with
+whitespace inside, or named like a special token (`<bos>`, `<eos>`, `<mask>`, `<pad>`).
+
+Reading is linear in the size of the text, and the length moments (`mean_length`,
+`length_sd`) are solved one strongly connected component of the nonterminal graph at a time, so
+grammars with 100k rules or a thousand levels check in seconds.
 """
 
 from __future__ import annotations
@@ -37,8 +43,11 @@ from functools import cached_property
 import numpy as np
 
 from cfglab.errors import GrammarError, GrammarWarning
+from cfglab.grammar.moments import length_moments
 
 PROB_TOLERANCE = 1e-6  # how far an NT's rule probabilities may sum away from 1
+# token names the vocabulary writes for its special ids (data/vocab.py): no terminal may take them
+SPECIAL_TOKENS = ("<bos>", "<eos>", "<mask>", "<pad>")
 
 
 @dataclass(frozen=True)
@@ -135,25 +144,30 @@ class Grammar:
         )
 
     @cached_property
-    def expected_counts(self) -> np.ndarray:
-        """M[a, s]: expected number of symbol s on the right-hand side of one expansion of nt a."""
-        m = np.zeros((self.n_nt, self.n_nt + self.n_t))
-        for rule in self.rules:
-            for s in rule.rhs:
-                m[rule.lhs, s] += rule.prob
-        return m
-
-    @cached_property
     def expected_lengths(self) -> np.ndarray:
         """E[length of the string derived from nt a] for every nt (finite: validation checks)."""
-        m = self.expected_counts
-        nn = self.n_nt
-        # e = M_nt e + M_t 1  =>  (I - M_nt) e = M_t 1
-        return np.linalg.solve(np.eye(nn) - m[:, :nn], m[:, nn:].sum(axis=1))
+        return self._length_moments[0]
+
+    @cached_property
+    def length_variances(self) -> np.ndarray:
+        """Var[length of the string derived from nt a] for every nt (inf if it overflows)."""
+        return self._length_moments[1]
 
     @property
     def mean_length(self) -> float:
         return float(self.expected_lengths[0])
+
+    @property
+    def length_sd(self) -> float:
+        """Standard deviation of the length of the grammar's strings."""
+        return float(np.sqrt(self.length_variances[0]))
+
+    @cached_property
+    def _length_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        # inf where the expected length is infinite (reading rejects that for reachable
+        # nonterminals) or past float64 (grammars a thousand levels deep)
+        mean, var, _, _ = length_moments(self)
+        return mean, var
 
     # ---- text ----------------------------------------------------------------------------------
     @classmethod
@@ -240,12 +254,13 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             "every rule a probability, or none (then each nonterminal is uniform)",
         )
 
-    nt_names: list[str] = []
+    # first appearance order; dicts keep reading linear in the size of the grammar
+    nt_first: dict[str, int] = {}
     for lhs, _, _, _ in raw:
-        if lhs not in nt_names:
-            nt_names.append(lhs)
+        nt_first.setdefault(lhs, len(nt_first))
+    nt_names = list(nt_first)
     if start is not None:
-        if start not in nt_names:
+        if start not in nt_first:
             raise _fail(
                 source,
                 start_line,
@@ -256,12 +271,14 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
         nt_names.insert(0, start)
     nt_index = {n: i for i, n in enumerate(nt_names)}
 
-    t_names: list[str] = []
+    t_seen: dict[str, None] = {}
     for lhs, rhs, _, line_no in raw:
         for is_t, s in rhs:
-            if is_t and s not in t_names:
-                t_names.append(s)
-            elif not is_t and s not in nt_index:
+            if is_t:
+                if s not in t_seen:
+                    _check_terminal(s, source, line_no)
+                    t_seen[s] = None
+            elif s not in nt_index:
                 raise _fail(
                     source,
                     line_no,
@@ -269,6 +286,7 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
                     f"rules: add a rule '{s} -> ...', or quote it ('{s}') if it is a "
                     "terminal",
                 )
+    t_names = list(t_seen)
     t_names.sort(key=_natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
     n_nt = len(nt_names)
     t_index = {n: n_nt + i for i, n in enumerate(t_names)}
@@ -308,6 +326,25 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
     line_of = {a: alts[0][2] for a, alts in enumerate(by_lhs)}
     _check_structure(g, source, line_of)
     return g
+
+
+def _check_terminal(name: str, source: str, line_no: int) -> None:
+    """A terminal must survive the strings format: one string per line, split on whitespace."""
+    if name.split() != [name]:
+        what = "is empty" if not name.strip() else "contains whitespace"
+        raise _fail(
+            source,
+            line_no,
+            f"terminal {name!r} {what}: strings are written one per line with tokens "
+            "separated by spaces, so it could not be read back; rename it (e.g. 'a_b')",
+        )
+    if name in SPECIAL_TOKENS:
+        raise _fail(
+            source,
+            line_no,
+            f"terminal {name!r} is the name of a special token ({', '.join(SPECIAL_TOKENS)}): "
+            "rename it",
+        )
 
 
 def _natural_key(name: str) -> tuple:
@@ -404,11 +441,7 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
     n = g.n_nt
     # unary cycle: A -> B -> ... -> A through single-nonterminal rules
     unary = [
-        [
-            r.rhs[0]
-            for r in (g.rules[i] for i in g.rules_of[a])
-            if len(r.rhs) == 1 and not g.is_terminal(r.rhs[0])
-        ]
+        [r.rhs[0] for r in (g.rules[i] for i in g.rules_of[a]) if len(r.rhs) == 1 and r.rhs[0] < n]
         for a in range(n)
     ]
     state = [0] * n  # 0 new, 1 on stack, 2 done
@@ -444,16 +477,25 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
                     "support cycles of single-nonterminal rules; merge those nonterminals",
                 )
 
-    # productive: derives some finite terminal string (fixed point)
+    # productive: derives some finite terminal string. A worklist over "unproductive children
+    # left" per rule (not repeated passes over all rules: those are quadratic on deep grammars)
     productive = [False] * n
-    changed = True
-    while changed:
-        changed = False
-        for rule in g.rules:
-            if not productive[rule.lhs] and all(
-                g.is_terminal(s) or productive[s] for s in rule.rhs
-            ):
-                productive[rule.lhs] = changed = True
+    waiting = [sum(1 for s in r.rhs if s < n) for r in g.rules]
+    used_in: list[list[int]] = [[] for _ in range(n)]
+    for i, r in enumerate(g.rules):
+        for s in r.rhs:
+            if s < n:
+                used_in[s].append(i)
+    work = [r.lhs for r, w in zip(g.rules, waiting, strict=True) if w == 0]
+    while work:
+        a = work.pop()
+        if productive[a]:
+            continue
+        productive[a] = True
+        for i in used_in[a]:
+            waiting[i] -= 1
+            if waiting[i] == 0 and not productive[g.rules[i].lhs]:
+                work.append(g.rules[i].lhs)
     for a in range(n):
         if not productive[a]:
             raise _fail(
@@ -470,7 +512,7 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
         a = frontier.pop()
         for ri in g.rules_of[a]:
             for s in g.rules[ri].rhs:
-                if not g.is_terminal(s) and s not in reachable:
+                if s < n and s not in reachable:
                     reachable.add(s)
                     frontier.append(s)
     for a in range(n):
@@ -484,14 +526,14 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
             )
 
     # infinite expected length: the branching process of nonterminals is (super)critical
-    sub = sorted(reachable)
-    m = g.expected_counts[np.ix_(sub, sub)]
-    radius = float(max(abs(np.linalg.eigvals(m)))) if len(sub) else 0.0
+    mean, var, radius, comp = length_moments(g, reachable)
+    g.__dict__["_length_moments"] = (mean, var)  # solved once: the cached property's value
     if radius >= 1.0 - 1e-9:
         raise _fail(
             source,
-            0,
+            line_of[comp[0]],
             f"the expected string length is infinite (the mean number of "
             f"nonterminals a nonterminal rewrites into has spectral radius {radius:.4g} "
-            "≥ 1): lower the probabilities of the recursive rules",
+            f"≥ 1 in the recursion through {', '.join(repr(g.nonterminals[a]) for a in comp[:5])}"
+            f"{' ...' if len(comp) > 5 else ''}): lower the probabilities of the recursive rules",
         )

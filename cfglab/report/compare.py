@@ -28,14 +28,52 @@ from cfglab import rundir
 from cfglab.errors import CfglabError
 
 FIXED = ["experiment", "run", "seed", "stage", "metric"]
-QUALIFIERS = ["cut", "temperature", "gamma", "target", "window", "level", "layer", "model",
-              "pattern"]
+QUALIFIERS = [
+    "cut",
+    "temperature",
+    "gamma",
+    "target",
+    "window",
+    "level",
+    "layer",
+    "model",
+    "pattern",
+]
 VALUES = ["value", "ci_low", "ci_high", "n"]
 PROPORTIONS = {"accuracy", "robust_clean", "robust_no_new_errors"}  # pooled Wilson intervals
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-       2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 @dataclass
@@ -80,8 +118,9 @@ def run_rows(run: RunEntry) -> list[dict]:
     for key, metric in (("loss", "final_loss"), ("val_loss", "final_val_loss")):
         last = [r for r in metrics if isinstance(r.get(key), (int, float))]
         if last:
-            rows.append({"stage": "train", "metric": metric, "value": last[-1][key],
-                         "n": last[-1]["step"]})
+            rows.append(
+                {"stage": "train", "metric": metric, "value": last[-1][key], "n": last[-1]["step"]}
+            )
     summary = rundir.read_result(run.dir, f"{rundir.EVAL}/summary")
     for r in (summary or {}).get("rows", []):
         rows.append({"stage": "eval", **{k: v for k, v in r.items() if k != "family"}})
@@ -90,24 +129,52 @@ def run_rows(run: RunEntry) -> list[dict]:
         for model, table in t["accuracy"].items():
             for layer, row in enumerate(table):
                 for level, value in zip(t["levels"], row, strict=True):
-                    rows.append({
-                        "stage": "probe", "metric": "probe_accuracy", "target": t["target"],
-                        "window": t["window"], "level": level, "layer": layer,
-                        "model": "trained" if model == "model" else model, "value": value,
-                    })
+                    rows.append(
+                        {
+                            "stage": "probe",
+                            "metric": "probe_accuracy",
+                            "target": t["target"],
+                            "window": t["window"],
+                            "level": level,
+                            "layer": layer,
+                            "model": "trained" if model == "model" else model,
+                            "value": value,
+                        }
+                    )
         for level, value in zip(t["levels"], t["majority"], strict=True):
-            rows.append({"stage": "probe", "metric": "probe_majority", "target": t["target"],
-                         "window": t["window"], "level": level, "value": value})
+            rows.append(
+                {
+                    "stage": "probe",
+                    "metric": "probe_majority",
+                    "target": t["target"],
+                    "window": t["window"],
+                    "level": level,
+                    "value": value,
+                }
+            )
     att = rundir.read_result(run.dir, f"{rundir.ANALYZE}/attention")
     for model in ("model", "random_init"):
         res = (att or {}).get(model)
         for pattern, scores in (res or {}).get("head_scores", {}).items():
             best = max(v for layer in scores for v in layer if v == v)  # NaN-safe max
-            rows.append({"stage": "attention", "metric": "best_head_score", "pattern": pattern,
-                         "model": "trained" if model == "model" else model, "value": best})
+            rows.append(
+                {
+                    "stage": "attention",
+                    "metric": "best_head_score",
+                    "pattern": pattern,
+                    "model": "trained" if model == "model" else model,
+                    "value": best,
+                }
+            )
             if model == "model":
-                rows.append({"stage": "attention", "metric": "head_score_chance",
-                             "pattern": pattern, "value": res["chance"][pattern]})
+                rows.append(
+                    {
+                        "stage": "attention",
+                        "metric": "head_score_chance",
+                        "pattern": pattern,
+                        "value": res["chance"][pattern],
+                    }
+                )
     return rows
 
 
@@ -181,10 +248,23 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     rows = tidy_rows(runs, axes)
     write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
     agg = aggregate(rows, axes)
-    write_csv(agg, out / "summary.csv", [
-        "experiment", *axes, "stage", "metric", *QUALIFIERS, "n_seeds", "mean", "seed_ci_low",
-        "seed_ci_high", "pooled_ci_low", "pooled_ci_high",
-    ])
+    write_csv(
+        agg,
+        out / "summary.csv",
+        [
+            "experiment",
+            *axes,
+            "stage",
+            "metric",
+            *QUALIFIERS,
+            "n_seeds",
+            "mean",
+            "seed_ci_low",
+            "seed_ci_high",
+            "pooled_ci_low",
+            "pooled_ci_high",
+        ],
+    )
     curves = {r.dir.name: rundir.read_metrics(r.dir) for r in runs}
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)

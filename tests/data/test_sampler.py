@@ -338,3 +338,60 @@ def test_sample_authors_reproduces_the_authors_string():
 def test_sample_authors_rejects_weighted_grammars():
     with pytest.raises(SamplingError, match="use sample"):
         sample_authors(Grammar.from_text(PCFG_TEXT), random.Random(0))
+
+
+def test_parts_concatenate_to_the_batch():
+    """Streaming (`sample_parts`, what `cfglab sample` writes) yields exactly `sample`'s strings
+    and labels, in several parts for a large n."""
+    from cfglab.data.sampler import _concat, sample_parts
+
+    g = load("cfg3b")
+    whole = sample(g, 9000, seed=4)
+    parts = list(sample_parts(g, 9000, 4))
+    assert len(parts) > 1
+    joined = _concat(parts)
+    np.testing.assert_array_equal(joined.ids, whole.ids)
+    np.testing.assert_array_equal(joined.offsets, whole.offsets)
+    np.testing.assert_array_equal(joined.ancestors, whole.ancestors)
+    np.testing.assert_array_equal(joined.is_boundary, whole.is_boundary)
+
+
+def test_guide_table_size_does_not_change_draws(monkeypatch):
+    """Grammars with very many nonterminals get a coarser guide table (memory); the draws are
+    the same whatever its size."""
+    import cfglab.data.sampler as S
+
+    g = Grammar.from_text(PCFG_TEXT)
+    want = sample(g, 3000, seed=8, labels=False)
+    monkeypatch.setattr(S, "_GUIDE_CELLS", 1)
+    assert S._tables(g).guide.shape[1] == 16
+    got = sample(g, 3000, seed=8, labels=False)
+    np.testing.assert_array_equal(got.ids, want.ids)
+
+
+def test_astronomically_long_strings_are_refused_before_any_draw():
+    from cfglab.grammar import random_cfg
+
+    deep = random_cfg(sizes=(1, *[3] * 299), seed=0)  # mean length ~1e120
+    assert deep.mean_length > 1e100
+    with pytest.raises(SamplingError, match="max_len"):
+        sample(deep, 1, seed=0)
+    heavy = Grammar.from_text("S -> S S [0.4999] | 'a' [0.5001]")  # mean 2500, sd ~1.8e5
+    with pytest.raises(SamplingError, match="too long to sample"):
+        sample(heavy, 1, seed=0)
+    assert len(sample(heavy, 50, seed=0, max_len=30, labels=False)) == 50
+
+
+def test_runaway_batches_stop_with_an_error(monkeypatch):
+    import cfglab.data.sampler as S
+
+    monkeypatch.setattr(S, "_MAX_BATCH_NODES", 5000)
+    with pytest.raises(SamplingError, match="max_len"):
+        sample(load("cfg3f"), 200, seed=0)
+
+
+def test_bad_arguments_are_sampling_errors():
+    g = load("cfg3b")
+    for kwargs in ({"n": -1}, {"n": 2.5}, {"seed": -3}, {"max_len": 0}):
+        with pytest.raises(SamplingError):
+            sample(g, **{"n": 2, "seed": 0, **kwargs})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from cfglab.cli import main
@@ -12,7 +14,7 @@ from cfglab.grammar.builtin import load
 
 def _write_strings(tmp_path, g, strings):
     path = tmp_path / "strings.txt"
-    path.write_text("\n".join(" ".join(g.terminals[t - 1] for t in x) for x in strings) + "\n\n")
+    path.write_text("\n".join(" ".join(g.terminals[t - 1] for t in x) for x in strings) + "\n")
     return str(path)
 
 
@@ -45,3 +47,46 @@ def test_parse_names_the_line_of_an_unknown_token(tmp_path, capsys):
     assert err.startswith("cfglab: error:") and "s.txt:3:" in err and "'x'" in err
     assert main(["parse", "cfg3f", str(tmp_path / "missing.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_blank_lines_are_empty_strings_so_outputs_stay_aligned(tmp_path, capsys):
+    """Output line k answers input line k: a blank line is the empty string (never a
+    sentence, log P = -inf), not skipped."""
+    g = load("cfg3f")
+    x = " ".join(g.terminals[t - 1] for t in sample(g, 1, seed=0, labels=False).strings()[0])
+    path = tmp_path / "s.txt"
+    path.write_text(f"\n{x}\n   \n{x}\n")
+    assert main(["parse", "cfg3f", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == [
+        "rejected",
+        "accepted",
+        "rejected",
+        "accepted",
+    ]
+    assert "blank line" in lines[0] and lines[-1] == "accepted 2 of 4"
+    assert main(["parse", "cfg3f", str(path), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["line"] for r in rows[:4]] == [1, 2, 3, 4] and rows[0]["length"] == 0
+    assert main(["prob", "cfg3f", str(path)]) == 0
+    values = capsys.readouterr().out.split()
+    assert values[0] == values[2] == "-inf" and float(values[1]) < 0
+
+
+def test_prob_next_rows_split_into_fields(tmp_path, capsys):
+    """Every row of --next splits on whitespace into k, the next token and T+1 numbers, also
+    from position 100 on (where the index once ran into '<eos>')."""
+    g = load("cfg3f")
+    x = sample(g, 1, seed=0, labels=False).strings()[0]
+    path = tmp_path / "s.txt"
+    path.write_text(" ".join(g.terminals[t - 1] for t in x) + "\n")
+    assert main(["prob", "cfg3f", str(path), "--next"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1].split()
+    assert header[:3] == ["k", "next", "<eos>"] and len(header) == g.n_t + 3
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == len(x) + 1 and len(x) > 100
+    for k, row in enumerate(rows):
+        assert len(row) == len(header) and int(row[0]) == k
+        assert row[1] == (g.terminals[x[k] - 1] if k < len(x) else "<eos>")
+        assert abs(sum(float(v) for v in row[2:]) - 1) < 1e-5  # printed to 6 digits

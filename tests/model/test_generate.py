@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cfglab.errors import ConfigError
-from cfglab.evaluate.generate import generate, sample_next
+from cfglab.evaluate.generate import generate, sample_next, special_ids
 
 from .conftest import VOCAB, tiny
 
@@ -86,8 +86,34 @@ def test_eos_stops_each_sequence():
 
 def test_length_never_exceeds_block_size():
     model = tiny("abs", block_size=16)
-    outs = generate(model, [torch.tensor([0, 1, 2])], 100, eos_id=-1)  # never stops at EOS
+    never_eos = [0, EOS, EOS + 1, EOS + 2]  # EOS banned too: the string never stops
+    outs = generate(model, [torch.tensor([0, 1, 2])], 100, eos_id=EOS, banned_ids=never_eos)
     assert len(outs[0]) == 16
+
+
+def test_special_tokens_are_never_sampled():
+    """A model whose logits favour BOS, MASK and PAD still emits only terminals and EOS."""
+    model = tiny("rot")
+    bias = torch.zeros(VOCAB)
+    bias[[0, EOS + 1, EOS + 2]] = 50.0  # special tokens overwhelmingly likely
+    model.unembed.register_forward_hook(lambda module, inputs, out: out + bias)
+    logits = bias.expand(64, VOCAB)
+    banned = torch.zeros(VOCAB, dtype=torch.bool)
+    banned[special_ids(VOCAB, EOS)] = True
+    g = torch.Generator().manual_seed(0)
+    for greedy in (False, True):
+        draws = sample_next(logits, banned=banned, greedy=greedy, generator=g)
+        assert ((draws >= 1) & (draws <= EOS)).all()
+    outs = generate(model, [torch.tensor([0])] * 32, 40, eos_id=EOS, generator=g)
+    for o in outs:
+        assert ((o[1:] >= 1) & (o[1:] <= EOS)).all()
+
+
+def test_a_prompt_that_fills_the_window_is_an_error():
+    model = tiny("abs", block_size=16)
+    with pytest.raises(ConfigError, match="block_size"):
+        generate(model, [torch.zeros(16, dtype=torch.long)], 5, eos_id=EOS)
+    assert len(generate(model, [torch.zeros(16, dtype=torch.long)], 0, eos_id=EOS)[0]) == 16
 
 
 def test_sample_next_filters():
@@ -111,6 +137,10 @@ def test_bad_arguments_are_config_errors():
     p = [torch.tensor([0])]
     with pytest.raises(ConfigError, match="temperature"):
         generate(model, p, 5, eos_id=EOS, temperature=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(model, p, 5, eos_id=EOS, temperature=float("nan"))
+    with pytest.raises(ConfigError, match="eos_id"):
+        generate(model, p, 5, eos_id=-1)
     with pytest.raises(ConfigError, match="top_p"):
         generate(model, p, 5, eos_id=EOS, top_p=1.5)
     with pytest.raises(ConfigError, match="non-empty 1-D"):

@@ -1,0 +1,150 @@
+"""Text files of strings, one per line, tokens separated by spaces: the one reader and writer.
+
+`cfglab parse / prob / corrupt` read strings and `cfglab generate --prompts` reads prompts
+through `read_token_lines`; `cfglab sample / corrupt / grammar random` write through
+`open_output` after `check_output_file`. Everything a user can get wrong about a file is a
+PathError (or a VocabError for an unknown token) that names the file, the line and the fix,
+raised before any work and before anything is written:
+
+- the path is missing, a folder, unreadable, or not UTF-8 text (a byte-order mark is allowed);
+- **blank lines**: in a strings file a blank line is the empty string and is judged as one, so
+  the n-th verdict always answers the n-th line; in a prompts file blank lines separate
+  prompts and are skipped (each generation carries its prompt, and errors name the prompt's
+  real line), but a file with no prompt at all is an error, not a silent generation from BOS.
+
+Output files are written to a temporary file beside the target and renamed into place when
+complete, so a failed or interrupted command leaves an existing file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from cfglab.data.vocab import Vocab
+from cfglab.errors import PathError
+
+
+def read_text(path: str | Path, what: str = "a text file with one string per line") -> str:
+    """The whole file as text; PathError for a missing path, a folder, or bytes that are not
+    UTF-8 (naming the line and the byte)."""
+    p = Path(path)
+    if p.is_dir():
+        raise PathError(f"{path} is a folder: give {what}")
+    if not p.exists():
+        raise PathError(f"no such file: {path}; give {what}")
+    if p.is_char_device() or p.is_block_device():  # /dev/zero never ends; pipes are fine
+        raise PathError(f"{path} is a device, not a file: give {what}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:  # permission denied, a device that cannot be read, ...
+        raise PathError(f"cannot read {path} ({exc.strerror or exc}): give {what}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PathError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); give {what}, "
+            "saved as UTF-8"
+        ) from None
+
+
+def read_token_lines(path: str | Path) -> list[list[str]]:
+    """Tokens of every line of a strings file; a blank line is the empty string."""
+    what = "a text file with one string per line, terminals separated by spaces"
+    return [line.split() for line in read_text(path, what).splitlines()]
+
+
+def read_prompts(path: str | Path) -> list[tuple[int, list[str]]]:
+    """(line number, tokens) of every prompt of a prompts file, blank lines skipped; a file
+    without any prompt is a PathError."""
+    what = "a text file with one prompt per line, terminals separated by spaces"
+    lines = read_text(path, what).splitlines()
+    prompts = [(i, line.split()) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not prompts:
+        raise PathError(
+            f"{path} holds no prompts ({'only blank lines' if lines else 'it is empty'}): give "
+            f"{what}, or leave out --prompts to generate from BOS"
+        )
+    return prompts
+
+
+def encode_lines(vocab: Vocab, lines: list[list[str]], path: str | Path) -> list[np.ndarray]:
+    """Token names -> id arrays, one per line; an unknown token is a VocabError naming the file,
+    line and position. One dictionary lookup per token (no per-string NumPy work)."""
+    index = vocab.index
+    try:
+        flat = np.fromiter(
+            (index[t] for toks in lines for t in toks),
+            dtype=np.int64,
+            count=sum(len(toks) for toks in lines),
+        )
+    except KeyError:
+        for i, toks in enumerate(lines, start=1):
+            vocab.encode(toks, where=f"{path}:{i}: ")  # raises, naming the token
+        raise AssertionError("unreachable") from None
+    lengths = np.fromiter((len(toks) for toks in lines), dtype=np.int64, count=len(lines))
+    return np.split(flat, np.cumsum(lengths)[:-1]) if lines else []
+
+
+def read_strings(path: str | Path, vocab: Vocab) -> list[np.ndarray]:
+    """Token-id arrays of a strings file, one per line (blank lines are empty strings)."""
+    return encode_lines(vocab, read_token_lines(path), path)
+
+
+# ---- output -----------------------------------------------------------------------------------
+def check_output_file(path: str | Path) -> Path:
+    """PathError unless `path` can be written as a file: not a folder, in a folder that
+    exists and is writable. Call it before any work."""
+    p = Path(path)
+    if str(path).endswith(os.sep) or p.is_dir():
+        raise PathError(f"{path} is a folder: give a file name for -o, e.g. {p / 'out.txt'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        kind = "is not a folder" if parent.exists() else "does not exist"
+        raise PathError(
+            f"cannot write {path}: {parent} {kind}; create the folder first "
+            f"(mkdir -p {parent}) or give another path"
+        )
+    if p.exists() and not p.is_file():  # /dev/null and other devices: written in place
+        return p
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise PathError(f"cannot write {path}: permission denied; give another path")
+    return p
+
+
+@contextlib.contextmanager
+def open_output(path: str | Path | None) -> Iterator[TextIO]:
+    """A text stream for the command's output: stdout (left open) when `path` is None, else a
+    temporary file beside `path` that replaces it only when the block finishes without error,
+    so an interrupted or failed command never leaves a half-written or emptied file."""
+    if path is None:
+        yield sys.stdout
+        return
+    p = check_output_file(path)
+    if p.exists() and not p.is_file():
+        with open(p, "w", encoding="utf-8") as f:
+            yield f
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        if p.exists():  # keep the permissions the user gave the file
+            os.chmod(tmp, p.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,90 @@
+"""Bounded work in the exact algorithms: chunked sweeps give the same answers as one long
+call, and sizes past the limits are refused up front with an ExactError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfglab.data.sampler import sample
+from cfglab.errors import ExactError
+from cfglab.exact import cyk, inside, normal_form, sweep
+from cfglab.grammar.builtin import load
+from cfglab.grammar.cfg import Grammar
+from tests.exact.grammars import HAND_WRITTEN, TINY_LAYERED
+
+AMBIGUOUS = Grammar.from_text("S -> S S [0.3] | 'a' [0.7]")
+
+
+GRAMMARS = HAND_WRITTEN | TINY_LAYERED
+
+
+def _strings(g: Grammar, seed: int = 0, max_len: int | None = 60) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    good = sample(g, 12, seed=seed, labels=False, max_len=max_len).strings()
+    noise = [rng.integers(1, g.n_t + 1, size=rng.integers(0, 9)) for _ in range(12)]
+    return good + noise + [np.zeros(0, np.int64)]
+
+
+@pytest.mark.parametrize("name", ["recursive", "tiny-unary", "ambiguous"])
+def test_tiny_work_budget_changes_no_answer(name, monkeypatch):
+    """Every compiled call returns after ~WORK_PER_CALL steps and the sweep resumes where it
+    stopped (inside a string, or between strings of a batch): the results must not move."""
+    g = GRAMMARS[name]
+    xs = _strings(g)
+    want = (cyk.judge(g, xs), inside.log_prob(g, xs), inside.next_token_dist(g, xs))
+    counts = cyk.count_parses(g, xs)
+    monkeypatch.setattr(sweep, "WORK_PER_CALL", 7)
+    got = (cyk.judge(g, xs), inside.log_prob(g, xs), inside.next_token_dist(g, xs))
+    for a, b in zip(want[0], got[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-13)
+    for a, b in zip(want[2], got[2], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-13, equal_nan=True)
+    assert cyk.count_parses(g, xs) == counts
+
+
+def test_min_substitutions_in_chunks_is_unchanged(monkeypatch):
+    g = HAND_WRITTEN["recursive"]
+    xs = [x for x in _strings(g, seed=1) if len(x)]
+    want = cyk.min_substitutions(g, xs)
+    monkeypatch.setattr(sweep, "WORK_PER_CALL", 5)
+    np.testing.assert_array_equal(cyk.min_substitutions(g, xs), want)
+
+
+def test_judge_is_recognize_and_first_error_in_one_sweep():
+    g = load("cfg3f")
+    xs = _strings(g, max_len=None)
+    ok, err = cyk.judge(g, xs)
+    np.testing.assert_array_equal(ok, cyk.recognize(g, xs))
+    np.testing.assert_array_equal(err, cyk.first_error(g, xs))
+
+
+def test_ambiguous_long_string_counts_stay_exact():
+    # 2^(n-1) Catalan-many parses of a^n: the chart is quadratic, answers exact
+    x = [np.ones(30, np.int64)]
+    assert cyk.recognize(AMBIGUOUS, x)[0]
+    assert cyk.count_parses(AMBIGUOUS, x)[0] == 1002242216651368  # Catalan(29)
+
+
+def test_oversized_tables_and_charts_are_refused_up_front(monkeypatch):
+    g = load("cfg3f")
+    x = [np.ones(200, np.int64)]
+    monkeypatch.setattr(sweep, "MAX_TABLE_BYTES", 10_000)
+    with pytest.raises(ExactError, match="tokens"):
+        cyk.recognize(g, x)
+    with pytest.raises(ExactError, match="table"):
+        cyk.min_substitutions(g, x)
+    monkeypatch.setattr(sweep, "MAX_TABLE_BYTES", 2 * 1024**3)
+    monkeypatch.setattr(sweep, "MAX_CHART_ENTRIES", 1000)
+    monkeypatch.setattr(sweep, "WORK_PER_CALL", 1000)
+    with pytest.raises(ExactError, match="ambiguous"):
+        cyk.recognize(AMBIGUOUS, [np.ones(300, np.int64)])
+
+
+def test_grammars_too_large_to_binarise_are_refused():
+    long_rule = "S -> " + " ".join(f"'t{i}'" for i in range(4000)) + "\n"
+    g = Grammar.from_text(long_rule)  # reading and sampling it are fine ...
+    assert len(sample(g, 1, seed=0).strings()[0]) == 4000
+    with pytest.raises(ExactError, match="binarises to"):  # ... the dense closures are not
+        normal_form.normal_form(g)
