@@ -722,8 +722,18 @@ def section_generation(plan: Plan, clock: Clock, out: dict, results: dict) -> No
         reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
-        with autocast(device, bf16):  # eos_id -1: never stops, every row runs n_new tokens
-            seqs = generate(model, prompts, n_new, eos_id=-1, generator=gen, use_cache=use_cache)
+        # EOS banned with the other special tokens: no row stops, every row runs n_new tokens
+        banned = [BOS, vocab.eos, vocab.mask, vocab.pad]
+        with autocast(device, bf16):
+            seqs = generate(
+                model,
+                prompts,
+                n_new,
+                eos_id=vocab.eos,
+                generator=gen,
+                use_cache=use_cache,
+                banned_ids=banned,
+            )
         sync(device)
         dt = time.perf_counter() - t0
         if any(len(s) != 1 + n_new for s in seqs):

@@ -17,7 +17,8 @@ from cfglab.data.sampler import sample
 from cfglab.data.vocab import Vocab
 from cfglab.errors import GrammarError, SamplingError
 from cfglab.exact import cyk
-from cfglab.grammar.cfg import SPECIAL_TOKENS, Grammar
+from cfglab.grammar.cfg import Grammar
+from cfglab.grammar.syntax import SPECIAL_TOKENS
 
 # deadline: bounded time per example, generous for a loaded 2-core machine
 FUZZ = settings(
