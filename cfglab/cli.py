@@ -212,6 +212,61 @@ def run_run(args: argparse.Namespace) -> int:
     return _train_or_run(args, only_train=False)
 
 
+# ---- sweep, compare (experiment/, report/compare.py) ---------------------------------------------
+def add_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment YAML (base x grid x seeds)")
+    p.add_argument("--workers", type=int, help="local processes (default: executor.workers)")
+    p.add_argument("--executor", choices=["local", "slurm"], help="default: executor.kind")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its cost only")
+    p.add_argument(
+        "--only", nargs="+", default=[], metavar="KEY=VALUE", help="only the matching grid points"
+    )
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from cfglab.experiment.grid import load_experiment
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    exp = load_experiment(
+        args.experiment, workers=args.workers, executor=args.executor, only=args.only
+    )  # every run config validated: nothing runs before this succeeds
+    from cfglab.experiment.launch import pending_stages, plan_lines, sweep
+    from cfglab.report.compare import compare
+
+    todo = [spec for spec in exp.runs if pending_stages(spec)]
+    print("\n".join(plan_lines(exp, todo, estimate=bool(todo))))
+    if args.dry_run:
+        return 0
+    states, ran = sweep(exp)
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state["state"]] = counts.get(state["state"], 0) + 1
+    print(f"sweep {exp.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for name, state in states.items():
+        if state["state"] != "done":
+            print(f"  {name}: {state['state']}: {state.get('error') or ''}", file=sys.stderr)
+    report = exp.out / "compare"
+    if ran or not (report / "results.csv").is_file():
+        print(f"wrote {compare([exp.out], report)}/ (results.csv, report.md, report.html)")
+    if counts.get("interrupted"):
+        return 130
+    return 1 if any(s != "done" for s in counts) else 0
+
+
+def add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders or run folders")
+    p.add_argument("--out", metavar="DIR", help="default: DIR/compare for one experiment")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from cfglab.report.compare import compare
+
+    out = compare(args.dirs, args.out)
+    print(f"wrote {out}/results.csv, summary.csv, report.md, report.html and figures/")
+    return 0
+
+
 # ---- the dispatch table ----------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     # name: (help, add_arguments, run)
@@ -247,6 +302,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "generate strings from a trained run (one per line, prompt included)",
         add_generate,
         run_generate,
+    ),
+    "sweep": (
+        "run an experiment file (config x grid x seeds), locally or on SLURM, then compare",
+        add_sweep,
+        run_sweep,
+    ),
+    "compare": (
+        "many runs side by side: results.csv, seed aggregates, the paper's cross-run figures",
+        add_compare,
+        run_compare,
     ),
     "eval": (
         "evaluate a run: accuracy, KL, diversity, robustness -> eval/*.json",

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cfglab import rundir
-from cfglab.config import OBJECTIVES, ExperimentConfig, config_from_dict
+from cfglab.config import NOT_TRAINING, OBJECTIVES, ExperimentConfig, config_from_dict, flat
 from cfglab.config.load import _apply_override, check_cuts
 from cfglab.errors import CfglabError, ConfigError, GrammarError
 from cfglab.seeds import stream_seed
@@ -338,8 +338,6 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     """A hash of the settings a stage's result depends on: the training record (every grammar,
     data, model and train setting but those that change nothing learned), plus the stage's own
     section without its device and threads. Equal keys: the stage's result would be the same."""
-    from cfglab.train.loop import NOT_TRAINING, flat
-
     settings = flat(cfg.to_dict())
     record = {
         k: v

@@ -20,7 +20,7 @@ from cfglab.config import (
 from cfglab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "configs").glob("**/*.yaml"))
+SHIPPED = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if "experiments" not in p.parts)
 
 
 def test_defaults_are_valid() -> None:
@@ -305,3 +305,16 @@ def test_paper_configs_share_one_base() -> None:
         )
     assert load_config(paper / "encoder_mlm.yaml").train.objective == "mlm"
     assert load_config(paper / "gpt_uni.yaml").model.position == "uni"
+
+
+def test_torch_free_name_registries_match_the_model():
+    """config's name lists (checked at load time, without torch) are the model's registries."""
+    from cfglab.analyze.probe import WINDOWS
+    from cfglab.config import POSITION_NAMES, PRESET_NAMES, PROBE_WINDOWS
+    from cfglab.model import POSITIONS, PRESETS
+
+    assert tuple(POSITIONS) == POSITION_NAMES
+    assert tuple(PRESETS) == PRESET_NAMES
+    assert tuple(WINDOWS) == PROBE_WINDOWS
+    with pytest.raises(ConfigError, match="model.position: unknown value 'rotary'"):
+        load_config(None, ["model.position=rotary"])

@@ -13,7 +13,10 @@ from cfglab.config.load import (
 from cfglab.config.schema import (
     DECAYS,
     DTYPES,
+    NOT_TRAINING,
     OBJECTIVES,
+    POSITION_NAMES,
+    PRESET_NAMES,
     PROBE_WINDOWS,
     STAGE_NAMES,
     AttentionConfig,
@@ -26,12 +29,16 @@ from cfglab.config.schema import (
     ProbeConfig,
     ReportConfig,
     TrainConfig,
+    flat,
 )
 
 __all__ = [
     "DECAYS",
     "DTYPES",
+    "NOT_TRAINING",
     "OBJECTIVES",
+    "POSITION_NAMES",
+    "PRESET_NAMES",
     "PROBE_WINDOWS",
     "STAGE_NAMES",
     "AttentionConfig",
@@ -45,6 +52,7 @@ __all__ = [
     "ReportConfig",
     "TrainConfig",
     "config_from_dict",
+    "flat",
     "load_config",
     "read_config",
     "save_config",

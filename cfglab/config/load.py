@@ -33,6 +33,8 @@ from cfglab.config.schema import (
     DECAYS,
     DTYPES,
     OBJECTIVES,
+    POSITION_NAMES,
+    PRESET_NAMES,
     PROBE_WINDOWS,
     STAGE_NAMES,
     ExperimentConfig,
@@ -285,6 +287,9 @@ def _validate(cfg: ExperimentConfig) -> None:
     _one_of("train.objective", t.objective, OBJECTIVES)
     m.causal = OBJECTIVES[t.objective]
     _one_of("train.decay", t.decay, DECAYS)
+    _one_of("model.position", m.position, POSITION_NAMES)
+    if m.preset is not None:
+        _one_of("model.preset", m.preset, PRESET_NAMES)
     _one_of("train.dtype", t.dtype, DTYPES)
     for stage in cfg.stages:
         _one_of("stages", stage, STAGE_NAMES)

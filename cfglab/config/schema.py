@@ -21,12 +21,31 @@ from typing import Any
 # objective name -> whether the model is causal (GPT) or bidirectional (encoder, masked LM);
 # the torch-free registry of the names that `cfglab.train.objectives.OBJECTIVES` implements
 OBJECTIVES: dict[str, bool] = {"next_token": True, "mlm": False}
+# the torch-free registries of the names cfglab.model implements (tests keep each pair equal),
+# so a config is checked at load time, before torch is imported
+POSITION_NAMES = ("abs", "rel", "rot", "pos", "uni", "nope", "alibi")  # model.positions.POSITIONS
+PRESET_NAMES = ("tiny", "small", "medium", "gpt2-small")  # model.PRESETS
 DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
 DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
 # the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
 # that `cfglab.stages.STAGES` implements (a test keeps the two equal)
 STAGE_NAMES = ("train", "eval", "probe", "attention", "report")
 PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
+# Settings that do not change what is learned: a resumed run may use other values freely
+# (another device, more threads, a different logging cadence). Every other data./train.
+# setting is part of the run's record: changing it on --resume needs --allow-changes.
+NOT_TRAINING = {
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.tensorboard",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.eval_every",
+    "train.eval_batches",
+    "data.prefetch",
+}
 
 
 @dataclass
@@ -168,3 +187,14 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

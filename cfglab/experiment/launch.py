@@ -218,17 +218,87 @@ def run_submitit(exp: Experiment, specs: list[RunSpec], cluster: str | None = No
         write_status(exp)
 
 
-def sweep(exp: Experiment, *, cluster: str | None = None) -> dict[str, dict]:
-    """Run every run of the experiment that has stages left; returns status.json's content."""
+def step_seconds(cfg, threads: int) -> float:
+    """Measured seconds of one training step (forward, backward, AdamW) of a config's model
+    and batch on its device: the basis of the plan's time estimate."""
+    import torch
+
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model, gpt_config
+    from cfglab.train.dist import pick_device
+    from cfglab.train.loop import make_optimizer
+    from cfglab.train.objectives import loss_fn
+
+    torch.set_num_threads(threads)
+    device = pick_device(cfg.train.device)
+    vocab = Vocab.from_grammar(cfg.grammar.load())
+    model = build_model(gpt_config(cfg.model, vocab.size)).to(device)
+    opt = make_optimizer(model, cfg)
+    batch = max(1, cfg.train.batch_size // cfg.train.grad_accum)
+    x = torch.randint(1, vocab.eos, (batch, cfg.model.block_size), device=device)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(cfg.train.grad_accum):
+            loss_fn(model(x), x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> list[str]:
+    """The plan: runs, tokens, and the training time estimated from measured step rates."""
+    tokens = sum(
+        s.config.train.max_steps * s.config.train.batch_size * s.config.model.block_size
+        for s in exp.runs
+    )
+    lines = [
+        f"experiment {exp.name}: {len(exp.runs)} runs ({len(todo)} with stages left) in "
+        f"{exp.out}, stages {', '.join(exp.stages)}, executor {exp.executor['kind']}"
+        + (f" x {exp.executor['workers']} workers" if exp.executor["kind"] == "local" else ""),
+        f"  axes: {', '.join(exp.axes) or '-'}; {tokens / 1e6:,.1f}M training tokens in all",
+    ]
+    if estimate and todo:
+        workers = exp.executor["workers"] if exp.executor["kind"] == "local" else 1
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        cache: dict[str, float] = {}
+        total = 0.0
+        for spec in todo:
+            c = spec.config
+            key = json.dumps(
+                [c.model.__dict__, c.train.batch_size, c.train.grad_accum, c.grammar.name],
+                sort_keys=True,
+                default=str,
+            )
+            if key not in cache:
+                cache[key] = step_seconds(c, threads)
+            total += cache[key] * c.train.max_steps
+        per = min(len(todo), workers)
+        lines.append(
+            f"  estimated training time {total / per / 60:,.1f} min on {per} worker(s) "
+            f"(measured step rates; evaluation and analysis come on top)"
+        )
+    return lines
+
+
+def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dict], int]:
+    """Run every run of the experiment that has stages left; returns (status.json's content,
+    number of runs this call ran)."""
     exp.out.mkdir(parents=True, exist_ok=True)
     rundir.write_json_atomic(exp.out / "experiment.json", exp.plan())
     todo = [spec for spec in exp.runs if pending_stages(spec)]
     for spec in todo:  # a stale "running" from a killed sweep is pending again
         (spec.dir / RUN_STATUS).unlink(missing_ok=True)
     write_status(exp)
-    if todo:
-        if exp.executor["kind"] == "slurm" or cluster is not None:
-            run_submitit(exp, todo, cluster)
-        else:
-            run_local(exp, todo, exp.executor["workers"])
-    return write_status(exp)
+    try:
+        if todo:
+            if exp.executor["kind"] == "slurm" or cluster is not None:
+                run_submitit(exp, todo, cluster)
+            else:
+                run_local(exp, todo, exp.executor["workers"])
+    finally:
+        states = write_status(exp)
+    return states, len(todo)

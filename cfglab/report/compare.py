@@ -84,6 +84,11 @@ class RunEntry:
     seed: int | None = None
 
 
+def _scalar(value):
+    """A grid value as a table cell: lists and mappings (e.g. eval.cuts) as their JSON text."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value)
+
+
 def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
     """The runs named by experiment folders and run folders, and the grid axes (in order)."""
     runs, axes = [], []
@@ -97,10 +102,13 @@ def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
                 raise CfglabError(f"{plan_file} is corrupt; run `cfglab sweep` again") from None
             axes += [a for a in plan.get("axes", []) if a not in axes]
             for name, point, seed in entries:
+                point = {k: _scalar(v) for k, v in point.items()}
                 runs.append(RunEntry(p / name, plan.get("name", p.name), point, seed))
-        elif (p / rundir.CONFIG).is_file():
+        elif (p / rundir.CONFIG).is_file():  # a plain run: its own grid point, named "run"
             cfg = rundir.read_run_config(p)
-            runs.append(RunEntry(p, "", {}, cfg.train.seed))
+            runs.append(RunEntry(p, "", {"run": p.name}, cfg.train.seed))
+            if "run" not in axes:
+                axes.append("run")
         else:
             raise CfglabError(
                 f"{p} is neither an experiment folder (experiment.json) nor a run folder "

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from cfglab import rundir
-from cfglab.config import ExperimentConfig
+from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
 from cfglab.data.dataset import TRAIN, VAL, FreshStream, SavedDataset
 from cfglab.data.vocab import Vocab
 from cfglab.errors import CfglabError, ConfigError
@@ -82,34 +82,6 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
     if cfg.data.dataset:
         return SavedDataset(cfg.data.dataset, grammar, window, batch, **kw)
     return FreshStream(grammar, window, batch, max_len=cfg.data.max_len, **kw)
-
-
-# Settings that do not change what is learned: a resumed run may use other values freely
-# (another device, more threads, a different logging cadence). Every other data./train.
-# setting is part of the run's record: changing it on --resume needs --allow-changes.
-NOT_TRAINING = {
-    "train.device",
-    "train.threads",
-    "train.compile",
-    "train.tensorboard",
-    "train.log_every",
-    "train.ckpt_every",
-    "train.keep_last",
-    "train.eval_every",
-    "train.eval_batches",
-    "data.prefetch",
-}
-
-
-def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as {dotted key: value}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def resume_changes(run_dir: Path, cfg: ExperimentConfig, grammar) -> dict[str, list]:

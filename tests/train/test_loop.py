@@ -180,7 +180,7 @@ def _write_yaml(tmp_path: Path, text: str = "") -> str:
     [
         ("modle: {}\n", [], {}, "unknown key modle (did you mean 'model'?)"),
         ("", ["--set", "train.max_steps=ten"], {}, "train.max_steps: expected int"),
-        ("", ["--set", "model.position=rotary"], {}, "unknown position variant 'rotary'"),
+        ("", ["--set", "model.position=rotary"], {}, "model.position: unknown value 'rotary'"),
         ("", ["--set", "grammar.name=cfg3x"], {}, "unknown grammar 'cfg3x'"),
         (
             "",

@@ -1,0 +1,297 @@
+"""The cross-run figures and Markdown of `cfglab compare` (no torch).
+
+A *grid point* is one combination of the experiment's axis values (seeds pooled); figures put
+grid points side by side the way the paper's Figure 4 does: one group of bars per value of the
+first axis (e.g. the position variant), one bar per value of the other axes (e.g. the grammar),
+with the 95% interval across seeds as error bars and each seed as a dot. Every figure is drawn
+only when the runs have the results it needs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
+
+
+def _label(point: tuple, axes: list[str]) -> str:
+    return ", ".join(f"{a.split('.')[-1]}={v}" for a, v in zip(axes, point, strict=True))
+
+
+def _points(rows: list[dict], axes: list[str]) -> list[tuple]:
+    seen: dict[tuple, None] = {}
+    for r in rows:
+        seen.setdefault(tuple(r.get(a) for a in axes), None)
+    return list(seen)
+
+
+def _select(rows: list[dict], **where) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def _bars(ax, agg: list[dict], rows: list[dict], axes: list[str], title: str, ylabel: str):
+    """Grouped bars of agg's means per grid point: groups = first axis, bars = the others."""
+    points = _points(agg, axes)
+    groups = list(dict.fromkeys(p[0] for p in points))
+    inner = list(dict.fromkeys(p[1:] for p in points))
+    width = 0.8 / max(1, len(inner))
+    colors = plt.get_cmap("tab10")
+    for j, rest in enumerate(inner):
+        xs, means, lo, hi = [], [], [], []
+        for i, g in enumerate(groups):
+            match = [a for a in agg if tuple(a.get(x) for x in axes) == (g, *rest)]
+            if not match or match[0]["mean"] is None:
+                continue
+            a = match[0]
+            x = i + (j - (len(inner) - 1) / 2) * width
+            xs.append(x)
+            means.append(a["mean"])
+            low = a["seed_ci_low"] if a["seed_ci_low"] is not None else a["pooled_ci_low"]
+            high = a["seed_ci_high"] if a["seed_ci_high"] is not None else a["pooled_ci_high"]
+            lo.append(max(0.0, a["mean"] - low) if low is not None else 0.0)
+            hi.append(max(0.0, high - a["mean"]) if high is not None else 0.0)
+            seeds = [r["value"] for r in rows if tuple(r.get(x) for x in axes) == (g, *rest)]
+            ax.scatter([x] * len(seeds), seeds, s=9, color="k", zorder=3)
+        label = _label(rest, axes[1:]) if axes[1:] else None
+        ax.bar(
+            xs,
+            means,
+            width=width * 0.95,
+            yerr=[lo, hi],
+            capsize=3,
+            color=colors(j % 10),
+            alpha=0.8,
+            label=label,
+        )
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups])
+    ax.set_xlabel(axes[0].split(".")[-1])
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel)
+    if len(inner) > 1:
+        ax.legend(fontsize=7)
+
+
+def plot_accuracy(agg, rows, axes, path: Path) -> Path | None:
+    acc = [a for a in agg if a["metric"] == "accuracy"]
+    if not acc:
+        return None
+    panels = sorted({(a["cut"], a["temperature"]) for a in acc})
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (cut, temp) in zip(axs[0], panels, strict=True):
+        _bars(
+            ax,
+            _select(acc, cut=cut, temperature=temp),
+            _select(rows, metric="accuracy", cut=cut, temperature=temp),
+            axes,
+            f"generation accuracy, cut{cut}, T={temp:g}",
+            "accuracy (95% CI)",
+        )
+        ax.set_ylim(0, 1.05)
+    return _save(fig, path)
+
+
+def plot_metric(agg, rows, axes, metric: str, title: str, path: Path, log: bool = False):
+    sel = _select(agg, metric=metric)
+    if not sel:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    _bars(ax, sel, _select(rows, metric=metric), axes, title, metric)
+    if log:
+        ax.set_yscale("log")
+    return _save(fig, path)
+
+
+def plot_loss_vs_floor(agg, rows, axes, path: Path) -> Path | None:
+    loss = _select(agg, metric="final_val_loss") or _select(agg, metric="final_loss")
+    if not loss:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    metric = loss[0]["metric"]
+    _bars(ax, loss, _select(rows, metric=metric), axes, "final loss and the loss floor", metric)
+    points = _points(loss, axes)
+    groups = list(dict.fromkeys(p[0] for p in points))
+    for i, g in enumerate(groups):
+        floors = [a["mean"] for a in _select(agg, metric="loss_floor") if a.get(axes[0]) == g]
+        if floors:
+            ax.hlines(np.mean(floors), i - 0.45, i + 0.45, color="r", linestyle="--")
+    ax.plot([], [], "r--", label="loss floor (perfect model)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | None:
+    """Mean training loss per grid point against step (seeds averaged where steps align)."""
+    by_point: dict[tuple, list[list[dict]]] = defaultdict(list)
+    for run in runs:
+        rows = [r for r in curves.get(run.dir.name, []) if isinstance(r.get("loss"), (int, float))]
+        if rows:
+            by_point[tuple(run.point.get(a, run.dir.name) for a in axes)].append(rows)
+    if not by_point:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for point, seeds in by_point.items():
+        steps = sorted(set.intersection(*[{r["step"] for r in s} for s in seeds]))
+        mean = [
+            np.mean([next(r["loss"] for r in s if r["step"] == t) for s in seeds]) for t in steps
+        ]
+        ax.plot(steps, mean, label=_label(point, axes), lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over seeds)")
+    ax.set_title("loss curves", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_probes(agg, axes, path: Path) -> Path | None:
+    """Last-layer probe accuracy per level, one line per grid point (random init dashed)."""
+    probe = [a for a in agg if a["metric"] == "probe_accuracy" and a["window"] == "all"]
+    if not probe:
+        return None
+    targets = sorted({a["target"] for a in probe})
+    fig, axs = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.4), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, target in zip(axs[0], targets, strict=True):
+        for i, point in enumerate(_points(probe, axes)):
+            for model, style in (("trained", "-"), ("random_init", ":")):
+                sel = [
+                    a
+                    for a in probe
+                    if a["target"] == target
+                    and a["model"] == model
+                    and tuple(a.get(x) for x in axes) == point
+                ]
+                if not sel:
+                    continue
+                last = max(a["layer"] for a in sel)
+                sel = sorted((a for a in sel if a["layer"] == last), key=lambda a: a["level"])
+                label = _label(point, axes) if model == "trained" else None
+                ax.plot(
+                    [a["level"] for a in sel],
+                    [a["mean"] for a in sel],
+                    style,
+                    marker="o",
+                    color=colors(i % 10),
+                    label=label,
+                )
+        ax.set_xlabel("level")
+        ax.set_ylabel("last-layer probe accuracy")
+        ax.set_title(f"{target} probe (dotted: random init)", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_robustness(agg, axes, path: Path) -> Path | None:
+    rob = [a for a in agg if a["metric"] == "robust_clean"]
+    if not rob:
+        return None
+    gammas = sorted({a["gamma"] for a in rob})
+    fig, axs = plt.subplots(1, len(gammas), figsize=(4.4 * len(gammas), 3.4), squeeze=False)
+    for ax, gamma in zip(axs[0], gammas, strict=True):
+        for point in _points(rob, axes):
+            sel = sorted(
+                (a for a in rob if a["gamma"] == gamma and tuple(a.get(x) for x in axes) == point),
+                key=lambda a: a["temperature"],
+            )
+            ax.plot(
+                [a["temperature"] for a in sel],
+                [a["mean"] for a in sel],
+                marker="o",
+                label=_label(point, axes),
+            )
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("temperature")
+        ax.set_ylabel("corrupted-prompt accuracy (clean)")
+        ax.set_title(f"robustness, gamma={gamma:g}", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Path]:
+    figs = {
+        "accuracy": plot_accuracy(agg, rows, axes, fig_dir / "accuracy.png"),
+        "kl": plot_metric(
+            agg,
+            rows,
+            axes,
+            "kl",
+            "next-token KL to the true distribution",
+            fig_dir / "kl.png",
+            log=True,
+        ),
+        "loss": plot_loss_vs_floor(agg, rows, axes, fig_dir / "loss.png"),
+        "loss_curves": plot_loss_curves(runs, curves, axes, fig_dir / "loss_curves.png"),
+        "probe": plot_probes(agg, axes, fig_dir / "probe.png"),
+        "robustness": plot_robustness(agg, axes, fig_dir / "robustness.png"),
+    }
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+def _fmt(a: dict) -> str:
+    if a["mean"] is None:
+        return "-"
+    text = f"{a['mean']:.4g}"
+    if a["seed_ci_low"] is not None:
+        text += f" [{a['seed_ci_low']:.3g}, {a['seed_ci_high']:.3g}]"
+    if a["pooled_ci_low"] is not None:
+        text += f" (pooled [{a['pooled_ci_low']:.3g}, {a['pooled_ci_high']:.3g}])"
+    return text
+
+
+def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
+    """The comparison report: what was compared, a table of the headline metrics per grid point
+    (mean over seeds [95% t-interval across seeds] (pooled within-run interval)), figures."""
+    headline = [
+        ("accuracy", "accuracy cut{cut}"),
+        ("kl", "KL"),
+        ("final_val_loss", "val loss"),
+        ("loss_floor", "loss floor"),
+        ("robust_clean", "robust g={gamma:g} T={temperature:g}"),
+    ]
+    columns: dict[str, dict] = {}
+    for metric, fmt in headline:
+        for a in agg:
+            if a["metric"] == metric:
+                name = fmt.format(**{k: a.get(k) for k in ("cut", "gamma", "temperature")})
+                columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
+    for a in agg:
+        if a["metric"] == "probe_accuracy" and a["model"] == "trained" and a["window"] == "all":
+            last = max(b["layer"] for b in agg if b["metric"] == "probe_accuracy")
+            if a["layer"] == last:
+                name = f"{a['target']} probe L{a['level']}"
+                columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
+    n_seeds = sorted({r.seed for r in runs})
+    lines = [
+        "# cfglab compare",
+        "",
+        f"{len(runs)} runs; axes: {', '.join(axes) or '-'}; seeds {n_seeds}. Cells: mean over "
+        "seeds [95% t-interval across seeds] (pooled within-run Wilson interval, for "
+        "proportions). Every number: results.csv (per run) and summary.csv (per grid point).",
+        "",
+    ]
+    points = _points(agg, axes)
+    if columns:
+        lines += [
+            "| " + " | ".join([*(a.split(".")[-1] for a in axes), *columns]) + " |",
+            "|" + "---|" * (len(axes) + len(columns)),
+        ]
+        for p in points:
+            cells = [str(v) for v in p] + [
+                _fmt(col[p]) if p in col else "-" for col in columns.values()
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    captions = {
+        "accuracy": "generation accuracy per grid point (95% CI across seeds; dots: seeds)",
+        "kl": "next-token KL to the exact distribution",
+        "loss": "final loss beside the loss floor",
+        "loss_curves": "training loss curves (mean over seeds)",
+        "probe": "last-layer probe accuracy per level",
+        "robustness": "corrupted-prompt accuracy against temperature",
+    }
+    for name, path in figs.items():
+        lines += [f"![{captions[name]}]({path.relative_to(out).as_posix()})", ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,84 @@
+"""Experiment files: strict loading, the grid's expansion, and errors before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cfglab import cli
+from cfglab.errors import ConfigError
+from cfglab.experiment.grid import load_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(f"name: t\nbase: {ROOT / 'configs' / 'quickstart.yaml'}\n" + text)
+    return p
+
+
+def test_the_grid_is_the_cartesian_product_times_seeds(tmp_path):
+    p = write(
+        tmp_path,
+        "set: {train.max_steps: 7}\ngrid:\n  model.position: [abs, rot, rel]\n"
+        "  train.lr: [0.001, 0.002]\nseeds: [0, 5]\nout_dir: " + str(tmp_path / "runs") + "\n",
+    )
+    exp = load_experiment(p)
+    assert len(exp.runs) == 3 * 2 * 2 and exp.axes == ["model.position", "train.lr"]
+    names = {r.dir.name for r in exp.runs}
+    assert "model.position=rel,train.lr=0.002,seed=5" in names and len(names) == 12
+    for r in exp.runs:
+        c = r.config
+        assert c.model.position == r.point["model.position"] and c.train.lr == r.point["train.lr"]
+        assert c.train.seed == c.data.seed == r.seed and c.train.max_steps == 7
+        assert c.run_dir == r.dir and r.dir.parent == tmp_path / "runs" / "t"
+    only = load_experiment(p, only=["model.position=rot", "seed=5"])
+    assert {r.dir.name for r in only.runs} == {
+        "model.position=rot,train.lr=0.001,seed=5",
+        "model.position=rot,train.lr=0.002,seed=5",
+    }
+    assert not (tmp_path / "runs").exists()  # loading writes nothing
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("grdi: {}\n", "unknown key 'grdi' (did you mean 'grid'?)"),
+        ("grid:\n  model.postion: [abs]\n", "unknown key model.postion (did you mean 'position'?)"),
+        ("grid:\n  model.position: [abs, rotary]\n", "model.position: unknown value 'rotary'"),
+        ("grid:\n  train.lr: [0.1, fast]\n", "train.lr: expected float"),
+        ("grid:\n  model.position: abs\n", "grid.model.position must be a non-empty list"),
+        ("grid:\n  model.position: [abs, abs]\n", "lists a value twice"),
+        ("seeds: [0, 0]\n", "seeds must be a list of distinct integers"),
+        ("stages: [train, evl]\n", "unknown stage 'evl' (did you mean 'eval'?)"),
+        ("executor: {kind: slrum}\n", "executor.kind 'slrum' (did you mean 'slurm'?)"),
+        ("executor: {kind: local, workrs: 2}\n", "unknown executor key 'workrs'"),
+        ("executor: {kind: slurm, partition: gpu, gpus_per_run: 0}\n", "gpus_per_run must be"),
+        ("set: {train.max_steps: -3}\n", "train.max_steps must be >= 1"),
+    ],
+)
+def test_bad_experiments_fail_before_anything_runs(tmp_path, capsys, text, needle):
+    p = write(tmp_path, text + f"out_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+    assert cli.main(["sweep", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cfglab: error: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_must_name_a_grid_key(tmp_path):
+    p = write(tmp_path, "grid:\n  model.position: [abs, rot]\n")
+    with pytest.raises(ConfigError, match="not a grid key.*did you mean 'model.position'"):
+        load_experiment(p, only=["model.positon=abs"])
+    with pytest.raises(ConfigError, match="matches no grid point"):
+        load_experiment(p, only=["model.position=rel"])
+
+
+def test_shipped_experiments_expand():
+    for path in sorted((ROOT / "configs" / "experiments").glob("*.yaml")):
+        exp = load_experiment(path)
+        assert exp.runs and all(r.config.name == r.dir.name for r in exp.runs), path

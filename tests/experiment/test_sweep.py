@@ -1,0 +1,267 @@
+"""`cfglab sweep` and `cfglab compare` on the smoke experiment: results, reruns, failures,
+kills, the submitit path and the HTML report in a real browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cfglab import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "experiments" / "smoke.yaml"
+
+
+def experiment(tmp_path: Path, **changes) -> Path:
+    """smoke.yaml with its base made absolute, its runs under tmp_path, and `changes`."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["base"] = str((SMOKE.parent / data["base"]).resolve())
+    data["out_dir"] = str(tmp_path / "runs")
+    data.update(changes)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def results(exp_dir: Path) -> dict:
+    """Every result file of every run, without wall-clock times."""
+    volatile = {"seconds", "timing", "tokens_per_s", "elapsed_s", "data_wait_frac", "run_dir"}
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in volatile}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    out = {}
+    for path in sorted(exp_dir.glob("*/eval/*.json")) + sorted(exp_dir.glob("*/metrics.jsonl")):
+        rel = path.relative_to(exp_dir).as_posix()
+        if path.suffix == ".json":
+            out[rel] = strip(json.loads(path.read_text()))
+        else:
+            out[rel] = [strip(json.loads(line)) for line in path.read_text().splitlines()]
+    for path in sorted(exp_dir.glob("*/ckpt/step_*/model.safetensors")):
+        out[path.relative_to(exp_dir).as_posix()] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("smoke")
+    assert cli.main(["sweep", str(experiment(tmp)), "--workers", "2"]) == 0
+    return tmp / "runs" / "smoke"
+
+
+def test_smoke_sweep_writes_runs_status_and_tidy_results(smoke):
+    runs = sorted(p.name for p in smoke.iterdir() if (p / "config.json").is_file())
+    assert runs == [f"model.position={p},seed={s}" for p in ("abs", "rot") for s in (0, 1)]
+    status = json.loads((smoke / "status.json").read_text())
+    assert {s["state"] for s in status.values()} == {"done"} and set(status) == set(runs)
+    plan = json.loads((smoke / "experiment.json").read_text())
+    assert plan["axes"] == ["model.position"] and len(plan["runs"]) == 4
+    with open(smoke / "compare" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"model.position", "seed", "stage", "metric", "cut", "value", "ci_low"} <= set(rows[0])
+    keys = [
+        (
+            r["run"],
+            r["stage"],
+            r["metric"],
+            r["cut"],
+            r["temperature"],
+            r["gamma"],
+            r["target"],
+            r["level"],
+            r["layer"],
+            r["model"],
+            r["window"],
+            r["pattern"],
+        )
+        for r in rows
+    ]
+    assert len(keys) == len(set(keys))  # one row per run x metric
+    for run in runs:  # every run's numbers, read back from its own files
+        mine = {(r["metric"], r["cut"]): float(r["value"]) for r in rows if r["run"] == run}
+        acc = json.loads((smoke / run / "eval" / "accuracy.json").read_text())["accuracy"]
+        for a in acc:
+            assert mine[("accuracy", str(a["cut"]))] == pytest.approx(a["accuracy"])
+        last = json.loads((smoke / run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert mine[("final_loss", "")] == pytest.approx(last["loss"])
+        assert {r["seed"] for r in rows if r["run"] == run} == {run[-1]}
+    with open(smoke / "compare" / "summary.csv") as f:
+        summary = [r for r in csv.DictReader(f) if r["metric"] == "final_loss"]
+    for s in summary:  # the seed mean is the mean of the seeds' rows
+        seeds = [
+            float(r["value"])
+            for r in rows
+            if r["metric"] == "final_loss" and r["model.position"] == s["model.position"]
+        ]
+        assert float(s["mean"]) == pytest.approx(sum(seeds) / len(seeds)) and s["n_seeds"] == "2"
+
+
+def test_a_finished_sweep_runs_nothing_again(smoke, capsys):
+    before = {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()}
+    exp = smoke.parent.parent / "exp.yaml"
+    assert cli.main(["sweep", str(exp), "--workers", "2"]) == 0
+    assert "(0 with stages left)" in capsys.readouterr().out
+    after = {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()}
+    changed = [p.relative_to(smoke).as_posix() for p in before if after.get(p) != before[p]]
+    assert changed == ["status.json", "experiment.json"] or set(changed) <= {
+        "status.json",
+        "experiment.json",
+    }
+
+
+def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, capsys):
+    """eval.cuts [0, 70] leaves no room to generate in a 64-token window: a run-time error of
+    that grid point alone (the config itself is valid)."""
+    exp = experiment(
+        tmp_path, grid={"eval.cuts": [[0, 5], [0, 70]]}, seeds=[0], stages=["train", "eval"]
+    )
+    assert cli.main(["sweep", str(exp), "--workers", "2"]) == 1
+    status = json.loads((tmp_path / "runs" / "smoke" / "status.json").read_text())
+    bad, good = status["eval.cuts=_0_70_,seed=0"], status["eval.cuts=_0_5_,seed=0"]
+    assert good["state"] == "done" and good["error"] is None
+    assert bad["state"] == "failed" and "eval.cuts [0, 70]" in bad["error"]
+    err = capsys.readouterr().err
+    assert "eval.cuts=_0_70_,seed=0: failed: eval.cuts [0, 70]" in err
+
+
+def test_slurm_parameters_reach_submitit_unchanged(tmp_path, monkeypatch):
+    """The executor block as sbatch sees it: a fake srun/sbatch on PATH records the script
+    submitit writes for the job array."""
+    from cfglab.experiment.grid import load_experiment
+    from cfglab.experiment.launch import SubmititRun, _job, submitit_executor
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n"
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    block = {
+        "kind": "slurm",
+        "partition": "gpu-long",
+        "gpus_per_run": 2,
+        "cpus_per_run": 12,
+        "time_min": 240,
+        "array_parallelism": 3,
+        "mem_gb": 64,
+        "account": "lab",
+    }
+    exp = load_experiment(experiment(tmp_path, executor=block))
+    ex = submitit_executor(exp, cluster="slurm")
+    params = ex._executor.parameters
+    assert params["partition"] == "gpu-long" and params["gpus_per_node"] == 2
+    assert (
+        params["cpus_per_task"] == 12 and params["time"] == 240 and params["ntasks_per_node"] == 2
+    )
+    assert params["array_parallelism"] == 3 and params["mem"] == "64GB"
+    assert params["account"] == "lab"
+    ex.map_array(SubmititRun(), [_job(s) for s in exp.runs])
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in (
+        "#SBATCH --partition=gpu-long",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=12",
+        "#SBATCH --time=240",
+        "#SBATCH --array=0-3%3",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --account=lab",
+    ):
+        assert line in script, line
+
+
+@pytest.mark.slow
+def test_the_submitit_path_runs_the_smoke_grid_locally(tmp_path):
+    from cfglab.experiment.grid import load_experiment
+    from cfglab.experiment.launch import sweep
+
+    exp = load_experiment(experiment(tmp_path), only=["seed=0"])
+    states, ran = sweep(exp, cluster="local")
+    assert ran == 2 and {s["state"] for s in states.values()} == {"done"}
+    for spec in exp.runs:
+        assert (spec.dir / "eval" / "accuracy.json").is_file()
+        assert "== cfglab run: eval" in (spec.dir / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_finishes_only_the_missing_work(tmp_path):
+    """SIGKILL the sweep (and its workers) once the first run is done; sweeping again finishes
+    the rest, and every result equals an uninterrupted sweep's."""
+    whole = experiment(tmp_path / "whole")
+    assert cli.main(["sweep", str(whole), "--workers", "1"]) == 0
+    killed = experiment(tmp_path / "killed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cfglab", "sweep", str(killed), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    exp_dir = tmp_path / "killed" / "runs" / "smoke"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = [p for p in exp_dir.glob("*/run_status.json") if '"done"' in p.read_text()]
+        if done:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done, "the first run never finished"
+    status = json.loads((exp_dir / "status.json").read_text())
+    assert sum(s["state"] == "done" for s in status.values()) < 4
+    first = {p.parent.name: p.read_text() for p in exp_dir.glob("*/run_status.json")}
+    assert cli.main(["sweep", str(killed), "--workers", "1"]) == 0
+    for name, text in first.items():  # the finished run was not run again
+        if '"done"' in text:
+            assert (exp_dir / name / "run_status.json").read_text() == text
+    assert results(exp_dir) == results(tmp_path / "whole" / "runs" / "smoke")
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no Chromium installed")
+def test_the_html_report_renders_in_a_browser(smoke, tmp_path):
+    """Headless Chromium loads report.html; every image decodes (naturalWidth > 0)."""
+    page = (smoke / "compare" / "report.html").resolve()
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        page.read_text().replace(
+            "</body>",
+            "<script>window.onload=()=>{const i=[...document.images];document.title="
+            "'images '+i.length+' loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length}"
+            "</script></body>",
+        )
+    )
+    out = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    title = out.stdout.split("<title>")[1].split("</title>")[0]
+    n = page.read_text().count("<img")
+    assert n >= 3 and title == f"images {n} loaded {n}", title
