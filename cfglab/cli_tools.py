@@ -68,6 +68,15 @@ def add_grammar(p: argparse.ArgumentParser) -> None:
     )
     rnd.add_argument("--seed", type=int, default=0)
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
+    imp = sub.add_parser(
+        "implicit", help="an implicit CFG: each terminal emits a token from its bag (Result 10)"
+    )
+    imp.add_argument("grammar", help="built-in name or grammar file")
+    imp.add_argument("--mode", default="disjoint", help="bags: disjoint (default) or overlap")
+    imp.add_argument("--tokens", type=int, required=True, help="observable tokens 1..V")
+    imp.add_argument("--weights", default="uniform", help="within a bag: uniform or nu1")
+    imp.add_argument("--seed", type=int, default=0, help="seeds the overlap bags")
+    imp.add_argument("-o", "--output", help="write here instead of stdout")
 
 
 def run_grammar(args: argparse.Namespace) -> int:
@@ -108,6 +117,13 @@ def run_grammar(args: argparse.Namespace) -> int:
             distinct_symbols_in_rule=args.distinct_symbols,
             seed=args.seed,
         )
+        text = g.to_text()
+        Grammar.from_text(text)  # what we write must read back
+        _write_lines(text.splitlines(), args.output)
+    elif args.action == "implicit":
+        from cfglab.grammar import make_implicit
+
+        g = make_implicit(load(args.grammar), args.mode, args.tokens, args.weights, args.seed)
         text = g.to_text()
         Grammar.from_text(text)  # what we write must read back
         _write_lines(text.splitlines(), args.output)
