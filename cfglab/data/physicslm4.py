@@ -30,10 +30,15 @@ Python, about as fast as the authors' own code. The fast sampler stays cfglab's 
 from __future__ import annotations
 
 import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
+from cfglab.data.noise import TrainingNoise, perturb_fraction
 from cfglab.data.sampler import SampleBatch, _strict_levels
+from cfglab.data.vocab import BOS
 from cfglab.errors import SamplingError
 from cfglab.grammar.cfg import Grammar
 
@@ -192,3 +197,138 @@ class PhysicsLM4Stream:
 def sample_physicslm4(grammar: Grammar, n: int, seed: int, *, labels: bool = True) -> SampleBatch:
     """The first `n` strings of the authors' stream for `seed` (PhysicsLM4Stream(...).take(n))."""
     return PhysicsLM4Stream(grammar, seed).take(n, labels=labels)
+
+
+# ---- training windows from the one stream -----------------------------------------------------
+class PhysicsLM4Windows:
+    """Step-indexed training windows drawn from one PhysicsLM4Stream, for dataset.FreshStream.
+
+    Step s packs the stream's next strings as `BOS x EOS BOS x EOS ...` into `n_windows`
+    windows of `length` tokens, each starting at a string's BOS (a window's last string is cut
+    and its rest dropped), exactly like the fast stream's BOS-aligned windows; step s+1
+    continues the stream where step s stopped. So step s depends on every step before it, and
+    `windows(step)` gets there by restoring the stream state recorded at the start of a recent
+    step (the last `keep` steps started, and step 0), or else by replaying from the nearest
+    earlier recorded step: any call order gives the same windows, in-order calls are cheapest.
+    A resumed run passes the state saved at its checkpoint (`state_at(step)`) to
+    `set_state(step, state)` and continues without replaying.
+
+    With `noise` active, string j of step s is perturbed as `perturb_fraction` decides with the
+    seed `noise_seed(s, j)`; perturbed strings take their perturbed length in the windows.
+    Thread-safe: a prefetching thread and the training loop may call it concurrently.
+    """
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        seed: int,
+        n_windows: int,
+        length: int,
+        eos: int,
+        noise: TrainingNoise | None = None,
+        noise_seed: Callable[[int, int], int] | None = None,
+        keep: int = 64,
+    ) -> None:
+        self.grammar, self.n_windows, self.length, self.eos = grammar, n_windows, length, eos
+        self.noise = noise if noise is not None and noise.is_active else None
+        if self.noise is not None:
+            self.noise.check(grammar)
+            if noise_seed is None:
+                raise ValueError("noise needs noise_seed(step, j) for its per-string seeds")
+        self._noise_seed = noise_seed
+        self._stream = PhysicsLM4Stream(grammar, seed)
+        self._step = 0  # the live stream stands at the start of this step
+        self._keep = keep
+        self._states: OrderedDict[int, dict] = OrderedDict({0: self._stream.getstate()})
+        self._lock = threading.Lock()
+
+    def windows(self, step: int) -> np.ndarray:
+        """(n_windows, length) int64: step `step`'s windows."""
+        with self._lock:
+            self._seek(step)
+            return self._fill()[0]
+
+    def strings(self, step: int) -> tuple[SampleBatch, np.ndarray]:
+        """Step `step`'s strings, whole (also the cut ones), as a SampleBatch without labels,
+        and the (n,) bool mask of those that were perturbed."""
+        with self._lock:
+            self._seek(step)
+            _, strings, hits = self._fill()
+        lengths = np.array([len(x) for x in strings], dtype=np.int64)
+        offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(strings) if strings else np.empty(0, dtype=np.int64)
+        return SampleBatch(ids=ids.astype(np.int64), offsets=offsets), np.array(hits, dtype=bool)
+
+    def state_at(self, step: int) -> dict:
+        """The JSON-able stream state at the start of `step` (what a checkpoint saves)."""
+        with self._lock:
+            if step not in self._states:
+                self._seek(step)
+                self._record(step)
+            return {"step": step, "stream": self._states[step]}
+
+    def set_state(self, step: int, state: dict) -> None:
+        """Continue from a `state_at(step)` dict: the next windows(step) needs no replay."""
+        if not isinstance(state, dict) or state.get("step") != step or "stream" not in state:
+            raise SamplingError(
+                f"not the physicslm4 stream state of step {step}: pass the dict that "
+                f"state_at({step}) returned (saved in the checkpoint of that step)"
+            )
+        with self._lock:
+            self._stream.setstate(state["stream"])  # validates the stream state itself
+            self._step = step
+            self._record(step)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _record(self, step: int) -> None:
+        self._states[step] = self._stream.getstate()
+        self._states.move_to_end(step)
+        while len(self._states) > self._keep + 1:  # the recent steps, and step 0 always
+            oldest = next(k for k in self._states if k != 0)
+            del self._states[oldest]
+
+    def _seek(self, step: int) -> None:
+        """Put the live stream at the start of `step`: restore a recorded state, or replay."""
+        if step < 0:
+            raise SamplingError(f"step {step}: steps count from 0")
+        if step == self._step:
+            return
+        base = max(k for k in self._states if k <= step)  # step 0 is always recorded
+        if not (base <= self._step <= step):  # else replaying on from here is shorter
+            self._stream.setstate(self._states[base])
+            self._step = base
+        while self._step < step:  # replay whole steps (their windows are discarded)
+            self._fill()
+
+    def _next_string(self, j: int) -> tuple[list[int], bool]:
+        if self.noise is None:
+            return self._stream.next_ids(), False
+        if self.noise.needs_labels:
+            batch = self._stream.take(1, labels=True)
+        else:
+            ids = np.array(self._stream.next_ids(), dtype=np.int64)
+            batch = SampleBatch(ids=ids, offsets=np.array([0, ids.size], dtype=np.int64))
+        batch, hit = perturb_fraction(
+            batch, self.grammar, self.noise, self._noise_seed(self._step, j)
+        )
+        return batch.ids.tolist(), bool(hit[0])
+
+    def _fill(self) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
+        """Draw the live step's strings, advance to the next step and record its state."""
+        out = np.empty((self.n_windows, self.length), dtype=np.int64)
+        strings: list[np.ndarray] = []
+        hits: list[bool] = []
+        for w in range(self.n_windows):
+            buf: list[int] = []
+            while len(buf) < self.length:
+                ids, hit = self._next_string(len(strings))
+                strings.append(np.array(ids, dtype=np.int64))
+                hits.append(hit)
+                buf.append(BOS)
+                buf.extend(ids)
+                buf.append(self.eos)
+            out[w] = buf[: self.length]
+        self._step += 1
+        self._record(self._step)
+        return out, strings, hits
