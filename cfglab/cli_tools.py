@@ -86,6 +86,15 @@ def add_grammar(p: argparse.ArgumentParser) -> None:
     )
     rnd.add_argument("--seed", type=int, default=0)
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
+    imp = sub.add_parser(
+        "implicit", help="an implicit CFG: each terminal emits a token from its bag (Result 10)"
+    )
+    imp.add_argument("grammar", help="built-in name or grammar file")
+    imp.add_argument("--mode", default="disjoint", help="bags: disjoint (default) or overlap")
+    imp.add_argument("--tokens", type=int, required=True, help="observable tokens 1..V")
+    imp.add_argument("--weights", default="uniform", help="within a bag: uniform or nu1")
+    imp.add_argument("--seed", type=int, default=0, help="seeds the overlap bags")
+    imp.add_argument("-o", "--output", help="write here instead of stdout")
 
 
 def run_grammar(args: argparse.Namespace) -> int:
@@ -140,6 +149,13 @@ def run_grammar(args: argparse.Namespace) -> int:
         text = g.to_text()
         Grammar.from_text(text)  # what we write must read back
         _write_lines(text.splitlines(), args.output)
+    elif args.action == "implicit":
+        from cfglab.grammar import make_implicit
+
+        g = make_implicit(load(args.grammar), args.mode, args.tokens, args.weights, args.seed)
+        text = g.to_text()
+        Grammar.from_text(text)  # what we write must read back
+        _write_lines(text.splitlines(), args.output)
     return 0
 
 
@@ -156,10 +172,17 @@ def add_sample(p: argparse.ArgumentParser) -> None:
         help="JSON lines: tokens plus, per level, ancestor NT names and boundaries "
         "(layered grammars) or [nt, start, end] spans (other grammars)",
     )
+    p.add_argument(
+        "--compat",
+        choices=["physicslm4"],
+        help="physicslm4: the authors' generator's strings for --seed, seed for seed",
+    )
     p.add_argument("-o", "--output", help="write here instead of stdout")
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    if args.compat == "physicslm4":
+        return _run_sample_physicslm4(args)
     import numpy as np
 
     from cfglab.grammar import load
@@ -206,6 +229,38 @@ def _sample_lines(g, batch, names, labels: bool):
             rows = [[g.nonterminals[nt], int(s), int(e)] for nt, s, e in spans.tolist()]
             lines.append(json.dumps({"tokens": toks, "spans": rows}))
     return lines
+
+
+def _run_sample_physicslm4(args: argparse.Namespace) -> int:
+    """`sample --compat physicslm4`: the first N strings of the authors' stream for --seed."""
+    from cfglab.data.physicslm4 import sample_physicslm4
+    from cfglab.grammar import load
+
+    if args.max_len is not None:
+        raise CfglabError(
+            "--max-len does not combine with --compat physicslm4 (the authors' stream has no "
+            "length cap): drop one of them"
+        )
+    g = load(args.grammar)
+    batch = sample_physicslm4(g, args.n, args.seed, labels=args.labels)
+    lines = []
+    for i, s in enumerate(batch.strings()):
+        toks = [g.terminals[t - 1] for t in s.tolist()]
+        if not args.labels:
+            lines.append(" ".join(toks))
+        elif batch.ancestors is not None:  # layered: the same JSON lines as `sample --labels`
+            lo, hi = batch.offsets[i], batch.offsets[i + 1]
+            anc = [
+                [g.nonterminals[lev[a]] for a in batch.ancestors[k, lo:hi].tolist()]
+                for k, lev in enumerate(g.levels)
+            ]
+            bnd = batch.is_boundary[:, lo:hi].astype(int).tolist()
+            lines.append(json.dumps({"tokens": toks, "ancestors": anc, "boundaries": bnd}))
+        else:
+            rows = [[g.nonterminals[nt], a, b] for nt, a, b in batch.spans[i].tolist()]
+            lines.append(json.dumps({"tokens": toks, "spans": rows}))
+    _write_lines(lines, args.output)
+    return 0
 
 
 def add_corrupt(p: argparse.ArgumentParser) -> None:

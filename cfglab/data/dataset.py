@@ -15,16 +15,25 @@ world size: every rank draws it (one vectorised sampler call, cheap next to a mo
 rank r of W keeps windows r*B/W .. (r+1)*B/W - 1. So a resumed run, or the same run on a
 different number of processes, sees the same tokens.
 
+Two fresh samplers (`FRESH_SAMPLERS`): ``"fast"`` (the default, above) and ``"physicslm4"``, the
+authors' own generator (physicslm4.py): successive steps continue one `random.Random(seed)`
+stream, packed into the same BOS-aligned windows, so a resumed run restores the stream state
+saved with its checkpoint (`FreshStream.stream_state` / `restore_stream_state`). Perturbed
+pretraining (`noise`, a TrainingNoise of noise.py) perturbs a fraction rho of the strings before
+packing, with seeds keyed by (seed, split, step, ..., NOISE_PURPOSE), so the clean strings'
+randomness never changes and rho = 0 is today's stream bit for bit.
+
 Saved datasets (`write_dataset`, the `cfglab data` command): a folder with `tokens.npy` (the
 packed stream, uint16), `offsets.npy` (where each string's BOS sits), the sampler's labels
 aligned to the packed stream (`ancestors.npy`, `is_boundary.npy`, `subtree.npy` for layered
-grammars, -1/False at BOS and EOS) and `meta.json`. `SavedDataset` opens them with
-`mmap_mode="r"`, so only the windows read are loaded; window j of step s starts at the BOS of
-a string drawn from (seed, split, step, j).
+grammars, -1/False at BOS and EOS), `perturbed.npy` (with noise) and `meta.json`. `SavedDataset`
+opens them with `mmap_mode="r"`, so only the windows read are loaded; window j of step s starts
+at the BOS of a string drawn from (seed, split, step, j).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import queue
@@ -35,12 +44,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cfglab.data.noise import NOISE_PURPOSE, TrainingNoise, perturb_fraction
+from cfglab.data.physicslm4 import PhysicsLM4Stream, PhysicsLM4Windows
 from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import BOS, Vocab
 from cfglab.errors import ConfigError
 from cfglab.grammar.cfg import Grammar
 
 TRAIN, VAL = 0, 1  # split ids in the seed key
+PHYSICSLM4_PURPOSE = 0x706C6D34  # "plm4": keys the validation split's authors' stream
 
 
 def key_seed(*key: int) -> int:
@@ -84,6 +96,7 @@ def bos_aligned_windows(
     key: tuple[int, ...],
     eos: int,
     max_len: int | None = None,
+    noise: TrainingNoise | None = None,
 ) -> np.ndarray:
     """`n_windows` windows of `length` tokens, each starting at a BOS, from one packed stream of
     fresh strings determined by `key`. A window's last string is cut at the window's end and
@@ -91,15 +104,34 @@ def bos_aligned_windows(
 
     Why BOS-aligned: with windows cut at arbitrary offsets, each window opens inside a string
     whose start it cannot see; on the quickstart that raised the trained model's next-token KL
-    (0.0078, vs 0.0017 and 0.0038 in two BOS-aligned runs at the same budget)."""
+    (0.0078, vs 0.0017 and 0.0038 in two BOS-aligned runs at the same budget).
+
+    `noise` (active): the strings of draw i are perturbed by `perturb_fraction` seeded with
+    (*key, i, NOISE_PURPOSE), a key the clean draws never use, so the clean strings stay those
+    of the noiseless stream (their positions shift when perturbed strings change length)."""
+    return _bos_aligned(grammar, n_windows, length, key, eos, max_len, noise)[0]
+
+
+def _bos_aligned(grammar, n_windows, length, key, eos, max_len, noise, want_strings=False):
+    """bos_aligned_windows, and with `want_strings` what it drew: (windows, the strings whose
+    BOS falls in a window as a SampleBatch without labels, their (n,) perturbed mask)."""
+    active = noise is not None and noise.is_active
     per_string = grammar.mean_length + 2
     n = math.ceil(n_windows * (length + per_string) / per_string * 1.1) + 2
     parts: list[np.ndarray] = []
+    drawn: list[SampleBatch] = []
+    hits: list[np.ndarray] = []
     i = 0
     while True:
-        parts.append(
-            pack(sample(grammar, n, key_seed(*key, i), max_len=max_len, labels=False), eos)
+        b = sample(
+            grammar, n, key_seed(*key, i), max_len=max_len, labels=active and noise.needs_labels
         )
+        hit = np.zeros(len(b), dtype=bool)
+        if active:
+            b, hit = perturb_fraction(b, grammar, noise, key_seed(*key, i, NOISE_PURPOSE))
+        parts.append(pack(b, eos))
+        drawn.append(b)
+        hits.append(hit)
         i += 1
         stream = np.concatenate(parts)
         bos_at = np.flatnonzero(stream == BOS)  # (n_strings,) where each string starts
@@ -110,7 +142,20 @@ def bos_aligned_windows(
                 break
             starts.append(int(bos_at[j]))
         if len(starts) == n_windows and starts[-1] + length <= len(stream):
-            return np.stack([stream[s : s + length] for s in starts])
+            windows = np.stack([stream[s : s + length] for s in starts])
+            if not want_strings:
+                return windows, None, None
+            # strings whose BOS lies inside a window: those the step trains on
+            start_arr = np.array(starts)
+            w = np.searchsorted(start_arr, bos_at, side="right") - 1
+            used = bos_at < start_arr[w] + length
+            strings = [x for b in drawn for x in b.strings()]
+            chosen = [strings[k] for k in np.flatnonzero(used)]
+            lengths = np.array([len(x) for x in chosen], dtype=np.int64)
+            offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            batch = SampleBatch(ids=np.concatenate(chosen), offsets=offsets)
+            return windows, batch, np.concatenate(hits)[used]
         n = max(16, n // 4)  # ran short (long strings drawn): top up and retry
 
 
@@ -148,6 +193,16 @@ class FreshStream(_Batches):
 
     `prefetch` > 0 samples the next steps in a background thread (NumPy releases the GIL in its
     kernels, and the model step releases it in torch ops), so sampling overlaps compute.
+
+    `sampler` (a name in FRESH_SAMPLERS): ``"fast"`` (default) makes step s's windows a function
+    of (seed, split, s) alone; ``"physicslm4"`` draws successive steps' strings from the authors'
+    one stream (`random.Random(seed)` for the train split, an independent stream keyed by
+    (seed, split) for the others), so a resumed run must restore the stream: save
+    `stream_state(step)` with the checkpoint of `step` and pass it to
+    `restore_stream_state(step, state)` on resume (without it the stream replays from step 0:
+    the same windows, slower). `noise` (a TrainingNoise): perturbed pretraining strings, keyed by
+    (seed, split, step, ..., NOISE_PURPOSE); None or fraction 0 leaves the stream bit-identical.
+    `step_strings(step)` gives the strings a step trains on and which were perturbed.
     """
 
     def __init__(
@@ -161,26 +216,101 @@ class FreshStream(_Batches):
         world_size: int = 1,
         max_len: int | None = None,
         split: int = TRAIN,
+        sampler: str = "fast",
+        noise: TrainingNoise | None = None,
     ) -> None:
         self._shard(global_batch, rank, world_size)
         self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
         self.global_batch = global_batch
         self.max_len = max_len
         self.eos = Vocab.from_grammar(grammar).eos
+        if sampler not in FRESH_SAMPLERS:
+            raise ConfigError(
+                f"data.sampler {sampler!r} is unknown: choose from {', '.join(FRESH_SAMPLERS)}"
+            )
+        if noise is not None:
+            noise.check(grammar)
+        self.sampler = sampler
+        self._steps = FRESH_SAMPLERS[sampler](self, noise)
 
     def batch_np(self, step: int) -> np.ndarray:
-        # one vectorised sampler call for the whole global batch (every rank draws the same
-        # strings and keeps its slice): far cheaper than a call per window, and the batch is a
-        # function of (seed, split, step) alone
-        windows = bos_aligned_windows(
-            self.grammar,
-            self.global_batch,
-            self.window,
-            (self.seed, self.split, step),
-            self.eos,
-            self.max_len,
+        # one draw for the whole global batch (every rank draws the same strings and keeps its
+        # slice): far cheaper than a draw per window, and independent of the world size
+        return self._steps.windows(step)[self.first : self.first + self.local]  # (B_local, window)
+
+    def step_strings(self, step: int) -> tuple[SampleBatch, np.ndarray]:
+        """The strings step `step`'s global batch trains on (whole, also those its windows cut;
+        no labels) and the (n,) bool mask of the perturbed ones, e.g. to measure the share of
+        training strings outside the language with cfglab.exact.cyk.recognize."""
+        return self._steps.strings(step)
+
+    def stream_state(self, step: int) -> dict | None:
+        """JSON-able state a resumed run needs to continue at `step` (None: nothing needed)."""
+        return self._steps.state_at(step)
+
+    def restore_stream_state(self, step: int, state: dict | None) -> None:
+        """Continue at `step` from a `stream_state(step)` of an earlier process (None: no-op)."""
+        if state is not None:
+            self._steps.set_state(step, state)
+
+
+class _FastSteps:
+    """The fast sampler's steps: step s's windows are a function of (seed, split, s) alone."""
+
+    def __init__(self, fs: FreshStream, noise: TrainingNoise | None) -> None:
+        self.fs, self.noise = fs, noise
+
+    def _draw(self, step: int, want_strings: bool):
+        fs = self.fs
+        key = (fs.seed, fs.split, step)
+        return _bos_aligned(
+            fs.grammar,
+            fs.global_batch,
+            fs.window,
+            key,
+            fs.eos,
+            fs.max_len,
+            self.noise,
+            want_strings,
         )
-        return windows[self.first : self.first + self.local]  # (B_local, window)
+
+    def windows(self, step: int) -> np.ndarray:
+        return self._draw(step, False)[0]
+
+    def strings(self, step: int) -> tuple[SampleBatch, np.ndarray]:
+        return self._draw(step, True)[1:]
+
+    def state_at(self, step: int) -> None:
+        return None
+
+    def set_state(self, step: int, state: dict) -> None:
+        raise ConfigError(
+            "this run's data stream is the fast sampler's, which needs no saved state, but the "
+            "checkpoint holds a physicslm4 stream state: resume with data.sampler=physicslm4"
+        )
+
+
+def _physicslm4_steps(fs: FreshStream, noise: TrainingNoise | None) -> PhysicsLM4Windows:
+    if fs.max_len is not None:
+        raise ConfigError(
+            "data.max_len does not combine with data.sampler=physicslm4 (the authors' stream "
+            "has no length cap): set data.max_len to null, or use the fast sampler"
+        )
+    seed, split = fs.seed, fs.split
+    stream_seed = seed if split == TRAIN else key_seed(seed, split, PHYSICSLM4_PURPOSE)
+    return PhysicsLM4Windows(
+        fs.grammar,
+        stream_seed,
+        fs.global_batch,
+        fs.window,
+        fs.eos,
+        noise,
+        lambda step, j: key_seed(seed, split, step, j, NOISE_PURPOSE),
+    )
+
+
+# data.sampler name -> the source of a FreshStream's steps
+FRESH_SAMPLERS = {"fast": _FastSteps, "physicslm4": _physicslm4_steps}
 
 
 def _prefetched(make, start: int, stop: int, depth: int) -> Iterator[torch.Tensor]:
@@ -222,22 +352,45 @@ def write_dataset(
     seed: int = 0,
     max_len: int | None = None,
     chunk: int = 20_000,
+    *,
+    sampler: str = "fast",
+    noise: TrainingNoise | None = None,
 ) -> Path:
-    """Sample `n` strings and write them as a memory-mappable dataset folder (see above)."""
+    """Sample `n` strings and write them as a memory-mappable dataset folder (see above).
+
+    `sampler="physicslm4"`: the strings are exactly the authors' stream for `seed`, in order
+    (PhysicsLM4Stream). `noise` (active): chunk c's strings are perturbed by `perturb_fraction`
+    seeded with (seed, 2, c, NOISE_PURPOSE), labels kept aligned, and `perturbed.npy` holds the
+    (n,) bool mask of perturbed strings; `meta.json` records the sampler and the noise."""
+    if sampler not in FRESH_SAMPLERS:
+        raise ConfigError(
+            f"data.sampler {sampler!r} is unknown: choose from {', '.join(FRESH_SAMPLERS)}"
+        )
+    if sampler == "physicslm4" and max_len is not None:
+        raise ConfigError(
+            "data.max_len does not combine with data.sampler=physicslm4 (the authors' stream "
+            "has no length cap): set data.max_len to null, or use the fast sampler"
+        )
+    active = noise is not None and noise.is_active
+    if active:
+        noise.check(grammar)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = Vocab.from_grammar(grammar)
     levels = grammar.levels
     tokens, offsets, labels = [], [], {"ancestors": [], "subtree": [], "is_boundary": []}
+    hits = []
+    stream = PhysicsLM4Stream(grammar, seed) if sampler == "physicslm4" else None
     total = 0
     for c, start in enumerate(range(0, n, chunk)):
-        b = sample(
-            grammar,
-            min(chunk, n - start),
-            key_seed(seed, 2, c),
-            max_len=max_len,
-            labels=levels is not None,
-        )
+        k = min(chunk, n - start)
+        if stream is not None:
+            b = stream.take(k, labels=levels is not None)
+        else:
+            b = sample(grammar, k, key_seed(seed, 2, c), max_len=max_len, labels=levels is not None)
+        if active:
+            b, hit = perturb_fraction(b, grammar, noise, key_seed(seed, 2, c, NOISE_PURPOSE))
+            hits.append(hit)
         packed = pack(b, vocab.eos)
         k = len(b)
         tokens.append(packed.astype(np.uint16))
@@ -255,12 +408,16 @@ def write_dataset(
     if levels is not None:
         for name, parts in labels.items():
             np.save(out / f"{name}.npy", np.concatenate(parts, axis=1))
+    if active:
+        np.save(out / "perturbed.npy", np.concatenate(hits))
     meta = {
         "grammar": grammar.name,
         "grammar_text": grammar.to_text(),
         "n_strings": n,
         "seed": seed,
         "max_len": max_len,
+        "sampler": sampler,
+        "noise": dataclasses.asdict(noise) if active else None,
         "n_tokens": total,
         "eos": vocab.eos,
         "vocab_size": vocab.size,
