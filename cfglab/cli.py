@@ -19,19 +19,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cfglab.cli_grammar import add_grammar, run_grammar
 from cfglab.cli_tools import (
     add_config_args,
     add_corrupt,
     add_data,
     add_generate,
-    add_grammar,
     add_parse,
     add_prob,
     add_sample,
     run_corrupt,
     run_data,
     run_generate,
-    run_grammar,
     run_parse,
     run_prob,
     run_sample,

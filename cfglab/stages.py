@@ -114,7 +114,7 @@ def run_train(
 def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """Every metric family of cfglab.evaluate on the run's model per cfg.eval -> eval/*.json;
     prints the summary table."""
-    from cfglab.data.dataset import read_training_strings
+    from cfglab.data.saved import read_training_strings
     from cfglab.data.vocab import Vocab
     from cfglab.evaluate.adapters import torch_generate_fn, torch_logprob_fn
     from cfglab.evaluate.context import EvalContext

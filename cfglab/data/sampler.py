@@ -30,9 +30,9 @@ keeps its trees until then); `labels=False` skips all of it and is about twice a
 right-hand side above the last level gets spans only (its trees have no per-level cut).
 
 Randomness: `np.random.default_rng(seed)`; the same (grammar, n, seed, max_len) gives the same
-batch, but strings depend on `n` (draws are interleaved across the batch). `sample_authors` is
-the authors' own generator (one `random.Random.randint` per nonterminal, pre-order), for
-reproducing their strings exactly.
+batch, but strings depend on `n` (draws are interleaved across the batch). The authors' own
+generator (one `random.Random.randint` per nonterminal, pre-order), for reproducing their
+strings exactly, is cfglab.data.physicslm4.
 
 `max_len` policy: rejection. A string whose length provably exceeds `max_len` (terminals so far
 plus the shortest possible yield of its pending nonterminals) is abandoned as soon as that is
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -420,30 +419,3 @@ def sample(
     if not parts:  # n == 0
         return SampleBatch(ids=np.empty(0, np.int64), offsets=np.zeros(1, np.int64))
     return _concat(parts)
-
-
-def sample_authors(grammar: Grammar, rng: random.Random) -> list[int]:
-    """One string by the authors' generator (PhysicsLM4 `CFG_Node.generate`): pre-order from the
-    root, one `rng.randint(0, k-1)` per nonterminal (k = its number of rules, in file order),
-    children left to right. Returns token ids 1..T. Uniform grammars only, like the authors'.
-    Example: cfg3f with random.Random(7711) gives 305 tokens starting 3 3 3 3 1 1 2 1 3.
-    """
-    for a, rs in enumerate(grammar.rules_of):
-        if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):
-            raise SamplingError(
-                f"sample_authors draws rules uniformly, but nonterminal "
-                f"{grammar.nonterminals[a]!r} has non-uniform rule probabilities: use "
-                "sample() for weighted grammars"
-            )
-    n_nt = grammar.n_nt
-    rhs = [grammar.rules[r].rhs for r in range(len(grammar.rules))]
-    out: list[int] = []
-    stack = [0]  # symbols still to expand, the next one on top (explicit stack: no recursion)
-    while stack:
-        s = stack.pop()
-        if s >= n_nt:
-            out.append(s - n_nt + 1)
-            continue
-        rs = grammar.rules_of[s]
-        stack.extend(reversed(rhs[rs[rng.randint(0, len(rs) - 1)]]))
-    return out

@@ -30,7 +30,8 @@ import torch.nn as nn
 
 from cfglab import rundir
 from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
-from cfglab.data.dataset import TRAIN, VAL, FreshStream, SavedDataset
+from cfglab.data.dataset import TRAIN, VAL, FreshStream
+from cfglab.data.saved import SavedDataset
 from cfglab.data.vocab import Vocab
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.model import build_model, gpt_config

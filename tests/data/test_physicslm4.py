@@ -94,14 +94,6 @@ def test_the_10000th_string_is_the_same_after_a_resume():
     assert np.array_equal(first.take(5).ids, again.ids)
 
 
-def test_agrees_with_the_old_single_string_helper():
-    from cfglab.data.sampler import sample_authors
-
-    rng = random.Random(5)
-    old = [sample_authors(load("cfg3h"), rng) for _ in range(3)]
-    assert PhysicsLM4Stream(load("cfg3h"), 5).take(3).strings()[2].tolist() == old[2]
-
-
 def test_errors_name_the_fix():
     weighted = Grammar.from_text("S -> 'a' [0.3] | 'b' S [0.7]")
     with pytest.raises(SamplingError, match="fast sampler"):

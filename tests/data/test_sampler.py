@@ -10,7 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cfglab.data.sampler import SampleBatch, sample, sample_authors
+from cfglab.data.physicslm4 import PhysicsLM4Stream
+from cfglab.data.sampler import SampleBatch, sample
 from cfglab.errors import SamplingError
 from cfglab.grammar import BUILTIN_GRAMMARS, Grammar, load
 from tests.oracles import all_strings, nltk_chart_accepts, nltk_grammar
@@ -308,7 +309,7 @@ def test_authors_generator_deeper_than_the_recursion_limit():
 
     # uniform over 999 recursive rules and one stop: mean length 1000
     g = Grammar.from_text("S -> " + " | ".join(f"'t{i}' S" for i in range(999)) + " | 'end'")
-    lengths = [len(sample_authors(g, random.Random(seed))) for seed in range(10)]
+    lengths = [len(PhysicsLM4Stream(g, seed).next_ids()) for seed in range(10)]
     assert max(lengths) > sys.getrecursionlimit()
     assert sample(g, 10, seed=0).lengths.max() > sys.getrecursionlimit()
 
@@ -323,21 +324,15 @@ def authors_recursive(g: Grammar, rng: random.Random, sym: int = 0) -> list[int]
     return [t for s in rhs for t in authors_recursive(g, rng, s)]
 
 
-def test_sample_authors_reproduces_the_authors_string():
-    s = sample_authors(load("cfg3f"), random.Random(7711))
-    assert len(s) == 305
-    assert s[:9] == [3, 3, 3, 3, 1, 1, 2, 1, 3]
+def test_the_authors_stream_is_their_recursion():
+    """PhysicsLM4Stream (cfglab/data/physicslm4.py) equals the authors' generator written as
+    plain recursion, string after string of one Random stream."""
     for name in ("cfg3b", "cfg3k"):
         g = load(name)
         for seed in range(3):
-            assert sample_authors(g, random.Random(seed)) == authors_recursive(
-                g, random.Random(seed)
-            )
-
-
-def test_sample_authors_rejects_weighted_grammars():
-    with pytest.raises(SamplingError, match="use sample"):
-        sample_authors(Grammar.from_text(PCFG_TEXT), random.Random(0))
+            stream, rng = PhysicsLM4Stream(g, seed), random.Random(seed)
+            for _ in range(3):
+                assert stream.next_ids() == authors_recursive(g, rng)
 
 
 def test_parts_concatenate_to_the_batch():

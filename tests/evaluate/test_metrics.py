@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-import cfglab.data.dataset as DS
+import cfglab.data.saved as DS
 import cfglab.errors as E
 import cfglab.evaluate.accuracy as A
 import cfglab.evaluate.adapters as AD
@@ -320,7 +320,7 @@ def test_oracle_model_scores_perfectly_on_cfg3b():
 
 
 def test_training_strings_read_back_from_a_saved_dataset(tmp_path):
-    from cfglab.data.dataset import write_dataset
+    from cfglab.data.saved import write_dataset
 
     d = write_dataset(TINY, tmp_path / "ds", n=50, seed=4)
     seen = DS.read_training_strings(d)

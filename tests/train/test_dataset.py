@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cfglab.data.dataset import (
-    VAL,
-    FreshStream,
-    SavedDataset,
-    bos_aligned_windows,
-    pack,
-    sample_window,
-    write_dataset,
-)
+from cfglab.data.dataset import VAL, FreshStream, bos_aligned_windows, pack, sample_window
 from cfglab.data.noise import TrainingNoise
 from cfglab.data.physicslm4 import PhysicsLM4Stream
 from cfglab.data.sampler import sample
+from cfglab.data.saved import SavedDataset, write_dataset
 from cfglab.data.vocab import BOS, Vocab
 from cfglab.errors import ConfigError, SamplingError
 from cfglab.grammar import Grammar, load, random_cfg

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import cfglab.data.dataset as dataset_mod
+import cfglab.data.saved as saved_mod
 from cfglab import cli
 from cfglab.config import load_config
 from cfglab.errors import ConfigError
@@ -216,6 +217,7 @@ def test_bad_input_exit_2_before_sampling(
         raise AssertionError("sampled before validating")
 
     monkeypatch.setattr(dataset_mod, "sample", no_sampling)
+    monkeypatch.setattr(saved_mod, "sample", no_sampling)
     capsys.readouterr()
     argv = [
         "train",
