@@ -304,7 +304,17 @@ def run_data(args: argparse.Namespace) -> int:
             f"smaller -n (at most ~{int(_MAX_DATASET_BYTES / (mean * per_token)):,})"
         )
 
-    out = write_dataset(grammar, args.out, args.n, seed=cfg.data.seed, max_len=cfg.data.max_len)
+    from cfglab.train.loop import training_noise
+
+    out = write_dataset(
+        grammar,
+        args.out,
+        args.n,
+        seed=cfg.data.seed,
+        max_len=cfg.data.max_len,
+        sampler=cfg.data.sampler,
+        noise=training_noise(cfg),
+    )
     meta = json.loads((out / "meta.json").read_text())
     print(
         f"wrote {out}: {args.n} strings, {meta['n_tokens']} tokens (tokens.npy, offsets.npy, "

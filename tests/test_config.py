@@ -198,6 +198,7 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "out_dir": "elsewhere",
         "stages": ["train", "report"],
         "grammar.name": "cfg3f",
+        "grammar.implicit": {"mode": "overlap", "tokens": 9, "weights": "nu1", "seed": 4},
         "model.preset": "tiny",
         "model.position": "abs",
         "train.objective": "mlm",
@@ -220,6 +221,12 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "train.grad_accum": 2,
         "train.batch_size": 6,
         "data.dataset": "some/folder",
+        "data.sampler": "physicslm4",
+        "data.max_len": None,  # physicslm4 keeps every string
+        "data.noise.kind": "rule",
+        "data.noise.kinds": ["insert", "delete"],
+        "data.noise.fraction": 0.25,
+        "data.noise.rate": 0.05,
         "model.n_embd": 96,
     }
     keys = _leaf_keys(default)
@@ -248,7 +255,8 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         if key == "grammar.name":
             want = "cfg3f"
         assert got == want, (key, got, want)
-        assert want != _get(default, key) or key == "model.causal", key  # really overridden
+        # really overridden (but the derived causal flag and max_len, which physicslm4 forbids)
+        assert want != _get(default, key) or key in ("model.causal", "data.max_len"), key
 
 
 def test_base_chain_of_three_files(tmp_path: Path) -> None:
@@ -316,5 +324,14 @@ def test_torch_free_name_registries_match_the_model():
     assert tuple(POSITIONS) == POSITION_NAMES
     assert tuple(PRESETS) == PRESET_NAMES
     assert tuple(WINDOWS) == PROBE_WINDOWS
+    from cfglab import config
+    from cfglab.data.dataset import FRESH_SAMPLERS
+    from cfglab.data.noise import KINDS, NOISE_KINDS
+    from cfglab.grammar.implicit import IMPLICIT_MODES, IMPLICIT_WEIGHTS
+
+    assert tuple(FRESH_SAMPLERS) == config.SAMPLER_NAMES
+    assert tuple(NOISE_KINDS) == config.NOISE_KIND_NAMES and tuple(KINDS) == config.CORRUPTION_NAMES
+    assert tuple(IMPLICIT_MODES) == config.IMPLICIT_MODE_NAMES
+    assert tuple(IMPLICIT_WEIGHTS) == config.IMPLICIT_WEIGHT_NAMES
     with pytest.raises(ConfigError, match="model.position: unknown value 'rotary'"):
         load_config(None, ["model.position=rotary"])

@@ -30,12 +30,17 @@ from typing import Any
 import yaml
 
 from cfglab.config.schema import (
+    CORRUPTION_NAMES,
     DECAYS,
     DTYPES,
+    IMPLICIT_MODE_NAMES,
+    IMPLICIT_WEIGHT_NAMES,
+    NOISE_KIND_NAMES,
     OBJECTIVES,
     POSITION_NAMES,
     PRESET_NAMES,
     PROBE_WINDOWS,
+    SAMPLER_NAMES,
     STAGE_NAMES,
     ExperimentConfig,
 )
@@ -211,11 +216,19 @@ def _build(cls: type, data: Any, where: str):
                 f"valid keys in {label}: {', '.join(fields)}"
             )
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value if value is not None else {}, f"{where}{key}.")
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        nested = [o for o in options if dataclasses.is_dataclass(o)]
+        if nested and type(None) in options and _plain(value) is None:
+            kwargs[key] = None  # an optional section left out (e.g. grammar.implicit: null)
+        elif nested:
+            kwargs[key] = _build(nested[0], value if value is not None else {}, f"{where}{key}.")
         else:
             kwargs[key] = _check_type(value, hint, f"{where}{key}")
     return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, _RawOverride) else value
 
 
 def _type_name(value: Any) -> str:
@@ -297,6 +310,32 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"stages {cfg.stages}: each stage at most once")
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
+    _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
+    n = d.noise
+    _one_of("data.noise.kind", n.kind, NOISE_KIND_NAMES)
+    for kind in n.kinds:
+        _one_of("data.noise.kinds", kind, CORRUPTION_NAMES)
+    if not 0 <= n.fraction <= 1 or not 0 <= n.rate <= 1:
+        raise ConfigError(
+            f"data.noise.fraction ({n.fraction}) and data.noise.rate ({n.rate}) are "
+            "probabilities: give values in [0, 1]"
+        )
+    if n.fraction > 0 and n.kind == "token" and not n.kinds:
+        raise ConfigError("data.noise.kinds is empty; give e.g. [substitute]")
+    if d.sampler == "physicslm4" and d.max_len is not None:
+        raise ConfigError(
+            "data.sampler physicslm4 draws the authors' strings as they come; it cannot "
+            "resample long ones: set data.max_len to null"
+        )
+    imp = cfg.grammar.implicit
+    if imp is not None:
+        _one_of("grammar.implicit.mode", imp.mode, IMPLICIT_MODE_NAMES)
+        _one_of("grammar.implicit.weights", imp.weights, IMPLICIT_WEIGHT_NAMES)
+        if imp.tokens is not None and imp.tokens < 1 or imp.seed < 0:
+            raise ConfigError(
+                f"grammar.implicit.tokens ({imp.tokens}) must be >= 1 (or null: 3 per "
+                f"terminal) and grammar.implicit.seed ({imp.seed}) >= 0"
+            )
     at_least = {  # key: (value, minimum)
         "train.max_steps": (t.max_steps, 1),
         "train.batch_size": (t.batch_size, 1),

@@ -31,6 +31,11 @@ DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float3
 # that `cfglab.stages.STAGES` implements (a test keeps the two equal)
 STAGE_NAMES = ("train", "eval", "probe", "attention", "report")
 PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
+SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
+NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
+CORRUPTION_NAMES = ("substitute", "insert", "delete")  # cfglab.data.noise.KINDS
+IMPLICIT_MODE_NAMES = ("disjoint", "overlap")  # cfglab.grammar.implicit.IMPLICIT_MODES
+IMPLICIT_WEIGHT_NAMES = ("uniform", "nu1")  # cfglab.grammar.implicit.IMPLICIT_WEIGHTS
 # Settings that do not change what is learned: a resumed run may use other values freely
 # (another device, more threads, a different logging cadence). Every other data./train.
 # setting is part of the run's record: changing it on --resume needs --allow-changes.
@@ -49,14 +54,37 @@ NOT_TRAINING = {
 
 
 @dataclass
+class ImplicitConfig:
+    mode: str = "disjoint"  # bags of tokens per terminal: disjoint (round robin) or overlap
+    tokens: int | None = None  # observable tokens V (None: 3 per terminal)
+    weights: str = "uniform"  # a token within its bag: uniform, or nu1 (weights 1..k)
+    seed: int = 0  # overlap bags' draws
+
+
+@dataclass
 class GrammarConfig:
     name: str = "cfg3b"  # a built-in name (`cfglab grammar list`) or a grammar file path
+    implicit: ImplicitConfig | None = None  # an implicit CFG: each terminal emits bag tokens
 
     def load(self):
-        """The Grammar this config names (GrammarError if the name or file is bad)."""
-        from cfglab.grammar import load
+        """The Grammar this config names, made implicit when `implicit` is set (GrammarError if
+        the name or file is bad)."""
+        from cfglab.grammar import load, make_implicit
 
-        return load(self.name)
+        grammar = load(self.name)
+        if self.implicit is None:
+            return grammar
+        i = self.implicit
+        tokens = i.tokens if i.tokens is not None else 3 * grammar.n_t
+        return make_implicit(grammar, i.mode, tokens, i.weights, i.seed)
+
+
+@dataclass
+class NoiseConfig:
+    fraction: float = 0.0  # rho: share of training strings perturbed (0: the clean stream)
+    kind: str = "token"  # token (each token changed at `rate`) or rule (a node's rule swapped)
+    rate: float = 0.15  # gamma: per-token rate of kind token
+    kinds: list[str] = field(default_factory=lambda: ["substitute"])  # token: substitute etc.
 
 
 @dataclass
@@ -65,6 +93,8 @@ class DataConfig:
     max_len: int | None = None  # resample strings longer than this (None: keep all)
     dataset: str | None = None  # a saved dataset dir (`cfglab data`) instead of fresh samples
     prefetch: int = 4  # batches sampled ahead by a background thread (0: sample inline)
+    sampler: str = "fast"  # fast, or physicslm4 (the authors' generator, their strings)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # perturbed pretraining data
 
 
 @dataclass(kw_only=True)

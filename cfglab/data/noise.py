@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cfglab.config import NoiseConfig
 from cfglab.data.sampler import SampleBatch, _strict_levels
 from cfglab.errors import ConfigError, VocabError
 from cfglab.grammar.cfg import Grammar
@@ -304,18 +305,14 @@ def _perturb_rule_kind(batch, grammar, noise, rng) -> SampleBatch:
 NOISE_KINDS = {"token": _perturb_tokens_kind, "rule": _perturb_rule_kind}
 
 
-@dataclass(frozen=True)
-class TrainingNoise:
+@dataclass
+class TrainingNoise(NoiseConfig):
     """Perturbed pretraining data: `fraction` (rho) of the strings perturbed by `kind`.
 
+    The settings of cfglab.config.NoiseConfig (`data.noise`, where their defaults live), checked:
     `rate` (gamma) and `kinds` apply to kind "token" (see `corrupt`); kind "rule" has no
     parameter. `fraction` 0 means no noise at all (streams stay bit-identical to clean ones).
     """
-
-    fraction: float = 0.0
-    kind: str = "token"
-    rate: float = 0.15
-    kinds: tuple[str, ...] = ("substitute",)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.fraction <= 1.0):
@@ -326,9 +323,7 @@ class TrainingNoise:
             raise ConfigError(
                 f"data.noise.kind={self.kind!r} is unknown: choose from {', '.join(NOISE_KINDS)}"
             )
-        object.__setattr__(
-            self, "kinds", tuple(self.kinds) if not isinstance(self.kinds, str) else self.kinds
-        )
+        self.kinds = tuple(self.kinds) if not isinstance(self.kinds, str) else self.kinds
         _check(2, self.rate, self.kinds, name="data.noise.rate")
 
     @property

@@ -21,8 +21,8 @@ from cfglab.data.dataset import FRESH_SAMPLERS, TRAIN, _Batches, key_seed, pack
 from cfglab.data.noise import NOISE_PURPOSE, TrainingNoise, perturb_fraction
 from cfglab.data.physicslm4 import PhysicsLM4Stream
 from cfglab.data.sampler import sample
-from cfglab.data.vocab import Vocab
-from cfglab.errors import ConfigError
+from cfglab.data.vocab import BOS, Vocab
+from cfglab.errors import CfglabError, ConfigError
 from cfglab.grammar.cfg import Grammar
 
 
@@ -122,21 +122,49 @@ class SavedDataset(_Batches):
         rank: int = 0,
         world_size: int = 1,
         split: int = TRAIN,
+        noise: TrainingNoise | None = None,
     ) -> None:
         path = Path(path)
         try:
             meta = json.loads((path / "meta.json").read_text())
             self.tokens = np.load(path / "tokens.npy", mmap_mode="r")
             self.offsets = np.load(path / "offsets.npy", mmap_mode="r")
-        except (OSError, ValueError) as exc:
+            written = Grammar.from_text(meta["grammar_text"], name=str(meta["grammar"]))
+            eos, size = int(meta["eos"]), int(meta["vocab_size"])
+        except (OSError, ValueError, KeyError, TypeError, CfglabError) as exc:
             raise ConfigError(
-                f"data.dataset: {path} is not a saved dataset ({exc}); write one "
-                "with `cfglab data CONFIG --out DIR`"
+                f"data.dataset: {path} is not a saved dataset ({type(exc).__name__}: {exc}); "
+                "write one with `cfglab data CONFIG --out DIR`"
             ) from None
-        if meta["eos"] != Vocab.from_grammar(grammar).eos:
+        vocab = Vocab.from_grammar(grammar)
+        if written != grammar or (eos, size) != (vocab.eos, vocab.size):
             raise ConfigError(
-                f"data.dataset: {path} was written for another grammar "
-                f"({meta['grammar']}); set grammar.name to match it"
+                f"data.dataset: {path} was written for another grammar ({meta['grammar']}); "
+                "set grammar.name to the grammar it was written for, or write a dataset for this "
+                "one with `cfglab data`"
+            )
+        offsets = np.asarray(self.offsets)
+        if (
+            self.tokens.ndim != 1
+            or offsets.ndim != 1
+            or len(offsets) == 0
+            or (len(self.tokens) and int(self.tokens.max()) >= size)
+            or (np.diff(offsets) <= 0).any()
+            or offsets[0] != 0
+            or offsets[-1] >= len(self.tokens)
+            or (np.asarray(self.tokens[offsets]) != BOS).any()
+        ):
+            raise ConfigError(
+                f"data.dataset: {path} is damaged (token ids beyond the vocabulary, or offsets "
+                "that do not point at each string's BOS); write it again with `cfglab data`"
+            )
+        want = dataclasses.asdict(noise) if noise is not None and noise.fraction > 0 else None
+        if want is not None:
+            want["kinds"] = list(want["kinds"])
+        if meta.get("noise") != want:
+            raise ConfigError(
+                f"data.dataset: {path} was written with noise {meta.get('noise')}, but data.noise "
+                f"is {want}; a saved dataset carries its noise: write one with this data.noise"
             )
         if len(self.tokens) < window:
             raise ConfigError(

@@ -100,3 +100,56 @@ def plot_first_errors(positions: Sequence[int], path: Path, *, title: str) -> Pa
     ax.set_ylabel("generations")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def _interval_line(ax, xs, rows, label: str, key: str | None = None) -> None:
+    """One curve of proportions with their 95% intervals as a band."""
+    pick = (lambda r: r[key]) if key else (lambda r: r)
+    mid = [pick(r)["accuracy"] for r in rows]
+    ax.plot(xs, mid, marker="o", label=label)
+    ax.fill_between(
+        xs, [pick(r)["ci_low"] for r in rows], [pick(r)["ci_high"] for r in rows], alpha=0.2
+    )
+
+
+def plot_robustness_by_temperature(rows: Sequence[dict], path: Path) -> Path | None:
+    """Corrupted-prompt accuracy (clean-prompt score A, solid; no-new-errors score B, dashed)
+    against the sampling temperature, one curve per (gamma, cut): the mode switch (Result 13)."""
+    curves: dict[tuple, list[dict]] = {}
+    for r in rows:
+        curves.setdefault((r["gamma"], r["cut"]), []).append(r)
+    if not any(len(c) > 1 for c in curves.values()):
+        return None  # one temperature: the report's table says it all
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (gamma, cut), curve in sorted(curves.items()):
+        curve = sorted(curve, key=lambda r: r["temperature"])
+        xs = [r["temperature"] for r in curve]
+        _interval_line(ax, xs, curve, f"gamma={gamma:g}, cut{cut} (A)", key="clean")
+        ax.plot(xs, [r["no_new_errors"]["accuracy"] for r in curve], "--", color="grey")
+    ax.plot([], [], "--", color="grey", label="no new errors (B)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("temperature")
+    ax.set_ylabel("accuracy on corrupted prompts (95% CI)")
+    ax.set_title("robustness against temperature")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_unprompted_errors(rows: Sequence[dict], path: Path) -> Path | None:
+    """Share of cut0 (unprompted) generations outside the language against the temperature."""
+    cut0 = sorted((r for r in rows if r["cut"] == 0), key=lambda r: r["temperature"])
+    if len(cut0) < 2:
+        return None
+    errors = [
+        {"accuracy": 1 - r["accuracy"], "ci_low": 1 - r["ci_high"], "ci_high": 1 - r["ci_low"]}
+        for r in cut0
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    _interval_line(ax, [r["temperature"] for r in cut0], errors, "cut0 error rate")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("temperature")
+    ax.set_ylabel("unprompted error rate (95% CI)")
+    ax.set_title("unprompted generations outside the language")
+    return _save(fig, path)

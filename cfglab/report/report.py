@@ -54,6 +54,15 @@ def make_figures(res: RunResults, fig_dir: Path) -> dict[str, Path]:
         figs["kl_by_position"] = plots.plot_kl_by_position(
             res.distribution["kl_by_position"], fig_dir / "kl_by_position.png"
         )
+    optional = {
+        "robustness": plots.plot_robustness_by_temperature(
+            res.robustness, fig_dir / "robustness.png"
+        ),
+        "unprompted_errors": plots.plot_unprompted_errors(
+            res.accuracy, fig_dir / "unprompted_errors.png"
+        ),
+    }
+    figs.update({k: v for k, v in optional.items() if v is not None})
     return figs
 
 
@@ -139,6 +148,7 @@ def report_markdown(
         )
         out.append("")
         fig("accuracy", "generation accuracy with 95% CI")
+        fig("unprompted_errors", "unprompted (cut0) error rate against temperature")
         fig("first_error", "first error positions")
     d = res.distribution
     if d:
@@ -244,6 +254,7 @@ def report_markdown(
             ],
         )
         out.append("")
+        fig("robustness", "corrupted-prompt accuracy against temperature")
     out += extra or []
     if defs:
         out += ["## Definitions", ""]

@@ -17,6 +17,7 @@ fixed global batch, DDP averages gradients, rank 0 alone writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -25,12 +26,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from cfglab import rundir
 from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
 from cfglab.data.dataset import TRAIN, VAL, FreshStream
+from cfglab.data.noise import TrainingNoise
 from cfglab.data.saved import SavedDataset
 from cfglab.data.vocab import Vocab
 from cfglab.errors import CfglabError, ConfigError
@@ -76,13 +79,49 @@ def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW
     )
 
 
+def training_noise(cfg: ExperimentConfig) -> TrainingNoise | None:
+    """data.noise as the data stage's TrainingNoise (None when off)."""
+    n = cfg.data.noise
+    return TrainingNoise(**dataclasses.asdict(n)) if n.fraction > 0 else None
+
+
 def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, split: int):
-    """The batch source for a split: fresh samples, or a saved dataset if data.dataset is set."""
+    """The batch source for a split: fresh samples, or a saved dataset if data.dataset is set.
+    Noise (data.noise) perturbs the fresh training split only, so validation measures clean
+    strings; a saved dataset carries the noise it was written with (checked against data.noise),
+    and both splits read it."""
     kw = {"seed": cfg.data.seed, "rank": info.rank, "world_size": info.world_size, "split": split}
     batch = cfg.train.batch_size
     if cfg.data.dataset:
-        return SavedDataset(cfg.data.dataset, grammar, window, batch, **kw)
-    return FreshStream(grammar, window, batch, max_len=cfg.data.max_len, **kw)
+        return SavedDataset(
+            cfg.data.dataset, grammar, window, batch, noise=training_noise(cfg), **kw
+        )
+    noise = training_noise(cfg) if split == TRAIN else None
+    return FreshStream(
+        grammar,
+        window,
+        batch,
+        max_len=cfg.data.max_len,
+        sampler=cfg.data.sampler,
+        noise=noise,
+        **kw,
+    )
+
+
+def out_of_language(train_data, step: int, grammar) -> dict[str, float] | None:
+    """The share of step `step`'s training strings outside the language (exact recognizer),
+    overall and among the perturbed ones; None for a saved dataset (its meta records it)."""
+    from cfglab.exact import cyk
+
+    if not hasattr(train_data, "step_strings"):
+        return None
+    batch, perturbed = train_data.step_strings(step)
+    outside = ~np.asarray(cyk.recognize(grammar, batch.strings()), dtype=bool)
+    return {
+        "train_strings": len(outside),
+        "train_out_of_language": float(outside.mean()),
+        "train_perturbed": float(perturbed.mean()),
+    }
 
 
 def resume_changes(run_dir: Path, cfg: ExperimentConfig, grammar) -> dict[str, list]:
@@ -185,6 +224,8 @@ def train(
     # ---- 2. wrappers, precision --------------------------------------------------------------
     if resume_from is not None:
         ckpt.set_rng_state(state["rng"])
+        if hasattr(train_data, "restore_stream_state"):
+            train_data.restore_stream_state(start, state.get("data_stream"))
     raw_model = model
     if t.compile:
         model = torch.compile(model)
@@ -252,7 +293,12 @@ def train(
                 step,
                 raw_model,
                 optimizer,
-                {"tokens": step * tokens_per_step, "rng": ckpt.rng_state()},
+                {
+                    "tokens": step * tokens_per_step,
+                    "rng": ckpt.rng_state(),
+                    # where a sequential data stream (data.sampler physicslm4) continues
+                    "data_stream": getattr(train_data, "stream_state", lambda s: None)(step),
+                },
                 keep_last=t.keep_last,
             )
         dist.barrier()
@@ -364,6 +410,8 @@ def train(
                     "elapsed_s": elapsed,
                     "data_wait_frac": data_wait / elapsed,
                 }
+                if info.is_master and cfg.data.noise.fraction > 0:
+                    record.update(out_of_language(train_data, step - 1, grammar) or {})
             if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
                 record = record or {"step": step, "loss": last_loss, "lr": lr}
                 record["val_loss"] = val_loss()
