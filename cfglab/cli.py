@@ -70,6 +70,12 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
         ("--device", "attention.device", None, "cpu, cuda, cuda:1, ..."),
         ("--threads", "attention.threads", None, "torch CPU threads"),
     ],
+    "dynamics": [
+        ("--n", "dynamics.n_samples", None, "cut0 generations per checkpoint"),
+        ("--n-kl", "dynamics.n_kl", None, "true strings per checkpoint for the KL"),
+        ("--no-probe", "dynamics.probe", 0, "skip the probes"),
+        ("--no-attention", "dynamics.attention", 0, "skip the head scores"),
+    ],
     "report": [
         ("--compare", "report.compare", "+", "runs whose probes go beside RUN_DIR's"),
     ],
@@ -326,6 +332,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "attention statistics: position bias, boundary heads -> analyze/attention.json",
         add_stage("attention"),
         run_stage("attention"),
+    ),
+    "dynamics": (
+        "every kept checkpoint measured: probes per level, accuracy, KL -> analyze/dynamics.jsonl",
+        add_stage("dynamics"),
+        run_stage("dynamics"),
     ),
     "report": (
         "build report/report.md, report.html and figures from a run's results",

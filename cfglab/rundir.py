@@ -9,7 +9,8 @@
       stages.json      the stages completed, each with a hash of the settings it ran under
       ckpt/            checkpoints (their format: cfglab.train.checkpoint)
       eval/            <family>.json per metric family and summary.json (cfglab eval)
-      analyze/         probe.json, attention.json (cfglab probe, cfglab attention)
+      analyze/         probe.json, attention.json (cfglab probe, cfglab attention),
+                       dynamics.jsonl + dynamics.json (cfglab dynamics)
       report/          report.md, report.html, figures/*.png (cfglab report)
 
 Every result file is JSON with a `schema` header {"kind", "version"}; `write_result` writes
@@ -32,6 +33,7 @@ SCHEMA_VERSION = 1
 CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
 HISTORY, FINGERPRINT, STAGE_MARKS = "history.jsonl", "fingerprint.json", "stages.json"
 EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
+DYNAMICS = "analyze/dynamics.jsonl"  # one record per kept checkpoint (cfglab dynamics)
 # result kind -> the command that writes it (named in error messages)
 WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab probe / cfglab attention"}
 
@@ -164,9 +166,10 @@ def read_run_grammar(run_dir: str | Path, name: str = ""):
 
 
 # ---- metrics.jsonl ----------------------------------------------------------------------------
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows in file order; a torn last line (a run killed mid-write) is skipped."""
-    path = Path(run_dir) / METRICS
+def read_metrics(run_dir: str | Path, name: str = METRICS) -> list[dict[str, Any]]:
+    """metrics.jsonl rows (or another step-record file's, e.g. analyze/dynamics.jsonl) in file
+    order; a torn last line (a run killed mid-write) is skipped."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -13,6 +13,7 @@ from cfglab.config.load import (
 from cfglab.config.schema import (
     CORRUPTION_NAMES,
     DECAYS,
+    DEFAULT_STAGES,
     DTYPES,
     IMPLICIT_MODE_NAMES,
     IMPLICIT_WEIGHT_NAMES,
@@ -26,6 +27,7 @@ from cfglab.config.schema import (
     STAGE_NAMES,
     AttentionConfig,
     DataConfig,
+    DynamicsConfig,
     EvalConfig,
     ExperimentConfig,
     GrammarConfig,
@@ -37,6 +39,7 @@ from cfglab.config.schema import (
     ReportConfig,
     TrainConfig,
     flat,
+    kept_steps,
 )
 
 __all__ = [
@@ -52,9 +55,11 @@ __all__ = [
     "POSITION_NAMES",
     "PRESET_NAMES",
     "PROBE_WINDOWS",
+    "DEFAULT_STAGES",
     "STAGE_NAMES",
     "AttentionConfig",
     "DataConfig",
+    "DynamicsConfig",
     "EvalConfig",
     "ExperimentConfig",
     "GrammarConfig",
@@ -67,6 +72,7 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "flat",
+    "kept_steps",
     "load_config",
     "read_config",
     "save_config",

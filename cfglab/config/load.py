@@ -43,6 +43,7 @@ from cfglab.config.schema import (
     SAMPLER_NAMES,
     STAGE_NAMES,
     ExperimentConfig,
+    kept_steps,
 )
 from cfglab.errors import CfglabError, ConfigError, did_you_mean
 
@@ -310,6 +311,14 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"stages {cfg.stages}: each stage at most once")
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
+    try:
+        steps = kept_steps(t.keep_steps, t.max_steps)
+    except ValueError as exc:
+        raise ConfigError(f"train.keep_steps: {exc}; give a list of steps or log:N") from None
+    if steps and not 1 <= steps[0] <= steps[-1] <= t.max_steps:
+        raise ConfigError(
+            f"train.keep_steps {t.keep_steps}: steps must be in 1..train.max_steps ({t.max_steps})"
+        )
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     n = d.noise
     _one_of("data.noise.kind", n.kind, NOISE_KIND_NAMES)
@@ -373,6 +382,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         "attention.n_examples": (a.n_examples, 0),
         "attention.example_len": (a.example_len, 1),
         "attention.seed": (a.seed, 0),
+        "dynamics.n_samples": (cfg.dynamics.n_samples, 1),
+        "dynamics.n_kl": (cfg.dynamics.n_kl, 1),
     }
     for key, value in (("data.max_len", d.max_len), ("eval.n_kl", e.n_kl)):
         if value is not None:

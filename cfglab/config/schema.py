@@ -29,7 +29,8 @@ DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
 DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
 # the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
 # that `cfglab.stages.STAGES` implements (a test keeps the two equal)
-STAGE_NAMES = ("train", "eval", "probe", "attention", "report")
+STAGE_NAMES = ("train", "eval", "probe", "attention", "dynamics", "report")
+DEFAULT_STAGES = ("train", "eval", "probe", "attention", "report")  # `stages` unless set
 PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
 SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
 NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
@@ -142,6 +143,7 @@ class TrainConfig:
     eval_batches: int = 4  # validation batches (of batch_size windows) per evaluation
     ckpt_every: int = 500  # steps between checkpoints (the last step always saves)
     keep_last: int = 2  # checkpoints kept on disk
+    keep_steps: list[int] | str = field(default_factory=list)  # also kept: steps, or "log:N"
     tensorboard: bool = True  # also write TensorBoard events (if tensorboard is installed)
 
 
@@ -193,6 +195,14 @@ class AttentionConfig:
 
 
 @dataclass
+class DynamicsConfig:
+    n_samples: int = 50  # cut0 generations per checkpoint (accuracy with its interval)
+    n_kl: int = 50  # true strings per checkpoint for the KL, overall and by level
+    probe: bool = True  # probes per level at every checkpoint (the probe section's settings)
+    attention: bool = True  # head scores at every checkpoint (the attention section's settings)
+
+
+@dataclass
 class ReportConfig:
     compare: list[str] = field(default_factory=list)  # runs whose probes go beside this run's
 
@@ -201,7 +211,7 @@ class ReportConfig:
 class ExperimentConfig:
     name: str = "run"  # run directory name: runs/<name>
     out_dir: str = "runs"  # parent of run directories
-    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # what `cfglab run` runs
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # `cfglab run`'s
     grammar: GrammarConfig = field(default_factory=GrammarConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -209,6 +219,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
@@ -217,6 +228,21 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def kept_steps(spec: list[int] | str, max_steps: int) -> list[int]:
+    """train.keep_steps as sorted steps: a list as given, or "log:N", N steps log-spaced from 1 to
+    max_steps (rounded, duplicates merged, max_steps included). ValueError if malformed."""
+    if isinstance(spec, str):
+        head, _, count = spec.partition(":")
+        if head != "log" or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{spec!r} is not log:N (N >= 1)")
+        n = int(count)
+        if n == 1:
+            return [max_steps]
+        ratio = max_steps ** (1 / (n - 1))
+        return sorted({min(max_steps, max(1, round(ratio**i))) for i in range(n)} | {max_steps})
+    return sorted(set(spec))
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -160,6 +160,52 @@ def run_rows(run: RunEntry) -> list[dict]:
                     "value": value,
                 }
             )
+    for rec in rundir.read_metrics(run.dir, rundir.DYNAMICS):  # one record per kept checkpoint
+        at = {"stage": "dynamics", "step": rec["step"]}
+        a = rec["accuracy"]
+        rows.append(
+            {
+                **at,
+                "metric": "accuracy",
+                "cut": 0,
+                "temperature": a["temperature"],
+                "value": a["accuracy"],
+                "ci_low": a["ci_low"],
+                "ci_high": a["ci_high"],
+                "n": a["n"],
+            }
+        )
+        rows.append({**at, "metric": "val_loss", "value": rec["val_loss"]})
+        rows.append({**at, "metric": "kl", "value": rec["kl"]})
+        for group, v in rec["kl_by_level"].items():
+            rows.append(
+                {**at, "metric": "kl_by_level", "level": group, "value": v["kl"], "n": v["n_rows"]}
+            )
+        for key, v in rec.get("probe", {}).items():
+            target, level = key.split("_L")
+            for layer in ("last", "best"):
+                rows.append(
+                    {
+                        **at,
+                        "metric": "probe_accuracy",
+                        "target": target,
+                        "level": int(level),
+                        "layer": layer,
+                        "model": "trained",
+                        "window": "all",
+                        "value": v[layer],
+                    }
+                )
+        for pattern, v in rec.get("heads", {}).items():
+            rows.append(
+                {
+                    **at,
+                    "metric": "best_head_score",
+                    "pattern": pattern,
+                    "model": "trained",
+                    "value": v,
+                }
+            )
     att = rundir.read_result(run.dir, f"{rundir.ANALYZE}/attention")
     for model in ("model", "random_init"):
         res = (att or {}).get(model)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cfglab import rundir
 from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
+from cfglab.report.plots_dynamics import plot_dynamics_overlay
 
 
 def _label(point: tuple, axes: list[str]) -> str:
@@ -226,6 +228,10 @@ def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Pat
         "loss_curves": plot_loss_curves(runs, curves, axes, fig_dir / "loss_curves.png"),
         "probe": plot_probes(agg, axes, fig_dir / "probe.png"),
         "robustness": plot_robustness(agg, axes, fig_dir / "robustness.png"),
+        "dynamics": plot_dynamics_overlay(
+            {r.dir.name: rundir.read_metrics(r.dir, rundir.DYNAMICS) for r in runs},
+            fig_dir / "dynamics.png",
+        ),
     }
     return {k: v for k, v in figs.items() if v is not None}
 
@@ -291,6 +297,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         "loss_curves": "training loss curves (mean over seeds)",
         "probe": "last-layer probe accuracy per level",
         "robustness": "corrupted-prompt accuracy against temperature",
+        "dynamics": "last-layer ancestor probe per level against training step, run by run",
     }
     for name, path in figs.items():
         lines += [f"![{captions[name]}]({path.relative_to(out).as_posix()})", ""]

@@ -17,11 +17,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from cfglab import rundir
 from cfglab.errors import CfglabError
-from cfglab.report import plots, plots_analyze
+from cfglab.report import plots, plots_analyze, plots_dynamics
 from cfglab.report.results import RunResults, load_run
 from cfglab.report.tables import rows_markdown
-from cfglab.rundir import write_text_atomic
 
 
 def _fmt(v, digits: int = 5) -> str:
@@ -374,12 +374,18 @@ def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Pat
     figs = make_figures(res, out / "figures")
     figs.update(plots_analyze.write_analyze_figures(res.analyze, out / "figures"))
     extra = plots_analyze.analyze_markdown(res.analyze, figs, out)
+    dynamics = rundir.read_metrics(run_dir, rundir.DYNAMICS)
+    dyn_figs = plots_dynamics.write_dynamics_figures(
+        dynamics, res.analyze.get("dynamics"), out / "figures"
+    )
+    figs.update(dyn_figs)
+    extra += plots_dynamics.dynamics_markdown(dynamics, res.analyze.get("dynamics"), dyn_figs, out)
     if compare:
         extra += compare_section(Path(run_dir), compare, out / "figures")
         for name in ("probe_compare", "probe_compare_boundary"):
             if (out / "figures" / f"{name}.png").is_file():
                 figs[name] = out / "figures" / f"{name}.png"
     md = report_markdown(res, figs, out, extra=extra)
-    write_text_atomic(out / "report.md", md + "\n")
-    write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
+    rundir.write_text_atomic(out / "report.md", md + "\n")
+    rundir.write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
     return out

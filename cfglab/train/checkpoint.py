@@ -95,8 +95,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep_last: int = 2,
+    protect: frozenset[int] = frozenset(),
 ) -> Path:
-    """Write ckpt/step_XXXXXXX atomically, point ckpt/latest at it, prune to `keep_last`.
+    """Write ckpt/step_XXXXXXX atomically, point ckpt/latest at it, prune to `keep_last`
+    (never the steps in `protect`: train.keep_steps, for the dynamics stage).
 
     `model` must be the raw module (see dist.unwrap). Call on the master rank only.
     """
@@ -124,15 +126,15 @@ def save_checkpoint(
     _fsync_file(latest_tmp)
     os.replace(latest_tmp, ckpt / LATEST)
     _fsync_dir(ckpt)
-    _prune(ckpt, keep_last, keep=final.name)
+    _prune(ckpt, keep_last, keep={final.name, *(step_dir_name(s) for s in protect)})
     return final
 
 
-def _prune(ckpt: Path, keep_last: int, keep: str) -> None:
+def _prune(ckpt: Path, keep_last: int, keep: set[str]) -> None:
     done = sorted(p for p in ckpt.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in done[:-keep_last]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
+    recent = [p for p in done if p.name not in keep]
+    for old in recent[: max(0, len(recent) - keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt.glob("step_*.tmp"):  # left by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -160,6 +162,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
                 "point ckpt/latest at an earlier step_* folder"
             )
     return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of a run, by step."""
+    out = []
+    for p in (Path(run_dir) / CKPT_DIR).glob("step_*"):
+        complete = (p / "model.safetensors").is_file() and (p / "state.json").is_file()
+        if p.is_dir() and not p.name.endswith(".tmp") and complete:
+            out.append((int(p.name.removeprefix("step_")), p))
+    return sorted(out)
 
 
 def read_state(path: Path) -> dict[str, Any]:

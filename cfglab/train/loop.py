@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from cfglab import rundir
-from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
+from cfglab.config import NOT_TRAINING, ExperimentConfig, flat, kept_steps
 from cfglab.data.dataset import TRAIN, VAL, FreshStream
 from cfglab.data.noise import TrainingNoise
 from cfglab.data.saved import SavedDataset
@@ -237,6 +237,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_step = t.batch_size * cfg.model.block_size
+    keep_steps = frozenset(kept_steps(t.keep_steps, t.max_steps))  # checkpoints never pruned
 
     # ---- master-only files -------------------------------------------------------------------
     writer = None
@@ -300,6 +301,7 @@ def train(
                     "data_stream": getattr(train_data, "stream_state", lambda s: None)(step),
                 },
                 keep_last=t.keep_last,
+                protect=keep_steps,
             )
         dist.barrier()
 
@@ -378,6 +380,7 @@ def train(
                 or (step + 1) % t.ckpt_every == 0
                 or (t.eval_every and (step + 1) % t.eval_every == 0)
                 or step + 1 in (end, t.max_steps)
+                or step + 1 in keep_steps
             )
             if due:
                 last_loss = float(loss_sum)
@@ -419,7 +422,7 @@ def train(
                     bar.write(f"step {step}: loss {last_loss:.4f}, val {record['val_loss']:.4f}")
             if record is not None:
                 log(record)
-            if step % t.ckpt_every == 0 or step == t.max_steps:
+            if step % t.ckpt_every == 0 or step == t.max_steps or step in keep_steps:
                 save(step)
             if stop:
                 if step % t.ckpt_every and step != t.max_steps:

@@ -1,0 +1,143 @@
+"""The stages of an experiment: each one function of (config, run directory), one dict of them.
+
+    STAGES["eval"](cfg, Path("runs/quickstart"))   # -> runs/quickstart/eval
+
+`cfglab run CONFIG` runs `cfg.stages` in order on one run directory; `cfglab eval RUN`,
+`cfglab probe RUN`, ... run the same function on the run's saved config.json, their flags being
+shorthands for `--set` overrides (`load_run_config`). Every setting comes from the config
+(`cfglab.config`), every file is written through `cfglab.rundir`, and every stage after training
+reads the run's own copies (config.json, grammar.cfg, checkpoints), never the files the run was
+made from. Each returns the path it wrote.
+
+This module sits above every stage package (it may import any of them); only the CLI and the
+experiment runner sit above it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from cfglab import rundir
+from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
+from cfglab.config.load import check_cuts
+from cfglab.errors import ConfigError
+from cfglab.stages.analysis import run_attention, run_probe, run_report
+from cfglab.stages.common import load_run_config, say
+from cfglab.stages.dynamics import run_dynamics
+from cfglab.stages.evaluation import generate_from_run, run_eval
+
+
+def run_train(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    allow_changes: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train per cfg.train (also under torchrun); the run's checkpoints -> run_dir/ckpt."""
+    from cfglab.train.loop import train
+
+    train(cfg, resume=resume, run_dir=run_dir, progress=progress, allow_changes=allow_changes)
+    return Path(run_dir) / "ckpt"
+
+
+# name -> run(cfg, run_dir) -> Path, in the order `cfglab run` runs them
+# (config.STAGE_NAMES is the torch-free list of these names; a test keeps the two equal)
+STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
+    "train": run_train,
+    "eval": run_eval,
+    "probe": run_probe,
+    "attention": run_attention,
+    "dynamics": run_dynamics,
+    "report": run_report,
+}
+
+
+def stage_key(cfg: ExperimentConfig, stage: str) -> str:
+    """A hash of the settings a stage's result depends on: the training record (every grammar,
+    data, model and train setting but those that change nothing learned), plus the stage's own
+    section without its device and threads. Equal keys: the stage's result would be the same."""
+    settings = flat(cfg.to_dict())
+    record = {
+        k: v
+        for k, v in settings.items()
+        if k.split(".")[0] in ("grammar", "data", "model", "train") and k not in NOT_TRAINING
+    }
+    own = {
+        k: v
+        for k, v in settings.items()
+        if k.startswith(f"{stage}.") and k.split(".")[-1] not in ("device", "threads")
+    }
+    return rundir.sha256(json.dumps([record, own], sort_keys=True))
+
+
+def run_stage(
+    name: str, cfg: ExperimentConfig, run_dir: Path, *, skip_done: bool = False, **options
+) -> Path | None:
+    """STAGES[name] on a run, recorded in the run's stages.json when it completes; with
+    `skip_done`, a stage already completed under the same settings (stage_key) is skipped
+    (None). Training resumes from its checkpoint when one exists (and skip_done)."""
+    from cfglab.train import checkpoint as ckpt
+
+    key = stage_key(cfg, name)
+    if skip_done and rundir.read_stage_marks(run_dir).get(name) == key:
+        say(f"== {name}: done earlier with these settings, skipped")
+        return None
+    if name == "train":
+        if skip_done and (Path(run_dir) / ckpt.CKPT_DIR / ckpt.LATEST).exists():
+            options["resume"] = True
+        wrote = run_train(cfg, run_dir, **options)
+    else:
+        wrote = STAGES[name](cfg, run_dir)
+    from cfglab.train import dist
+
+    if dist.is_master():
+        rundir.mark_stage_done(run_dir, name, key)
+    return wrote
+
+
+def run_stages(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    allow_changes: bool = False,
+    progress: bool = True,
+    skip_done: bool = False,
+) -> list[Path | None]:
+    """cfg.stages in order on one run directory (`cfglab run`, and each run of a sweep with
+    skip_done); under torchrun every rank trains and rank 0 alone runs the later stages."""
+    from cfglab.train import dist
+
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:  # config validation knows the names too; this guards a drift between the two
+        raise ConfigError(f"stages: unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+    if "eval" in cfg.stages:
+        check_cuts(cfg)  # before training, not after it
+    wrote: list[Path | None] = []
+    for name in cfg.stages:
+        if name != "train" and not dist.is_master():
+            break
+        if dist.is_master():
+            say(f"== cfglab run: {name}")
+        options = {}
+        if name == "train":
+            options = {"resume": resume, "allow_changes": allow_changes, "progress": progress}
+        # a stage is skipped only while every stage before it was: one that ran made the
+        # results after it stale
+        fresh = skip_done and all(w is None for w in wrote)
+        wrote.append(run_stage(name, cfg, run_dir, skip_done=fresh, **options))
+    return wrote
+
+
+__all__ = [
+    "STAGES",
+    "generate_from_run",
+    "load_run_config",
+    "run_stage",
+    "run_stages",
+    "stage_key",
+]
