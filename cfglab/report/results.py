@@ -71,6 +71,87 @@ class RunResults:
         return out
 
 
+NUM = (int, float)
+ACC_ROW = {
+    "cut": int,
+    "temperature": NUM,
+    "n": int,
+    "n_correct": int,
+    "accuracy": NUM,
+    "ci_low": NUM,
+    "ci_high": NUM,
+    "cp_low": NUM,
+    "cp_high": NUM,
+    "n_unfinished": int,
+    "n_bad_token": int,
+    "first_error": list,
+}
+RATE = {"n": int, "accuracy": NUM, "ci_low": NUM, "ci_high": NUM}
+# the shape of each result the report reads: a key -> type, or a nested shape ([shape]: a list
+# of them); a file that does not have it is refused with its name (re-run its stage)
+SHAPES: dict[str, dict] = {
+    "eval/accuracy": {"accuracy": [ACC_ROW]},
+    "eval/distribution": {
+        "distribution": {
+            "kl": NUM,
+            "kl_stderr": NUM,
+            "seq_kl": NUM,
+            "cross_entropy": NUM,
+            "entropy_rate": NUM,
+            "entropy_rate_rb": NUM,
+            "n_strings": int,
+            "n_rows": int,
+            "kl_by_position": [{"lo": int, "kl": NUM, "n_rows": int}],
+        }
+    },
+    "eval/loss_floor": {"loss_floor": {"value": NUM, "stderr": NUM, "n_strings": int}},
+    "eval/diversity": {
+        "diversity": {"generations": {"n": int, "distinct": int, "equal_pairs": int}}
+    },
+    "eval/robustness": {
+        "robustness": [
+            {"cut": int, "gamma": NUM, "temperature": NUM, "clean": RATE, "no_new_errors": RATE}
+        ]
+    },
+    "eval/summary": {"rows": [{"metric": str, "n": int}]},
+    "analyze/probe": {
+        "n_train": int,
+        "n_test": int,
+        "n_test_tokens": int,
+        "tables": [
+            {"target": str, "window": str, "levels": list, "majority": list, "accuracy": dict}
+        ],
+    },
+    "analyze/attention": {"n_strings": int, "model": {"head_scores": dict, "chance": dict}},
+    "analyze/dynamics": {"steps": list, "emergence": list},
+}
+
+
+def _check_shape(value, shape, where: str) -> str | None:
+    """Where `value` departs from `shape`, or None."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} is not a mapping"
+        for key, sub in shape.items():
+            if key not in value:
+                return f"{where}.{key} is missing"
+            bad = _check_shape(value[key], sub, f"{where}.{key}")
+            if bad:
+                return bad
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        for i, item in enumerate(value):
+            bad = _check_shape(item, shape[0], f"{where}[{i}]")
+            if bad:
+                return bad
+        return None
+    ok = isinstance(value, shape) and not (shape is int and isinstance(value, bool))
+    ok = ok or (shape == NUM and value is None)  # NaN is written as null by some encoders
+    return None if ok else f"{where} is not {getattr(shape, '__name__', 'a number')}"
+
+
 def load_run(run_dir: str | Path) -> RunResults:
     """Read a run directory. CfglabError if it does not exist or a result file is corrupt."""
     d = Path(run_dir)
@@ -84,6 +165,16 @@ def load_run(run_dir: str | Path) -> RunResults:
     res.metrics = rundir.read_metrics(d)
     res.eval = rundir.read_results(d, rundir.EVAL)
     res.analyze = rundir.read_results(d, rundir.ANALYZE)
+    for folder, bodies in ((rundir.EVAL, res.eval), (rundir.ANALYZE, res.analyze)):
+        for name, body in bodies.items():
+            shape = SHAPES.get(f"{folder}/{name}")
+            bad = _check_shape(body, shape, name) if shape else None
+            if bad:
+                stage = "cfglab eval" if folder == rundir.EVAL else f"cfglab {name}"
+                raise CfglabError(
+                    f"{d / folder / (name + '.json')}: not the shape cfglab writes ({bad}); "
+                    f"re-run `{stage} {d}`"
+                )
     if not res.metrics and not res.eval and not res.analyze:
         raise CfglabError(
             f"{d} has no metrics.jsonl, eval/*.json or analyze/*.json: train it "
