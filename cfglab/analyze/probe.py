@@ -11,7 +11,7 @@ G stays a linear function of the hidden states: a probe that succeeds shows the 
 linearly present, not computed by the probe. Which keys k a query may use is the `window`
 (WINDOWS: all positions as in the paper, causal, or the restricted diagonal / |i-k| <= 1
 probes, which are scored at NT ends only). The paper uses H = 16, d' = 1024 and 30k steps on
-GPU; the CPU defaults (cfglab.config.ProbeConfig) are H = 4, d' = 32, 300 steps of 16 strings, each
+GPU; the CPU defaults (cfglab.config.ProbeConfig) are H = 4, d' = 32, 600 steps of 16 strings, each
 step's loss taken on 64 random positions per string (an unbiased estimate of the full loss at a
 cost of 64*T instead of T^2), inputs standardised, the read-out started at the ridge solution.
 

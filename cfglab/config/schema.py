@@ -172,7 +172,7 @@ class ProbeConfig:
     )  # keys a probe reads (one table each)
     n_heads: int = 4  # H: probe heads (the paper: 16)
     d_probe: int = 32  # d': position embedding size (the paper: 1024)
-    steps: int = 300  # optimizer steps (batches of training strings)
+    steps: int = 600  # optimizer steps (batches of training strings)
     batch_size: int = 16  # strings per step
     n_queries: int = 64  # positions per string whose loss a step uses (all if fewer)
     lr: float = 1e-2  # AdamW, constant (the paper's 3e-3 needs ~10x more steps)
