@@ -102,11 +102,16 @@ def _value_text(value: Any) -> str:
 
 
 def _dir_part(value: Any) -> str:
-    """A grid value as part of a directory name: file paths by their stem, odd characters _."""
+    """A grid value as part of a directory name: file paths by their stem, lists as a+b,
+    mappings as key-value+key-value, odd characters as _ ([0, 5] -> 0+5)."""
+    if isinstance(value, dict):
+        return "+".join(f"{_dir_part(k)}-{_dir_part(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "+".join(_dir_part(v) for v in value)
     if isinstance(value, str) and ("/" in value or value.endswith((".cfg", ".yaml"))):
         value = Path(value).stem
-    text = value if isinstance(value, str) else json.dumps(value).replace(" ", "")
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def _read(path: Path) -> dict[str, Any]:

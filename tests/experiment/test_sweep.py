@@ -130,11 +130,11 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, capsys):
     )
     assert cli.main(["sweep", str(exp), "--workers", "2"]) == 1
     status = json.loads((tmp_path / "runs" / "smoke" / "status.json").read_text())
-    bad, good = status["eval.cuts=_0_70_,seed=0"], status["eval.cuts=_0_5_,seed=0"]
+    bad, good = status["eval.cuts=0+70,seed=0"], status["eval.cuts=0+5,seed=0"]
     assert good["state"] == "done" and good["error"] is None
     assert bad["state"] == "failed" and "eval.cuts [0, 70]" in bad["error"]
     err = capsys.readouterr().err
-    assert "eval.cuts=_0_70_,seed=0: failed: eval.cuts [0, 70]" in err
+    assert "eval.cuts=0+70,seed=0: failed: eval.cuts [0, 70]" in err
 
 
 def test_slurm_parameters_reach_submitit_unchanged(tmp_path, monkeypatch):
