@@ -165,9 +165,11 @@ def test_config_does_not_import_torch() -> None:
 def test_stages_setting(tmp_path: Path) -> None:
     """`stages` lists what `cfglab run` runs: every stage by default, a subset when given, in the
     config's order; a typo fails at load time."""
+    from cfglab.config import DEFAULT_STAGES, STAGE_NAMES
     from cfglab.stages import STAGES
 
-    assert load_config(None).stages == list(STAGES)  # config.STAGE_NAMES == stages.STAGES
+    assert tuple(STAGES) == STAGE_NAMES
+    assert load_config(None).stages == list(DEFAULT_STAGES)  # dynamics is opt-in
     assert load_config(None, ["stages=[train, probe]"]).stages == ["train", "probe"]
     with pytest.raises(ConfigError, match="each stage at most once"):
         load_config(None, ["stages=[train, train]"])
@@ -222,6 +224,7 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "train.batch_size": 6,
         "data.dataset": "some/folder",
         "data.sampler": "physicslm4",
+        "train.keep_steps": "log:3",
         "data.max_len": None,  # physicslm4 keeps every string
         "data.noise.kind": "rule",
         "data.noise.kinds": ["insert", "delete"],

@@ -31,6 +31,9 @@ TINY = [
     "probe.n_test=6",
     "probe.steps=4",
     "attention.n_strings=4",
+    "train.keep_steps=[3, 6]",
+    "dynamics.n_samples=4",
+    "dynamics.n_kl=4",
 ]
 # what may differ between two runs of the same config: wall-clock times and the run's location
 VOLATILE = {"seconds", "timing", "tokens_per_s", "elapsed_s", "data_wait_frac", "run_dir"}
@@ -50,7 +53,7 @@ def _results(run: Path) -> dict[str, object]:
         rel = path.relative_to(run).as_posix()
         if path.suffix == ".json" and not rel.startswith("ckpt/"):
             out[rel] = _strip(json.loads(path.read_text()))
-        elif path.name == "metrics.jsonl":
+        elif path.suffix == ".jsonl":
             out[rel] = [_strip(json.loads(line)) for line in path.read_text().splitlines()]
         elif path.name in ("model.safetensors", "grammar.cfg"):
             out[rel] = path.read_bytes()
@@ -67,7 +70,7 @@ def test_run_equals_the_stage_commands_one_by_one(tmp_path):
     sets = ["--set", *TINY]
     assert cli.main(["run", config, "--no-progress", "--out", str(together), *sets]) == 0
     assert cli.main(["train", config, "--no-progress", "--out", str(apart), *sets]) == 0
-    for stage in ("eval", "probe", "attention", "report"):
+    for stage in ("eval", "probe", "attention", "dynamics", "report"):
         assert cli.main([stage, str(apart)]) == 0
     a, b = _results(together), _results(apart)
     expected = {
@@ -80,6 +83,8 @@ def test_run_equals_the_stage_commands_one_by_one(tmp_path):
         "eval/summary.json",
         "analyze/probe.json",
         "analyze/attention.json",
+        "analyze/dynamics.json",
+        "analyze/dynamics.jsonl",
         "metrics.jsonl",
         "grammar.cfg",
     }

@@ -67,10 +67,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return cfg
 
 
-def _read_yaml(p: Path) -> dict[str, Any]:
+def read_yaml(p: Path, what: str = "config", example: str = "configs/quickstart.yaml") -> dict:
+    """A YAML file whose top level is a mapping; ConfigError naming the file (and the line of a
+    syntax error) otherwise."""
     if not p.is_file():
-        what = "a folder" if p.is_dir() else "no such file"
-        raise ConfigError(f"config {p}: {what}; give a YAML file such as configs/quickstart.yaml")
+        kind = "a folder" if p.is_dir() else "no such file"
+        raise ConfigError(f"{what} {p}: {kind}; give a YAML file such as {example}")
     try:
         loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -83,9 +85,7 @@ def _read_yaml(p: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(
-            f"{p}: the top level must be a mapping of sections (grammar:, model:, train:, ...)"
-        )
+        raise ConfigError(f"{p}: the top level must be a mapping of keys (see {example})")
     return loaded
 
 
@@ -95,7 +95,7 @@ def _read_chain(p: Path, chain: list[Path]) -> dict[str, Any]:
     if here in chain:
         names = " -> ".join(str(c) for c in [*chain, here])
         raise ConfigError(f"config base cycle: {names}; remove one of these base: keys")
-    data = _read_yaml(p)
+    data = read_yaml(p)
     _absolute_paths(data, p.parent)
     base = data.pop("base", None)
     if base is None:
@@ -311,14 +311,6 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"stages {cfg.stages}: each stage at most once")
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
-    try:
-        steps = kept_steps(t.keep_steps, t.max_steps)
-    except ValueError as exc:
-        raise ConfigError(f"train.keep_steps: {exc}; give a list of steps or log:N") from None
-    if steps and not 1 <= steps[0] <= steps[-1] <= t.max_steps:
-        raise ConfigError(
-            f"train.keep_steps {t.keep_steps}: steps must be in 1..train.max_steps ({t.max_steps})"
-        )
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     n = d.noise
     _one_of("data.noise.kind", n.kind, NOISE_KIND_NAMES)
@@ -395,6 +387,14 @@ def _validate(cfg: ExperimentConfig) -> None:
     for key, (value, low) in at_least.items():
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
+    try:
+        steps = kept_steps(t.keep_steps, t.max_steps)
+    except ValueError as exc:
+        raise ConfigError(f"train.keep_steps: {exc}; give a list of steps or log:N") from None
+    if steps and not 1 <= steps[0] <= steps[-1] <= t.max_steps:
+        raise ConfigError(
+            f"train.keep_steps {t.keep_steps}: steps must be in 1..train.max_steps ({t.max_steps})"
+        )
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"train.lr ({t.lr}) must be > 0 and train.min_lr ({t.min_lr}) in [0, lr]")
     if p.lr <= 0:

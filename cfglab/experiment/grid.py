@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cfglab.config import STAGE_NAMES, ExperimentConfig, load_config
+from cfglab.config.load import read_yaml
 from cfglab.errors import ConfigError, did_you_mean
 
 TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
@@ -115,23 +114,7 @@ def _dir_part(value: Any) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(
-            f"no such experiment file: {path}; give a YAML file such as "
-            "configs/experiments/smoke.yaml"
-        )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ConfigError(
-            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (name:, base:, grid:, ...)")
+    data = read_yaml(path, "experiment file", "configs/experiments/smoke.yaml")
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(

@@ -126,15 +126,18 @@ def save_checkpoint(
     _fsync_file(latest_tmp)
     os.replace(latest_tmp, ckpt / LATEST)
     _fsync_dir(ckpt)
-    _prune(ckpt, keep_last, keep={final.name, *(step_dir_name(s) for s in protect)})
+    _prune(ckpt, keep_last, final.name, {step_dir_name(s) for s in protect})
     return final
 
 
-def _prune(ckpt: Path, keep_last: int, keep: set[str]) -> None:
+def _prune(ckpt: Path, keep_last: int, current: str, protected: set[str]) -> None:
+    """Keep the last `keep_last` checkpoints (the current one among them) and every protected
+    one; a protected step is not counted among the last."""
     done = sorted(p for p in ckpt.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    recent = [p for p in done if p.name not in keep]
-    for old in recent[: max(0, len(recent) - keep_last)]:
-        shutil.rmtree(old, ignore_errors=True)
+    regular = [p for p in done if p.name not in protected or p.name == current]
+    for old in regular[: max(0, len(regular) - keep_last)]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt.glob("step_*.tmp"):  # left by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
 

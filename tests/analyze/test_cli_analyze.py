@@ -127,7 +127,8 @@ def test_cfglab_run_analyzes_before_the_report():
     names = list(STAGES)
     assert names.index("eval") < names.index("probe") < names.index("report")
     assert names.index("attention") < names.index("report")
-    assert load_config(None).stages == names
+    assert names.index("dynamics") < names.index("report")
+    assert load_config(None).stages == [n for n in names if n != "dynamics"]  # opt-in
 
 
 @pytest.mark.slow

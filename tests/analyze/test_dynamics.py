@@ -90,13 +90,12 @@ def run(tmp_path_factory) -> Path:
 def test_kept_checkpoints_survive_pruning(run):
     steps = [s for s, _ in ckpt.list_checkpoints(run)]
     assert kept_steps("log:4", 40) == [1, 3, 12, 40]
-    # the kept steps, plus the last regular checkpoint (keep_last 1) before the final one
-    assert steps == [1, 3, 12, 20, 40]
+    assert steps == [1, 3, 12, 40]  # step 20 (regular, keep_last 1) pruned at step 40
 
 
 def test_the_final_checkpoint_equals_the_eval_and_probe_stages(run):
     records = [json.loads(x) for x in (run / "analyze" / "dynamics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 3, 12, 20, 40]
+    assert [r["step"] for r in records] == [1, 3, 12, 40]
     last = records[-1]
     acc = json.loads((run / "eval" / "accuracy.json").read_text())["accuracy"]
     cut0 = next(a for a in acc if a["cut"] == 0)
