@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cfglab.data.vocab import BOS
-from cfglab.errors import CfglabError
 from cfglab.evaluate.context import EvalContext
 from cfglab.evaluate.stats import clopper_pearson_interval, wilson_interval
 from cfglab.grammar.cfg import Grammar
@@ -149,19 +148,6 @@ def accuracy_from_judgements(
         first_error=[int(x) for x in np.asarray(fe)[wrong]],
         lengths=[int(x) for x in lengths],
     )
-
-
-def make_prompts(true_strings: Sequence[np.ndarray], cut: int, n: int) -> list[np.ndarray]:
-    """cutC prompts: BOS + the first `cut` tokens of the first n true strings longer than `cut`."""
-    out = [np.concatenate([[BOS], s[:cut]]).astype(np.int64) for s in true_strings if len(s) > cut][
-        :n
-    ]
-    if len(out) < n:
-        raise CfglabError(
-            f"only {len(out)} of the true strings are longer than cut={cut}; "
-            "give more strings or a smaller --cut"
-        )
-    return out
 
 
 def judge_accuracy(
