@@ -17,6 +17,7 @@ import torch
 
 import cfglab.evaluate.adapters as AD
 import cfglab.evaluate.run as R
+from cfglab.config import EvalConfig
 from cfglab.data.sampler import sample
 from cfglab.data.vocab import Vocab
 from cfglab.exact import cyk, inside
@@ -57,10 +58,11 @@ def main() -> None:
         )
 
     t0 = time.perf_counter()
-    out = R.evaluate_model(g, fn, make_generate, n=N_GEN, n_kl=N_KL, cuts=(0,), seed=0, max_len=511)
+    settings = EvalConfig(n_samples=N_GEN, n_kl=N_KL, cuts=[0], seed=0, n_fixed_prompt=0)
+    out = R.evaluate_model(g, fn, make_generate, settings, max_len=511)
     total = time.perf_counter() - t0
     s = out["timing"]["seconds"]
-    gen_lens = out["accuracy"][0]["lengths"]
+    gen_lens = out["results"]["accuracy"][0]["lengths"]
 
     # references in the same run: the exact stage alone, and generation without the KV cache
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ The model is runs/quickstart's if it exists, else a random one of configs/quicks
 the cost does not depend on the weights. Its rotary positions have no trained length, so it runs
 with block_size 512. The strings are cfg3j's (one level deeper than cfg3f: six probed levels,
 twelve probes per layer) cut to their first 510 tokens, labels cut with them. 750 strings train
-the probes, 250 score them (`probe_model`, the default ProbeSettings, no random-init twin).
+the probes, 250 score them (`probe_model`, the default ProbeConfig, no random-init twin).
 Reference measured in the same run: one forward pass of the model over the same strings, the
 unavoidable part; the ratio says what the probes add on top of it.
 
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cfglab.analyze.probe import ProbeSettings, probe_model, string_windows
-from cfglab.config import load_config
+from cfglab.analyze.probe_tree import probe_model
+from cfglab.analyze.states import string_windows
+from cfglab.config import ProbeConfig, load_config
 from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import Vocab
 from cfglab.grammar import load
@@ -122,9 +123,10 @@ def main() -> None:
         subtree=batch.subtree[:, off[n] :],
         is_boundary=batch.is_boundary[:, off[n] :],
     )
-    settings = ProbeSettings()
+    settings = ProbeConfig()
     t0, c0 = time.perf_counter(), time.process_time()
-    res = probe_model(model, grammar, train, test, settings=settings, log=lambda m: print("  " + m))
+    log = lambda m: print("  " + m)  # noqa: E731
+    res = probe_model(model, grammar, train, test, settings=settings, log=log)["all"]
     t_probe, c_probe = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     g = len(res["keys"])

@@ -1,0 +1,87 @@
+"""The shipped experiments (configs/experiments/): each expands and its first run starts; the
+committed results (results/<experiment>.csv) are what `cfglab compare` writes for their runs;
+and one run, rerun with its seed, gives its committed numbers (`pytest -m experiment`, minutes).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cfglab.experiment.grid import load_experiment
+from cfglab.experiment.launch import plan_lines
+from cfglab.report.compare import FIXED, QUALIFIERS, VALUES
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
+PAPER = ["positions", "encoder", "noise", "implicit", "dynamics"]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_each_experiment_expands_and_its_first_run_starts(path, tmp_path):
+    from cfglab.stages import run_stages
+
+    exp = load_experiment(path)
+    lines = plan_lines(exp, exp.runs, estimate=False)
+    assert f"experiment {exp.name}: {len(exp.runs)} runs" in lines[0]
+    if path.stem in PAPER:
+        assert len({r.seed for r in exp.runs}) >= 3  # every paper experiment has >= 3 seeds
+    first = exp.runs[0].config
+    cfg = dataclasses.replace(
+        first,
+        out_dir=str(tmp_path),
+        stages=["train"],
+        train=dataclasses.replace(
+            first.train, max_steps=3, keep_steps=[], log_every=1, eval_every=0, tensorboard=False
+        ),
+    )
+    run_stages(cfg, tmp_path / "first", progress=False)
+    assert [line for line in (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_committed_results_are_compare_output_for_every_run_and_seed(name):
+    path = ROOT / "results" / f"{name}.csv"
+    assert path.is_file(), f"results/{name}.csv: run `cfglab sweep configs/experiments/{name}.yaml`"
+    exp = load_experiment(ROOT / "configs" / "experiments" / f"{name}.yaml")
+    with open(path) as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = reader.fieldnames
+    assert columns == [*FIXED[:2], *exp.axes, *FIXED[2:], *QUALIFIERS, *VALUES]
+    assert {r["run"] for r in rows} == {r.dir.name for r in exp.runs}
+    for run in exp.runs:
+        mine = [r for r in rows if r["run"] == run.dir.name]
+        assert {r["seed"] for r in mine} == {str(run.seed)}
+        for axis, value in run.point.items():
+            assert {r[axis] for r in mine} == {
+                str(value) if not isinstance(value, (dict, list)) else r[axis] for r in mine
+            }
+        assert {r["stage"] for r in mine} >= {"train"}
+    for r in rows:
+        if r["metric"] in ("accuracy", "robust_clean", "probe_accuracy"):
+            assert 0.0 <= float(r["value"]) <= 1.0
+
+
+@pytest.mark.experiment
+def test_one_run_rerun_reproduces_its_committed_numbers(tmp_path):
+    """The cheapest run of the noise experiment (clean, seed 0), rerun from scratch."""
+    from cfglab.report.compare import RunEntry, run_rows
+    from cfglab.stages import run_stages
+
+    exp = load_experiment(
+        ROOT / "configs" / "experiments" / "noise.yaml", only=["data.noise.fraction=0.0", "seed=0"]
+    )
+    spec = exp.runs[0]
+    cfg = dataclasses.replace(spec.config, out_dir=str(tmp_path))
+    run_stages(cfg, tmp_path / spec.dir.name, progress=False)
+    fresh = run_rows(RunEntry(tmp_path / spec.dir.name, exp.name, spec.point, spec.seed))
+    with open(ROOT / "results" / "noise.csv") as f:
+        committed = [r for r in csv.DictReader(f) if r["run"] == spec.dir.name]
+    assert len(fresh) == len(committed)
+    for got, want in zip(fresh, committed, strict=True):
+        assert got["metric"] == want["metric"]
+        assert float(got["value"]) == pytest.approx(float(want["value"]), rel=1e-9, abs=1e-12)
