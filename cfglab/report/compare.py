@@ -41,6 +41,7 @@ QUALIFIERS = [
 ]
 VALUES = ["value", "ci_low", "ci_high", "n"]
 PROPORTIONS = {"accuracy", "robust_clean", "robust_no_new_errors"}  # pooled Wilson intervals
+BOUNDED = PROPORTIONS | {"probe_accuracy", "probe_majority", "distinct_share"}  # within [0, 1]
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
 T95 = [
     12.706,
@@ -247,7 +248,8 @@ def _t95(df: int) -> float:
 
 def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
     """Mean over seeds per (grid point, stage, metric, qualifiers), with the across-seed 95%
-    t-interval and, for proportions, the pooled within-run Wilson interval."""
+    t-interval (clipped to [0, 1] for shares) and, for proportions, the pooled within-run
+    Wilson interval."""
     from cfglab.evaluate.stats import wilson_interval  # torch-free
 
     key_cols = ["experiment", *axes, "stage", "metric", *QUALIFIERS]
@@ -263,9 +265,13 @@ def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
         half = None
         if len(values) > 1:
             half = _t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        low = row["mean"] - half if half is not None else None
+        high = row["mean"] + half if half is not None else None
+        if half is not None and row["metric"] in BOUNDED:  # a share's interval stays in [0, 1]
+            low, high = max(0.0, low), min(1.0, high)
         row.update(
-            seed_ci_low=row["mean"] - half if half is not None else None,
-            seed_ci_high=row["mean"] + half if half is not None else None,
+            seed_ci_low=low,
+            seed_ci_high=high,
             pooled_ci_low=None,
             pooled_ci_high=None,
         )
