@@ -249,8 +249,25 @@ def step_seconds(cfg, threads: int) -> float:
     return min(times[1:])
 
 
+MEASURE_MAX_PARAMS = 5_000_000  # larger models: a FLOP count instead of a measured step rate
+H100_BF16_FLOPS, ASSUMED_MFU = 989e12, 0.4  # for GPU-sized runs' cost, stated as such
+
+
+def n_params(cfg) -> int:
+    """Parameters of a config's model (built on the meta device: no memory, no time)."""
+    import torch
+
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model, gpt_config
+
+    with torch.device("meta"):
+        model = build_model(gpt_config(cfg.model, Vocab.from_grammar(cfg.grammar.load()).size))
+    return sum(p.numel() for p in model.parameters())
+
+
 def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> list[str]:
-    """The plan: runs, tokens, and the training time estimated from measured step rates."""
+    """The plan: runs, tokens, and the training time: measured step rates for CPU-sized models,
+    a FLOP count (6 N per token) at an assumed 40% of an H100's bf16 peak for larger ones."""
     tokens = sum(
         s.config.train.max_steps * s.config.train.batch_size * s.config.model.block_size
         for s in exp.runs
@@ -261,25 +278,39 @@ def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> l
         + (f" x {exp.executor['workers']} workers" if exp.executor["kind"] == "local" else ""),
         f"  axes: {', '.join(exp.axes) or '-'}; {tokens / 1e6:,.1f}M training tokens in all",
     ]
-    if estimate and todo:
-        workers = exp.executor["workers"] if exp.executor["kind"] == "local" else 1
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        cache: dict[str, float] = {}
-        total = 0.0
-        for spec in todo:
-            c = spec.config
-            key = json.dumps(
-                [c.model.__dict__, c.train.batch_size, c.train.grad_accum, c.grammar.name],
-                sort_keys=True,
-                default=str,
-            )
-            if key not in cache:
-                cache[key] = step_seconds(c, threads)
-            total += cache[key] * c.train.max_steps
+    if not (estimate and todo):
+        return lines
+    workers = exp.executor["workers"] if exp.executor["kind"] == "local" else 1
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    measured: dict[str, float] = {}
+    total_s, flops = 0.0, 0.0
+    for spec in todo:
+        c = spec.config
+        key = json.dumps(
+            [c.model.__dict__, c.train.batch_size, c.train.grad_accum, c.grammar.name],
+            sort_keys=True,
+            default=str,
+        )
+        n = n_params(c)
+        run_tokens = c.train.max_steps * c.train.batch_size * c.model.block_size
+        if n > MEASURE_MAX_PARAMS:
+            flops += 6 * n * run_tokens
+            continue
+        if key not in measured:
+            measured[key] = step_seconds(c, threads)
+        total_s += measured[key] * c.train.max_steps
+    if total_s:
         per = min(len(todo), workers)
         lines.append(
-            f"  estimated training time {total / per / 60:,.1f} min on {per} worker(s) "
-            f"(measured step rates; evaluation and analysis come on top)"
+            f"  estimated training time {total_s / per / 60:,.1f} min on {per} worker(s) "
+            "(measured step rates; evaluation and analysis come on top)"
+        )
+    if flops:
+        gpu_h = flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600
+        lines.append(
+            f"  GPU-sized runs: {flops:.2e} training FLOPs (6 N per token) = {gpu_h:,.0f} "
+            f"H100-hours at {ASSUMED_MFU:.0%} of its bf16 peak (measured on an H200: 39%, "
+            "README 'GPUs')"
         )
     return lines
 
