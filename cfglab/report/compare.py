@@ -42,6 +42,20 @@ QUALIFIERS = [
 VALUES = ["value", "ci_low", "ci_high", "n"]
 PROPORTIONS = {"accuracy", "robust_clean", "robust_no_new_errors"}  # pooled Wilson intervals
 BOUNDED = PROPORTIONS | {"probe_accuracy", "probe_majority", "distinct_share"}  # within [0, 1]
+# never negative: an interval's lower end stops at 0 (a KL of -0.002 is not a possible value)
+NONNEGATIVE = {
+    "kl",
+    "kl_by_level",
+    "reverse_kl",
+    "seq_kl",
+    "cross_entropy",
+    "final_loss",
+    "final_val_loss",
+    "loss_floor",
+    "entropy_rate",
+    "entropy_rate_rb",
+    "model_entropy_per_token",
+}
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
 T95 = [
     12.706,
@@ -269,6 +283,8 @@ def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
         high = row["mean"] + half if half is not None else None
         if half is not None and row["metric"] in BOUNDED:  # a share's interval stays in [0, 1]
             low, high = max(0.0, low), min(1.0, high)
+        elif half is not None and row["metric"] in NONNEGATIVE:
+            low = max(0.0, low)
         row.update(
             seed_ci_low=low,
             seed_ci_high=high,

@@ -259,10 +259,18 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
     ]
     columns: dict[str, dict] = {}
     for metric, fmt in headline:
-        for a in agg:
-            if a["metric"] == metric:
-                name = fmt.format(**{k: a.get(k) for k in ("cut", "gamma", "temperature")})
-                columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
+        rows = [a for a in agg if a["metric"] == metric]
+        # a qualifier the label does not name, but which varies (accuracy at several
+        # temperatures), is appended: one column per value, never one value over another
+        extra = [
+            q
+            for q in ("cut", "temperature", "gamma")
+            if "{" + q not in fmt and len({a.get(q) for a in rows}) > 1
+        ]
+        for a in rows:
+            name = fmt.format(**{k: a.get(k) for k in ("cut", "gamma", "temperature")})
+            name += "".join(f" {'T' if q == 'temperature' else q}={a.get(q):g}" for q in extra)
+            columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     for a in agg:
         if a["metric"] == "probe_accuracy" and a["model"] == "trained" and a["window"] == "all":
             last = max(b["layer"] for b in agg if b["metric"] == "probe_accuracy")
