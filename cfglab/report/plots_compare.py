@@ -148,7 +148,8 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
 
 
 def plot_probes(agg, axes, path: Path) -> Path | None:
-    """Last-layer probe accuracy per level, one line per grid point (random init dashed)."""
+    """Last-layer probe accuracy per level, one line per grid point (random init dotted), with
+    95% across-seed error bars."""
     probe = [a for a in agg if a["metric"] == "probe_accuracy" and a["window"] == "all"]
     if not probe:
         return None
@@ -170,11 +171,11 @@ def plot_probes(agg, axes, path: Path) -> Path | None:
                 last = max(a["layer"] for a in sel)
                 sel = sorted((a for a in sel if a["layer"] == last), key=lambda a: a["level"])
                 label = _label(point, axes) if model == "trained" else None
-                ax.plot(
+                _errorbar(
+                    ax,
                     [a["level"] for a in sel],
-                    [a["mean"] for a in sel],
-                    style,
-                    marker="o",
+                    sel,
+                    linestyle=style,
                     color=colors(i % 10),
                     label=label,
                 )
@@ -185,29 +186,61 @@ def plot_probes(agg, axes, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _errorbar(ax, xs: list, sel: list[dict], flip: bool = False, **style) -> None:
+    """Means with their 95% across-seed intervals as error bars (1 - x for flip)."""
+    mean = [1 - a["mean"] if flip else a["mean"] for a in sel]
+    low = [a["seed_ci_low"] if a["seed_ci_low"] is not None else a["mean"] for a in sel]
+    high = [a["seed_ci_high"] if a["seed_ci_high"] is not None else a["mean"] for a in sel]
+    if flip:
+        low, high = [1 - h for h in high], [1 - lo for lo in low]
+    err = [
+        [m - lo for m, lo in zip(mean, low, strict=True)],
+        [h - m for m, h in zip(mean, high, strict=True)],
+    ]
+    ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, **style)
+
+
 def plot_robustness(agg, axes, path: Path) -> Path | None:
+    """Corrupted-prompt accuracy against temperature per gamma and, where accuracy was
+    measured at several temperatures, the unprompted error rate (1 - cut0 accuracy) beside it:
+    the paper's mode switch. Error bars: 95% across seeds."""
     rob = [a for a in agg if a["metric"] == "robust_clean"]
     if not rob:
         return None
     gammas = sorted({a["gamma"] for a in rob})
-    fig, axs = plt.subplots(1, len(gammas), figsize=(4.4 * len(gammas), 3.4), squeeze=False)
-    for ax, gamma in zip(axs[0], gammas, strict=True):
+    unprompted = [
+        a for a in agg if a["metric"] == "accuracy" and a["cut"] == 0 and a["temperature"]
+    ]
+    if len({a["temperature"] for a in unprompted}) < 2:
+        unprompted = []
+    panels = len(gammas) + bool(unprompted)
+    fig, axs = plt.subplots(1, panels, figsize=(4.4 * panels, 3.4), squeeze=False)
+    for ax, gamma in zip(axs[0], gammas, strict=False):
         for point in _points(rob, axes):
             sel = sorted(
                 (a for a in rob if a["gamma"] == gamma and tuple(a.get(x) for x in axes) == point),
                 key=lambda a: a["temperature"],
             )
-            ax.plot(
-                [a["temperature"] for a in sel],
-                [a["mean"] for a in sel],
-                marker="o",
-                label=_label(point, axes),
-            )
-        ax.set_xscale("log")
+            _errorbar(ax, [a["temperature"] for a in sel], sel, label=_label(point, axes))
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("temperature")
         ax.set_ylabel("corrupted-prompt accuracy (clean)")
         ax.set_title(f"robustness, gamma={gamma:g}", fontsize=9)
+    if unprompted:
+        ax = axs[0][-1]
+        for point in _points(unprompted, axes):
+            sel = sorted(
+                (a for a in unprompted if tuple(a.get(x) for x in axes) == point),
+                key=lambda a: a["temperature"],
+            )
+            _errorbar(
+                ax, [a["temperature"] for a in sel], sel, flip=True, label=_label(point, axes)
+            )
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("unprompted error rate (1 - cut0 accuracy)")
+        ax.set_title("generation without a prompt", fontsize=9)
+    for ax in axs[0]:
+        ax.set_xscale("log")
+        ax.set_xlabel("temperature")
         ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -304,7 +337,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         "loss": "final loss beside the loss floor",
         "loss_curves": "training loss curves (mean over seeds)",
         "probe": "last-layer probe accuracy per level",
-        "robustness": "corrupted-prompt accuracy against temperature",
+        "robustness": "corrupted-prompt accuracy (and unprompted error) against temperature",
         "dynamics": "last-layer ancestor probe per level against training step, run by run",
     }
     for name, path in figs.items():
