@@ -249,7 +249,8 @@ def run_generate(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    sys.stdout.writelines(" ".join(s) + "\n" for s in strings)
+    for tokens in strings:  # written as they come: bounded memory, output before Ctrl-C kept
+        sys.stdout.write(" ".join(tokens) + "\n")
     return 0
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,12 @@ def generate_from_run(
     seed: int = 0,
     device: str | None = None,
     threads: int | None = None,
-) -> list[list[str]]:
+) -> Iterator[list[str]]:
     """The `cfglab generate` command: `n` generations from BOS, or `n` completions of each
     prompt (terminal names), from a run's latest checkpoint: each a list of token names, prompt
     included, up to (not including) EOS. A prompt with an unknown token is a VocabError naming
-    it and its label (e.g. 'file:3')."""
+    it and its label (e.g. 'file:3'), raised here, before any generation. The generations come
+    as an iterator, 64 at a time, so that `-n 10000000` streams in bounded memory."""
     from cfglab.data.vocab import BOS, Vocab
     from cfglab.evaluate.adapters import torch_generate_fn
 
@@ -107,19 +109,21 @@ def generate_from_run(
                 f"{label}: the prompt has {len(p) - 1} tokens; the model's "
                 f"block_size {block} leaves no room to generate: shorten it"
             )
-    rng = np.random.default_rng(seed)
-    out: list[list[str]] = []
-    for p in encoded:
-        gen = torch_generate_fn(
-            model,
-            eos_id=vocab.eos,
-            max_new_tokens=block - len(p),
-            temperature=temperature,
-            device=device,
-        )
-        for b in range(0, n, 64):
-            for seq in gen([p] * min(64, n - b), rng):
-                seq = seq[1:]  # drop BOS
-                end = np.flatnonzero(seq == vocab.eos)
-                out.append(vocab.decode(seq[: end[0]] if len(end) else seq))
-    return out
+
+    def stream() -> Iterator[list[str]]:
+        rng = np.random.default_rng(seed)
+        for p in encoded:
+            gen = torch_generate_fn(
+                model,
+                eos_id=vocab.eos,
+                max_new_tokens=block - len(p),
+                temperature=temperature,
+                device=device,
+            )
+            for b in range(0, n, 64):
+                for seq in gen([p] * min(64, n - b), rng):
+                    seq = seq[1:]  # drop BOS
+                    end = np.flatnonzero(seq == vocab.eos)
+                    yield vocab.decode(seq[: end[0]] if len(end) else seq)
+
+    return stream()

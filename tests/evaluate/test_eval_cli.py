@@ -72,6 +72,17 @@ def test_generate_prints_strings_with_their_prompts(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == lines
 
 
+def test_generations_stream_in_bounded_memory(run_dir):
+    """A billion generations are an iterator: the first ones come at once (a list would hold
+    them all first), the same as those of -n 64 (one batch) with that seed."""
+    import itertools
+
+    from cfglab.stages import generate_from_run
+
+    first = list(itertools.islice(generate_from_run(run_dir, 10**9, seed=3), 5))
+    assert first == list(generate_from_run(run_dir, 64, seed=3))[:5]
+
+
 def test_generate_rejects_unknown_prompt_tokens(run_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("1 2\n\n1 x 2\n")
