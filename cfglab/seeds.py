@@ -35,7 +35,8 @@ PURPOSES: dict[str, tuple[int, int]] = {
     "probe_test": (21, 0),  # strings the probes are scored on
     "probe_fit": (22, 1),  # probe initialisation and batches: (window index)
     "attention_strings": (23, 0),  # strings of the attention statistics
-    "random_init": (24, 0),  # weights of a model's random-init twin
+    # 24 was "random_init" (the twin is now the run's own initialisation, under train.seed);
+    # the id is not reused, so no stream of an old run changes meaning
 }
 
 

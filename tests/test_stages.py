@@ -94,3 +94,39 @@ def test_run_equals_the_stage_commands_one_by_one(tmp_path):
     md_a = (together / "report" / "report.md").read_text()
     md_b = (apart / "report" / "report.md").read_text()
     assert md_a.split("Evaluation time")[0] == md_b.split("Evaluation time")[0]
+
+
+def test_the_random_init_twin_is_the_model_training_started_from(tmp_path):
+    """One optimizer step at lr 1e-12 leaves the weights where training drew them; the
+    analyses' twin must be that draw (so it changes with train.seed, like the run)."""
+    import torch
+
+    from cfglab.config import load_config
+    from cfglab.stages.common import load_run_model, random_init_twin
+
+    config = ROOT / "configs" / "quickstart.yaml"
+    twins = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        sets = [
+            *TINY,
+            "train.max_steps=1",
+            "train.lr=1e-12",
+            "train.min_lr=0",
+            f"train.seed={seed}",
+        ]
+        sets = [s for s in sets if not s.startswith(("train.keep_steps", "train.eval_every"))]
+        assert (
+            cli.main(["train", str(config), "--no-progress", "--out", str(run), "--set", *sets])
+            == 0
+        )
+        cfg = load_config(run / "config.json")
+        model, _ = load_run_model(run, cfg, cfg.probe)
+        twin = random_init_twin(model, cfg)
+        for (name, a), b in zip(
+            model.state_dict().items(), twin.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=0, msg=name)
+        twins.append(twin)
+    a, b = (next(iter(t.state_dict().values())) for t in twins)
+    assert not torch.equal(a, b)  # another train.seed, another draw

@@ -133,7 +133,7 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.98  # AdamW second-moment decay (the reproductions' 0.98)
     grad_clip: float = 1.0  # max global grad norm (0: off)
-    seed: int = 0  # model init and dropout seed
+    seed: int = 0  # model init and dropout (the analyses' random-init twin is this init)
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     dtype: str = "auto"  # auto (bf16 autocast on CUDA), float32, bfloat16
     compile: bool = False  # torch.compile the model
@@ -177,7 +177,7 @@ class ProbeConfig:
     n_queries: int = 64  # positions per string whose loss a step uses (all if fewer)
     lr: float = 1e-2  # AdamW, constant (the paper's 3e-3 needs ~10x more steps)
     weight_decay: float = 1e-3  # AdamW
-    seed: int = 2  # probe strings, probe init and the random-init twin, keyed by purpose
+    seed: int = 2  # probe strings and probe init, keyed by purpose
     baseline: bool = True  # also probe a random-init twin of the model (the chance level)
     device: str | None = None  # None: the run's train.device
     threads: int | None = None  # torch CPU threads (None: the run's train.threads)
@@ -188,7 +188,7 @@ class AttentionConfig:
     n_strings: int = 64  # fresh labelled strings
     n_examples: int = 4  # example maps drawn (the heads with the highest boundary score)
     example_len: int = 64  # tokens of the example maps
-    seed: int = 3  # strings and the random-init twin, keyed by purpose
+    seed: int = 3  # attention strings, keyed by purpose
     baseline: bool = True  # also measure a random-init twin of the model (the chance level)
     device: str | None = None  # None: the run's train.device
     threads: int | None = None  # torch CPU threads (None: the run's train.threads)

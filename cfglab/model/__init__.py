@@ -39,10 +39,16 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, **shape)
 
 
-def build_model(cfg: GPTConfig) -> GPT:
+def build_model(cfg: GPTConfig, seed: int | None = None) -> GPT:
     """Validate `cfg` (ConfigError on an unknown variant or an inconsistent shape, before any
-    allocation) and build the model on the CPU in float32."""
+    allocation) and build the model on the CPU in float32. With `seed` (a run's train.seed):
+    torch's generator is seeded first, so this is the model that run starts from, the same
+    draw for training and for the analyses' random-init twin."""
     check_config(cfg)
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     return GPT(cfg)
 
 

@@ -305,10 +305,11 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
             name += "".join(f" {'T' if q == 'temperature' else q}={a.get(q):g}" for q in extra)
             columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     for a in agg:
-        if a["metric"] == "probe_accuracy" and a["model"] == "trained" and a["window"] == "all":
+        if a["metric"] == "probe_accuracy" and a["window"] == "all":
             last = max(b["layer"] for b in agg if b["metric"] == "probe_accuracy")
             if a["layer"] == last:
-                name = f"{a['target']} probe L{a['level']}"
+                twin = " (random init)" if a["model"] == "random_init" else ""
+                name = f"{a['target']} probe L{a['level']}{twin}"
                 columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     n_seeds = sorted({r.seed for r in runs})
     lines = [

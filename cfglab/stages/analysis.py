@@ -29,7 +29,7 @@ def run_probe(cfg: ExperimentConfig, run_dir: Path) -> Path:
     test = sample(grammar, p.n_test, stream_seed(p.seed, "probe_test"), max_len=max_len)
     models = {"model": model}
     if p.baseline:
-        models["random_init"] = random_init_twin(model, p.seed)
+        models["random_init"] = random_init_twin(model, cfg)
     results = {}
     for label, m in models.items():
         say(f"probing {label}")
@@ -78,7 +78,7 @@ def run_attention(cfg: ExperimentConfig, run_dir: Path) -> Path:
     )
     models = {"model": model}
     if a.baseline:
-        models["random_init"] = random_init_twin(model, a.seed)
+        models["random_init"] = random_init_twin(model, cfg)
     out = {**run_header(run_dir, cfg, model), "settings": dataclasses.asdict(a)}
     out["n_strings"] = a.n_strings
     for label, m in models.items():

@@ -11,7 +11,6 @@ from cfglab import rundir
 from cfglab.config import ExperimentConfig, config_from_dict
 from cfglab.config.load import _apply_override
 from cfglab.errors import ConfigError, GrammarError
-from cfglab.seeds import stream_seed
 
 
 def say(message: str) -> None:
@@ -45,16 +44,15 @@ def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Pa
     return model.to(device), grammar
 
 
-def random_init_twin(model, seed: int):
-    """An untrained model of `model`'s shape built under the stream (seed, "random_init"):
-    the chance level of every analysis statistic."""
-    import torch
-
+def random_init_twin(model, cfg: ExperimentConfig):
+    """The model this run started from (its shape, initialised under its train.seed): the
+    chance level of every analysis statistic. Being the run's own initialisation, it differs
+    from seed to seed, so a baseline's interval across seeds is the spread of initialisations,
+    not a zero-width copy of one draw."""
     from cfglab.model import build_model
 
-    torch.manual_seed(stream_seed(seed, "random_init"))
     device = next(model.parameters()).device
-    return build_model(model.config).eval().to(device)
+    return build_model(model.config, seed=cfg.train.seed).eval().to(device)
 
 
 def run_header(run_dir: Path, cfg: ExperimentConfig, model) -> dict:

@@ -102,7 +102,7 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
 
     baseline = {}
     if d.probe or d.attention:
-        twin = random_init_twin(model, p.seed)
+        twin = random_init_twin(model, cfg)
         if d.probe:
             res = probe_model(
                 twin, grammar, train_b, test_b, settings=p, windows=["all"], seed=probe_seed
@@ -113,7 +113,7 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
                 for (t, lev), m in zip(res["keys"], res["majority"], strict=True)
             }
         if d.attention:
-            twin_a = random_init_twin(model, a.seed)
+            twin_a = random_init_twin(model, cfg)
             baseline["heads"] = _head_scores(attention_model(twin_a, grammar, att_b))
 
     records = []

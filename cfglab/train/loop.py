@@ -180,8 +180,8 @@ def train(
     vocab = Vocab.from_grammar(grammar)
     objective = get_objective(t.objective, t.mlm_prob)
     dist.set_threads(t.threads)
-    torch.manual_seed(t.seed)
-    model = build_model(gpt_config(cfg.model, vocab.size))  # checks the position variant
+    # seeded by train.seed: the analyses' random-init twin is this same draw
+    model = build_model(gpt_config(cfg.model, vocab.size), seed=t.seed)  # checks the variant
     device = info.device
     model.to(device)
     optimizer = make_optimizer(model, cfg)
