@@ -26,6 +26,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from cfglab.errors import CfglabError
 from cfglab.experiment.grid import Experiment, RunSpec
 
 RUN_STATUS = "run_status.json"
+STATUS_EVERY_S = 5.0  # status.json is refreshed at least this often while local runs go on
 
 
 def pending_stages(spec: RunSpec) -> list[str]:
@@ -50,13 +52,16 @@ def _job(spec: RunSpec) -> dict[str, Any]:
     return {"dir": str(spec.dir), "config": spec.config.to_dict()}
 
 
-def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """A run's stages in order (done stages skipped, training resumed), in this process.
-    Never raises for a run's own failure: returns {state, seconds, error}."""
+def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) -> dict[str, Any]:
+    """A run's stages in order (done stages skipped, training resumed), in this process;
+    `started` is called once the run is marked running. Never raises for a run's own failure:
+    returns {state, seconds, error}."""
     run_dir = Path(job["dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     status = {"state": "running", "seconds": None, "error": None, "pid": os.getpid()}
     rundir.write_json_atomic(run_dir / RUN_STATUS, status)
+    if started is not None:
+        started()
     t0 = time.perf_counter()
     with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
         try:
@@ -105,7 +110,7 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
         _worker_init(threads)
         for spec in specs:
             print(f"run {spec.dir.name}", file=sys.stderr, flush=True)
-            run_one(_job(spec))
+            run_one(_job(spec), started=lambda: write_status(exp))
             write_status(exp)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
@@ -113,18 +118,23 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
         workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
     ) as pool:
         futures = {pool.submit(run_one, _job(spec)): spec for spec in specs}
+        pending = set(futures)
         try:
-            for future in cf.as_completed(futures):
-                spec = futures[future]
-                try:
-                    state = future.result()["state"]
-                except Exception as exc:  # noqa: BLE001  (a worker that died)
-                    state = "failed"
-                    rundir.write_json_atomic(
-                        spec.dir / RUN_STATUS,
-                        {"state": "failed", "seconds": None, "error": f"worker died: {exc}"},
-                    )
-                print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
+            while pending:
+                # woken by a finished run or every STATUS_EVERY_S, so that status.json shows
+                # the runs that started since (not only those that ended)
+                done, pending = cf.wait(pending, STATUS_EVERY_S, cf.FIRST_COMPLETED)
+                for future in done:
+                    spec = futures[future]
+                    try:
+                        state = future.result()["state"]
+                    except Exception as exc:  # noqa: BLE001  (a worker that died)
+                        state = "failed"
+                        rundir.write_json_atomic(
+                            spec.dir / RUN_STATUS,
+                            {"state": "failed", "seconds": None, "error": f"worker died: {exc}"},
+                        )
+                    print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
                 write_status(exp)
         except KeyboardInterrupt:
             for f in futures:

@@ -3,6 +3,7 @@ kills, the submitit path and the HTML report in a real browser."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -213,14 +214,19 @@ def test_a_killed_sweep_finishes_only_the_missing_work(tmp_path):
     )
     exp_dir = tmp_path / "killed" / "runs" / "smoke"
     deadline = time.time() + 300
+    seen_running = False  # status.json shows a run as running while it runs
     while time.time() < deadline:
         done = [p for p in exp_dir.glob("*/run_status.json") if '"done"' in p.read_text()]
         if done:
             break
+        with contextlib.suppress(OSError, ValueError):
+            states = json.loads((exp_dir / "status.json").read_text()).values()
+            seen_running |= any(s["state"] == "running" for s in states)
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert done, "the first run never finished"
+    assert seen_running, "status.json never showed the first run running"
     status = json.loads((exp_dir / "status.json").read_text())
     assert sum(s["state"] == "done" for s in status.values()) < 4
     first = {p.parent.name: p.read_text() for p in exp_dir.glob("*/run_status.json")}
