@@ -29,6 +29,7 @@ from cfglab.errors import CfglabError
 
 FIXED = ["experiment", "run", "seed", "stage", "metric"]
 QUALIFIERS = [
+    "step",  # the checkpoint of a dynamics row (other rows: the run's final model)
     "cut",
     "temperature",
     "gamma",
@@ -221,6 +222,18 @@ def run_rows(run: RunEntry) -> list[dict]:
                     "value": v,
                 }
             )
+    dyn = rundir.read_result(run.dir, f"{rundir.ANALYZE}/dynamics")
+    for e in (dyn or {}).get("emergence", []):  # the step each level's probe got halfway
+        if e["step"] is None:
+            continue
+        what = e["what"].split()
+        row = {"stage": "dynamics", "metric": "emergence_step", "value": e["step"]}
+        if what[0] == "probe":  # "probe ancestor_L1"
+            target, level = what[1].split("_L")
+            row.update(target=target, level=int(level), model="trained", window="all")
+        else:  # "generation accuracy cut0"
+            row.update(target="accuracy", cut=int(what[-1].removeprefix("cut")))
+        rows.append(row)
     att = rundir.read_result(run.dir, f"{rundir.ANALYZE}/attention")
     for model in ("model", "random_init"):
         res = (att or {}).get(model)

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfglab import rundir
 from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
-from cfglab.report.plots_dynamics import plot_dynamics_overlay
 
 
 def _label(point: tuple, axes: list[str]) -> str:
@@ -150,7 +148,12 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
 def plot_probes(agg, axes, path: Path) -> Path | None:
     """Last-layer probe accuracy per level, one line per grid point (random init dotted), with
     95% across-seed error bars."""
-    probe = [a for a in agg if a["metric"] == "probe_accuracy" and a["window"] == "all"]
+    # the probe stage's tables (the dynamics stage's per-step rows have their own figure)
+    probe = [
+        a
+        for a in agg
+        if a["stage"] == "probe" and a["metric"] == "probe_accuracy" and a["window"] == "all"
+    ]
     if not probe:
         return None
     targets = sorted({a["target"] for a in probe})
@@ -245,7 +248,42 @@ def plot_robustness(agg, axes, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _final(rows: list[dict]) -> list[dict]:
+    """The rows about a run's final model: not the dynamics stage's per-checkpoint rows."""
+    return [r for r in rows if r.get("step") is None]
+
+
+def plot_dynamics(agg, axes, path: Path) -> Path | None:
+    """Per grid point, mean over seeds with 95% error bars against the training step: the
+    last-layer NT-ancestor probe per level, and cut0 generation accuracy."""
+    dyn = [a for a in agg if a.get("step") is not None]
+    probe = [a for a in dyn if a["metric"] == "probe_accuracy" and a["layer"] == "last"]
+    panels = [
+        (f"ancestor probe, level {level}", [a for a in probe if a["level"] == level])
+        for level in sorted({a["level"] for a in probe if a["target"] == "ancestor"})
+    ]
+    panels = [(t, [a for a in sel if a["target"] == "ancestor"]) for t, sel in panels]
+    panels.append(("generation accuracy, cut0", [a for a in dyn if a["metric"] == "accuracy"]))
+    panels = [(t, sel) for t, sel in panels if sel]
+    if not panels:
+        return None
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, sel) in zip(axs[0], panels, strict=True):
+        for point in _points(sel, axes):
+            mine = sorted(
+                (a for a in sel if tuple(a.get(x) for x in axes) == point), key=lambda a: a["step"]
+            )
+            _errorbar(ax, [a["step"] for a in mine], mine, label=_label(point, axes))
+        ax.set_xscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Path]:
+    dyn_agg = agg
+    rows, agg = _final(rows), _final(agg)
     figs = {
         "accuracy": plot_accuracy(agg, rows, axes, fig_dir / "accuracy.png"),
         "kl": plot_metric(
@@ -261,10 +299,7 @@ def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Pat
         "loss_curves": plot_loss_curves(runs, curves, axes, fig_dir / "loss_curves.png"),
         "probe": plot_probes(agg, axes, fig_dir / "probe.png"),
         "robustness": plot_robustness(agg, axes, fig_dir / "robustness.png"),
-        "dynamics": plot_dynamics_overlay(
-            {r.dir.name: rundir.read_metrics(r.dir, rundir.DYNAMICS) for r in runs},
-            fig_dir / "dynamics.png",
-        ),
+        "dynamics": plot_dynamics(dyn_agg, axes, fig_dir / "dynamics.png"),
     }
     return {k: v for k, v in figs.items() if v is not None}
 
@@ -290,6 +325,8 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         ("loss_floor", "loss floor"),
         ("robust_clean", "robust g={gamma:g} T={temperature:g}"),
     ]
+    emergence = [a for a in agg if a["metric"] == "emergence_step"]
+    agg = _final(agg)
     columns: dict[str, dict] = {}
     for metric, fmt in headline:
         rows = [a for a in agg if a["metric"] == metric]
@@ -305,12 +342,19 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
             name += "".join(f" {'T' if q == 'temperature' else q}={a.get(q):g}" for q in extra)
             columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     for a in agg:
-        if a["metric"] == "probe_accuracy" and a["window"] == "all":
-            last = max(b["layer"] for b in agg if b["metric"] == "probe_accuracy")
+        if a["stage"] == "probe" and a["metric"] == "probe_accuracy" and a["window"] == "all":
+            last = max(
+                b["layer"] for b in agg if b["stage"] == "probe" and b["metric"] == "probe_accuracy"
+            )
             if a["layer"] == last:
                 twin = " (random init)" if a["model"] == "random_init" else ""
                 name = f"{a['target']} probe L{a['level']}{twin}"
                 columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
+    for a in emergence:
+        if a["metric"] == "emergence_step":
+            what = f"{a['target']} L{a['level']}" if a["level"] is not None else "accuracy"
+            name = f"{what} emerges (step)"
+            columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     n_seeds = sorted({r.seed for r in runs})
     lines = [
         "# cfglab compare",
@@ -339,7 +383,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         "loss_curves": "training loss curves (mean over seeds)",
         "probe": "last-layer probe accuracy per level",
         "robustness": "corrupted-prompt accuracy (and unprompted error) against temperature",
-        "dynamics": "last-layer ancestor probe per level against training step, run by run",
+        "dynamics": "last-layer ancestor probe per level and cut0 accuracy against training step",
     }
     for name, path in figs.items():
         lines += [f"![{captions[name]}]({path.relative_to(out).as_posix()})", ""]

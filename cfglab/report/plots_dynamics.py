@@ -3,8 +3,8 @@
 `write_dynamics_figures` draws, against the step (log scale): per-level probe accuracy at the
 last layer (the random-init twin dashed), generation accuracy and next-token KL, KL by the level
 of the NT ending before each row, and the attention head scores; `emergence_markdown` is the
-emergence table; `dynamics_markdown` the report section. `plot_dynamics_overlay` puts several
-runs' probe curves side by side (cfglab compare).
+emergence table; `dynamics_markdown` the report section. Across runs: plots_compare's
+`plot_dynamics` (mean over seeds per grid point).
 """
 
 from __future__ import annotations
@@ -158,30 +158,3 @@ def dynamics_markdown(records, summary, figs: dict[str, Path], rel_to: Path) -> 
         if name in figs:
             out += [f"![{caption}]({figs[name].relative_to(rel_to).as_posix()})", ""]
     return out
-
-
-def plot_dynamics_overlay(curves: dict[str, list[dict]], path: Path) -> Path | None:
-    """Several runs' (or grid points') last-layer ancestor probe curves, one panel per level."""
-    levels = sorted(
-        {
-            k
-            for recs in curves.values()
-            if recs
-            for k in recs[-1].get("probe", {})
-            if k.startswith("ancestor")
-        }
-    )
-    if not levels:
-        return None
-    fig, axs = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.4), squeeze=False)
-    for ax, key in zip(axs[0], levels, strict=True):
-        for label, recs in curves.items():
-            pts = [(r["step"], r["probe"][key]["last"]) for r in recs if key in r.get("probe", {})]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("last-layer probe accuracy")
-        ax.set_title(key.replace("_", " "), fontsize=9)
-        ax.legend(fontsize=6)
-    return _save(fig, path)

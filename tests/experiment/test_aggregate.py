@@ -59,3 +59,27 @@ def test_accuracy_at_several_temperatures_gets_one_column_each(tmp_path):
     names = [c.strip() for c in header.strip("|").split("|")]
     assert cells[names.index("accuracy cut0 T=0.1")].startswith("1 ")
     assert cells[names.index("accuracy cut0 T=1")].startswith("0.75 ")
+
+
+def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_path):
+    """A dynamics row (one per kept checkpoint) is its own group per step; the final model's
+    accuracy column shows only the eval stage's number, the emergence step its own column."""
+    rows = _rows("accuracy", [0.9] * 3, cut=0, temperature=1.0, n=100)
+    for step, value in [(10, 0.0), (100, 0.5), (1000, 0.9)]:
+        rows += [
+            {**r, "stage": "dynamics", "step": step, "value": value}
+            for r in _rows("accuracy", [value] * 3, cut=0, temperature=1.0, n=50)
+        ]
+    rows += [
+        {**r, "stage": "dynamics"}
+        for r in _rows("emergence_step", [100, 100, 1000], target="accuracy", cut=0)
+    ]
+    agg = aggregate(rows, ["x"])
+    per_step = {a["step"]: a["mean"] for a in agg if a.get("step") is not None}
+    assert per_step == {10: 0.0, 100: 0.5, 1000: 0.9}
+    text = compare_markdown([], ["x"], agg, {}, Path(tmp_path))
+    header, _, body = text.splitlines()[-3:]
+    names = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in body.strip("|").split("|")]
+    assert cells[names.index("accuracy cut0")].startswith("0.9 ")
+    assert cells[names.index("accuracy emerges (step)")].startswith("400 ")
