@@ -202,6 +202,8 @@ CASES = [
     ),
     (["train", QUICKSTART, "--out", "{run}/config.json", "--set", *TINY], None, "is a file"),
     (["compare", "{tmp}"], None, "neither an experiment folder"),
+    (["compare", "{run}", "--out", "{run}/config.json"], None, "cannot make the report folder"),
+    (["compare", "{run}", "--out", "{run}/config.json/x"], None, "cannot make the report folder"),
 ]
 
 

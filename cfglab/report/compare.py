@@ -333,7 +333,13 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     if out is None:
         out = Path(paths[0]) / "compare" if len(paths) == 1 else Path("compare")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise CfglabError(
+            f"--out {out}: cannot make the report folder there ({exc.strerror}); give a folder "
+            "path that is not a file"
+        ) from None
     rows = tidy_rows(runs, axes)
     write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
     agg = aggregate(rows, axes)
