@@ -29,6 +29,14 @@ from cfglab.config import STAGE_NAMES, ExperimentConfig, load_config
 from cfglab.config.load import read_yaml
 from cfglab.errors import ConfigError, did_you_mean
 
+# config keys the experiment sets for each run, and where to say them instead
+OWNED = {
+    "train.seed": "the seeds: list sets train.seed and data.seed of every run; list them there",
+    "data.seed": "the seeds: list sets train.seed and data.seed of every run; list them there",
+    "name": "each run is named after its grid point and seed",
+    "out_dir": "runs go to <out_dir>/<name>/...: set out_dir at the top of the experiment file",
+    "stages": "set stages at the top of the experiment file",
+}
 TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
 EXECUTORS = ("local", "slurm")
 # the executor block's keys per kind (SLURM's are passed to submitit, see launch.py)
@@ -182,6 +190,9 @@ def load_experiment(
     for what, block in (("set", common), ("grid", grid)):
         if not isinstance(block, dict):
             raise ConfigError(f"{path}: {what} must be a mapping of dotted config keys")
+        for key in block:
+            if key in OWNED:  # the experiment sets these per run: a value here would be lost
+                raise ConfigError(f"{path}: {what}.{key}: {OWNED[key]}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(
@@ -208,6 +219,11 @@ def load_experiment(
                     f"choose from {', '.join(STAGE_NAMES)}"
                 )
     out_dir = Path(data.get("out_dir", "runs"))
+    existing = out_dir / name
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():  # checked now, before any run or plan
+        raise ConfigError(f"{path}: out_dir: {existing} is a file; give a folder path")
     exp = Experiment(
         name=name,
         file=path.resolve(),

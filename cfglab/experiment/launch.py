@@ -328,7 +328,12 @@ def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> l
 def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dict], int]:
     """Run every run of the experiment that has stages left; returns (status.json's content,
     number of runs this call ran)."""
-    exp.out.mkdir(parents=True, exist_ok=True)
+    try:
+        exp.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise CfglabError(
+            f"{exp.file}: out_dir: cannot make {exp.out} ({exc.strerror}); give a folder path"
+        ) from None
     rundir.write_json_atomic(exp.out / "experiment.json", exp.plan())
     todo = [spec for spec in exp.runs if pending_stages(spec)]
     for spec in todo:  # a stale "running" from a killed sweep is pending again

@@ -57,6 +57,11 @@ def test_the_grid_is_the_cartesian_product_times_seeds(tmp_path):
         ("executor: {kind: local, workrs: 2}\n", "unknown executor key 'workrs'"),
         ("executor: {kind: slurm, partition: gpu, gpus_per_run: 0}\n", "gpus_per_run must be"),
         ("set: {train.max_steps: -3}\n", "train.max_steps must be >= 1"),
+        # keys the experiment sets per run: a value given here would be silently replaced
+        ("grid:\n  train.seed: [1, 2]\n", "grid.train.seed: the seeds: list sets"),
+        ("set: {data.seed: 3}\n", "set.data.seed: the seeds: list sets"),
+        ("set: {stages: [train]}\n", "set.stages: set stages at the top"),
+        ("set: {out_dir: elsewhere}\n", "set.out_dir: runs go to"),
     ],
 )
 def test_bad_experiments_fail_before_anything_runs(tmp_path, capsys, text, needle):
@@ -68,6 +73,17 @@ def test_bad_experiments_fail_before_anything_runs(tmp_path, capsys, text, needl
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cfglab: error: ")
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_dir_through_a_file_fails_before_the_plan(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me\n")
+    p = write(tmp_path, f"out_dir: {tmp_path / 'afile' / 'runs'}\n")
+    assert cli.main(["sweep", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"cfglab: error: {p}: out_dir: {tmp_path / 'afile'} is a file; give a folder path"
+    ]
+    assert (tmp_path / "afile").read_text() == "keep me\n"
 
 
 def test_only_must_name_a_grid_key(tmp_path):
