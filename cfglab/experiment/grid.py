@@ -237,6 +237,7 @@ def load_experiment(
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     common_items = [f"{k}={_value_text(v)}" for k, v in common.items()]
     seen: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
     for point in points:
         for seed in seeds:
             if not all(_matches(point, seed, k, v) for k, v in filters):
@@ -263,6 +264,15 @@ def load_experiment(
                 cfg = load_config(base_path, items)
             except ConfigError as exc:
                 raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
+            # two points that resolve to one config (1e-3 and 0.001) would train twice
+            resolved = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "out_dir")}
+            same = json.dumps(resolved, sort_keys=True, default=str)
+            if same in configs:
+                raise ConfigError(
+                    f"{path}: grid points {configs[same]} and {point} give the same run config "
+                    f"(seed {seed}); list each value once"
+                )
+            configs[same] = point
             exp.runs.append(RunSpec(exp.out / dirname, point, seed, items, cfg))
     if not exp.runs:
         raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")

@@ -62,6 +62,10 @@ def test_the_grid_is_the_cartesian_product_times_seeds(tmp_path):
         ("set: {data.seed: 3}\n", "set.data.seed: the seeds: list sets"),
         ("set: {stages: [train]}\n", "set.stages: set stages at the top"),
         ("set: {out_dir: elsewhere}\n", "set.out_dir: runs go to"),
+        (
+            "grid:\n  train.lr: [1e-3, 0.001]\n",
+            "give the same run config",
+        ),  # YAML: "1e-3" is a string
     ],
 )
 def test_bad_experiments_fail_before_anything_runs(tmp_path, capsys, text, needle):
