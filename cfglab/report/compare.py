@@ -56,6 +56,7 @@ NONNEGATIVE = {
     "entropy_rate",
     "entropy_rate_rb",
     "model_entropy_per_token",
+    "emergence_step",
 }
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
 T95 = [

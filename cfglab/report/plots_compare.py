@@ -182,6 +182,7 @@ def plot_probes(agg, axes, path: Path) -> Path | None:
                     color=colors(i % 10),
                     label=label,
                 )
+        ax.set_xticks(sorted({a["level"] for a in probe if a["target"] == target}))
         ax.set_xlabel("level")
         ax.set_ylabel("last-layer probe accuracy")
         ax.set_title(f"{target} probe (dotted: random init)", fontsize=9)
