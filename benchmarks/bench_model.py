@@ -217,7 +217,7 @@ def main() -> None:
 
     attention_halves(shape)
 
-    # generation: 512 tokens from BOS, never stopping (eos_id outside the vocabulary)
+    # generation: 512 tokens from BOS, never stopping (EOS is banned from sampling)
     n_gen = 4
     torch.set_num_threads(GEN_THREADS)
     print(
@@ -235,7 +235,8 @@ def main() -> None:
                 model,
                 prompts,
                 T - 1,
-                eos_id=-1,
+                eos_id=VOCAB - 1,
+                banned_ids=[VOCAB - 1],
                 use_cache=use_cache,
                 generator=torch.Generator().manual_seed(0),
             )
