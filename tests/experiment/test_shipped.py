@@ -6,8 +6,8 @@ and one run, rerun with its seed, gives its committed numbers (`pytest -m experi
 from __future__ import annotations
 
 import csv
-import json
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
