@@ -258,12 +258,15 @@ def plot_dynamics(agg, axes, path: Path) -> Path | None:
     """Per grid point, mean over seeds with 95% error bars against the training step: the
     last-layer NT-ancestor probe per level, and cut0 generation accuracy."""
     dyn = [a for a in agg if a.get("step") is not None]
-    probe = [a for a in dyn if a["metric"] == "probe_accuracy" and a["layer"] == "last"]
-    panels = [
-        (f"ancestor probe, level {level}", [a for a in probe if a["level"] == level])
-        for level in sorted({a["level"] for a in probe if a["target"] == "ancestor"})
+    ancestor = [
+        a
+        for a in dyn
+        if a["metric"] == "probe_accuracy" and a["layer"] == "last" and a["target"] == "ancestor"
     ]
-    panels = [(t, [a for a in sel if a["target"] == "ancestor"]) for t, sel in panels]
+    panels = [
+        (f"ancestor probe, level {level}", [a for a in ancestor if a["level"] == level])
+        for level in sorted({a["level"] for a in ancestor})
+    ]
     panels.append(("generation accuracy, cut0", [a for a in dyn if a["metric"] == "accuracy"]))
     panels = [(t, sel) for t, sel in panels if sel]
     if not panels:
@@ -326,8 +329,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         ("loss_floor", "loss floor"),
         ("robust_clean", "robust g={gamma:g} T={temperature:g}"),
     ]
-    emergence = [a for a in agg if a["metric"] == "emergence_step"]
-    agg = _final(agg)
+    agg = _final(agg)  # the emergence steps stay: they are about the whole run
     columns: dict[str, dict] = {}
     for metric, fmt in headline:
         rows = [a for a in agg if a["metric"] == metric]
@@ -351,7 +353,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
                 twin = " (random init)" if a["model"] == "random_init" else ""
                 name = f"{a['target']} probe L{a['level']}{twin}"
                 columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
-    for a in emergence:
+    for a in agg:
         if a["metric"] == "emergence_step":
             what = f"{a['target']} L{a['level']}" if a["level"] is not None else "accuracy"
             name = f"{what} emerges (step)"
