@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +142,25 @@ def _generate_group(
     return [seqs[i, : lengths[i]] for i in range(B)]
 
 
+@contextmanager
+def no_cudnn_attention() -> Iterator[None]:
+    """SDPA without its cuDNN backend, for decoding.
+
+    Recent PyTorch builds try cuDNN attention first for bf16/fp16 on sm90/sm100 (H100, H200,
+    B200; `check_prefer_cudnn_attention` in ATen's sdp_utils.cpp). cuDNN builds and caches one
+    execution graph per problem shape, key length included, and a build costs tens of
+    milliseconds on the host. Decoding with a KV cache has a new key length at every step, so
+    every step pays a build: on an H200, bf16 KV-cache sampling ran at ~1,000 tokens/s against
+    ~10,000 in fp32 (which cuDNN does not take). Flash, memory-efficient and math attention have
+    no per-shape setup. The other backends stay as the caller set them."""
+    was_enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was_enabled)
+
+
 def generate(
     model: GPT,
     prompts: list[Tensor],
@@ -161,7 +182,9 @@ def generate(
     reaches block_size. `generator` seeds torch.multinomial for reproducible samples.
     `use_cache=False` recomputes the whole prefix every step (the benchmark's baseline).
     `max_batch` caps how many prompts run together (memory). The model runs in eval mode.
-    `banned_ids` are never sampled (default `special_ids`: BOS, MASK, PAD).
+    `banned_ids` are never sampled (default `special_ids`: BOS, MASK, PAD). Precision is the
+    caller's (e.g. a bf16 autocast around the call); attention runs without the cuDNN backend
+    (`no_cudnn_attention`).
     """
     vocab = model.config.vocab_size
     if banned_ids is None:
@@ -179,26 +202,27 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        for idxs in groups.values():
-            step = max_batch or len(idxs)
-            for s in range(0, len(idxs), step):
-                chunk = idxs[s : s + step]
-                batch = torch.stack([prompts[i] for i in chunk]).to(device)  # (b, P)
-                results = _generate_group(
-                    model,
-                    batch,
-                    max_new_tokens,
-                    eos_id,
-                    use_cache,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    greedy=greedy,
-                    generator=generator,
-                    banned=banned,
-                )
-                for i, r in zip(chunk, results, strict=True):
-                    out[i] = r.to(prompts[i].device)
+        with no_cudnn_attention():  # decoding: a new key length every step
+            for idxs in groups.values():
+                step = max_batch or len(idxs)
+                for s in range(0, len(idxs), step):
+                    chunk = idxs[s : s + step]
+                    batch = torch.stack([prompts[i] for i in chunk]).to(device)  # (b, P)
+                    results = _generate_group(
+                        model,
+                        batch,
+                        max_new_tokens,
+                        eos_id,
+                        use_cache,
+                        temperature=temperature,
+                        top_k=top_k,
+                        top_p=top_p,
+                        greedy=greedy,
+                        generator=generator,
+                        banned=banned,
+                    )
+                    for i, r in zip(chunk, results, strict=True):
+                        out[i] = r.to(prompts[i].device)
     finally:
         model.train(was_training)
     return out

@@ -147,3 +147,49 @@ def test_bad_arguments_are_config_errors():
         generate(model, [torch.tensor([])], 5, eos_id=EOS)
     with pytest.raises(ConfigError, match="encoder"):
         generate(tiny("rot", causal=False), p, 5, eos_id=EOS)
+
+
+def test_under_autocast_the_cache_holds_what_the_layers_produce(position):
+    """bf16 autocast: the cache is bf16 (no fp32 copy cast back at every read), and cached
+    sampling still equals uncached sampling."""
+    model = tiny(position)
+    prompts = [torch.tensor([0]), torch.tensor([0, 2])] * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.new_cache(2).v.dtype == torch.bfloat16
+        runs = [
+            generate(
+                model,
+                prompts,
+                25,
+                eos_id=EOS,
+                generator=torch.Generator().manual_seed(3),
+                use_cache=use_cache,
+            )
+            for use_cache in (True, False)
+        ]
+    assert model.new_cache(2).v.dtype == torch.float32  # outside autocast: the weights' dtype
+    for cached, uncached in zip(*runs, strict=True):
+        assert torch.equal(cached, uncached)
+
+
+def test_generation_runs_without_cudnn_attention(monkeypatch):
+    """Decoding has a new key length every step and cuDNN attention builds a graph per shape:
+    SDPA runs with cuDNN disabled inside generate, and the caller's setting comes back after."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = tiny("rot")
+    for caller_setting in (True, False):
+        torch.backends.cuda.enable_cudnn_sdp(caller_setting)
+        try:
+            seen.clear()
+            generate(model, [torch.tensor([0])] * 2, 5, eos_id=EOS)
+            assert seen and not any(seen)
+            assert torch.backends.cuda.cudnn_sdp_enabled() is caller_setting
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
