@@ -101,7 +101,8 @@ def test_training_check_loss_falls(run):
 def test_generation_exact_and_probe_numbers(run):
     s = run[0]["sections"]
     gen = s["generation"]
-    assert set(gen["rows"]) == {"cache fp32", "cache bf16", "no cache fp32"}
+    assert set(gen["rows"]) == {"cache fp32", "cache bf16", "cache bf16 cuDNN", "no cache fp32"}
+    assert finite_positive(gen["cudnn_slowdown"])
     assert all(finite_positive(r["tokens_s"]) for r in gen["rows"].values())
     assert gen["same_as_no_cache"] == gen["prompts"]  # same seed, fp32: the same samples
     ex = s["exact"]
