@@ -236,9 +236,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     exp = load_experiment(
         args.experiment, workers=args.workers, executor=args.executor, only=args.only
     )  # every run config validated: nothing runs before this succeeds
-    from cfglab.experiment.launch import pending_stages, plan_lines, sweep
+    from cfglab.experiment.launch import check_run_folders, pending_stages, plan_lines, sweep
     from cfglab.report.compare import compare
 
+    check_run_folders(exp)  # before the plan, whose estimate already trains a few steps
     todo = [spec for spec in exp.runs if pending_stages(spec)]
     print("\n".join(plan_lines(exp, todo, estimate=bool(todo))))
     if args.dry_run:

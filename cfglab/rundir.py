@@ -165,6 +165,25 @@ def read_run_grammar(run_dir: str | Path, name: str = ""):
     return Grammar.from_text(text, name=name, source=str(path))
 
 
+def record_changes(run_dir: str | Path, cfg, grammar) -> dict[str, list]:
+    """How `cfg` (with its loaded `grammar`) differs from the training record of a run: {key:
+    [old, new]} over the settings that change what is learned (data, model, train but
+    NOT_TRAINING), plus "grammar" when the grammars differ by content (the run's grammar.cfg vs
+    `grammar`). {} when `cfg` would train this same run."""
+    from cfglab.config import NOT_TRAINING, flat
+
+    old = read_run_config(run_dir)
+    changes: dict[str, list] = {}
+    if read_run_grammar(run_dir, old.grammar.name) != grammar:
+        changes["grammar"] = [str(Path(run_dir) / GRAMMAR), cfg.grammar.name]
+    a, b = flat(old.to_dict()), flat(cfg.to_dict())
+    for k in a:
+        if k.split(".")[0] in ("data", "train", "model") and k not in NOT_TRAINING:
+            if a[k] != b.get(k):
+                changes[k] = [a[k], b.get(k)]
+    return changes
+
+
 # ---- metrics.jsonl ----------------------------------------------------------------------------
 def read_metrics(run_dir: str | Path, name: str = METRICS) -> list[dict[str, Any]]:
     """metrics.jsonl rows (or another step-record file's, e.g. analyze/dynamics.jsonl) in file

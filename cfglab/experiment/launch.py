@@ -32,7 +32,7 @@ from typing import Any
 
 from cfglab import rundir
 from cfglab.config import config_from_dict
-from cfglab.errors import CfglabError
+from cfglab.errors import CfglabError, ConfigError
 from cfglab.experiment.grid import Experiment, RunSpec
 
 RUN_STATUS = "run_status.json"
@@ -45,6 +45,46 @@ def pending_stages(spec: RunSpec) -> list[str]:
 
     marks = rundir.read_stage_marks(spec.dir)
     return [s for s in spec.config.stages if marks.get(s) != stage_key(spec.config, s)]
+
+
+def check_run_folders(exp: Experiment) -> None:
+    """Before any work: the experiment folder is this experiment's, and every run folder that
+    holds a trained run holds the run this experiment would train (same grammar by content, same
+    data, model and train settings). A sweep resumes and skips by folder, so a run trained under
+    other settings would be reused or refused mid-sweep, and compare would report its old
+    numbers under the new settings: ConfigError naming the first such run and the fix."""
+    plan = exp.out / "experiment.json"
+    try:
+        recorded = json.loads(plan.read_text()).get("file") if plan.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded and Path(recorded).resolve() != exp.file.resolve() and Path(recorded).is_file():
+        raise ConfigError(
+            f"{exp.file}: {exp.out} holds the runs of another experiment file ({recorded}); give "
+            "this experiment its own name or out_dir"
+        )
+    grammars: dict[str, object] = {}
+    stale = []
+    for spec in exp.runs:
+        if not (spec.dir / "ckpt").is_dir() or not (spec.dir / rundir.CONFIG).is_file():
+            continue  # never trained, or killed before its first checkpoint: trained afresh
+        section = json.dumps(spec.config.to_dict()["grammar"], sort_keys=True)
+        if section not in grammars:
+            grammars[section] = spec.config.grammar.load()
+        changes = rundir.record_changes(spec.dir, spec.config, grammars[section])
+        if changes:
+            what = ", ".join(
+                "the grammar's content" if k == "grammar" else f"{k} {old!r} -> {new!r}"
+                for k, (old, new) in changes.items()
+            )
+            stale.append(f"{spec.dir.name} ({what})")
+    if stale:
+        more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+        raise ConfigError(
+            f"{exp.file}: {exp.out} holds runs trained with other settings: {stale[0]}{more}; a "
+            "sweep would mix their results with this file's: move or delete those run folders to "
+            "retrain them, or give the experiment a new name or out_dir"
+        )
 
 
 def _job(spec: RunSpec) -> dict[str, Any]:
@@ -328,6 +368,7 @@ def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> l
 def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dict], int]:
     """Run every run of the experiment that has stages left; returns (status.json's content,
     number of runs this call ran)."""
+    check_run_folders(exp)
     try:
         exp.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, or no permission

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from cfglab import rundir
-from cfglab.config import NOT_TRAINING, ExperimentConfig, flat, kept_steps
+from cfglab.config import ExperimentConfig, kept_steps
 from cfglab.data.dataset import TRAIN, VAL, FreshStream
 from cfglab.data.noise import TrainingNoise
 from cfglab.data.saved import SavedDataset
@@ -128,19 +128,13 @@ def resume_changes(run_dir: Path, cfg: ExperimentConfig, grammar) -> dict[str, l
     """The training settings of `cfg` that differ from the run's config.json: {key: [old, new]}.
     ConfigError if the model or the grammar (by content: the run's grammar.cfg) differ, which no
     resume can bridge."""
-    old = rundir.read_run_config(run_dir)
-    if rundir.read_run_grammar(run_dir, old.grammar.name) != grammar:
+    changes = rundir.record_changes(run_dir, cfg, grammar)
+    if changes.pop("grammar", None):
         raise ConfigError(
             f"--resume: the grammar differs from the one {run_dir} was trained on (its "
             f"grammar.cfg; was {cfg.grammar.name} edited?); resume with the run's own grammar: "
             f"--set grammar.name={run_dir / rundir.GRAMMAR}"
         )
-    a, b = flat(old.to_dict()), flat(cfg.to_dict())
-    changes = {
-        k: [a[k], b[k]]
-        for k in a
-        if k.split(".")[0] in ("data", "train", "model") and k not in NOT_TRAINING and a[k] != b[k]
-    }
     model = [k for k in changes if k.startswith("model.")]
     if model:
         k = model[0]

@@ -271,3 +271,42 @@ def test_the_html_report_renders_in_a_browser(smoke, tmp_path):
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     n = page.read_text().count("<img")
     assert n >= 3 and title == f"images {n} loaded {n}", title
+
+
+def test_a_sweep_refuses_run_folders_trained_otherwise(tmp_path, capsys):
+    """Runs are resumed and skipped by folder, so a folder trained under other settings (an
+    edited grammar file, another train.lr) or by another experiment file would pass off its old
+    results as this file's: refused before any work, nothing written; a setting that changes
+    nothing learned (log cadence) is not a difference."""
+    grammar = tmp_path / "g.cfg"
+    text = (ROOT / "configs" / "grammars" / "quickstart.cfg").read_text()
+    grammar.write_text(text)
+    small = {"train.max_steps": 4, "train.log_every": 2, "train.ckpt_every": 4}
+
+    def exp(name="exp.yaml", **changes):
+        data = yaml.safe_load(experiment(tmp_path).read_text())
+        data["set"].update({"grammar.name": str(grammar), **small, **changes})
+        data.update(grid={"model.position": ["abs"]}, seeds=[0], stages=["train"])
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(data))
+        return str(p)
+
+    assert cli.main(["sweep", exp(), "--workers", "1"]) == 0
+    out = tmp_path / "runs" / "smoke"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    def refused(path: str, *needles: str) -> None:
+        capsys.readouterr()
+        assert cli.main(["sweep", path, "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cfglab: error: ") and "\n" not in err
+        assert all(n in err for n in needles), err
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+    grammar.write_text(text.replace("13 -> 10 12 |", "13 -> 10 12 10 |"))
+    refused(exp(), "model.position=abs,seed=0", "the grammar's content", "move or delete")
+    grammar.write_text(text)
+    refused(exp(**{"train.lr": 0.01}), "train.lr 0.004 -> 0.01")
+    refused(exp(**{"model.n_embd": 16}), "model.n_embd 32 -> 16")
+    refused(exp("other.yaml"), "another experiment file")
+    assert cli.main(["sweep", exp(**{"train.log_every": 1}), "--workers", "1"]) == 0
