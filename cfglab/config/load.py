@@ -191,6 +191,13 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(nxt, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")
         node = nxt
+    if isinstance(value, dict):
+        # a section given as a mapping is merged key by key, as base: chains merge: `set:
+        # {eval: {n_samples: 5}}` keeps the other eval settings, and later key.sub overrides
+        # still find a section
+        old = node.get(parts[-1])
+        node[parts[-1]] = _merge(old, value) if isinstance(old, dict) else value
+        return
     node[parts[-1]] = _RawOverride(raw, value)
 
 

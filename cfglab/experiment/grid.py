@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfglab.config import STAGE_NAMES, ExperimentConfig, load_config
-from cfglab.config.load import read_yaml
+from cfglab.config import STAGE_NAMES, ExperimentConfig, flat, load_config
+from cfglab.config.load import check_cuts, read_yaml
 from cfglab.errors import ConfigError, did_you_mean
 
 # config keys the experiment sets for each run, and where to say them instead
@@ -37,6 +37,7 @@ OWNED = {
     "out_dir": "runs go to <out_dir>/<name>/...: set out_dir at the top of the experiment file",
     "stages": "set stages at the top of the experiment file",
 }
+MAX_DIR_BYTES = 255  # a folder name, in bytes, on common file systems (ext4, APFS, NTFS)
 TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
 EXECUTORS = ("local", "slurm")
 # the executor block's keys per kind (SLURM's are passed to submitit, see launch.py)
@@ -133,9 +134,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _executor(path: Path, block: Any, workers: int | None, kind: str | None) -> dict[str, Any]:
-    block = dict(block or {"kind": "local"})
+    if block is None:
+        block = {"kind": "local"}
     if not isinstance(block, dict):
         raise ConfigError(f"{path}: executor must be a mapping, e.g. {{kind: local, workers: 2}}")
+    block = dict(block)
     if kind is not None:
         block["kind"] = kind
     block.setdefault("kind", "local")
@@ -190,9 +193,14 @@ def load_experiment(
     for what, block in (("set", common), ("grid", grid)):
         if not isinstance(block, dict):
             raise ConfigError(f"{path}: {what} must be a mapping of dotted config keys")
-        for key in block:
-            if key in OWNED:  # the experiment sets these per run: a value here would be lost
-                raise ConfigError(f"{path}: {what}.{key}: {OWNED[key]}")
+        for key, value in block.items():
+            # the experiment sets these per run: a value here would be lost (also when given
+            # inside a mapping: set: {train: {seed: 3}})
+            values = value if what == "grid" and isinstance(value, list) else [value]
+            inner = [k for v in values if isinstance(v, dict) for k in flat(v, f"{key}.")]
+            for dotted in [key, *inner]:
+                if dotted in OWNED:
+                    raise ConfigError(f"{path}: {what}.{dotted}: {OWNED[dotted]}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(
@@ -218,6 +226,8 @@ def load_experiment(
                     f"{path}: stages: unknown stage {stage!r}{did_you_mean(stage, STAGE_NAMES)}; "
                     f"choose from {', '.join(STAGE_NAMES)}"
                 )
+    if not isinstance(data.get("out_dir", "runs"), str) or not data.get("out_dir", "runs"):
+        raise ConfigError(f"{path}: out_dir must be a folder path, got {data['out_dir']!r}")
     out_dir = Path(data.get("out_dir", "runs"))
     existing = out_dir / name
     while not existing.exists() and existing != existing.parent:
@@ -244,6 +254,12 @@ def load_experiment(
                 continue
             parts = [f"{k}={_dir_part(v)}" for k, v in point.items()] + [f"seed={seed}"]
             dirname = ",".join(parts)
+            if len(dirname.encode()) > MAX_DIR_BYTES:
+                raise ConfigError(
+                    f"{path}: grid point {point} gives a run folder name of "
+                    f"{len(dirname.encode())} bytes, over the file system's {MAX_DIR_BYTES}; "
+                    "use shorter grid values (e.g. a file path or a name instead of a long list)"
+                )
             if dirname in seen:
                 raise ConfigError(
                     f"{path}: grid points {seen[dirname]} and {point} give one run folder "
@@ -262,6 +278,8 @@ def load_experiment(
                 items.append(f"stages=[{', '.join(stages)}]")
             try:
                 cfg = load_config(base_path, items)
+                if "eval" in cfg.stages:
+                    check_cuts(cfg)  # a run-time error otherwise, after training
             except ConfigError as exc:
                 raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
             # two points that resolve to one config (1e-3 and 0.001) would train twice

@@ -11,6 +11,7 @@ from cfglab.errors import ConfigError
 from cfglab.experiment.grid import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
+LONG_LIST = str([round(0.01 * i + 0.01, 2) for i in range(80)])  # a 300-byte folder name
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -66,6 +67,16 @@ def test_the_grid_is_the_cartesian_product_times_seeds(tmp_path):
             "grid:\n  train.lr: [1e-3, 0.001]\n",
             "give the same run config",
         ),  # YAML: "1e-3" is a string
+        # the same keys inside a mapping value
+        ("set: {train: {seed: 3}}\n", "set.train.seed: the seeds: list sets"),
+        ("grid:\n  data: [{seed: 1}, {seed: 2}]\n", "grid.data.seed: the seeds: list sets"),
+        ("executor: local\n", "executor must be a mapping"),
+        # prompts that leave no room to generate: refused now, not after training
+        ("set: {model.block_size: 16, eval.cuts: [0, 20]}\n", "eval.cuts [0, 20]: a cut of 20"),
+        (
+            "grid:\n  eval.temperatures: [" + LONG_LIST + "]\n",
+            "bytes, over the file system's 255",
+        ),
     ],
 )
 def test_bad_experiments_fail_before_anything_runs(tmp_path, capsys, text, needle):
@@ -102,3 +113,34 @@ def test_shipped_experiments_expand():
     for path in sorted((ROOT / "configs" / "experiments").glob("*.yaml")):
         exp = load_experiment(path)
         assert exp.runs and all(r.config.name == r.dir.name for r in exp.runs), path
+
+
+def test_an_out_dir_must_be_a_path(tmp_path, capsys):
+    p = write(tmp_path, "out_dir: 5\n")
+    assert cli.main(["sweep", str(p), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cfglab: error: {p}: out_dir must be a folder path, got 5"
+    )
+
+
+def test_a_mapping_value_is_merged_into_its_section(tmp_path):
+    """set:/grid: values that are mappings change only the keys they name (as base: does): the
+    base's other settings of that section stay."""
+    base = load_experiment(write(tmp_path, f"out_dir: {tmp_path}\n")).runs[0].config
+    p = write(
+        tmp_path,
+        "set:\n  eval: {n_samples: 7}\n  data.noise.rate: 0.3\n"
+        "grid:\n  data.noise: [{fraction: 0.1}, {fraction: 0.2}]\n"
+        f"out_dir: {tmp_path}\n",
+    )
+    runs = load_experiment(p).runs
+    assert [r.config.data.noise.fraction for r in runs] == [0.1, 0.2]
+    for r in runs:
+        c = r.config
+        assert c.eval.n_samples == 7 and c.data.noise.rate == 0.3
+        assert (c.eval.cuts, c.eval.n_kl, c.eval.temperatures) == (
+            base.eval.cuts,
+            base.eval.n_kl,
+            base.eval.temperatures,
+        )
+        assert c.train.seed == r.seed  # later dotted overrides still find the section
