@@ -5,8 +5,9 @@ the same settings (cfglab.stages.stage_key), and hands the others to an executor
 `run_one(spec)`: the run's stages in order, resuming training from its checkpoint, its output in
 RUN_DIR/log.txt and its state in RUN_DIR/run_status.json (running / done / failed / interrupted,
 wall time, the error line). The experiment's status.json gathers the runs' states. A failed run
-is recorded and the others go on; Ctrl-C stops the workers, whose training saves a checkpoint,
-and a later sweep finishes only what is missing.
+is recorded and the others go on. Ctrl-C stops the sweep: the runs in flight save a checkpoint,
+queued runs do not start, and a later sweep finishes only what is missing. A run is held by one
+process at a time (RUN_LOCK); pool workers whose sweep was killed save, then exit.
 
 Local executor: a pool of `workers` processes, each with cores // workers torch threads
 (CFGLAB_MAX_THREADS), so workers x threads <= cores. SLURM: one job-array task per run through
@@ -23,7 +24,9 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -35,7 +38,14 @@ from cfglab.config import config_from_dict
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.experiment.grid import Experiment, RunSpec
 
+try:
+    import fcntl  # POSIX: run locks
+except ImportError:  # Windows: no lock; one sweep per experiment folder is then up to the user
+    fcntl = None
+
 RUN_STATUS = "run_status.json"
+RUN_LOCK = "run.lock"  # held (flock) by the process running the run: one process per run
+ORPHAN_GRACE_S = 120.0  # a worker whose sweep died: time for its run to checkpoint, then exit
 STATUS_EVERY_S = 5.0  # status.json is refreshed at least this often while local runs go on
 
 
@@ -98,6 +108,44 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
     returns {state, seconds, error}."""
     run_dir = Path(job["dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir) as owner:
+        if owner is not None:  # e.g. a worker of a killed sweep, still saving its checkpoint
+            return {
+                "state": "failed",
+                "seconds": None,
+                "error": f"another process (pid {owner}) is running this run; sweep again "
+                "when it has ended",
+            }
+        return _run_locked(run_dir, job, started)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Hold RUN_LOCK of the run for the duration; yields None when held, else the pid of the
+    process that holds it (read from the lock file)."""
+    if fcntl is None:
+        yield None
+        return
+    with open(run_dir / RUN_LOCK, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            yield f.read().strip() or "?"
+            return
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield None
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_locked(
+    run_dir: Path, job: dict[str, Any], started: Callable[[], object] | None
+) -> dict[str, Any]:
     status = {"state": "running", "seconds": None, "error": None, "pid": os.getpid()}
     rundir.write_json_atomic(run_dir / RUN_STATUS, status)
     if started is not None:
@@ -123,11 +171,38 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
     return status
 
 
-def _worker_init(threads: int) -> None:
+_STOP = None  # in a pool worker: the sweep's stop event (set on Ctrl-C: queued runs do not start)
+
+
+def _worker_init(threads: int, stop=None) -> None:
+    """A local worker: its torch threads; for a pool worker also its own process group (a
+    terminal's Ctrl-C reaches only the sweep, which forwards one SIGINT to each worker: a run
+    interrupted twice would stop without saving its checkpoint) and a watch on the sweep (if
+    it dies, the run is interrupted, checkpoints, and the worker exits)."""
+    global _STOP
     os.environ["CFGLAB_MAX_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+    if stop is not None:
+        _STOP = stop
+        if hasattr(os, "setpgrp"):
+            os.setpgrp()
+        threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)  # the run in flight saves a checkpoint and stops
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _pool_run(job: dict[str, Any]) -> dict[str, Any]:
+    if _STOP is not None and _STOP.is_set():
+        return {"state": "pending", "seconds": None, "error": None}
+    return run_one(job)
 
 
 def write_status(exp: Experiment) -> dict[str, dict]:
@@ -150,14 +225,17 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
         _worker_init(threads)
         for spec in specs:
             print(f"run {spec.dir.name}", file=sys.stderr, flush=True)
-            run_one(_job(spec), started=lambda: write_status(exp))
+            state = run_one(_job(spec), started=lambda: write_status(exp))["state"]
             write_status(exp)
+            if state == "interrupted":  # Ctrl-C stops the sweep, not only the run in flight
+                raise KeyboardInterrupt
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    stop = ctx.Event()
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, stop)
     ) as pool:
-        futures = {pool.submit(run_one, _job(spec)): spec for spec in specs}
+        futures = {pool.submit(_pool_run, _job(spec)): spec for spec in specs}
         pending = set(futures)
         try:
             while pending:
@@ -177,8 +255,14 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
                     print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
                 write_status(exp)
         except KeyboardInterrupt:
+            stop.set()  # runs already queued to a worker return at once
             for f in futures:
                 f.cancel()
+            # the workers sit in process groups of their own: one SIGINT each, so the runs in
+            # flight save a checkpoint and stop (the pool's exit waits for that)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGINT)
             raise
 
 

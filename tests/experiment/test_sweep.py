@@ -319,3 +319,114 @@ def test_a_sweep_refuses_run_folders_trained_otherwise(tmp_path, capsys):
     refused(exp(**{"model.n_embd": 16}), "model.n_embd 32 -> 16")
     refused(exp("other.yaml"), "another experiment file")
     assert cli.main(["sweep", exp(**{"train.log_every": 1}), "--workers", "1"]) == 0
+
+
+def start_long_sweep(tmp_path: Path, workers: int) -> tuple[subprocess.Popen, Path]:
+    """A sweep of three long runs in its own session; returns once `workers` runs train."""
+    exp = experiment(
+        tmp_path,
+        grid={"model.position": ["abs", "rot", "nope"]},
+        seeds=[0],
+        stages=["train", "eval"],
+    )
+    data = yaml.safe_load(exp.read_text())
+    data["set"].update({"train.max_steps": 100000, "train.ckpt_every": 100000})
+    exp.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cfglab", "sweep", str(exp), "--workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    out = tmp_path / "runs" / "smoke"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        training = [m for m in out.glob("*/metrics.jsonl") if m.stat().st_size > 0]
+        if len(training) >= workers:
+            return proc, out
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the runs never started training")
+
+
+def lock_is_free(run_dir: Path) -> bool:
+    import fcntl
+
+    with open(run_dir / "run.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def test_ctrl_c_stops_the_whole_sweep(tmp_path):
+    """One worker (in the sweep's process): Ctrl-C saves the run in flight and stops the sweep;
+    the runs after it never start."""
+    proc, out = start_long_sweep(tmp_path, workers=1)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    states = json.loads((out / "status.json").read_text())
+    assert sorted(s["state"] for s in states.values()) == ["interrupted", "pending", "pending"]
+    (run,) = [out / n for n, s in states.items() if s["state"] == "interrupted"]
+    assert (run / "ckpt" / "latest").exists()  # saved where it stopped
+    assert sum(1 for p in out.glob("*/config.json")) == 1  # the others never started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigint to the sweep alone"])
+def test_ctrl_c_stops_a_pool_of_workers(tmp_path, how):
+    """Two workers: Ctrl-C (to the terminal's process group, or SIGINT to the sweep alone)
+    interrupts both runs in flight, each saves a checkpoint, the queued run never starts, and
+    no worker is left running."""
+    proc, out = start_long_sweep(tmp_path, workers=2)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    states = json.loads((out / "status.json").read_text())
+    assert sorted(s["state"] for s in states.values()) == ["interrupted", "interrupted", "pending"]
+    for name, s in states.items():
+        if s["state"] == "interrupted":
+            assert (out / name / "ckpt" / "latest").exists()
+            assert lock_is_free(out / name)
+    assert sum(1 for p in out.glob("*/config.json")) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_sweeps_workers_save_and_exit(tmp_path):
+    """SIGKILL of the sweep alone: its workers notice, save a checkpoint, and exit (no orphan
+    keeps training, so a second sweep never trains a run twice at once)."""
+    proc, out = start_long_sweep(tmp_path, workers=2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    running = [p.parent for p in out.glob("*/metrics.jsonl")]
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(lock_is_free(r) for r in running):
+        time.sleep(0.5)
+    assert all(lock_is_free(r) for r in running)
+    assert all((r / "ckpt" / "latest").exists() for r in running)
+
+
+def test_a_run_held_by_another_process_is_not_run_twice(tmp_path):
+    """A run whose lock another process holds (a worker of a killed sweep still saving) is
+    reported, not trained a second time beside it."""
+    import fcntl
+
+    from cfglab.experiment.grid import load_experiment
+    from cfglab.experiment.launch import _job, run_one
+
+    spec = load_experiment(experiment(tmp_path, seeds=[0])).runs[0]
+    spec.dir.mkdir(parents=True)
+    with open(spec.dir / "run.lock", "w") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        status = run_one(_job(spec))
+    assert status["state"] == "failed" and "pid 4242" in status["error"]
+    assert not (spec.dir / "config.json").exists()  # nothing was trained
