@@ -133,7 +133,40 @@ def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
             )
     if not runs:
         raise CfglabError("no runs to compare; give experiment or run folders")
-    return runs, axes
+    return _distinct(runs, axes), axes
+
+
+def _distinct(runs: list[RunEntry], axes: list[str]) -> list[RunEntry]:
+    """Each run once (a folder given twice, or an experiment and one of its runs, would count
+    its seed twice), and distinct labels: two experiment folders of one name, or two plain runs
+    of one folder name, are told apart by their paths rather than pooled as seeds."""
+    unique: dict[Path, RunEntry] = {}
+    for r in runs:
+        unique.setdefault(r.dir.resolve(), r)
+    runs = list(unique.values())
+    folders: dict[str, set[Path]] = defaultdict(set)
+    for r in runs:
+        if r.experiment:
+            folders[r.experiment].add(r.dir.parent.resolve())
+    for r in runs:
+        if len(folders.get(r.experiment, ())) > 1:
+            r.experiment = str(r.dir.parent)
+    if "run" in axes:
+        names: dict[str, int] = defaultdict(int)
+        for r in runs:
+            if not r.experiment:
+                names[r.point["run"]] += 1
+        for r in runs:
+            if not r.experiment and names[r.point["run"]] > 1:
+                r.point["run"] = str(r.dir)
+    return runs
+
+
+def group_axes(runs: list[RunEntry], axes: list[str]) -> list[str]:
+    """The columns that tell grid points apart: the grid axes, after the experiment when the
+    runs come from several (their runs may share grid points and names)."""
+    several = len({r.experiment for r in runs}) > 1
+    return ["experiment", *axes] if several else axes
 
 
 def run_rows(run: RunEntry) -> list[dict]:
@@ -280,7 +313,8 @@ def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
     Wilson interval."""
     from cfglab.evaluate.stats import wilson_interval  # torch-free
 
-    key_cols = ["experiment", *axes, "stage", "metric", *QUALIFIERS]
+    key_cols = ["experiment", *(a for a in axes if a != "experiment"), "stage", "metric"]
+    key_cols += QUALIFIERS
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(c) for c in key_cols)].append(r)
@@ -344,6 +378,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     rows = tidy_rows(runs, axes)
     write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
     agg = aggregate(rows, axes)
+    axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     write_csv(
         agg,
         out / "summary.csv",
@@ -361,7 +396,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
             "pooled_ci_high",
         ],
     )
-    curves = {r.dir.name: rundir.read_metrics(r.dir) for r in runs}
+    curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
     rundir.write_text_atomic(out / "report.md", md + "\n")

@@ -126,9 +126,10 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
     """Mean training loss per grid point against step (seeds averaged where steps align)."""
     by_point: dict[tuple, list[list[dict]]] = defaultdict(list)
     for run in runs:
-        rows = [r for r in curves.get(run.dir.name, []) if isinstance(r.get("loss"), (int, float))]
+        rows = [r for r in curves.get(run.dir, []) if isinstance(r.get("loss"), (int, float))]
         if rows:
-            by_point[tuple(run.point.get(a, run.dir.name) for a in axes)].append(rows)
+            point = {**run.point, "experiment": run.experiment}
+            by_point[tuple(point.get(a, run.dir.name) for a in axes)].append(rows)
     if not by_point:
         return None
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
@@ -344,12 +345,15 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
             name = fmt.format(**{k: a.get(k) for k in ("cut", "gamma", "temperature")})
             name += "".join(f" {'T' if q == 'temperature' else q}={a.get(q):g}" for q in extra)
             columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
+    # each grid point's own last layer (a grid over model.n_layer has several)
+    last_layer: dict[tuple, int] = {}
+    for a in agg:
+        if a["stage"] == "probe" and a["metric"] == "probe_accuracy":
+            point = tuple(a.get(x) for x in axes)
+            last_layer[point] = max(last_layer.get(point, a["layer"]), a["layer"])
     for a in agg:
         if a["stage"] == "probe" and a["metric"] == "probe_accuracy" and a["window"] == "all":
-            last = max(
-                b["layer"] for b in agg if b["stage"] == "probe" and b["metric"] == "probe_accuracy"
-            )
-            if a["layer"] == last:
+            if a["layer"] == last_layer[tuple(a.get(x) for x in axes)]:
                 twin = " (random init)" if a["model"] == "random_init" else ""
                 name = f"{a['target']} probe L{a['level']}{twin}"
                 columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a

@@ -83,3 +83,73 @@ def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_
     cells = [c.strip() for c in body.strip("|").split("|")]
     assert cells[names.index("accuracy cut0")].startswith("0.9 ")
     assert cells[names.index("accuracy emerges (step)")].startswith("400 ")
+
+
+def _fake_run(folder: Path, loss: float, seed: int = 0) -> Path:
+    """A run folder as compare reads it: config.json and a metrics.jsonl ending at `loss`."""
+    import json
+
+    from cfglab.config import load_config, save_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "quickstart.yaml", [f"train.seed={seed}"])
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.json")
+    record = {"step": 10, "loss": loss, "val_loss": loss}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return folder
+
+
+def _final_losses(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "summary.csv") as f:
+        return [r for r in csv.DictReader(f) if r["metric"] == "final_loss"]
+
+
+def test_runs_are_counted_once_and_never_pooled_by_a_shared_name(tmp_path):
+    """The same folder given twice is one run; two runs that share a folder name (plain runs,
+    or experiments of one name in two folders) stay two groups, never one mean over 'seeds'."""
+    import json
+
+    from cfglab.report.compare import compare
+
+    a = _fake_run(tmp_path / "a" / "run1", 1.0)
+    b = _fake_run(tmp_path / "b" / "run1", 3.0)
+    summary = _final_losses(compare([a, b, a], tmp_path / "c1"))
+    assert sorted((float(r["mean"]), r["n_seeds"]) for r in summary) == [(1.0, "1"), (3.0, "1")]
+    for exp, loss in [(tmp_path / "e1", 1.0), (tmp_path / "e2", 3.0)]:
+        _fake_run(exp / "x=1,seed=0", loss)
+        runs = [{"dir": "x=1,seed=0", "point": {"x": 1}, "seed": 0}]
+        plan = {"name": "same", "axes": ["x"], "runs": runs}
+        (exp / "experiment.json").write_text(json.dumps(plan))
+    out = compare([tmp_path / "e1", tmp_path / "e2"], tmp_path / "c2")
+    summary = _final_losses(out)
+    assert sorted((float(r["mean"]), r["n_seeds"]) for r in summary) == [(1.0, "1"), (3.0, "1")]
+    table = [ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| experiment | x |") and len(table) == 3  # header + 2 rows
+
+
+def test_each_grid_point_shows_its_own_last_layer(tmp_path):
+    """A grid over model.n_layer: the probe column of every point is its own deepest layer."""
+    rows = []
+    for x, n_layer in [(1, 2), (2, 4)]:
+        for layer in range(n_layer + 1):
+            rows += [
+                {
+                    "experiment": "e",
+                    "x": x,
+                    "stage": "probe",
+                    "metric": "probe_accuracy",
+                    "target": "ancestor",
+                    "window": "all",
+                    "level": 1,
+                    "layer": layer,
+                    "model": "trained",
+                    "value": 0.5 + 0.1 * layer,
+                }
+            ]
+    text = compare_markdown([], ["x"], aggregate(rows, ["x"]), {}, Path(tmp_path))
+    body = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
+    cells = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in body}
+    assert cells["1"].startswith("0.7") and cells["2"].startswith("0.9")
