@@ -244,7 +244,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     print("\n".join(plan_lines(exp, todo, estimate=bool(todo))))
     if args.dry_run:
         return 0
+    plan_file = exp.out / "experiment.json"
+    plan_before = plan_file.read_text() if plan_file.is_file() else None
     states, ran = sweep(exp)
+    selected = {spec.dir.name for spec in exp.runs}  # --only: the others are not this sweep's
+    states = {name: state for name, state in states.items() if name in selected}
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state["state"]] = counts.get(state["state"], 0) + 1
@@ -253,7 +257,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         if state["state"] != "done":
             print(f"  {name}: {state['state']}: {state.get('error') or ''}", file=sys.stderr)
     report = exp.out / "compare"
-    if ran or not (report / "results.csv").is_file():
+    # compared again when a run ran, or when the plan changed (a grid value added or removed)
+    if ran or plan_file.read_text() != plan_before or not (report / "results.csv").is_file():
         print(f"wrote {compare([exp.out], report)}/ (results.csv, report.md, report.html)")
     if counts.get("interrupted"):
         return 130

@@ -79,7 +79,8 @@ class Experiment:
     base: Path
     stages: list[str]
     executor: dict[str, Any]
-    runs: list[RunSpec] = field(default_factory=list)
+    runs: list[RunSpec] = field(default_factory=list)  # to run: those matching --only
+    all_runs: list[RunSpec] = field(default_factory=list)  # every grid point x seed
     axes: list[str] = field(default_factory=list)  # grid keys, in file order
 
     def plan(self) -> dict[str, Any]:
@@ -99,7 +100,7 @@ class Experiment:
                     "overrides": r.overrides,
                     "config": r.config.to_dict(),
                 }
-                for r in self.runs
+                for r in self.all_runs
             ],
         }
 
@@ -250,8 +251,6 @@ def load_experiment(
     configs: dict[str, dict] = {}
     for point in points:
         for seed in seeds:
-            if not all(_matches(point, seed, k, v) for k, v in filters):
-                continue
             parts = [f"{k}={_dir_part(v)}" for k, v in point.items()] + [f"seed={seed}"]
             dirname = ",".join(parts)
             if len(dirname.encode()) > MAX_DIR_BYTES:
@@ -291,7 +290,10 @@ def load_experiment(
                     f"(seed {seed}); list each value once"
                 )
             configs[same] = point
-            exp.runs.append(RunSpec(exp.out / dirname, point, seed, items, cfg))
+            spec = RunSpec(exp.out / dirname, point, seed, items, cfg)
+            exp.all_runs.append(spec)
+            if all(_matches(point, seed, k, v) for k, v in filters):
+                exp.runs.append(spec)
     if not exp.runs:
         raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
     exp.stages = list(exp.runs[0].config.stages)

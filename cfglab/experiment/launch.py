@@ -75,7 +75,7 @@ def check_run_folders(exp: Experiment) -> None:
         )
     grammars: dict[str, object] = {}
     stale = []
-    for spec in exp.runs:
+    for spec in exp.all_runs:
         if not (spec.dir / "ckpt").is_dir() or not (spec.dir / rundir.CONFIG).is_file():
             continue  # never trained, or killed before its first checkpoint: trained afresh
         section = json.dumps(spec.config.to_dict()["grammar"], sort_keys=True)
@@ -208,7 +208,7 @@ def _pool_run(job: dict[str, Any]) -> dict[str, Any]:
 def write_status(exp: Experiment) -> dict[str, dict]:
     """status.json: every run's state (pending when it has not started)."""
     states = {}
-    for spec in exp.runs:
+    for spec in exp.all_runs:
         path = spec.dir / RUN_STATUS
         try:
             states[spec.dir.name] = json.loads(path.read_text())

@@ -430,3 +430,23 @@ def test_a_run_held_by_another_process_is_not_run_twice(tmp_path):
         status = run_one(_job(spec))
     assert status["state"] == "failed" and "pid 4242" in status["error"]
     assert not (spec.dir / "config.json").exists()  # nothing was trained
+
+
+def test_only_runs_a_part_and_keeps_the_whole_plan(tmp_path):
+    """--only runs the matching grid points; experiment.json and status.json still hold every
+    run (a later compare of the folder sees the whole experiment)."""
+    data = yaml.safe_load(experiment(tmp_path).read_text())
+    data["set"].update({"train.max_steps": 4, "train.log_every": 2, "train.ckpt_every": 4})
+    data.update(seeds=[0], stages=["train"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(data))
+    assert cli.main(["sweep", str(exp), "--workers", "1", "--only", "model.position=abs"]) == 0
+    out = tmp_path / "runs" / "smoke"
+    plan = json.loads((out / "experiment.json").read_text())
+    assert [r["dir"] for r in plan["runs"]] == [
+        f"model.position={p},seed=0" for p in ("abs", "rot")
+    ]
+    status = json.loads((out / "status.json").read_text())
+    assert status["model.position=abs,seed=0"]["state"] == "done"
+    assert status["model.position=rot,seed=0"]["state"] == "pending"
+    assert not (out / "model.position=rot,seed=0").exists()
