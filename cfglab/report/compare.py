@@ -28,6 +28,7 @@ from cfglab import rundir
 from cfglab.errors import CfglabError
 
 FIXED = ["experiment", "run", "seed", "stage", "metric"]
+REPORT_FILES = ["results.csv", "summary.csv", "report.md", "report.html"]
 QUALIFIERS = [
     "step",  # the checkpoint of a dynamics row (other rows: the run's final model)
     "cut",
@@ -170,7 +171,19 @@ def group_axes(runs: list[RunEntry], axes: list[str]) -> list[str]:
 
 
 def run_rows(run: RunEntry) -> list[dict]:
-    """One run's tidy rows (without the experiment/axis columns)."""
+    """One run's tidy rows (without the experiment/axis columns); CfglabError naming the run
+    when a result file parses but is not in the shape this cfglab writes."""
+    try:
+        return _run_rows(run)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise CfglabError(
+            f"{run.dir}: a result file is not in the shape this cfglab writes ({type(exc).__name__}"
+            f": {exc}); rerun that run's stages (cfglab eval / probe / attention / dynamics "
+            f"{run.dir})"
+        ) from None
+
+
+def _run_rows(run: RunEntry) -> list[dict]:
     rows: list[dict] = []
     metrics = rundir.read_metrics(run.dir)
     for key, metric in (("loss", "final_loss"), ("val_loss", "final_val_loss")):
@@ -339,12 +352,20 @@ def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
             pooled_ci_low=None,
             pooled_ci_high=None,
         )
-        if row["metric"] in PROPORTIONS and all(m.get("n") for m in members):
-            n = sum(int(m["n"]) for m in members)
-            k = sum(round(float(m["value"]) * int(m["n"])) for m in members)
+        counted = [m for m in members if m.get("n") and _finite(m.get("value"))]
+        if row["metric"] in PROPORTIONS and counted and len(counted) == len(members):
+            n = sum(int(m["n"]) for m in counted)
+            k = sum(round(float(m["value"]) * int(m["n"])) for m in counted)
             row["pooled_ci_low"], row["pooled_ci_high"] = wilson_interval(k, n)
         out.append(row)
     return out
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
@@ -368,6 +389,17 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     if out is None:
         out = Path(paths[0]) / "compare" if len(paths) == 1 else Path("compare")
     out = Path(out)
+    # every run read and aggregated before anything is written: a bad result file leaves the
+    # last good report in place
+    rows = tidy_rows(runs, axes)
+    agg = aggregate(rows, axes)
+    for name, folder in [(n, False) for n in REPORT_FILES] + [("figures", True)]:
+        path = out / name
+        if path.exists() and path.is_dir() != folder:
+            raise CfglabError(
+                f"--out {out}: {path} is a {'file' if folder else 'folder'} where the report "
+                f"writes its {name}; move it away or give another --out"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, or no permission
@@ -375,9 +407,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
             f"--out {out}: cannot make the report folder there ({exc.strerror}); give a folder "
             "path that is not a file"
         ) from None
-    rows = tidy_rows(runs, axes)
     write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
-    agg = aggregate(rows, axes)
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     write_csv(
         agg,

@@ -153,3 +153,38 @@ def test_each_grid_point_shows_its_own_last_layer(tmp_path):
     body = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
     cells = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in body}
     assert cells["1"].startswith("0.7") and cells["2"].startswith("0.9")
+
+
+def test_compare_survives_nan_and_refuses_misshapen_results_before_writing(tmp_path, capsys):
+    """A NaN proportion (a metric with no defined value) is left out of the intervals; a result
+    file of another shape, or a folder where results.csv goes, is one error line, exit 2, and
+    the last good report stays as it was."""
+    from cfglab import cli, rundir
+
+    good = _fake_run(tmp_path / "good", 1.0)
+    nan = _fake_run(tmp_path / "nan", 2.0, seed=1)
+    for run, value in [(good, 0.5), (nan, float("nan"))]:
+        row = {"family": "accuracy", "metric": "accuracy", "cut": 0, "temperature": 1.0}
+        row.update(value=value, n=10)
+        rundir.write_result(run, "eval/summary", {"rows": [row]})
+    out = tmp_path / "report"
+    assert cli.main(["compare", str(good), str(nan), "--out", str(out)]) == 0
+    before = (out / "results.csv").read_text()
+    bad = _fake_run(tmp_path / "bad", 3.0, seed=2)
+    rundir.write_result(bad, "analyze/probe", {"tables": [{"target": "ancestor"}]})
+    for args, needle in [
+        ([str(good), str(bad), "--out", str(out)], f"{bad}: a result file is not in the shape"),
+        ([str(good), str(bad), "--out", str(tmp_path / "new")], "not in the shape"),
+        ([str(good), "--out", str(tmp_path / "odd")], "is a folder where the report writes"),
+    ]:
+        (tmp_path / "odd" / "results.csv").mkdir(parents=True, exist_ok=True)
+        capsys.readouterr()
+        assert cli.main(["compare", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cfglab: error: ") and needle in err and "\n" not in err
+    assert (out / "results.csv").read_text() == before
+    assert not (tmp_path / "new").exists()
+    capsys.readouterr()
+    assert cli.main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cfglab: error: {bad}") and "\n" not in err
