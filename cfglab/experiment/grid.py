@@ -37,6 +37,7 @@ OWNED = {
     "out_dir": "runs go to <out_dir>/<name>/...: set out_dir at the top of the experiment file",
     "stages": "set stages at the top of the experiment file",
 }
+PATH_OVERRIDES = ("grammar.name", "data.dataset")  # file paths: see _near
 MAX_DIR_BYTES = 255  # a folder name, in bytes, on common file systems (ext4, APFS, NTFS)
 TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
 EXECUTORS = ("local", "slurm")
@@ -246,7 +247,7 @@ def load_experiment(
     )
     filters = _filters(path, only or [], grid)
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-    common_items = [f"{k}={_value_text(v)}" for k, v in common.items()]
+    common_items = [f"{k}={_value_text(_near(path, k, v))}" for k, v in common.items()]
     seen: dict[str, dict] = {}
     configs: dict[str, dict] = {}
     for point in points:
@@ -267,7 +268,7 @@ def load_experiment(
             seen[dirname] = point
             items = [
                 *common_items,
-                *(f"{k}={_value_text(v)}" for k, v in point.items()),
+                *(f"{k}={_value_text(_near(path, k, v))}" for k, v in point.items()),
                 f"train.seed={seed}",
                 f"data.seed={seed}",
                 f"name={dirname}",
@@ -298,6 +299,18 @@ def load_experiment(
         raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
     exp.stages = list(exp.runs[0].config.stages)
     return exp
+
+
+def _near(path: Path, key: str, value: Any) -> Any:
+    """A file path given in the experiment file (grammar.name, data.dataset) that exists beside
+    it, made absolute: paths are read from the file that names them, as base: is. Others go on
+    to the base config's folder, then the working directory (cfglab.config.load)."""
+    from cfglab.grammar import BUILTIN_GRAMMARS
+
+    if key not in PATH_OVERRIDES or not isinstance(value, str) or value in BUILTIN_GRAMMARS:
+        return value
+    local = path.parent / value
+    return str(local.resolve()) if not Path(value).is_absolute() and local.exists() else value
 
 
 def _filters(path: Path, only: list[str], grid: dict) -> list[tuple[str, str]]:

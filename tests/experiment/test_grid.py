@@ -144,3 +144,26 @@ def test_a_mapping_value_is_merged_into_its_section(tmp_path):
             base.eval.temperatures,
         )
         assert c.train.seed == r.seed  # later dotted overrides still find the section
+
+
+def test_a_grammar_path_is_read_from_the_experiment_files_folder(tmp_path, monkeypatch):
+    """grammar.name in set:/grid: names a file beside the experiment file (as base: does),
+    whatever the working directory."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    quick = (ROOT / "configs" / "grammars" / "quickstart.cfg").read_text()
+    (folder / "local.cfg").write_text(quick)
+    (folder / "sib.cfg").write_text(quick.replace("13 -> 10 12 |", "13 -> 10 12 10 |"))
+    p = folder / "e.yaml"
+    p.write_text(
+        f"name: t\nbase: {ROOT / 'configs' / 'quickstart.yaml'}\n"
+        "grid:\n  grammar.name: [local.cfg, sib.cfg]\n"
+        f"out_dir: {tmp_path / 'runs'}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the experiment's folder
+    runs = load_experiment(p).runs
+    assert [Path(r.config.grammar.name) for r in runs] == [folder / "local.cfg", folder / "sib.cfg"]
+    assert [r.point["grammar.name"] for r in runs] == ["local.cfg", "sib.cfg"]  # as written
+    # the shipped positions.yaml names a grammar beside its base config: still found there
+    exp = load_experiment(ROOT / "configs" / "experiments" / "positions.yaml")
+    assert Path(exp.runs[0].config.grammar.name) == ROOT / "configs" / "grammars" / "deep.cfg"
