@@ -179,6 +179,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
     from cfglab.data.noise import corrupt
     from cfglab.data.vocab import Vocab
     from cfglab.grammar import load
+    from cfglab.grammar.syntax import natural_key
 
     _check_float("--rate", args.rate, 0.0, 1.0, open_lo=False)
     _check_int("--seed", args.seed, 0, "give a seed >= 0")
@@ -197,9 +198,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
                 f"terminal{'s' if need == 2 else ''} to choose from; "
                 "give the terminal set with --grammar"
             )
-        vocab = Vocab(
-            tuple(sorted(seen, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s)))
-        )
+        vocab = Vocab(tuple(sorted(seen, key=natural_key)))
     strings = encode_lines(vocab, lines, args.file)
     noisy = corrupt(strings, len(vocab.terminals), args.rate, args.seed, tuple(args.kinds))
     names = np.array(vocab.token_names(), dtype=object)

@@ -235,7 +235,7 @@ def kept_steps(spec: list[int] | str, max_steps: int) -> list[int]:
     max_steps (rounded, duplicates merged, max_steps included). ValueError if malformed."""
     if isinstance(spec, str):
         head, _, count = spec.partition(":")
-        if head != "log" or not count.isdigit() or int(count) < 1:
+        if head != "log" or not count.isdecimal() or int(count) < 1:
             raise ValueError(f"{spec!r} is not log:N (N >= 1)")
         n = int(count)
         if n == 1:

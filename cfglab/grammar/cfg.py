@@ -46,10 +46,10 @@ from cfglab.grammar.moments import length_moments
 from cfglab.grammar.syntax import (
     _check_terminal,
     _fail,
-    _natural_key,
     _quote,
     _read_line,
     _strip_comment,
+    natural_key,
 )
 
 PROB_TOLERANCE = 1e-6  # how far an NT's rule probabilities may sum away from 1
@@ -271,7 +271,7 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
                     "terminal",
                 )
     t_names = list(t_seen)
-    t_names.sort(key=_natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
+    t_names.sort(key=natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
     n_nt = len(nt_names)
     t_index = {n: n_nt + i for i, n in enumerate(t_names)}
 

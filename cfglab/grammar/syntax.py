@@ -53,8 +53,12 @@ def _check_terminal(name: str, source: str, line_no: int) -> None:
         )
 
 
-def _natural_key(name: str) -> tuple:
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+def natural_key(name: str) -> tuple:
+    """The vocabulary's order of terminal names: numbers by value ('1' < '2' < '10'), then the
+    other names; a total order (ties such as '1' / '01' broken by the text), so the ids never
+    depend on where a terminal first appears (a run's grammar.cfg reads back with its ids).
+    isdecimal, not isdigit: '²' is a digit that int() refuses."""
+    return (0, int(name), name) if name.isdecimal() else (1, 0, name)
 
 
 def _strip_comment(line: str) -> str:

@@ -210,3 +210,25 @@ def test_terminals_the_strings_format_cannot_carry_are_rejected():
     ]:
         with pytest.raises(GrammarError, match=phrase):
             Grammar.from_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "S -> A 'x'\nA -> '01'\nS -> '1' 'y'\n",  # '01' appears before '1'
+        "S -> '1' 'y' | A 'x'\nA -> '01'\n",  # '1' appears before '01'
+        "S -> '00' '0' | '007' '7'\n",
+    ],
+)
+def test_terminals_of_one_value_get_ids_by_their_text(text):
+    """'1' and '01' (equal as numbers) are ordered by their text, not by where each first
+    appears: the rewritten text (a run's grammar.cfg) reads back with the same ids."""
+    g = Grammar.from_text(text)
+    assert Grammar.from_text(g.to_text()) == g
+    numbers = [t for t in g.terminals if t.isdecimal()]
+    assert numbers == sorted(numbers, key=lambda t: (int(t), t))
+
+
+def test_a_digit_that_is_not_a_number_is_a_plain_name():
+    g = Grammar.from_text("S -> '²' 'a' | '2'\n")  # '²'.isdigit() but int('²') fails
+    assert g.terminals == ("2", "a", "²")
