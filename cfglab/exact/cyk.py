@@ -143,7 +143,7 @@ def count_parses(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[int]:
     """Number of distinct derivation trees of each string (exact; 0 if rejected)."""
     nf = normal_form(grammar)
     by_parent = _rules_by_parent(nf)
-    ucount = nf.ustar_count.astype(object)
+    ucount = _unary_chain_counts(nf)
     counts = []
     for s, x in enumerate(check_strings(grammar, strings)):
         chart = _chart(nf, x, where=f"string {s}: ")
@@ -162,10 +162,38 @@ def count_parses(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[int]:
                         if k < j and right is not None and c in right:
                             total += cnt[(i, k)].get(b, 0) * right[c]
                 pre[a] = total
-            cnt[(i, j)] = {a: sum(ucount[a, b] * v for b, v in pre.items()) for a in syms}
+            cnt[(i, j)] = {a: sum(ucount[a].get(b, 0) * v for b, v in pre.items()) for a in syms}
             ends_from.setdefault(i, []).append(j)
         counts.append(int(cnt[(0, len(x))].get(0, 0)))
     return counts
+
+
+def _unary_chain_counts(nf: NormalForm) -> list[dict[int, int]]:
+    """counts[A][B]: the number of unary chains A =>* B (1 for A = B), exact Python ints (they
+    grow like 2^depth), by a walk of the acyclic unary graph from the leaves up."""
+    children: list[list[int]] = [[] for _ in range(nf.n_sym)]
+    for a, b, _ in nf.unary:
+        children[a].append(b)
+    counts: list[dict[int, int] | None] = [None] * nf.n_sym
+
+    def of(a: int) -> dict[int, int]:
+        stack = [a]
+        while stack:  # iterative post-order: unary chains can be thousands deep
+            top = stack[-1]
+            todo = [c for c in children[top] if counts[c] is None]
+            if todo:
+                stack += todo
+                continue
+            stack.pop()
+            if counts[top] is None:
+                row = {top: 1}
+                for c in children[top]:
+                    for b, k in counts[c].items():
+                        row[b] = row.get(b, 0) + k
+                counts[top] = row
+        return counts[a]
+
+    return [of(a) for a in range(nf.n_sym)]
 
 
 def parse(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[Tree | None]:

@@ -52,7 +52,6 @@ class NormalForm:
     # unary rules A -> B and their closure U* = I + U + U^2 + ... (finite: U is nilpotent)
     unary: tuple[tuple[int, int, float], ...]  # (A, B, p)
     ustar: np.ndarray  # (N, N) float64: ustar[A, B] = P(A =>* B by unary rules), diagonal 1
-    ustar_count: np.ndarray  # (N, N) int64: number of unary chains A =>* B
     # the closure applied by column: for B, the A != B with ustar[A, B] > 0
     up_off: np.ndarray  # (N+1,) int64
     up_sym: np.ndarray  # (M,) int64: A
@@ -171,20 +170,23 @@ def _build(g: Grammar) -> NormalForm:
     bin_right = np.array([r[2] for r in binary], dtype=np.int64)
     bin_p = np.array([r[3] for r in binary], dtype=np.float64)
 
-    # unary closure by powers: U is nilpotent (acyclic), so the sum is finite and exact in counts
+    # unary closure by powers: U is nilpotent (acyclic), so the sum is finite. Which chains
+    # exist is tracked as booleans: chain counts grow like 2^depth and would wrap in int64
+    # (count_parses counts them exactly, in Python ints)
     u = np.zeros((n, n))
-    uc = np.zeros((n, n), dtype=np.int64)
     for a, b, p in unary:
         u[a, b] += p
-        uc[a, b] += 1
-    ustar, ustar_count = np.eye(n), np.eye(n, dtype=np.int64)
-    power, power_c = np.eye(n), np.eye(n, dtype=np.int64)
+    has_unary = u > 0
+    ustar, power = np.eye(n), np.eye(n)
+    power_b = np.eye(n, dtype=bool)
     for _ in range(n):
-        power, power_c = power @ u, power_c @ uc
-        if not power_c.any():
+        power = power @ u
+        power_b = (power_b.astype(np.float32) @ has_unary.astype(np.float32)) > 0
+        if not power_b.any():
             break
-        ustar, ustar_count = ustar + power, ustar_count + power_c
-    up = [(b, a, ustar[a, b]) for a in range(n) for b in range(n) if a != b and ustar_count[a, b]]
+        ustar = ustar + power
+    chains = _reachability(has_unary)  # A =>* B by unary rules (reflexive)
+    up = [(b, a, ustar[a, b]) for a in range(n) for b in range(n) if a != b and chains[a, b]]
     up_off, up_sym, up_p = _group(up, n)
 
     # left corners: P_L[A, B] = total probability of A's rules whose first symbol is B
@@ -217,7 +219,6 @@ def _build(g: Grammar) -> NormalForm:
         bin_p=bin_p,
         unary=tuple(unary),
         ustar=ustar,
-        ustar_count=ustar_count,
         up_off=up_off,
         up_sym=up_sym,
         up_p=up_p,

@@ -233,3 +233,23 @@ def test_sampler_strings_are_accepted_and_cfg3b_labels_match(name):
             np.testing.assert_array_equal(sub, batch.subtree[:, a:b])
             np.testing.assert_array_equal(bnd, batch.is_boundary[:, a:b])
             np.testing.assert_array_equal(tree.spans(), batch.spans[s])
+
+
+@pytest.mark.parametrize("depth", [8, 65, 130])
+def test_unary_chains_beyond_int64_are_counted_exactly(depth):
+    """A0 -> A1 | B1, Ai / Bi -> Ai+1 | Bi+1, A_depth -> 'a', B_depth -> 'b': 2^(depth-1) unary
+    chains reach each leaf (2^64 would wrap to 0 in int64 and make 'a' a non-sentence). Closed
+    forms: 'a' and 'b' are the sentences, each with probability 1/2 and 2^(depth-1) parses."""
+    from cfglab.exact import inside
+    from cfglab.grammar import Grammar
+
+    lines = ["A0 -> A1 | B1"]
+    for i in range(1, depth):
+        lines += [f"A{i} -> A{i + 1} | B{i + 1}", f"B{i} -> A{i + 1} | B{i + 1}"]
+    lines += [f"A{depth} -> 'a'", f"B{depth} -> 'b'"]
+    g = Grammar.from_text("\n".join(lines) + "\n")
+    vocab = Vocab.from_grammar(g)
+    strings = [vocab.encode(["a"]), vocab.encode(["b"]), vocab.encode(["a", "b"])]
+    assert cyk.recognize(g, strings).tolist() == [True, True, False]
+    assert cyk.count_parses(g, strings) == [2 ** (depth - 1)] * 2 + [0]
+    assert np.allclose(np.exp(inside.log_prob(g, strings[:2])), [0.5, 0.5])
