@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from cfglab.cli_tools import (
     run_prob,
     run_sample,
 )
-from cfglab.errors import CfglabError, ConfigError
+from cfglab.errors import CfglabError, ConfigError, GrammarWarning
 
 # stage -> [(flag, config key, nargs, help)]; nargs "+" gives a list, 0 a switch that sets False
 STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
@@ -364,7 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """cfglab's own warnings (GrammarWarning: an unreachable nonterminal, ...) as one line in
+    the CLI's voice; others as Python prints them."""
+    if issubclass(category, GrammarWarning):
+        print(f"cfglab: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][2](args)

@@ -63,3 +63,23 @@ def test_real_process_prints_no_traceback_and_does_not_hang():
 def test_unknown_grammar_name(capsys):
     assert main(["grammar", "show", "cfg3q"]) == 2
     assert "unknown grammar 'cfg3q'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["sample", "-n", "1"], ["parse"], ["prob"]])
+def test_a_grammar_warning_is_one_line_in_every_command(tmp_path, command):
+    """An unreachable nonterminal is a warning: one `cfglab: warning:` line (not Python's
+    two-line 'file:line: GrammarWarning' form), and the command still works."""
+    g = tmp_path / "g.cfg"
+    g.write_text("S -> 'a' | 'b'\nU -> 'c'\n")
+    (tmp_path / "s.txt").write_text("a\n")
+    args = [command[0], str(g), *command[1:]]
+    if command[0] != "sample":
+        args.append(str(tmp_path / "s.txt"))
+    result = subprocess.run(
+        [sys.executable, "-m", "cfglab", *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"cfglab: warning: {g}:2: nonterminal 'U' is not reachable from the start symbol 'S'; "
+        "its rules are never used"
+    ]

@@ -47,6 +47,8 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
         idx = data["idx"]
         symbols = data["all"]
         n_levels = len(idx)
+        if n_levels < 2 or not idx[0]:
+            raise ValueError("'idx' needs a level of nonterminals above the terminals")
         nt_levels = [[str(i) for i in level] for level in idx[:-1]]
         terminals = [str(i) for i in sorted(idx[-1])]
         nt_names = [s for level in nt_levels for s in level]
@@ -61,7 +63,7 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
                 if not children or any(not child for child in children):
                     raise ValueError(f"'all'[{lev}][{k}] has an empty rule or no rules")
                 for child in children:
-                    if any(not isinstance(c, int) or not 0 <= c < len(below) for c in child):
+                    if any(type(c) is not int or not 0 <= c < len(below) for c in child):
                         raise IndexError(f"'all'[{lev}][{k}] names a child outside level {lev + 1}")
                     rhs = tuple(
                         t_id[below[c]] if lev + 1 == n_levels - 1 else nt_id[below[c]]

@@ -413,3 +413,13 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
             f"≥ 1 in the recursion through {', '.join(repr(g.nonterminals[a]) for a in comp[:5])}"
             f"{' ...' if len(comp) > 5 else ''}): lower the probabilities of the recursive rules",
         )
+    if len(reachable) < g.n_nt:  # never used, but the exact algorithms' closures include them
+        _, _, radius, comp = length_moments(g)
+        if radius >= 1.0 - 1e-9:
+            raise _fail(
+                source,
+                line_of[comp[0]],
+                f"unreachable nonterminal {g.nonterminals[comp[0]]!r} has an infinite expected "
+                f"length (spectral radius {radius:.4g} ≥ 1): remove its rules (they are never "
+                "used) or lower the probabilities of its recursive rules",
+            )

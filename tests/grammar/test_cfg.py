@@ -232,3 +232,20 @@ def test_terminals_of_one_value_get_ids_by_their_text(text):
 def test_a_digit_that_is_not_a_number_is_a_plain_name():
     g = Grammar.from_text("S -> '²' 'a' | '2'\n")  # '²'.isdigit() but int('²') fails
     assert g.terminals == ("2", "a", "²")
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"idx": [[0]], "all": []}, "needs a level of nonterminals"),  # terminals only
+        ({"idx": [], "all": []}, "needs a level of nonterminals"),
+        ({"idx": [[5], [1, 2]], "all": [[{"children": [[True]]}]]}, "outside level 1"),
+    ],
+)
+def test_malformed_authors_json_is_one_clear_error(tmp_path, data, needle):
+    import json
+
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GrammarError, match=needle):
+        load(str(path))
