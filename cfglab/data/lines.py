@@ -30,6 +30,7 @@ import numpy as np
 
 from cfglab.data.vocab import Vocab
 from cfglab.errors import PathError
+from cfglab.grammar.syntax import physical_lines
 
 
 def read_text(path: str | Path, what: str = "a text file with one string per line") -> str:
@@ -59,14 +60,14 @@ def read_text(path: str | Path, what: str = "a text file with one string per lin
 def read_token_lines(path: str | Path) -> list[list[str]]:
     """Tokens of every line of a strings file; a blank line is the empty string."""
     what = "a text file with one string per line, terminals separated by spaces"
-    return [line.split() for line in read_text(path, what).splitlines()]
+    return [line.split() for line in physical_lines(read_text(path, what))]
 
 
 def read_prompts(path: str | Path) -> list[tuple[int, list[str]]]:
     """(line number, tokens) of every prompt of a prompts file, blank lines skipped; a file
     without any prompt is a PathError."""
     what = "a text file with one prompt per line, terminals separated by spaces"
-    lines = read_text(path, what).splitlines()
+    lines = physical_lines(read_text(path, what))
     prompts = [(i, line.split()) for i, line in enumerate(lines, start=1) if line.strip()]
     if not prompts:
         raise PathError(

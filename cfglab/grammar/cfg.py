@@ -50,6 +50,7 @@ from cfglab.grammar.syntax import (
     _read_line,
     _strip_comment,
     natural_key,
+    physical_lines,
 )
 
 PROB_TOLERANCE = 1e-6  # how far an NT's rule probabilities may sum away from 1
@@ -210,7 +211,7 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
     start_line = 0
     # (lhs, [(is_terminal, name)], prob or None, line_no)
     raw: list[tuple[str, list[tuple[bool, str]], float | None, int]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(physical_lines(text), start=1):
         body = (
             line.split("#", 1)[0] if "'" not in line and '"' not in line else _strip_comment(line)
         )

@@ -53,6 +53,16 @@ def _check_terminal(name: str, source: str, line_no: int) -> None:
         )
 
 
+def physical_lines(text: str) -> list[str]:
+    """The lines of a text file as Python's universal newlines read them (\n, \r\n or \r ends
+    a line), where str.splitlines() also splits at \f, \x1c-\x1e, \x85, U+2028 and U+2029:
+    its n-th line would not be the file's n-th line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no line of its own
+    return lines
+
+
 def natural_key(name: str) -> tuple:
     """The vocabulary's order of terminal names: numbers by value ('1' < '2' < '10'), then the
     other names; a total order (ties such as '1' / '01' broken by the text), so the ids never
