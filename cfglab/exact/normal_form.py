@@ -62,6 +62,8 @@ class NormalForm:
     lc_off: np.ndarray  # (N+1,) int64
     lc_sym: np.ndarray  # (Q,) int64
     lc_p: np.ndarray  # (Q,) float64
+    # why exact probabilities cannot be computed (a path of probability below ~1e-308), or None
+    underflow: str | None = None
 
     @property
     def has_unary(self) -> bool:
@@ -198,6 +200,19 @@ def _build(g: Grammar) -> NormalForm:
     lc = np.linalg.solve(np.eye(n) - p_left, np.eye(n))
     reach = _reachability(p_left > 0)
     lc = np.where(reach, np.maximum(lc, 0.0), 0.0)  # exact zeros where no left-corner path
+    # a path that exists but whose probability is below the smallest float (a chain of
+    # hundreds of levels, or rules of probability 1e-200) would make sentences probability 0
+    # (recognition and parsing need only which paths exist: they are unaffected)
+    lost = (reach & (lc <= 0.0)) | (chains & (ustar <= 0.0))
+    underflow = None
+    if lost.any():
+        a, b = (int(v) for v in np.argwhere(lost)[0])
+        underflow = (
+            f"{g.name or 'the grammar'}: the probability that {names[a]!r} starts with "
+            f"{names[b]!r} is below the smallest floating-point number (about 1e-308), so exact "
+            "probabilities would be 0 for strings the grammar derives: use a shallower grammar "
+            "or larger rule probabilities"
+        )
     lc_off, lc_sym, lc_p = _group(
         [(c, d, lc[c, d]) for c in range(n) for d in range(n) if reach[c, d]], n
     )
@@ -226,6 +241,7 @@ def _build(g: Grammar) -> NormalForm:
         lc_off=lc_off,
         lc_sym=lc_sym,
         lc_p=lc_p,
+        underflow=underflow,
     )
 
 

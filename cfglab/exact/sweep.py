@@ -412,6 +412,8 @@ def run(
 
     Returns (log_c (n,), eos (n+1,), rows (n+1 or 0, T+1), first_error, cell_start, end_off,
     ent_off, ent_sym, ent_val) as documented in `_advance`."""
+    if is_prob and nf.underflow:
+        raise ExactError(nf.underflow)
     x = np.ascontiguousarray(x, dtype=np.int64)
     n = len(x)
     check_size(nf, n, want_rows, where)
@@ -441,6 +443,8 @@ def run(
 def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
     """(first_error, end weight, sum log c) per string: chunks of whole strings per compiled
     call, a string that does not fit in one call's budget swept alone by `run`."""
+    if is_prob and nf.underflow:
+        raise ExactError(nf.underflow)
     b = len(strings)
     lengths = np.fromiter((len(x) for x in strings), dtype=np.int64, count=b)
     offsets = np.zeros(b + 1, np.int64)

@@ -176,3 +176,20 @@ def test_non_sentences_and_bad_tokens():
         inside.next_token_dist(g, [np.array([1, 0])])
     (rows,) = inside.next_token_dist(g, [np.array([], np.int64)])
     assert rows.shape == (1, 4) and rows[0].sum() == pytest.approx(1.0)
+
+
+def test_a_probability_below_the_float_range_is_an_error_not_zero():
+    """A left-corner chain of 1,100 levels at 1/2 each (P = 2^-1100 < 1e-308): recognition still
+    works, and exact probabilities refuse with an ExactError instead of returning -inf for a
+    sentence."""
+    from cfglab.errors import ExactError
+    from cfglab.grammar import Grammar
+
+    depth = 1100
+    lines = ["%start A0"] + [f"A{i} -> A{i + 1} 'c' [0.5] | 'b' [0.5]" for i in range(depth)]
+    g = Grammar.from_text("\n".join(lines + [f"A{depth} -> 'a' [1.0]"]) + "\n")
+    vocab = Vocab.from_grammar(g)
+    deep = vocab.encode(["a"] + ["c"] * depth)
+    assert cyk.recognize(g, [deep]).tolist() == [True]
+    with pytest.raises(ExactError, match="below the smallest floating-point number"):
+        inside.log_prob(g, [deep])
