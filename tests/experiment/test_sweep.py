@@ -202,7 +202,8 @@ def test_the_submitit_path_runs_the_smoke_grid_locally(tmp_path):
 
     exp = load_experiment(experiment(tmp_path), only=["seed=0"])
     states, ran = sweep(exp, cluster="local")
-    assert ran == 2 and {s["state"] for s in states.values()} == {"done"}
+    assert ran == 2 and {states[spec.dir.name]["state"] for spec in exp.runs} == {"done"}
+    assert {s["state"] for n, s in states.items() if n.endswith("seed=1")} == {"pending"}
     for spec in exp.runs:
         assert (spec.dir / "eval" / "accuracy.json").is_file()
         assert "== cfglab run: eval" in (spec.dir / "log.txt").read_text()
