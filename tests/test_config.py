@@ -106,6 +106,10 @@ def test_int_accepted_for_float_and_yaml_exponent(tmp_path: Path) -> None:
         ("train: [\n", None, "not valid YAML"),
         ("base: nothere.yaml\n", None, "base: nothere.yaml not found"),
         ("", "train.lr", "is not key=value"),
+        # a value listed twice would be measured twice (duplicate result rows)
+        ("", "eval.cuts=[0, 0]", "eval.cuts [0, 0] lists a value twice"),
+        ("", "eval.temperatures=[1, 1.0]", "eval.temperatures [1.0, 1.0] lists a value twice"),
+        ("", "probe.windows=[all, all]", "probe.windows ['all', 'all'] lists a value twice"),
     ],
 )
 def test_bad_configs_name_the_problem(

@@ -439,6 +439,14 @@ def _validate(cfg: ExperimentConfig) -> None:
         )
     if not p.windows:
         raise ConfigError("probe.windows is empty; give at least one, e.g. [all]")
+    for key, values in (
+        ("eval.cuts", e.cuts),
+        ("eval.temperatures", e.temperatures),
+        ("eval.corrupt", e.corrupt),
+        ("probe.windows", p.windows),
+    ):
+        if len(set(values)) != len(values):  # 1 and 1.0 too: each value is measured once
+            raise ConfigError(f"{key} {values} lists a value twice; give each once")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name {cfg.name!r} must be a plain directory name (no '/')")
 

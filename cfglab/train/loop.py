@@ -232,6 +232,9 @@ def train(
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_step = t.batch_size * cfg.model.block_size
     keep_steps = frozenset(kept_steps(t.keep_steps, t.max_steps))  # checkpoints never pruned
+    if resume_from is not None:  # and those the run kept so far (a longer run keeps them all)
+        old = rundir.read_run_config(run_dir).train
+        keep_steps |= frozenset(kept_steps(old.keep_steps, old.max_steps))
 
     # ---- master-only files -------------------------------------------------------------------
     writer = None

@@ -134,3 +134,35 @@ def test_the_report_draws_the_dynamics(run):
         "dynamics_kl_level.png",
         "dynamics_heads.png",
     } <= figs
+
+
+def test_a_longer_resumed_run_keeps_the_checkpoints_kept_so_far(tmp_path):
+    """Resuming with a higher max_steps (--allow-changes) moves log:N to new steps; the steps
+    the run kept so far stay (the dynamics stage has measured them and may again)."""
+    import shutil
+
+    out = tmp_path / "run"
+    base = [
+        "--no-progress",
+        "--out",
+        str(out),
+        "--set",
+        "model.preset=tiny",
+        "model.block_size=32",
+        "train.batch_size=4",
+        "train.keep_steps=log:4",
+        "train.ckpt_every=20",
+        "train.keep_last=1",
+        "train.log_every=10",
+        "train.eval_every=20",
+    ]
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    assert cli.main(["train", config, *base, "train.max_steps=40"]) == 0
+    before = [s for s, _ in ckpt.list_checkpoints(out)]
+    assert before == kept_steps("log:4", 40) == [1, 3, 12, 40]
+    longer = ["train", config, "--resume", "--allow-changes", *base, "train.max_steps=80"]
+    assert cli.main(longer) == 0
+    after = [s for s, _ in ckpt.list_checkpoints(out)]
+    # the new schedule's steps past the resume point are kept as well
+    assert set(after) == set(before) | {s for s in kept_steps("log:4", 80) if s > 40}
+    shutil.rmtree(out)
