@@ -204,7 +204,7 @@ def read_metrics(run_dir: str | Path, name: str = METRICS) -> list[dict[str, Any
             if i == len(lines) - 1:
                 continue
             raise CfglabError(
-                f"{path}:{i + 1}: not a JSON object with a step; metrics.jsonl holds one per "
+                f"{path}:{i + 1}: not a JSON object with a step; {path.name} holds one per "
                 "line (fix or delete the line)"
             ) from None
         rows.append(row)

@@ -380,12 +380,13 @@ def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Pat
 
 
 def _build_report(run_dir: str | Path, compare: Sequence[str | Path]) -> Path:
+    # every input read (and checked) before the first figure is written
     res = load_run(run_dir)
+    dynamics = rundir.read_metrics(run_dir, rundir.DYNAMICS)
     out = Path(run_dir) / "report"
     figs = make_figures(res, out / "figures")
     figs.update(plots_analyze.write_analyze_figures(res.analyze, out / "figures"))
     extra = plots_analyze.analyze_markdown(res.analyze, figs, out)
-    dynamics = rundir.read_metrics(run_dir, rundir.DYNAMICS)
     dyn_figs = plots_dynamics.write_dynamics_figures(
         dynamics, res.analyze.get("dynamics"), out / "figures"
     )

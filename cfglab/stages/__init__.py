@@ -56,6 +56,17 @@ STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
 }
 
 
+# the folders of a run each stage writes into (rundir's layout)
+STAGE_FOLDERS = {
+    "train": ("ckpt",),  # train/checkpoint.py's CKPT_DIR (a torch module: not imported here)
+    "eval": (rundir.EVAL,),
+    "probe": (rundir.ANALYZE,),
+    "attention": (rundir.ANALYZE,),
+    "dynamics": (rundir.ANALYZE,),
+    "report": (rundir.REPORT, f"{rundir.REPORT}/figures"),
+}
+
+
 def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     """A hash of the settings a stage's result depends on: the training record (every grammar,
     data, model and train setting but those that change nothing learned), plus the stage's own
@@ -82,6 +93,12 @@ def run_stage(
     (None). Training resumes from its checkpoint when one exists (and skip_done)."""
     from cfglab.train import checkpoint as ckpt
 
+    for folder in STAGE_FOLDERS.get(name, ()):  # before any work: a file where a folder goes
+        path = Path(run_dir) / folder
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"{path} is a file where the {name} stage writes a folder; move it away"
+            )
     key = stage_key(cfg, name)
     if skip_done and rundir.read_stage_marks(run_dir).get(name) == key:
         say(f"== {name}: done earlier with these settings, skipped")

@@ -166,3 +166,34 @@ def test_a_longer_resumed_run_keeps_the_checkpoints_kept_so_far(tmp_path):
     # the new schedule's steps past the resume point are kept as well
     assert set(after) == set(before) | {s for s in kept_steps("log:4", 80) if s > 40}
     shutil.rmtree(out)
+
+
+def test_bad_inputs_to_later_stages_change_nothing(run, tmp_path, capsys):
+    """A damaged analyze/dynamics.jsonl (not its torn last line) makes `cfglab report` refuse
+    before it redraws any figure; a file where a stage writes its folder is refused before the
+    stage runs."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    figures = {p: p.read_bytes() for p in (copy / "report" / "figures").iterdir()}
+    lines = (copy / "analyze" / "dynamics.jsonl").read_text().splitlines()
+    lines[1] = "{bad"
+    (copy / "analyze" / "dynamics.jsonl").write_text("\n".join(lines) + "\n")
+    acc_file = copy / "eval" / "accuracy.json"  # a changed result: figures would be redrawn
+    acc = json.loads(acc_file.read_text())
+    for a in acc["accuracy"]:
+        a["accuracy"] = 1.0 - a["accuracy"]
+    acc_file.write_text(json.dumps(acc))
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cfglab: error: {copy / 'analyze' / 'dynamics.jsonl'}:2: ")
+    assert "dynamics.jsonl holds one per line" in err
+    assert {p: p.read_bytes() for p in (copy / "report" / "figures").iterdir()} == figures
+    shutil.rmtree(copy / "eval")
+    (copy / "eval").write_text("not a folder\n")
+    assert cli.main(["eval", str(copy), "--n", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cfglab: error: {copy / 'eval'} is a file where the eval stage writes a folder; "
+        "move it away"
+    )
