@@ -21,9 +21,11 @@ the command that rewrites it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,21 @@ def read_result(run_dir: str | Path, kind: str) -> dict[str, Any] | None:
             f"{SCHEMA_VERSION}); re-run {writer} on {run_dir}"
         )
     return {k: v for k, v in data.items() if k != "schema"}
+
+
+@contextlib.contextmanager
+def result_shape(run_dir: str | Path) -> Iterator[None]:
+    """Around code that reads a run's result files: a file that parses but is not in the shape
+    this cfglab writes (a key missing, a table a level short) becomes one CfglabError naming
+    the run, instead of the KeyError / ValueError of the line that tripped on it."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise CfglabError(
+            f"{run_dir}: a result file is not in the shape this cfglab writes ({type(exc).__name__}"
+            f": {exc}); rerun the stage that wrote it (cfglab eval / probe / attention / dynamics "
+            f"{run_dir})"
+        ) from None
 
 
 def read_results(run_dir: str | Path, folder: str) -> dict[str, dict[str, Any]]:

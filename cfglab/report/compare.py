@@ -173,14 +173,8 @@ def group_axes(runs: list[RunEntry], axes: list[str]) -> list[str]:
 def run_rows(run: RunEntry) -> list[dict]:
     """One run's tidy rows (without the experiment/axis columns); CfglabError naming the run
     when a result file parses but is not in the shape this cfglab writes."""
-    try:
+    with rundir.result_shape(run.dir):
         return _run_rows(run)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise CfglabError(
-            f"{run.dir}: a result file is not in the shape this cfglab writes ({type(exc).__name__}"
-            f": {exc}); rerun that run's stages (cfglab eval / probe / attention / dynamics "
-            f"{run.dir})"
-        ) from None
 
 
 def _run_rows(run: RunEntry) -> list[dict]:

@@ -369,14 +369,8 @@ def compare_section(run_dir: Path, others: Sequence[str | Path], fig_dir: Path) 
 def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Path:
     """Write RUN_DIR/report/{report.md, report.html, figures/*.png}; returns the report folder.
     `compare`: other run directories whose probe results are put beside this run's."""
-    try:
+    with rundir.result_shape(run_dir):
         return _build_report(run_dir, compare)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise CfglabError(
-            f"{run_dir}: a result file is not in the shape this cfglab writes ({type(exc).__name__}"
-            f": {exc}); rerun the stage that wrote it (cfglab eval / probe / attention / dynamics "
-            f"{run_dir})"
-        ) from None
 
 
 def _build_report(run_dir: str | Path, compare: Sequence[str | Path]) -> Path:
