@@ -20,7 +20,7 @@ from cfglab import cli
 from cfglab.config import load_config
 from cfglab.errors import ConfigError
 from cfglab.train import checkpoint as ckpt
-from cfglab.train import loop
+from cfglab.train import steps
 from cfglab.train.loop import DivergedError, lr_at, train
 
 TINY = [
@@ -134,7 +134,7 @@ def test_lr_schedule() -> None:
 
 def test_ctrl_c_saves_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = loop.loss_fn
+    real = steps.loss_fn
 
     def loss_then_sigint(logits, y):
         calls["n"] += 1
@@ -142,26 +142,26 @@ def test_ctrl_c_saves_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             os.kill(os.getpid(), signal.SIGINT)
         return real(logits, y)
 
-    monkeypatch.setattr(loop, "loss_fn", loss_then_sigint)
+    monkeypatch.setattr(steps, "loss_fn", loss_then_sigint)
     cfg = _cfg(tmp_path, "name=ctrlc", "train.eval_every=0")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     assert ckpt.read_state(ckpt.latest_checkpoint(cfg.run_dir))["step"] == 3  # step 3 finished
-    monkeypatch.setattr(loop, "loss_fn", real)
+    monkeypatch.setattr(steps, "loss_fn", real)
     train(cfg, progress=False, resume=True)
     assert ckpt.read_state(ckpt.latest_checkpoint(cfg.run_dir))["step"] == 6
 
 
 def test_nan_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = loop.loss_fn
+    real = steps.loss_fn
 
     def nan_at_step_5(logits, y):
         calls["n"] += 1
         loss = real(logits, y)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(loop, "loss_fn", nan_at_step_5)
+    monkeypatch.setattr(steps, "loss_fn", nan_at_step_5)
     cfg = _cfg(tmp_path, "name=nan", "train.ckpt_every=2", "train.eval_every=0")
     with pytest.raises(DivergedError, match="loss is nan at step 5"):
         train(cfg, progress=False)
