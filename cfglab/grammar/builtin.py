@@ -142,6 +142,25 @@ def random_cfg(
     so the grammar has no dead rules.
     """
     sizes = tuple(int(s) for s in sizes)
+    _check_recipe(sizes, rules_per_nt, rule_len, distinct_symbols_in_rule, seed)
+    rng = np.random.default_rng(seed)
+    recipe = (rules_per_nt, rule_len, distinct_symbols_in_rule, distinct_rules_per_level)
+    level_rules = []  # [level][k] -> the rules of symbol k (indices into the next level)
+    for lev in range(len(sizes) - 1):
+        _check_capacity(lev, sizes, *recipe)  # so that redrawing duplicates terminates
+        level_rules.append(_draw_level(rng, sizes[lev], sizes[lev + 1], *recipe))
+    g = grammar_from_authors_json(_authors_json(sizes, level_rules), name=name or f"random-{seed}")
+    return _drop_unreachable(g)
+
+
+def _check_recipe(
+    sizes: tuple[int, ...],
+    rules_per_nt: tuple[int, int],
+    rule_len: tuple[int, int],
+    distinct_symbols_in_rule: bool,
+    seed: int,
+) -> None:
+    """GrammarError for a recipe that cannot be drawn, or not in bounded time."""
     if len(sizes) < 2 or sizes[0] != 1 or min(sizes) < 1:
         raise GrammarError(
             f"random_cfg: sizes {sizes} must start with 1 (the root) and list at "
@@ -171,57 +190,83 @@ def random_cfg(
             f"random_cfg: rules of length {lhi} cannot have distinct symbols "
             f"with a level of {min(sizes[1:])} symbols; lower rule_len"
         )
-    rng = np.random.default_rng(seed)
-    n_levels = len(sizes)
-    level_rules: list[list[list[tuple[int, ...]]]] = []  # [level][k] -> rules (indices below)
-    for lev in range(n_levels - 1):
-        below = sizes[lev + 1]
-        # how many different right-hand sides exist; redrawing duplicates must terminate
-        # (summed only until it covers the need: below**n grows fast)
-        needed = sizes[lev] * hi if distinct_rules_per_level else hi
-        capacity = 0
-        for n in range(llo, lhi + 1):
-            capacity += perm(below, n) if distinct_symbols_in_rule else below**n
-            if capacity >= needed:
-                break
-        if needed > capacity:
-            raise GrammarError(
-                f"random_cfg: level {lev} needs up to {needed} distinct rules but "
-                f"only {capacity} exist; lower rules_per_nt or raise sizes"
-            )
-        seen: set[tuple[int, ...]] = set()
-        per_nt = []
-        for _ in range(sizes[lev]):
-            rules = []
-            for _ in range(int(rng.integers(lo, hi + 1))):
-                while True:
-                    length = int(rng.integers(llo, lhi + 1))
-                    rhs: list[int] = []
-                    while len(rhs) < length:
-                        s = int(rng.integers(0, below))
-                        if not (distinct_symbols_in_rule and s in rhs):
-                            rhs.append(s)
-                    if tuple(rhs) not in seen and (distinct_rules_per_level or rhs not in rules):
-                        break
-                rules.append(tuple(rhs))
-                if distinct_rules_per_level:
-                    seen.add(tuple(rhs))
-            per_nt.append(rules)
-        level_rules.append(per_nt)
 
-    data = {"idx": [], "all": []}
+
+def _check_capacity(
+    lev: int,
+    sizes: tuple[int, ...],
+    rules_per_nt: tuple[int, int],
+    rule_len: tuple[int, int],
+    distinct_symbols_in_rule: bool,
+    distinct_rules_per_level: bool,
+) -> None:
+    """GrammarError if level `lev` may need more distinct rules than exist over the next level
+    (then redrawing duplicates would never end)."""
+    below = sizes[lev + 1]
+    most = rules_per_nt[1]  # rules of one nonterminal, at most
+    needed = sizes[lev] * most if distinct_rules_per_level else most
+    capacity = 0  # summed only until it covers the need: below**n grows fast
+    for n in range(rule_len[0], rule_len[1] + 1):
+        capacity += perm(below, n) if distinct_symbols_in_rule else below**n
+        if capacity >= needed:
+            break
+    if needed > capacity:
+        raise GrammarError(
+            f"random_cfg: level {lev} needs up to {needed} distinct rules but "
+            f"only {capacity} exist; lower rules_per_nt or raise sizes"
+        )
+
+
+def _draw_level(
+    rng: np.random.Generator,
+    n_symbols: int,
+    below: int,
+    rules_per_nt: tuple[int, int],
+    rule_len: tuple[int, int],
+    distinct_symbols_in_rule: bool,
+    distinct_rules_per_level: bool,
+) -> list[list[tuple[int, ...]]]:
+    """The rules of each of a level's `n_symbols` nonterminals: right-hand sides of indices
+    into the `below` symbols of the next level, duplicates redrawn as the recipe says."""
+    lo, hi = rules_per_nt
+    llo, lhi = rule_len
+    seen: set[tuple[int, ...]] = set()  # this level's rules so far
+    per_nt = []
+    for _ in range(n_symbols):
+        rules: list[tuple[int, ...]] = []
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            while True:
+                length = int(rng.integers(llo, lhi + 1))
+                rhs: list[int] = []
+                while len(rhs) < length:
+                    s = int(rng.integers(0, below))
+                    if not (distinct_symbols_in_rule and s in rhs):
+                        rhs.append(s)
+                if tuple(rhs) not in seen and (distinct_rules_per_level or rhs not in rules):
+                    break
+            rules.append(tuple(rhs))
+            if distinct_rules_per_level:
+                seen.add(tuple(rhs))
+        per_nt.append(rules)
+    return per_nt
+
+
+def _authors_json(
+    sizes: tuple[int, ...], level_rules: list[list[list[tuple[int, ...]]]]
+) -> dict[str, list]:
+    """The drawn rules in the authors' layered JSON format, numbered as they number symbols:
+    terminals 1..T, then (after the EOS, MASK and SEP ids) each level up to the root last."""
+    n_levels = len(sizes)
     next_id = 1
     ids_per_level: list[list[int]] = [[] for _ in sizes]
-    for lev in reversed(range(n_levels)):  # the authors' numbering: terminals 1..T, root last
+    for lev in reversed(range(n_levels)):
         ids_per_level[lev] = list(range(next_id, next_id + sizes[lev]))
         next_id += sizes[lev] + (3 if lev == n_levels - 1 else 0)  # skip EOS, MASK, SEP ids
-    data["idx"] = ids_per_level
-    data["all"] = [
+    symbols = [
         [{"children": [list(r) for r in level_rules[lev][k]]} for k in range(sizes[lev])]
         for lev in range(n_levels - 1)
     ] + [[{"children": None} for _ in range(sizes[-1])]]
-    g = grammar_from_authors_json(data, name=name or f"random-{seed}")
-    return _drop_unreachable(g)
+    return {"idx": ids_per_level, "all": symbols}
 
 
 def _drop_unreachable(g: Grammar) -> Grammar:

@@ -206,11 +206,31 @@ class Grammar:
 # ---- reading ---------------------------------------------------------------------------------
 
 
+# (lhs, [(is_terminal, name)], prob or None, line_no): one alternative as written
+RawRule = tuple[str, list[tuple[bool, str]], float | None, int]
+
+
 def _read_grammar(text: str, name: str, source: str) -> Grammar:
+    """Text -> Grammar: the rules as written, then symbols numbered, rules grouped and weighed,
+    then the structure checked (each step raises GrammarError naming the line and the fix)."""
+    raw, start, start_line = _read_rules(text, source)
+    _check_weights(raw, source)
+    nt_names = _nonterminal_names(raw, start, start_line, source)
+    nt_index = {n: i for i, n in enumerate(nt_names)}
+    t_names = _terminal_names(raw, nt_index, source)
+    t_index = {n: len(nt_names) + i for i, n in enumerate(t_names)}
+    rules, line_of = _grouped_rules(raw, nt_names, nt_index, t_index, source)
+    g = Grammar(tuple(nt_names), tuple(t_names), tuple(rules), name=name)
+    _check_structure(g, source, line_of)
+    return g
+
+
+def _read_rules(text: str, source: str) -> tuple[list[RawRule], str | None, int]:
+    """Every alternative of every line, in file order, and the %start symbol (None if not
+    given) with its line."""
     start: str | None = None
     start_line = 0
-    # (lhs, [(is_terminal, name)], prob or None, line_no)
-    raw: list[tuple[str, list[tuple[bool, str]], float | None, int]] = []
+    raw: list[RawRule] = []
     for line_no, line in enumerate(physical_lines(text), start=1):
         body = (
             line.split("#", 1)[0] if "'" not in line and '"' not in line else _strip_comment(line)
@@ -227,8 +247,11 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
         raw.extend(_read_line(body, source, line_no))
     if not raw:
         raise _fail(source, 0, "the grammar is empty: write at least one rule such as S -> 'a'")
+    return raw, start, start_line
 
-    # weights: all or none
+
+def _check_weights(raw: list[RawRule], source: str) -> None:
+    """Weights: on every rule or on none."""
     weighted = [r[2] is not None for r in raw]
     if any(weighted) and not all(weighted):
         bad = raw[weighted.index(False)] if weighted[0] else raw[weighted.index(True)]
@@ -239,6 +262,11 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             "every rule a probability, or none (then each nonterminal is uniform)",
         )
 
+
+def _nonterminal_names(
+    raw: list[RawRule], start: str | None, start_line: int, source: str
+) -> list[str]:
+    """Nonterminals in order of first appearance as a left-hand side, the start symbol first."""
     # first appearance order; dicts keep reading linear in the size of the grammar
     nt_first: dict[str, int] = {}
     for lhs, _, _, _ in raw:
@@ -254,8 +282,12 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
             )
         nt_names.remove(start)
         nt_names.insert(0, start)
-    nt_index = {n: i for i, n in enumerate(nt_names)}
+    return nt_names
 
+
+def _terminal_names(raw: list[RawRule], nt_index: dict[str, int], source: str) -> list[str]:
+    """The terminals, each checked once, in a stable vocabulary order ('1' < '2' < '10', then
+    names); a bare name on a right-hand side must be a nonterminal with rules."""
     t_seen: dict[str, None] = {}
     for lhs, rhs, _, line_no in raw:
         for is_t, s in rhs:
@@ -271,12 +303,19 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
                     f"rules: add a rule '{s} -> ...', or quote it ('{s}') if it is a "
                     "terminal",
                 )
-    t_names = list(t_seen)
-    t_names.sort(key=natural_key)  # a stable vocabulary: '1' < '2' < '10', then names
-    n_nt = len(nt_names)
-    t_index = {n: n_nt + i for i, n in enumerate(t_names)}
+    return sorted(t_seen, key=natural_key)
 
-    # group rules by lhs; compute probabilities
+
+def _grouped_rules(
+    raw: list[RawRule],
+    nt_names: list[str],
+    nt_index: dict[str, int],
+    t_index: dict[str, int],
+    source: str,
+) -> tuple[list[Rule], dict[int, int]]:
+    """The rules grouped by left-hand side (duplicates refused) with their probabilities
+    (uniform per nonterminal when no weights are written; weights must sum to 1), and the
+    line of each nonterminal's first rule (where structure errors point)."""
     seen: set[tuple[int, tuple[int, ...]]] = set()
     by_lhs: list[list[tuple[tuple[int, ...], float | None, int]]] = [[] for _ in nt_names]
     for lhs, rhs, p, line_no in raw:
@@ -306,27 +345,59 @@ def _read_grammar(text: str, name: str, source: str) -> Grammar:
                 f"{total:.6g}, not 1: fix them so they sum to 1",
             )
         rules.extend(Rule(a, ids, p) for ids, p, _ in alts)
-
-    g = Grammar(tuple(nt_names), tuple(t_names), tuple(rules), name=name)
-    line_of = {a: alts[0][2] for a, alts in enumerate(by_lhs)}
-    _check_structure(g, source, line_of)
-    return g
+    return rules, {a: alts[0][2] for a, alts in enumerate(by_lhs)}
 
 
 def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
     """Unary cycles, non-productive and unreachable nonterminals, infinite expected length."""
+    cycle = _unary_cycle(g)
+    if cycle:
+        names = " -> ".join(g.nonterminals[c] for c in cycle)
+        raise _fail(
+            source,
+            line_of[cycle[0]],
+            f"unary cycle {names}: cfglab does not "
+            "support cycles of single-nonterminal rules; merge those nonterminals",
+        )
+    productive = _productive(g)
+    for a in range(g.n_nt):
+        if not productive[a]:
+            raise _fail(
+                source,
+                line_of[a],
+                f"nonterminal {g.nonterminals[a]!r} derives no finite "
+                "string (every rule of it leads back to itself): give it a rule that "
+                "ends in terminals",
+            )
+    reachable = _reachable(g)
+    for a in range(g.n_nt):
+        if a not in reachable:
+            warnings.warn(
+                f"{source}:{line_of[a]}: nonterminal {g.nonterminals[a]!r} is not "
+                f"reachable from the start symbol {g.nonterminals[0]!r}; its rules are "
+                "never used",
+                GrammarWarning,
+                stacklevel=4,  # the caller of Grammar.from_text
+            )
+    _check_finite_length(g, reachable, source, line_of)
+
+
+def _unary_cycle(g: Grammar) -> list[int] | None:
+    """The first cycle A -> B -> ... -> A through single-nonterminal rules, as the list of its
+    nonterminals with A at both ends; None if there is none. One iterative depth-first search
+    (no recursion: unary chains may be thousands long)."""
     n = g.n_nt
-    # unary cycle: A -> B -> ... -> A through single-nonterminal rules
     unary = [
         [r.rhs[0] for r in (g.rules[i] for i in g.rules_of[a]) if len(r.rhs) == 1 and r.rhs[0] < n]
         for a in range(n)
     ]
     state = [0] * n  # 0 new, 1 on stack, 2 done
-
-    def visit(a: int) -> list[int] | None:
-        stack = [(a, iter(unary[a]))]
-        path = [a]
-        state[a] = 1
+    for root in range(n):
+        if state[root]:
+            continue
+        stack = [(root, iter(unary[root]))]
+        path = [root]
+        state[root] = 1
         while stack:
             node, it = stack[-1]
             nxt = next(it, None)
@@ -340,22 +411,14 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
                 state[nxt] = 1
                 stack.append((nxt, iter(unary[nxt])))
                 path.append(nxt)
-        return None
+    return None
 
-    for a in range(n):
-        if state[a] == 0:
-            cycle = visit(a)
-            if cycle:
-                names = " -> ".join(g.nonterminals[c] for c in cycle)
-                raise _fail(
-                    source,
-                    line_of[cycle[0]],
-                    f"unary cycle {names}: cfglab does not "
-                    "support cycles of single-nonterminal rules; merge those nonterminals",
-                )
 
-    # productive: derives some finite terminal string. A worklist over "unproductive children
-    # left" per rule (not repeated passes over all rules: those are quadratic on deep grammars)
+def _productive(g: Grammar) -> list[bool]:
+    """Per nonterminal: whether it derives some finite terminal string. A worklist over
+    "unproductive children left" per rule (not repeated passes over all rules: those are
+    quadratic on deep grammars)."""
+    n = g.n_nt
     productive = [False] * n
     waiting = [sum(1 for s in r.rhs if s < n) for r in g.rules]
     used_in: list[list[int]] = [[] for _ in range(n)]
@@ -373,36 +436,28 @@ def _check_structure(g: Grammar, source: str, line_of: dict[int, int]) -> None:
             waiting[i] -= 1
             if waiting[i] == 0 and not productive[g.rules[i].lhs]:
                 work.append(g.rules[i].lhs)
-    for a in range(n):
-        if not productive[a]:
-            raise _fail(
-                source,
-                line_of[a],
-                f"nonterminal {g.nonterminals[a]!r} derives no finite "
-                "string (every rule of it leads back to itself): give it a rule that "
-                "ends in terminals",
-            )
+    return productive
 
+
+def _reachable(g: Grammar) -> set[int]:
+    """The nonterminals the start symbol derives (itself included)."""
     reachable = {0}
     frontier = [0]
     while frontier:
         a = frontier.pop()
         for ri in g.rules_of[a]:
             for s in g.rules[ri].rhs:
-                if s < n and s not in reachable:
+                if s < g.n_nt and s not in reachable:
                     reachable.add(s)
                     frontier.append(s)
-    for a in range(n):
-        if a not in reachable:
-            warnings.warn(
-                f"{source}:{line_of[a]}: nonterminal {g.nonterminals[a]!r} is not "
-                f"reachable from the start symbol {g.nonterminals[0]!r}; its rules are "
-                "never used",
-                GrammarWarning,
-                stacklevel=4,
-            )
+    return reachable
 
-    # infinite expected length: the branching process of nonterminals is (super)critical
+
+def _check_finite_length(
+    g: Grammar, reachable: set[int], source: str, line_of: dict[int, int]
+) -> None:
+    """Infinite expected length: the branching process of nonterminals is (super)critical.
+    Stores the solved length moments as the grammar's cached value."""
     mean, var, radius, comp = length_moments(g, reachable)
     g.__dict__["_length_moments"] = (mean, var)  # solved once: the cached property's value
     if radius >= 1.0 - 1e-9:
