@@ -7,12 +7,21 @@ term). `causal=False` makes the same network a bidirectional encoder (the BERT/D
 comparison; the masked-LM loss lives in train/objectives.py).
 
 Attention runs through `F.scaled_dot_product_attention` where the variant allows it, or through
-a manual path that materialises the pattern (for hooks, `manual=True`, and the position-only
-variants); a test keeps both equal. A `KVCache` makes generation cost O(T) per token.
+a manual path that materialises the pattern (for the hook_attn_scores / hook_pattern hooks,
+`manual=True`, and the position-only variants); a test keeps both equal. A `KVCache` makes
+generation cost O(T) per token.
+
+Activations pass through identity `HookPoint`s with TransformerLens's names and places (the
+table is in hooks.py): hooks may read or replace them on either attention path and with a cache.
+In attention, hook_q/k/v come right after the projection c_attn and before every position seam
+that touches q, k (rot's rotation; rel's and alibi's logit terms are added to the scores, which
+hook_attn_scores sees); abs's embedding is added before the blocks (in hook_resid_pre, after
+hook_embed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +31,7 @@ from torch import Tensor, nn
 from cfglab.config.schema import ModelShape
 from cfglab.errors import ConfigError
 from cfglab.model.causal_halves import causal_sdpa_in_halves, split_causal
-from cfglab.model.hooks import HookPoint
+from cfglab.model.hooks import HookPoint, hook_points
 from cfglab.model.positions import POSITIONS, NoPosition, Span
 
 
@@ -66,7 +75,8 @@ class KVCache:
     """Keys and values of the positions seen so far, preallocated to `max_len`.
 
     k, v: (n_layer, B, H, max_len, D); k is None for position-only variants (no keys).
-    Keys are stored after the q/k transform (rotated, for rot).
+    Keys are stored after the q/k transform (rotated, for rot), and k, v after their hooks
+    (hook_k, hook_v), so a patch applied at every call patches the cached positions once.
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device=None, dtype=None):
@@ -106,8 +116,15 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
-        self.hook_scores = HookPoint()
-        self.hook_pattern = HookPoint()
+        # TransformerLens's names and places, in forward order (hooks.py has the table); the
+        # position-only variants have no q, k and so no hook_q, hook_k
+        if self.content:
+            self.hook_q = HookPoint()  # (B, T, H, D) after W_q, before position.rotate
+            self.hook_k = HookPoint()  # (B, T, H, D) after W_k, before position.rotate
+        self.hook_v = HookPoint()  # (B, T, H, D) after W_v
+        self.hook_attn_scores = HookPoint()  # (B, H, T, Tk) logits, -inf where masked
+        self.hook_pattern = HookPoint()  # (B, H, T, Tk) softmax of the logits
+        self.hook_z = HookPoint()  # (B, T, H, D) pattern @ v, what c_proj receives
 
     def split_heads(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
@@ -133,53 +150,38 @@ class Attention(nn.Module):
         """x (B, T, C) at the query positions of `span` (its keys: every position, cached ones
         included)."""
         B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
         qkv = self.c_attn(x)  # (B, T, 3C), or (B, T, C): v only
         if self.content:
             # split as nanoGPT does: SDPA returns the gradients of q, k, v in (B, T, H, D) memory
             # order, so the backward of these views is a single cat into (B, T, 3C)
-            q, k, v = (self.split_heads(t) for t in qkv.split(C, dim=2))  # (B, H, T, D) each
-            q, k = position.rotate(q, span.q), position.rotate(k, span.q)
+            q, k, v = (t.view(B, T, H, D) for t in qkv.split(C, dim=2))  # (B, T, H, D) each
+            # the hooks see (and may replace) the projections; the position transform follows
+            q = position.rotate(self.hook_q(q).transpose(1, 2), span.q)  # (B, H, T, D)
+            k = position.rotate(self.hook_k(k).transpose(1, 2), span.q)  # (B, H, T, D)
         else:
-            q, k, v = None, None, self.split_heads(qkv)
+            q, k, v = None, None, qkv.view(B, T, H, D)
+        v = self.hook_v(v).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, H, Tk, D)
         # causal: key j visible to query i iff pos_k[j] <= pos_q[i]; the last key is the last
         # query, so a single query (decoding) sees every key and needs no mask
         masked = self.causal and T > 1
-        scale = position.scale(v.shape[-1])
+        scale = position.scale(D)
         dropout_p = self.dropout if self.training else 0.0
         project = self.project_qk if position.needs_projection else None
 
         def bias() -> Tensor | None:  # (B or 1, H, T, Tk): the variant's logit term
             return position.bias(self.layer, span, q, k, v.dtype, project)
 
+        # SDPA exposes neither logits nor pattern: hooking them takes the manual path
         if (
             self.use_sdpa
             and not manual
-            and not self.hook_scores.is_active
+            and not self.hook_attn_scores.is_active
             and not self.hook_pattern.is_active
         ):
-
-            def sdpa_mask() -> tuple[Tensor | None, bool]:
-                mask = bias()
-                is_causal = mask is None and masked and T == len(span.k)  # SDPA's fast causal
-                if masked and not is_causal:
-                    visible = span.k[None, :] <= span.q[:, None]  # (T, Tk)
-                    # one float mask with -inf for the future (SDPA takes no causal flag
-                    # beside a mask). Measured for alibi, fwd + bwd per layer: this ~1.07x
-                    # plain causal SDPA; the CPU flash op called with both a causal flag and
-                    # the mask costs the same (the cost is adding the mask, not the blocks
-                    # after the diagonal); alibi folded into an extra q.k dim 1.17x; manual 1.2x
-                    mask = visible if mask is None else mask.masked_fill(~visible, float("-inf"))
-                return mask, is_causal
-
-            mask, is_causal = position.shared(self.layer, "sdpa", span, v.dtype, sdpa_mask)
-            if masked and split_causal(q, T, len(span.k), dropout_p):
-                y = causal_sdpa_in_halves(q, k, v, mask, scale)
-            else:
-                y = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-                )
+            y = self.sdpa(q, k, v, span, position, bias, masked, scale, dropout_p)
         else:
             logit_bias = position.shared(self.layer, "bias", span, v.dtype, bias)
             scores = (q @ k.transpose(-1, -2)) * scale if self.content else 0.0  # (B, H, T, Tk)
@@ -190,22 +192,61 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~visible, float("-inf"))
             if scores.shape[0] != B:  # position-only variants: one pattern for the whole batch
                 scores = scores.expand(B, -1, -1, -1)
-            scores = self.hook_scores(scores)
+            scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # (B, H, T, Tk)
             y = self.attn_dropout(pattern) @ v  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        return self.c_proj(y)
+        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
+        return self.c_proj(z.reshape(B, T, C))  # (B, T, C): heads side by side
+
+    def sdpa(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        span: Span,
+        position: NoPosition,
+        bias: Callable[[], Tensor | None],
+        masked: bool,
+        scale: float,
+        dropout_p: float,
+    ) -> Tensor:
+        """The fast path: q (B, H, T, D), k, v (B, H, Tk, D) -> (B, H, T, D) through
+        F.scaled_dot_product_attention, with the variant's logit term (bias()) as its mask."""
+        T = q.shape[2]
+
+        def sdpa_mask() -> tuple[Tensor | None, bool]:
+            mask = bias()
+            is_causal = mask is None and masked and T == len(span.k)  # SDPA's fast causal
+            if masked and not is_causal:
+                visible = span.k[None, :] <= span.q[:, None]  # (T, Tk)
+                # one float mask with -inf for the future (SDPA takes no causal flag
+                # beside a mask). Measured for alibi, fwd + bwd per layer: this ~1.07x
+                # plain causal SDPA; the CPU flash op called with both a causal flag and
+                # the mask costs the same (the cost is adding the mask, not the blocks
+                # after the diagonal); alibi folded into an extra q.k dim 1.17x; manual 1.2x
+                mask = visible if mask is None else mask.masked_fill(~visible, float("-inf"))
+            return mask, is_causal
+
+        mask, is_causal = position.shared(self.layer, "sdpa", span, v.dtype, sdpa_mask)
+        if masked and split_causal(q, T, len(span.k), dropout_p):
+            return causal_sdpa_in_halves(q, k, v, mask, scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.hook_pre = HookPoint()  # (B, T, 4C) pre-activation
         self.gelu = nn.GELU()  # exact erf GELU (HF activation "gelu")
+        self.hook_post = HookPoint()  # (B, T, 4C) the neurons, after GELU
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        h = self.hook_post(self.gelu(self.hook_pre(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C)
+        return self.c_proj(h)  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -264,6 +305,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * config.n_layer) ** 0.5)
+        hook_points(self)  # names each HookPoint (hook.name), as TransformerLens's setup() does
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

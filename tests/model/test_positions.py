@@ -85,7 +85,7 @@ def qkv(model, x, layer: int = 0):
 
 
 def scores_of(model, x, layer: int = 0) -> torch.Tensor:
-    name = f"blocks.{layer}.attn.hook_scores"
+    name = f"blocks.{layer}.attn.hook_attn_scores"
     return run_with_cache(model, x, [name])[1][name]
 
 
@@ -165,8 +165,26 @@ def test_abs_adds_one_learned_vector_per_position():
 
 
 def test_every_variant_has_the_transformerlens_names(position):
+    """Every block has the residual, attention and MLP names; q and k only where the variant
+    has W_q, W_k (`content`)."""
     names = set(hook_names(tiny(position)))
+    has_qk = POSITIONS[position].content
     for i in range(2):
-        for n in ("hook_resid_pre", "hook_resid_post", "attn.hook_pattern", "attn.hook_scores"):
+        for n in (
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_attn_out",
+            "hook_mlp_out",
+            "attn.hook_v",
+            "attn.hook_z",
+            "attn.hook_attn_scores",
+            "attn.hook_pattern",
+            "mlp.hook_pre",
+            "mlp.hook_post",
+        ):
             assert f"blocks.{i}.{n}" in names
+        assert (f"blocks.{i}.attn.hook_q" in names) == has_qk
+        assert (f"blocks.{i}.attn.hook_k" in names) == has_qk
+        assert f"blocks.{i}.attn.hook_scores" not in names  # the pre-TransformerLens name
     assert "hook_embed" in names and "ln_final.hook_normalized" in names
