@@ -181,6 +181,32 @@ def load_experiment(
     grid's own values are written, e.g. model.position=rot, seed=1)."""
     path = Path(path)
     data = _read(path)
+    name, base_path = _name_and_base(path, data)
+    common = data.get("set") or {}
+    grid = data.get("grid") or {}
+    _check_set_and_grid(path, common, grid)
+    seeds = _seeds(path, data)
+    stages = _stages(path, data)
+    out_dir = _out_dir(path, data, name)
+    exp = Experiment(
+        name=name,
+        file=path.resolve(),
+        out=out_dir / name,
+        base=base_path,
+        stages=[],
+        executor=_executor(path, data.get("executor"), workers, executor),
+        axes=list(grid),
+    )
+    filters = _filters(path, only or [], grid)
+    _add_runs(exp, path, common, grid, seeds, stages, filters)
+    if not exp.runs:
+        raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
+    exp.stages = list(exp.runs[0].config.stages)
+    return exp
+
+
+def _name_and_base(path: Path, data: dict[str, Any]) -> tuple[str, Path]:
+    """The experiment's name (a plain folder name) and its base config's path (beside `path`)."""
     name = data.get("name")
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"{path}: name must be a plain folder name, got {name!r}")
@@ -190,8 +216,12 @@ def load_experiment(
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {base} not found (looked for {base_path})")
-    common = data.get("set") or {}
-    grid = data.get("grid") or {}
+    return name, base_path
+
+
+def _check_set_and_grid(path: Path, common: Any, grid: Any) -> None:
+    """set: and grid: are mappings of dotted keys the experiment does not own; each grid key
+    lists distinct values."""
     for what, block in (("set", common), ("grid", grid)):
         if not isinstance(block, dict):
             raise ConfigError(f"{path}: {what} must be a mapping of dotted config keys")
@@ -210,6 +240,9 @@ def load_experiment(
             )
         if len({json.dumps(v) for v in values}) != len(values):
             raise ConfigError(f"{path}: grid.{key} lists a value twice: {values}")
+
+
+def _seeds(path: Path, data: dict[str, Any]) -> list[int]:
     seeds = data.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -218,6 +251,11 @@ def load_experiment(
         or len(set(seeds)) != len(seeds)
     ):
         raise ConfigError(f"{path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    return seeds
+
+
+def _stages(path: Path, data: dict[str, Any]) -> list[str] | None:
+    """The stages every run does; None: the base config's."""
     stages = data.get("stages")
     if stages is not None:
         if not isinstance(stages, list) or not stages:
@@ -228,44 +266,41 @@ def load_experiment(
                     f"{path}: stages: unknown stage {stage!r}{did_you_mean(stage, STAGE_NAMES)}; "
                     f"choose from {', '.join(STAGE_NAMES)}"
                 )
+    return stages
+
+
+def _out_dir(path: Path, data: dict[str, Any], name: str) -> Path:
+    """out_dir (default runs), refused now, before any run or plan, if a file stands where the
+    experiment folder would go."""
     if not isinstance(data.get("out_dir", "runs"), str) or not data.get("out_dir", "runs"):
         raise ConfigError(f"{path}: out_dir must be a folder path, got {data['out_dir']!r}")
     out_dir = Path(data.get("out_dir", "runs"))
     existing = out_dir / name
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if existing.exists() and not existing.is_dir():  # checked now, before any run or plan
+    if existing.exists() and not existing.is_dir():
         raise ConfigError(f"{path}: out_dir: {existing} is a file; give a folder path")
-    exp = Experiment(
-        name=name,
-        file=path.resolve(),
-        out=out_dir / name,
-        base=base_path,
-        stages=[],
-        executor=_executor(path, data.get("executor"), workers, executor),
-        axes=list(grid),
-    )
-    filters = _filters(path, only or [], grid)
+    return out_dir
+
+
+def _add_runs(
+    exp: Experiment,
+    path: Path,
+    common: dict[str, Any],
+    grid: dict[str, list],
+    seeds: list[int],
+    stages: list[str] | None,
+    filters: list[tuple[str, str]],
+) -> None:
+    """One RunSpec per grid point x seed into exp.all_runs (and exp.runs if it matches every
+    filter), each config validated; two runs may share neither a folder nor a config."""
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     common_items = [f"{k}={_value_text(_near(path, k, v))}" for k, v in common.items()]
-    seen: dict[str, dict] = {}
-    configs: dict[str, dict] = {}
+    seen: dict[str, dict] = {}  # run folder name -> its grid point
+    configs: dict[str, dict] = {}  # resolved config (JSON) -> its grid point
     for point in points:
         for seed in seeds:
-            parts = [f"{k}={_dir_part(v)}" for k, v in point.items()] + [f"seed={seed}"]
-            dirname = ",".join(parts)
-            if len(dirname.encode()) > MAX_DIR_BYTES:
-                raise ConfigError(
-                    f"{path}: grid point {point} gives a run folder name of "
-                    f"{len(dirname.encode())} bytes, over the file system's {MAX_DIR_BYTES}; "
-                    "use shorter grid values (e.g. a file path or a name instead of a long list)"
-                )
-            if dirname in seen:
-                raise ConfigError(
-                    f"{path}: grid points {seen[dirname]} and {point} give one run folder "
-                    f"{dirname!r}; make the values distinguishable"
-                )
-            seen[dirname] = point
+            dirname = _run_name(path, point, seed, seen)
             items = [
                 *common_items,
                 *(f"{k}={_value_text(_near(path, k, v))}" for k, v in point.items()),
@@ -276,29 +311,58 @@ def load_experiment(
             ]
             if stages is not None:
                 items.append(f"stages=[{', '.join(stages)}]")
-            try:
-                cfg = load_config(base_path, items)
-                if "eval" in cfg.stages:
-                    check_cuts(cfg)  # a run-time error otherwise, after training
-            except ConfigError as exc:
-                raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
-            # two points that resolve to one config (1e-3 and 0.001) would train twice
-            resolved = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "out_dir")}
-            same = json.dumps(resolved, sort_keys=True, default=str)
-            if same in configs:
-                raise ConfigError(
-                    f"{path}: grid points {configs[same]} and {point} give the same run config "
-                    f"(seed {seed}); list each value once"
-                )
-            configs[same] = point
+            cfg = _run_config(path, exp.base, items, point, seed, configs)
             spec = RunSpec(exp.out / dirname, point, seed, items, cfg)
             exp.all_runs.append(spec)
             if all(_matches(point, seed, k, v) for k, v in filters):
                 exp.runs.append(spec)
-    if not exp.runs:
-        raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
-    exp.stages = list(exp.runs[0].config.stages)
-    return exp
+
+
+def _run_name(path: Path, point: dict[str, Any], seed: int, seen: dict[str, dict]) -> str:
+    """The run's folder name, key=value,...,seed=S: short enough and unique (noted in `seen`)."""
+    parts = [f"{k}={_dir_part(v)}" for k, v in point.items()] + [f"seed={seed}"]
+    dirname = ",".join(parts)
+    if len(dirname.encode()) > MAX_DIR_BYTES:
+        raise ConfigError(
+            f"{path}: grid point {point} gives a run folder name of "
+            f"{len(dirname.encode())} bytes, over the file system's {MAX_DIR_BYTES}; "
+            "use shorter grid values (e.g. a file path or a name instead of a long list)"
+        )
+    if dirname in seen:
+        raise ConfigError(
+            f"{path}: grid points {seen[dirname]} and {point} give one run folder "
+            f"{dirname!r}; make the values distinguishable"
+        )
+    seen[dirname] = point
+    return dirname
+
+
+def _run_config(
+    path: Path,
+    base: Path,
+    items: list[str],
+    point: dict[str, Any],
+    seed: int,
+    configs: dict[str, dict],
+) -> ExperimentConfig:
+    """The run's config (base + items), validated, and unlike every earlier run's (noted in
+    `configs`)."""
+    try:
+        cfg = load_config(base, items)
+        if "eval" in cfg.stages:
+            check_cuts(cfg)  # a run-time error otherwise, after training
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
+    # two points that resolve to one config (1e-3 and 0.001) would train twice
+    resolved = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "out_dir")}
+    same = json.dumps(resolved, sort_keys=True, default=str)
+    if same in configs:
+        raise ConfigError(
+            f"{path}: grid points {configs[same]} and {point} give the same run config "
+            f"(seed {seed}); list each value once"
+        )
+    configs[same] = point
+    return cfg
 
 
 def _near(path: Path, key: str, value: Any) -> Any:
