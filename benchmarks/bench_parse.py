@@ -5,11 +5,13 @@ vectorised-NumPy CYK, on the same valid and corrupted cfg3f / cfg3k strings.
 single-token corruptions); the references, 50-1000x slower, run on a fixed subset of those
 strings, and every ratio compares the same strings. All verdicts must agree.
 
-Then the command end to end: `cfglab parse cfg3f FILE` on 3,000 sampled cfg3f strings, as a
-fresh process (Python and NumPy/Numba start-up, reading, one sweep per string, printing),
-best of 3 runs after one warm-up run that fills Numba's on-disk cache (`cache=True`: the first
-run ever compiles for ~10-20 s; later processes load the machine code in ~0.3 s). Goal: at
-most 0.7 ms per string, start-up included.
+Then the commands end to end: `cfglab parse cfg3f FILE` and `cfglab prob cfg3f FILE --next`
+on 3,000 sampled cfg3f strings, each as a fresh process (Python, NumPy and Numba start-up,
+loading the compiled kernels, reading, the sweeps, writing the output to a file, exit), best of
+3 runs after one warm-up run that fills Numba's on-disk cache (`cache=True`: the first run ever
+compiles for ~10-20 s). Their per-string time (total / 3,000) is compared with NLTK's parse
+time per string on the first 20 of the same strings, measured in the same run; the start-up
+is printed apart (the command on an empty file and on a one-line file). Goal: >= 300x NLTK.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cfglab.data.sampler import sample
-from cfglab.exact import cyk
+from cfglab.exact import cyk, inside
 from cfglab.exact.normal_form import normal_form
 from cfglab.grammar.builtin import load
 from cfglab.grammar.cfg import Grammar
@@ -65,10 +67,15 @@ def best_of(fn, repeat: int = 3) -> float:
 
 
 # ---- references ----------------------------------------------------------------------------
-def nltk_recognize(g: Grammar, strings: list[np.ndarray]) -> np.ndarray:
+def nltk_parser(g: Grammar):
+    """NLTK's chart parser for g (built, and nltk imported, outside any timing: importing nltk
+    takes ~0.6 s, 30 ms per string of a 20-string subset)."""
     import nltk
 
-    parser = nltk.ChartParser(nltk.CFG.fromstring(g.to_text()))
+    return nltk.ChartParser(nltk.CFG.fromstring(g.to_text()))
+
+
+def nltk_recognize(parser, g: Grammar, strings: list[np.ndarray]) -> np.ndarray:
     start = parser.grammar().start()
     res = []
     for x in strings:
@@ -148,8 +155,9 @@ def main() -> None:
         t_all = best_of(lambda s=strings, g=g: cyk.recognize(g, s)) / len(strings)
         sub = strings[:k_ref]
         t_sub = best_of(lambda s=sub, g=g: cyk.recognize(g, s)) / len(sub)
+        nltk = nltk_parser(g)
         t0 = time.perf_counter()
-        nltk_res = nltk_recognize(g, sub)
+        nltk_res = nltk_recognize(nltk, g, sub)
         t_nltk = (time.perf_counter() - t0) / len(sub)
         parser = lark_parser(g)
         t0 = time.perf_counter()
@@ -175,41 +183,87 @@ def main() -> None:
     bench_cli()
 
 
-def bench_cli(n: int = 3000, repeat: int = 3) -> None:
-    """`cfglab parse cfg3f FILE` as a subprocess on n sampled strings, start-up included."""
+# ---- the commands end to end -------------------------------------------------------------
+CLI_STRINGS = 3000  # cfg3f strings in the file the commands read
+NLTK_K = 20  # of them, the first K parsed by NLTK: the per-string reference of the CLI rows
+
+
+def run_command(args: list[str], out_path: Path) -> float:
+    """Wall seconds of `python -m cfglab ARGS > out_path` as a fresh process: interpreter,
+    imports, loading the compiled kernels from Numba's cache, reading, work, writing, exit."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    with open(out_path, "w") as out:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cfglab", *args], stdout=out, env=env, check=True)
+        return time.perf_counter() - t0
+
+
+def bench_cli(n: int = CLI_STRINGS, repeat: int = 3) -> None:
+    """`cfglab parse cfg3f FILE` and `cfglab prob cfg3f FILE --next` on n sampled strings as
+    fresh processes, start-up included, against NLTK's chart parser on the first NLTK_K of the
+    same strings (NLTK has no next-token distribution: its parse time is the reference of both
+    commands). Start-up = the command on an empty file (imports; no kernel is loaded) and on a
+    one-line file (imports, kernel loads, one string); the rest = (all - one line) / (n - 1)."""
     g = load("cfg3f")
     strings = sample(g, n, seed=1, labels=False).strings()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cfg3f.txt"
-        path.write_text("".join(" ".join(g.terminals[t - 1] for t in x) + "\n" for x in strings))
-        one = Path(tmp) / "one.txt"
-        one.write_text(path.read_text().splitlines()[0] + "\n")
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    parser = nltk_parser(g)
+    t0 = time.perf_counter()
+    assert nltk_recognize(parser, g, strings[:NLTK_K]).all()
+    t_nltk = (time.perf_counter() - t0) / NLTK_K
+    lines = [" ".join(g.terminals[t - 1] for t in x) + "\n" for x in strings]
+    # the library calls the commands make, in this process (kernels loaded before timing)
+    cyk.judge(g, strings[:2])
+    inside.next_token_dist(g, strings[:1])
 
-        def run(file: Path) -> float:
-            t0 = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, "-m", "cfglab", "parse", "cfg3f", str(file)],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            ).stdout
-            seconds = time.perf_counter() - t0
-            n_lines = len(file.read_text().splitlines())
-            assert out.splitlines()[-1] == f"accepted {n_lines} of {n_lines}", out[-200:]
-            return seconds
+    def prob_next() -> None:
+        inside.log_prob(g, strings)
+        inside.next_token_dist(g, strings)
 
-        run(path)  # warm-up: fills (or checks) Numba's on-disk cache
-        t_all = min(run(path) for _ in range(repeat))
-        t_one = min(run(one) for _ in range(repeat))
-        lib = best_of(lambda: cyk.judge(g, strings))
+    commands = {
+        "parse": (["parse", "cfg3f"], lambda: cyk.judge(g, strings), n + 1),
+        "prob --next": (["prob", "cfg3f"], prob_next, None),
+    }
     print(
-        f"cfglab parse cfg3f FILE ({n} strings, mean length "
-        f"{np.mean([len(x) for x in strings]):.0f}), best of {repeat} processes: "
-        f"{t_all:.2f} s = {t_all / n * 1e3:.3f} ms per string, start-up included "
-        f"(goal <= 0.7); start-up and one string {t_one:.2f} s; the library call "
-        f"cyk.judge alone {lib / n * 1e3:.3f} ms per string"
+        f"end to end on {n:,} cfg3f strings (mean length {np.mean([len(x) for x in strings]):.0f}"
+        f"), output to a file, best of {repeat} processes after a warm-up that fills Numba's "
+        f"cache; NLTK's chart parser on the first {NLTK_K} of the same strings: "
+        f"{t_nltk * 1e3:.1f} ms per string (parse only: nltk imported and the parser built "
+        "before timing)"
+    )
+    print(
+        f"{'command':22} {'total s':>8} {'ms/str':>7} {'empty s':>8} {'1 line s':>8} "
+        f"{'rest ms/str':>11} {'library ms/str':>14} {'xNLTK':>6}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"all": Path(tmp) / "all.txt", "one": Path(tmp) / "one.txt"}
+        files["all"].write_text("".join(lines))
+        files["one"].write_text(lines[0])
+        (Path(tmp) / "empty.txt").write_text("")
+        files["empty"] = Path(tmp) / "empty.txt"
+        out = Path(tmp) / "out.txt"
+        for name, (args, library, n_out) in commands.items():
+            extra = ["--next"] if name == "prob --next" else []
+            run_command([*args, str(files["all"]), *extra], out)  # warm-up
+            t = {
+                k: min(run_command([*args, str(f), *extra], out) for _ in range(repeat))
+                for k, f in files.items()
+            }
+            run_command([*args, str(files["all"]), *extra], out)
+            text = out.read_text()
+            if n_out is not None:  # parse: one verdict per line, then the count
+                assert text.count("\n") == n_out and text.endswith(f"accepted {n} of {n}\n")
+            else:
+                assert text.count("# line") == n
+            t_lib = best_of(library) / n
+            print(
+                f"cfglab {name:15} {t['all']:>8.2f} {t['all'] / n * 1e3:>7.3f} "
+                f"{t['empty']:>8.2f} {t['one']:>8.2f} "
+                f"{(t['all'] - t['one']) / (n - 1) * 1e3:>11.3f} {t_lib * 1e3:>14.3f} "
+                f"{t_nltk / (t['all'] / n):>6.0f}"
+            )
+    print(
+        "goal: both commands >= 300x NLTK per string, start-up included (prob --next against "
+        "NLTK's parse time: NLTK has no next-token distribution)"
     )
