@@ -24,7 +24,7 @@ class SampleBatch:
     subtree: np.ndarray | None = None  # (L, N_total) int32
     is_boundary: np.ndarray | None = None  # (L, N_total) bool
     _span_parts: list[_SpanSource] | None = field(default=None, repr=False)
-    _span_cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _span_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -36,16 +36,17 @@ class SampleBatch:
     def strings(self) -> list[np.ndarray]:
         return np.split(self.ids, self.offsets[1:-1])
 
-    def _span_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def _span_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         # computed on first use only: most callers want the per-level labels or nothing
         if self._span_parts is None:
             return None
         if self._span_cache is None:
             done = [part.rows_and_counts() for part in self._span_parts]
-            rows = np.concatenate([r for r, _ in done])
+            rows = np.concatenate([r for r, _, _ in done])
+            depth = np.concatenate([d for _, _, d in done])
             offsets = np.zeros(len(self) + 1, dtype=np.int64)
-            np.cumsum(np.concatenate([c for _, c in done]), out=offsets[1:])
-            self._span_cache = (rows, offsets)
+            np.cumsum(np.concatenate([c for _, c, _ in done]), out=offsets[1:])
+            self._span_cache = (rows, offsets, depth)
         return self._span_cache
 
     @property
@@ -59,6 +60,13 @@ class SampleBatch:
         """(n+1,) int64: string i's span rows are span_rows[span_offsets[i]:span_offsets[i+1]]."""
         table = self._span_table()
         return None if table is None else table[1]
+
+    @property
+    def span_depth(self) -> np.ndarray | None:
+        """(K_total,) int64 depth of each span row's node in its tree (the root 0), aligned with
+        span_rows; for a layered grammar the depth is the node's level."""
+        table = self._span_table()
+        return None if table is None else table[2]
 
     @property
     def spans(self) -> list[np.ndarray] | None:
@@ -79,10 +87,11 @@ class _SpanSource:
     size: list[np.ndarray]  # per generation: tokens under each node
     offsets: np.ndarray  # (n+1,) token offsets of this batch's strings
 
-    def rows_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    def rows_and_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows (K, 3) in pre-order, span rows per string (n,), depth of each row (K,))."""
         # pre-order = by position in the batch; nodes that start at the same token form a
         # leftmost chain, ordered by depth, which the stable sort keeps (generations in order)
-        rows, where, owner = [], [], []
+        rows, where, owner, depth = [], [], [], []
         for g, nt in enumerate(self.gnt):
             if nt.size == 0:
                 continue
@@ -90,10 +99,13 @@ class _SpanSource:
             rows.append(np.stack([self.gsym[g][nt], st, st + self.size[g][nt]], axis=1))
             where.append(self.offsets[self.gstr[g][nt]] + st)
             owner.append(self.gstr[g][nt])
+            depth.append(np.full(nt.size, g, dtype=np.int64))  # generation g = depth g
         order = np.argsort(np.concatenate(where), kind="stable")
         n = self.offsets.size - 1
-        return np.concatenate(rows)[order].astype(np.int64), np.bincount(
-            np.concatenate(owner), minlength=n
+        return (
+            np.concatenate(rows)[order].astype(np.int64),
+            np.bincount(np.concatenate(owner), minlength=n),
+            np.concatenate(depth)[order],
         )
 
 

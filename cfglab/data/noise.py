@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfglab.config import NoiseConfig
-from cfglab.data.sampler import SampleBatch, _strict_levels
+from cfglab.data.sampler import SampleBatch, strict_levels
 from cfglab.errors import ConfigError, VocabError
 from cfglab.grammar.cfg import Grammar
 
@@ -195,7 +195,7 @@ def perturb_tokens(
 
 def _rule_levels(grammar: Grammar) -> tuple[tuple[int, ...], ...]:
     """The strict levels, if rule noise can work on this grammar; else a ConfigError."""
-    levels = _strict_levels(grammar)
+    levels = strict_levels(grammar)
     name = grammar.name or "the grammar"
     if levels is None:
         raise ConfigError(

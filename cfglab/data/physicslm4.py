@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cfglab.data.noise import TrainingNoise, perturb_fraction
-from cfglab.data.sampler import SampleBatch, _strict_levels
+from cfglab.data.sampler import SampleBatch, strict_levels
 from cfglab.data.vocab import BOS
 from cfglab.errors import SamplingError
 from cfglab.grammar.cfg import Grammar
@@ -51,8 +51,21 @@ class _FixedSpans:
     def __init__(self, rows: np.ndarray, counts: np.ndarray) -> None:
         self.rows, self.counts = rows, counts
 
-    def rows_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.rows, self.counts
+    def rows_and_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, counts, depth of each row): the depth from the nesting of the pre-order rows
+        (a node's ancestors are the rows before it whose span still covers its start)."""
+        depth = np.zeros(len(self.rows), dtype=np.int64)
+        k = 0
+        for count in self.counts.tolist():
+            open_ends: list[int] = []  # ends of the ancestors of the current row
+            for i in range(k, k + count):
+                start, end = int(self.rows[i, 1]), int(self.rows[i, 2])
+                while open_ends and start >= open_ends[-1]:  # no epsilon rules: spans not empty
+                    open_ends.pop()
+                depth[i] = len(open_ends)
+                open_ends.append(end)
+            k += count
+        return self.rows, self.counts, depth
 
 
 class PhysicsLM4Stream:
@@ -82,7 +95,7 @@ class PhysicsLM4Stream:
             [tuple(reversed(grammar.rules[r].rhs)) for r in rs] for rs in grammar.rules_of
         ]
         self._n_nt = n_nt
-        self._levels = _strict_levels(grammar)
+        self._levels = strict_levels(grammar)
 
     # ---- one string ---------------------------------------------------------------------------
     def next_ids(self) -> list[int]:

@@ -156,7 +156,7 @@ def _min_lengths(grammar: Grammar) -> np.ndarray:
     return best  # inf never remains for a validated grammar (every nonterminal is productive)
 
 
-def _strict_levels(grammar: Grammar):
+def strict_levels(grammar: Grammar):
     """`grammar.levels` when generation l of every tree is exactly its level-l nonterminals
     (so per-level labels exist): no terminal on a right-hand side above the last level."""
     levels = grammar.levels
@@ -373,7 +373,7 @@ def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[Sample
     t = _tables(grammar)
     name = grammar.name or "the grammar"
     rng = np.random.default_rng(seed)
-    levels = _strict_levels(grammar)
+    levels = strict_levels(grammar)
     per_batch = max(1, int(_NODES_PER_BATCH / (2.0 * max(grammar.mean_length, 1.0))))
     budget = max(1000, max_tries * n)
     got = drawn = 0
