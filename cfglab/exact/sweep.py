@@ -462,10 +462,16 @@ def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
         if nxt == s:  # string s alone needs more than one call
             log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=f"string {s}: ")
             err[s], end[s] = e, eos[len(strings[s])]
-            logc[s] = log_c.sum() if e == -1 else 0.0
+            logc[s] = sum_log_c(log_c) if e == -1 else 0.0
             nxt = s + 1
         s = nxt
     return err, end, logc
+
+
+def sum_log_c(log_c: np.ndarray) -> float:
+    """The sum of log c_m added left to right, as `_batch` adds them (np.sum adds pairwise,
+    which can differ in the last bit): a string's log P never depends on how it was swept."""
+    return float(np.add.accumulate(log_c)[-1]) if len(log_c) else 0.0
 
 
 def judge_many(nf: NormalForm, strings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -38,9 +38,10 @@ def test_tiny_work_budget_changes_no_answer(name, monkeypatch):
     got = (cyk.judge(g, xs), inside.log_prob(g, xs), inside.next_token_dist(g, xs))
     for a, b in zip(want[0], got[0], strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-13)
+    # bit for bit: log c_m are added in the same order whether a string ran in a batch or alone
+    np.testing.assert_array_equal(got[1], want[1])
     for a, b in zip(want[2], got[2], strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-13, equal_nan=True)
+        np.testing.assert_array_equal(b, a)
     assert cyk.count_parses(g, xs) == counts
 
 

@@ -90,3 +90,26 @@ def test_prob_next_rows_split_into_fields(tmp_path, capsys):
         assert len(row) == len(header) and int(row[0]) == k
         assert row[1] == (g.terminals[x[k] - 1] if k < len(x) else "<eos>")
         assert abs(sum(float(v) for v in row[2:]) - 1) < 1e-5  # printed to 6 digits
+
+
+def test_prob_next_prints_what_a_format_per_number_prints(tmp_path, capsys):
+    """The --next tables (one %-format per string) hold the text that formatting every field
+    on its own gives, on valid, corrupted, blank and one-token lines of two grammars."""
+    for name in ("cfg3f", "cfg3e1"):
+        g = load(name)
+        good = sample(g, 2, seed=3, labels=False).strings()
+        bad = [x.copy() for x in good]
+        for x in bad:
+            x[len(x) // 3] = x[len(x) // 3] % g.n_t + 1
+        strings = good + bad + [np.zeros(0, np.int64), good[0][:1]]
+        path = _write_strings(tmp_path, g, strings)
+        assert main(["prob", name, path, "--next"]) == 0
+        want = []
+        header = "k    next  " + " ".join(f"{c:>10}" for c in ["<eos>", *g.terminals])
+        lps, dists = inside.log_prob(g, strings), inside.next_token_dist(g, strings)
+        for line_no, (x, lp, rows) in enumerate(zip(strings, lps, dists, strict=True), 1):
+            want += [f"# line {line_no}: log P = {lp:.10g}", header]
+            for k, row in enumerate(rows):
+                nxt = g.terminals[x[k] - 1] if k < len(x) else "<eos>"
+                want.append(f"{k:<4} {nxt:>5}  " + " ".join(f"{q:>10.6g}" for q in row))
+        assert capsys.readouterr().out == "\n".join(want) + "\n"

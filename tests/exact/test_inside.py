@@ -13,7 +13,7 @@ import pytest
 
 from cfglab.data.vocab import Vocab
 from cfglab.errors import VocabError
-from cfglab.exact import cyk, inside
+from cfglab.exact import cyk, inside, sweep
 from cfglab.grammar.builtin import load
 from cfglab.grammar.cfg import Grammar
 from tests.exact.brute import corruptions, derivations
@@ -90,6 +90,26 @@ def test_next_token_rows_sum_to_one(name):
         chain = np.log(rows[np.arange(len(x)), x]).sum() + np.log(rows[-1, 0])
         assert chain == pytest.approx(v, rel=1e-12)
         assert pp[-1] + np.log(rows[-1, 0]) == pytest.approx(v, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cfg3f", "recursive", "ambiguous"])
+def test_log_prob_and_next_is_log_prob_and_next_token_dist(name, monkeypatch):
+    """One sweep per string gives what the two functions give, bit for bit, also when strings
+    run in many compiled calls (a tiny work budget) or are rejected, blank or dead early."""
+    g = load(name) if name.startswith("cfg") else HAND_WRITTEN[name]
+    rng = random.Random(5)
+    vocab = Vocab.from_grammar(g)
+    good = [vocab.encode(sample_recursive(g, rng))[:300] for _ in range(4)]
+    strings = good + [y for x in good for y in corruptions(x, g.n_t, rng, 2)]
+    strings += [np.zeros(0, np.int64), good[0][:1]]
+    want_lp, want_rows = inside.log_prob(g, strings), inside.next_token_dist(g, strings)
+    for budget in (None, 50):
+        if budget:
+            monkeypatch.setattr(sweep, "WORK_PER_CALL", budget)
+        got = list(inside.log_prob_and_next(g, strings))
+        np.testing.assert_array_equal([lp for lp, _ in got], want_lp)
+        for (_, rows), want in zip(got, want_rows, strict=True):
+            np.testing.assert_array_equal(rows, want)
 
 
 def _monte_carlo_check(g, n_samples, max_prefix, seed, min_count=400):
