@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfglab.data.lines import read_prompts, read_strings
+from cfglab.data.lines import encode_lines, encode_one_char_tokens, read_prompts, read_strings
 from cfglab.data.vocab import Vocab
 from cfglab.errors import PathError, VocabError
+from cfglab.grammar.syntax import physical_lines
 
 VOCAB = Vocab(("1", "2", "3", "a", "é"))
 FUZZ = settings(
@@ -85,3 +86,37 @@ def test_well_formed_files_read_back_exactly(tmp_path: Path, lines, space, newli
     else:
         with pytest.raises(PathError, match="no prompts"):
             read_prompts(path)
+
+
+ONE_CHAR = Vocab(("1", "2", "3", "a"))  # every terminal one ASCII character: the NumPy reader
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.sampled_from(
+            ["1", "2", "3", "a", " ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c"]
+            + ["\x1f", "\x85", "\u2028", "\xa0", "x", "12", "a1", "\x00", "é", "\ufeff"]
+        ),
+        max_size=40,
+    )
+)
+def test_one_char_reader_is_the_general_reader(parts):
+    """The NumPy reader of one-character vocabularies gives exactly the arrays of the general
+    reader (split each universal-newline line at whitespace, look every token up), or declines
+    (None) on text it does not handle: non-ASCII characters, or a token that is no terminal,
+    which the general reader then names."""
+    text = "".join(parts)
+    lines = [line.split() for line in physical_lines(text)]
+    fast = encode_one_char_tokens(text, ONE_CHAR)
+    try:
+        want = encode_lines(ONE_CHAR, lines, "s.txt")
+    except VocabError:
+        assert fast is None
+        return
+    if fast is None:
+        assert not text.isascii()
+        return
+    assert len(fast) == len(want)
+    for a, b in zip(fast, want, strict=True):
+        assert a.dtype == b.dtype == np.int64 and a.tolist() == b.tolist()
