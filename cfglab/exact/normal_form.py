@@ -81,7 +81,62 @@ def normal_form(grammar: Grammar) -> NormalForm:
 
 
 def _build(g: Grammar) -> NormalForm:
-    n_nt, n_t = g.n_nt, g.n_t
+    names, is_added, lexical, binary, unary = _binarise(g)
+    n, n_t = len(names), g.n_t
+    _check_size(g, n)
+    lex = np.zeros((n_t + 1, n))
+    for a, tok, p in lexical:
+        lex[tok, a] += p
+    lex_off, lex_sym, lex_p = _group([(tok, a, p) for a, tok, p in lexical], n_t + 1)
+
+    binary.sort(key=lambda r: (r[1], r[0], r[2]))  # grouped by the left child B
+    bin_off = np.searchsorted(
+        np.array([r[1] for r in binary], dtype=np.int64), np.arange(n + 1), side="left"
+    ).astype(np.int64)
+    bin_parent = np.array([r[0] for r in binary], dtype=np.int64)
+    bin_left = np.array([r[1] for r in binary], dtype=np.int64)
+    bin_right = np.array([r[2] for r in binary], dtype=np.int64)
+    bin_p = np.array([r[3] for r in binary], dtype=np.float64)
+
+    ustar, chains = _unary_closure(unary, n)
+    up = [(b, a, ustar[a, b]) for a in range(n) for b in range(n) if a != b and chains[a, b]]
+    up_off, up_sym, up_p = _group(up, n)
+    lc, reach = _left_corners(binary, unary, n)
+    lc_off, lc_sym, lc_p = _group(
+        [(c, d, lc[c, d]) for c in range(n) for d in range(n) if reach[c, d]], n
+    )
+    return NormalForm(
+        grammar=g,
+        n_sym=n,
+        n_t=n_t,
+        names=tuple(names),
+        is_added=np.array(is_added),
+        lex=lex,
+        lex_off=lex_off,
+        lex_sym=lex_sym,
+        lex_p=lex_p,
+        bin_off=bin_off,
+        bin_parent=bin_parent,
+        bin_left=bin_left,
+        bin_right=bin_right,
+        bin_p=bin_p,
+        unary=tuple(unary),
+        ustar=ustar,
+        up_off=up_off,
+        up_sym=up_sym,
+        up_p=up_p,
+        lc=lc,
+        lc_off=lc_off,
+        lc_sym=lc_sym,
+        lc_p=lc_p,
+        underflow=_underflow(g, names, (reach & (lc <= 0.0)) | (chains & (ustar <= 0.0))),
+    )
+
+
+def _binarise(g: Grammar) -> tuple[list[str], list[bool], list, list, list]:
+    """The grammar's rules rewritten into (names (N,), is_added (N,), lexical [(A, token, p)],
+    binary [(A, B, C, p)], unary [(A, B, p)]) over the normal form's symbols."""
+    n_nt = g.n_nt
     names = list(g.nonterminals)
     added = [False] * n_nt
     preterminal_of: dict[int, int] = {}  # token id -> its added preterminal
@@ -144,8 +199,11 @@ def _build(g: Grammar) -> NormalForm:
         syms = tuple(symbol(s) for s in rhs)
         right = syms[1] if len(syms) == 2 else suffix(syms[1:])
         binary.append((rule.lhs, syms[0], right, rule.prob))
+    return names, added, lexical, binary, unary
 
-    n = len(names)
+
+def _check_size(g: Grammar, n: int) -> None:
+    """ExactError when the dense tables of n symbols would not fit."""
     if n > MAX_SYMBOLS:
         raise ExactError(
             f"{g.name or 'the grammar'} binarises to {n:,} symbols (nonterminals, one per "
@@ -153,28 +211,18 @@ def _build(g: Grammar) -> NormalForm:
             f"{MAX_SYMBOLS:,} the exact algorithms handle (dense N x N closures): use a "
             "grammar with fewer nonterminals or shorter rules"
         )
-    if (n_t + 1) * n * 8 > 2 * 1024**3:
+    if (g.n_t + 1) * n * 8 > 2 * 1024**3:
         raise ExactError(
-            f"{g.name or 'the grammar'}: {n_t:,} terminals x {n:,} symbols is too large a "
+            f"{g.name or 'the grammar'}: {g.n_t:,} terminals x {n:,} symbols is too large a "
             "lexical table for the exact algorithms: use fewer terminals"
         )
-    lex = np.zeros((n_t + 1, n))
-    for a, tok, p in lexical:
-        lex[tok, a] += p
-    lex_off, lex_sym, lex_p = _group([(tok, a, p) for a, tok, p in lexical], n_t + 1)
 
-    binary.sort(key=lambda r: (r[1], r[0], r[2]))
-    bin_off = np.searchsorted(
-        np.array([r[1] for r in binary], dtype=np.int64), np.arange(n + 1), side="left"
-    ).astype(np.int64)
-    bin_parent = np.array([r[0] for r in binary], dtype=np.int64)
-    bin_left = np.array([r[1] for r in binary], dtype=np.int64)
-    bin_right = np.array([r[2] for r in binary], dtype=np.int64)
-    bin_p = np.array([r[3] for r in binary], dtype=np.float64)
 
-    # unary closure by powers: U is nilpotent (acyclic), so the sum is finite. Which chains
-    # exist is tracked as booleans: chain counts grow like 2^depth and would wrap in int64
-    # (count_parses counts them exactly, in Python ints)
+def _unary_closure(unary: list[tuple[int, int, float]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ustar (N, N) = I + U + U^2 + ..., chains (N, N) bool: A =>* B by unary rules)."""
+    # by powers: U is nilpotent (acyclic), so the sum is finite. Which chains exist is tracked
+    # as booleans: chain counts grow like 2^depth and would wrap in int64 (count_parses counts
+    # them exactly, in Python ints)
     u = np.zeros((n, n))
     for a, b, p in unary:
         u[a, b] += p
@@ -187,11 +235,14 @@ def _build(g: Grammar) -> NormalForm:
         if not power_b.any():
             break
         ustar = ustar + power
-    chains = _reachability(has_unary)  # A =>* B by unary rules (reflexive)
-    up = [(b, a, ustar[a, b]) for a in range(n) for b in range(n) if a != b and chains[a, b]]
-    up_off, up_sym, up_p = _group(up, n)
+    return ustar, _reachability(has_unary)  # chains: reflexive
 
-    # left corners: P_L[A, B] = total probability of A's rules whose first symbol is B
+
+def _left_corners(
+    binary: list[tuple[int, int, int, float]], unary: list[tuple[int, int, float]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(LC = (I - P_L)^-1 (N, N), reach (N, N) bool: a left-corner path A -> ... B exists), with
+    P_L[A, B] = the total probability of A's rules whose first symbol is B."""
     p_left = np.zeros((n, n))
     for a, b, _, p in binary:
         p_left[a, b] += p
@@ -199,49 +250,22 @@ def _build(g: Grammar) -> NormalForm:
         p_left[a, b] += p
     lc = np.linalg.solve(np.eye(n) - p_left, np.eye(n))
     reach = _reachability(p_left > 0)
-    lc = np.where(reach, np.maximum(lc, 0.0), 0.0)  # exact zeros where no left-corner path
-    # a path that exists but whose probability is below the smallest float (a chain of
-    # hundreds of levels, or rules of probability 1e-200) would make sentences probability 0
-    # (recognition and parsing need only which paths exist: they are unaffected)
-    lost = (reach & (lc <= 0.0)) | (chains & (ustar <= 0.0))
-    underflow = None
-    if lost.any():
-        a, b = (int(v) for v in np.argwhere(lost)[0])
-        underflow = (
-            f"{g.name or 'the grammar'}: the probability that {names[a]!r} starts with "
-            f"{names[b]!r} is below the smallest floating-point number (about 1e-308), so exact "
-            "probabilities would be 0 for strings the grammar derives: use a shallower grammar "
-            "or larger rule probabilities"
-        )
-    lc_off, lc_sym, lc_p = _group(
-        [(c, d, lc[c, d]) for c in range(n) for d in range(n) if reach[c, d]], n
-    )
+    return np.where(reach, np.maximum(lc, 0.0), 0.0), reach  # exact zeros where no path
 
-    return NormalForm(
-        grammar=g,
-        n_sym=n,
-        n_t=n_t,
-        names=tuple(names),
-        is_added=np.array(added),
-        lex=lex,
-        lex_off=lex_off,
-        lex_sym=lex_sym,
-        lex_p=lex_p,
-        bin_off=bin_off,
-        bin_parent=bin_parent,
-        bin_left=bin_left,
-        bin_right=bin_right,
-        bin_p=bin_p,
-        unary=tuple(unary),
-        ustar=ustar,
-        up_off=up_off,
-        up_sym=up_sym,
-        up_p=up_p,
-        lc=lc,
-        lc_off=lc_off,
-        lc_sym=lc_sym,
-        lc_p=lc_p,
-        underflow=underflow,
+
+def _underflow(g: Grammar, names: list[str], lost: np.ndarray) -> str | None:
+    """Why exact probabilities cannot be computed, given lost (N, N) = the left-corner and
+    unary paths that exist but whose probability is below the smallest float (a chain of
+    hundreds of levels, or rules of probability 1e-200): sentences would get probability 0.
+    Recognition and parsing need only which paths exist: they are unaffected."""
+    if not lost.any():
+        return None
+    a, b = (int(v) for v in np.argwhere(lost)[0])
+    return (
+        f"{g.name or 'the grammar'}: the probability that {names[a]!r} starts with "
+        f"{names[b]!r} is below the smallest floating-point number (about 1e-308), so exact "
+        "probabilities would be 0 for strings the grammar derives: use a shallower grammar "
+        "or larger rule probabilities"
     )
 
 
