@@ -3,7 +3,7 @@ minutes on 2 cores), its cost per checkpoint, and one probe stage on the same ru
 
 Uses runs/quickstart (`cfglab run configs/quickstart.yaml`, which keeps log:8 checkpoints),
 copied to a temporary folder so nothing in it changes; without it, the quickstart is trained
-first (about 8 minutes). Also prints the quickstart's emergence table.
+first. Also prints the quickstart's emergence table.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cfglab.analyze.dynamics import tables
 from cfglab.config import load_config
-from cfglab.report.plots_dynamics import emergence_markdown
+from cfglab.report.tables import table_markdown
 from cfglab.stages import STAGES, load_run_config, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f}"
         )
         t0 = time.perf_counter()
-        STAGES["probe"](cfg, run)
+        STAGES["analyze"](cfg, run, only=["probe"])
         probe_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         STAGES["dynamics"](cfg, run)
@@ -55,4 +56,4 @@ def main() -> None:
         f"one probe stage (model + random-init twin): {probe_s:.1f} s; a checkpoint of the "
         f"dynamics stage costs {dyn_s / n / probe_s:.2f}x one probe stage"
     )
-    print("\n".join(emergence_markdown(table)))
+    print("\n".join(table_markdown(tables(table)[0])))

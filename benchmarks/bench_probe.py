@@ -126,7 +126,9 @@ def main() -> None:
     settings = ProbeConfig()
     t0, c0 = time.perf_counter(), time.process_time()
     log = lambda m: print("  " + m)  # noqa: E731
-    res = probe_model(model, grammar, train, test, settings=settings, log=log)["all"]
+    targets = ["ancestor", "boundary"]
+    res = probe_model(model, grammar, train, test, settings=settings, targets=targets, log=log)
+    res = res["all"]
     t_probe, c_probe = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     g = len(res["keys"])

@@ -50,10 +50,15 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
         ("--device", "eval.device", None, "cpu, cuda, cuda:1, ..."),
         ("--threads", "eval.threads", None, "torch CPU threads"),
     ],
+    "analyze": [
+        ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),
+        ("--threads", "analyze.threads", None, "torch CPU threads"),
+    ],
     "probe": [
         ("--n-train", "probe.n_train", None, "fresh strings the probes learn on"),
         ("--n-test", "probe.n_test", None, "other fresh strings they are scored on"),
         ("--window", "probe.windows", "+", "all, causal, diagonal, tridiagonal (a table each)"),
+        ("--target", "probe.targets", "+", "ancestor, boundary, end_label, ends, depth"),
         ("--heads", "probe.n_heads", None, "probe heads H"),
         ("--d-probe", "probe.d_probe", None, "position embedding size d'"),
         ("--steps", "probe.steps", None, "probe training steps"),
@@ -61,21 +66,21 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
         ("--lr", "probe.lr", None, "AdamW learning rate"),
         ("--seed", "probe.seed", None, "probe strings and probe init"),
         ("--no-baseline", "probe.baseline", 0, "skip the random-init twin"),
-        ("--device", "probe.device", None, "cpu, cuda, cuda:1, ..."),
-        ("--threads", "probe.threads", None, "torch CPU threads"),
+        ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),
+        ("--threads", "analyze.threads", None, "torch CPU threads"),
     ],
     "attention": [
         ("--n-strings", "attention.n_strings", None, "fresh labelled strings"),
         ("--seed", "attention.seed", None, "attention strings"),
         ("--no-baseline", "attention.baseline", 0, "skip the random-init twin"),
-        ("--device", "attention.device", None, "cpu, cuda, cuda:1, ..."),
-        ("--threads", "attention.threads", None, "torch CPU threads"),
+        ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),
+        ("--threads", "analyze.threads", None, "torch CPU threads"),
     ],
     "dynamics": [
         ("--n", "dynamics.n_samples", None, "cut0 generations per checkpoint"),
         ("--n-kl", "dynamics.n_kl", None, "true strings per checkpoint for the KL"),
-        ("--no-probe", "dynamics.probe", 0, "skip the probes"),
-        ("--no-attention", "dynamics.attention", 0, "skip the head scores"),
+        ("--eval", "dynamics.eval", "+", "eval families per checkpoint"),
+        ("--analyses", "dynamics.analyses", "+", "analysis families per checkpoint"),
     ],
     "report": [
         ("--compare", "report.compare", "+", "runs whose probes go beside RUN_DIR's"),
@@ -130,12 +135,17 @@ def stage_overrides(name: str, args: argparse.Namespace) -> tuple[list[str], dic
         else:
             overrides.append(f"{key}={value}")
         flag_of[key] = flag
+    from cfglab.stages import STAGE_SECTIONS
+
+    # the sections the stage's results depend on (a family command: its own and analyze)
+    sections = STAGE_SECTIONS.get(name, ("analyze", name))
     for item in args.overrides:
         key = item.split("=", 1)[0].strip()
-        if not key.startswith(f"{name}."):
+        if key.split(".")[0] not in sections:
+            allowed = ", ".join(f"{s}.*" for s in sections)
             raise ConfigError(
-                f"--set {item}: `cfglab {name}` takes only {name}.* settings (the others are the "
-                f"run's record of how it was made); change them in the config and rerun it"
+                f"--set {item}: `cfglab {name}` takes only {allowed} settings (the others are "
+                f"the run's record of how it was made); change them in the config and rerun it"
             )
     return overrides + list(args.overrides), flag_of
 
@@ -154,6 +164,10 @@ def _yaml_item(text: str) -> str:
     return text if isinstance(value, (int, float, bool)) else json.dumps(text)
 
 
+# the commands that run one analysis family: the analyze stage with that family only
+FAMILY_COMMANDS = {"probe": "analyze", "attention": "analyze"}
+
+
 def run_stage(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from cfglab.stages import load_run_config, run_stage
@@ -164,7 +178,10 @@ def run_stage(name: str) -> Callable[[argparse.Namespace], int]:
         except ConfigError as exc:
             given = [f for key, f in flag_of.items() if key in str(exc)]
             raise ConfigError(f"{exc} (given as {given[0]})" if given else str(exc)) from None
-        run_stage(name, cfg, Path(args.run_dir))
+        if name in FAMILY_COMMANDS:
+            run_stage(FAMILY_COMMANDS[name], cfg, Path(args.run_dir), only=[name])
+        else:
+            run_stage(name, cfg, Path(args.run_dir))
         return 0
 
     return run
@@ -330,18 +347,23 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         add_stage("eval"),
         run_stage("eval"),
     ),
+    "analyze": (
+        "every analysis family (probes, attention, ...) -> analyze/<family>.json",
+        add_stage("analyze"),
+        run_stage("analyze"),
+    ),
     "probe": (
-        "linear probes for NT ancestors and boundaries per layer -> analyze/probe.json",
+        "the probe family alone: linear probes of the parse tree per layer -> analyze/probe.json",
         add_stage("probe"),
         run_stage("probe"),
     ),
     "attention": (
-        "attention statistics: position bias, boundary heads -> analyze/attention.json",
+        "the attention family alone: position bias, boundary heads -> analyze/attention.json",
         add_stage("attention"),
         run_stage("attention"),
     ),
     "dynamics": (
-        "every kept checkpoint measured: probes per level, accuracy, KL -> analyze/dynamics.jsonl",
+        "every kept checkpoint measured: probes per level, accuracy, KL -> analyze/dynamics.json",
         add_stage("dynamics"),
         run_stage("dynamics"),
     ),

@@ -9,8 +9,8 @@
       stages.json      the stages completed, each with a hash of the settings it ran under
       ckpt/            checkpoints (their format: cfglab.train.checkpoint)
       eval/            <family>.json per metric family and summary.json (cfglab eval)
-      analyze/         probe.json, attention.json (cfglab probe, cfglab attention),
-                       dynamics.jsonl + dynamics.json (cfglab dynamics)
+      analyze/         <family>.json per analysis family (cfglab analyze: probe, attention,
+                       ...), dynamics.json (cfglab dynamics: rows per kept checkpoint)
       report/          report.md, report.html, figures/*.png (cfglab report)
 
 Every result file is JSON with a `schema` header {"kind", "version"}; `write_result` writes
@@ -35,9 +35,8 @@ SCHEMA_VERSION = 1
 CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
 HISTORY, FINGERPRINT, STAGE_MARKS = "history.jsonl", "fingerprint.json", "stages.json"
 EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
-DYNAMICS = "analyze/dynamics.jsonl"  # one record per kept checkpoint (cfglab dynamics)
 # result kind -> the command that writes it (named in error messages)
-WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab probe / cfglab attention"}
+WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab analyze / cfglab dynamics"}
 
 
 def result_path(run_dir: str | Path, kind: str) -> Path:
@@ -137,6 +136,21 @@ def write_run_record(run_dir: str | Path, cfg, grammar, dataset: str | None = No
     if dataset:
         fingerprint["dataset_meta"] = sha256((Path(dataset) / "meta.json").read_bytes())
     write_json_atomic(root / FINGERPRINT, fingerprint)
+
+
+def read_fingerprint(run_dir: str | Path) -> dict[str, str]:
+    """fingerprint.json: the hashes of the training record ({} for a run that has none yet);
+    every result file carries it, so a result is tied to the run it was measured on."""
+    path = Path(run_dir) / FINGERPRINT
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CfglabError(f"{path} is corrupt; re-create the run") from None
+    if not isinstance(data, dict):
+        raise CfglabError(f"{path} is corrupt; re-create the run")
+    return data
 
 
 def read_run_config(run_dir: str | Path):

@@ -174,7 +174,7 @@ def test_stages_setting(tmp_path: Path) -> None:
 
     assert tuple(STAGES) == STAGE_NAMES
     assert load_config(None).stages == list(DEFAULT_STAGES)  # dynamics is opt-in
-    assert load_config(None, ["stages=[train, probe]"]).stages == ["train", "probe"]
+    assert load_config(None, ["stages=[train, analyze]"]).stages == ["train", "analyze"]
     with pytest.raises(ConfigError, match="each stage at most once"):
         load_config(None, ["stages=[train, train]"])
 
@@ -212,9 +212,11 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "train.dtype": "float32",
         "train.device": "cpu",
         "eval.device": "cpu",
-        "probe.device": "cpu",
-        "attention.device": "cpu",
+        "analyze.device": "cpu",
         "probe.windows": ["all", "causal"],
+        "probe.targets": ["depth"],
+        "dynamics.eval": ["accuracy"],
+        "dynamics.analyses": ["probe"],
         "eval.cuts": [0, 7],
         "eval.temperatures": [0.5, 1.0],
         "eval.corrupt": [0.15],

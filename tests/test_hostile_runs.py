@@ -40,7 +40,7 @@ TINY = [
     "probe.steps=2",
     "attention.n_strings=2",
     "train.keep_steps=[]",
-    "stages=[train, eval, probe, report]",
+    "stages=[train, eval, analyze, report]",
 ]
 
 
@@ -282,7 +282,7 @@ def test_an_encoder_is_not_evaluated(base_run, tmp_path, capsys):
     assert main(argv) == 0
     capsys.readouterr()
     line = one_error(capsys, main(["eval", str(enc)]))
-    assert "masked-LM encoder" in line and "cfglab probe" in line
+    assert "masked-LM encoder" in line and "analyze stage" in line
 
 
 def test_ctrl_c_during_eval_exits_130_quickly(base_run, tmp_path):

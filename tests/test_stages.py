@@ -70,7 +70,7 @@ def test_run_equals_the_stage_commands_one_by_one(tmp_path):
     sets = ["--set", *TINY]
     assert cli.main(["run", config, "--no-progress", "--out", str(together), *sets]) == 0
     assert cli.main(["train", config, "--no-progress", "--out", str(apart), *sets]) == 0
-    for stage in ("eval", "probe", "attention", "dynamics", "report"):
+    for stage in ("eval", "analyze", "dynamics", "report"):
         assert cli.main([stage, str(apart)]) == 0
     a, b = _results(together), _results(apart)
     expected = {
@@ -84,7 +84,6 @@ def test_run_equals_the_stage_commands_one_by_one(tmp_path):
         "analyze/probe.json",
         "analyze/attention.json",
         "analyze/dynamics.json",
-        "analyze/dynamics.jsonl",
         "metrics.jsonl",
         "grammar.cfg",
     }
@@ -121,7 +120,7 @@ def test_the_random_init_twin_is_the_model_training_started_from(tmp_path):
             == 0
         )
         cfg = load_config(run / "config.json")
-        model, _ = load_run_model(run, cfg, cfg.probe)
+        model, _ = load_run_model(run, cfg, cfg.analyze)
         twin = random_init_twin(model, cfg)
         for (name, a), b in zip(
             model.state_dict().items(), twin.state_dict().values(), strict=True
@@ -130,3 +129,26 @@ def test_the_random_init_twin_is_the_model_training_started_from(tmp_path):
         twins.append(twin)
     a, b = (next(iter(t.state_dict().values())) for t in twins)
     assert not torch.equal(a, b)  # another train.seed, another draw
+
+
+def test_every_stage_runs_on_a_recursive_grammar_that_is_not_layered(tmp_path):
+    """configs/quickstart_english.yaml (an English-like PCFG) through every stage: the probes
+    read its span and depth targets, each beside its random-init twin and majority rate."""
+    config = str(ROOT / "configs" / "quickstart_english.yaml")
+    run = tmp_path / "run"
+    sets = [s for s in TINY if not s.startswith("grammar.name")] + ["data.max_len=40"]
+    argv = ["run", config, "--no-progress", "--out", str(run), "--set", *sets]
+    assert cli.main(argv) == 0
+    probe = json.loads((run / "analyze" / "probe.json").read_text())["probe"]
+    assert probe["targets"] == ["end_label", "ends", "depth"]
+    tables = {t["target"]: t for t in probe["tables"]}
+    assert [c["label"] for c in tables["ends"]["columns"]][:3] == ["NP", "VP", "PP"]
+    for t in tables.values():
+        assert set(t["accuracy"]) == {"model", "random_init"} and all(
+            0 <= m <= 1 for m in t["majority"]
+        )
+    dynamics = json.loads((run / "analyze" / "dynamics.json").read_text())
+    levels = {r["level"] for r in dynamics["rows"] if r["metric"] == "kl_by_level"}
+    assert {"start", "L1"} <= levels  # rows grouped by the depth of the constituent ending
+    md = (run / "report" / "report.md").read_text()
+    assert "**end_label probe" in md and "**depth probe" in md and "## Training dynamics" in md

@@ -33,8 +33,9 @@ from benchmarks.bench_gpu.common import (
 
 # cfglab's own pieces, so the benchmark measures the real code (one block: paths may move)
 from cfglab.analyze.probe import fit_probe, score_probe
-from cfglab.analyze.probe_tree import TARGETS, probe_model, probe_targets
+from cfglab.analyze.probe_tree import probe_model
 from cfglab.analyze.states import HiddenStore, resid_names
+from cfglab.analyze.targets import build_targets, default_targets
 from cfglab.config import ExperimentConfig
 from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import BOS, Vocab
@@ -356,9 +357,12 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
             out["layer_fit_s"] = None
             return
         # one layer's probes, as probe_model fits and scores each layer
-        levels = list(range(1, train_b.ancestors.shape[0]))
-        keys, y_train, n_classes = probe_targets(grammar, train_b, levels, TARGETS)
-        _, y_test, _ = probe_targets(grammar, test_b, levels, TARGETS)
+        targets = default_targets(grammar)
+        train_t = build_targets(grammar, train_b, targets)
+        test_t = build_targets(grammar, test_b, targets)
+        keys = [(t.target, t.column.get("level", "")) for t in train_t]
+        y_train, y_test = np.stack([t.y for t in train_t]), np.stack([t.y for t in test_t])
+        n_classes = [t.n_classes for t in train_t]
         t0 = time.perf_counter()
         probe = fit_probe(
             store.load("train", names[-1]),
@@ -388,9 +392,12 @@ def section_probe(plan: Plan, clock: Clock, out: dict, results: dict) -> None:
         out["probe_model_s"] = None
         return
     t0 = time.perf_counter()
-    res = probe_model(model, grammar, train_b, test_b, settings=settings)["all"]
+    res = probe_model(
+        model, grammar, train_b, test_b, settings=settings, targets=default_targets(grammar)
+    )["all"]
     out["probe_model_s"] = time.perf_counter() - t0
     out["probe_model_last_layer"] = {
-        f"{t}{lev}": float(a) for (t, lev), a in zip(res["keys"], res["accuracy"][-1], strict=True)
+        f"{t}{c.get('level', '')}": float(a)
+        for (t, c), a in zip(res["keys"], res["accuracy"][-1], strict=True)
     }
     print(f"  probe_model, all {len(names)} layers: {out['probe_model_s']:.1f} s")

@@ -1,4 +1,4 @@
-"""Attention-pattern statistics: position-based and boundary-based attention (stage 6b).
+"""The attention family: position-based and boundary-based attention (stage 6b, analysis family).
 
 Read from `blocks.{l}.attn.hook_pattern` (B, H, T, T) on fresh labelled strings placed at
 positions 1..n of the model's input (see probe.string_windows). A[a, b] is the weight from query
@@ -25,172 +25,15 @@ position are not pairs of the statistics, but their mass stays in the rows, as i
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cfglab.errors import GrammarError
-
-DELTAS = (-2, -1, 0, 1, 2)  # Result 7: key offsets from an NT end
-MAX_RANK = 8  # Result 9: |r| buckets 0..MAX_RANK (larger r pooled into the last)
-
-
-def shallowest_end(is_boundary: np.ndarray) -> np.ndarray:
-    """b#: (L, n) bool -> (n,) the smallest level >= 1 whose subtree ends at each token, -1 if
-    none. (A token ending a level-l subtree also ends the deeper ones containing it.)"""
-    ends = is_boundary[1:]  # the root level ends only at the last token
-    first = ends.argmax(0) + 1
-    return np.where(ends.any(0), first, -1)
-
-
-def adjacent_ends(
-    subtree: np.ndarray, is_boundary: np.ndarray, causal: bool
-) -> list[tuple[int, list[int]]]:
-    """For one level: [(query a, [keys b])] for every NT-end token a with at least one adjacent
-    end: the end of the previous subtree (and of the next one unless causal). subtree, is_boundary
-    (n,) of that level."""
-    ends = np.flatnonzero(is_boundary)
-    end_of = {int(subtree[e]): int(e) for e in ends}  # subtree ordinal -> its last token
-    out = []
-    for a in ends:
-        p = int(subtree[a])
-        keys = [end_of[q] for q in ((p - 1,) if causal else (p - 1, p + 1)) if q in end_of]
-        if keys:
-            out.append((int(a), keys))
-    return out
-
-
-class AttentionStats:
-    """Accumulates the statistics of the module docstring over strings, layer by layer."""
-
-    def __init__(self, n_layer: int, n_head: int, n_levels: int, max_len: int, causal: bool):
-        self.causal = causal
-        self.n_levels = n_levels
-        self.d0 = max_len - 1  # distance d is stored at index d + d0
-        nd = 2 * max_len - 1
-        z = np.zeros
-        self.dist_sum = z((n_layer, n_head, nd))
-        self.dist_count = z(nd)
-        self.score_mass: dict[str, np.ndarray] = {}  # pattern -> (n_layer, H)
-        self.score_rows: dict[str, float] = {}
-        self.score_chance: dict[str, float] = {}
-        shape_e = (n_levels, len(DELTAS))
-        self.end_sum, self.end_hist = z((n_layer, n_head, *shape_e)), z((*shape_e, nd))
-        self.e2e_sum, self.e2e_hist = z((n_layer, n_head, n_levels)), z((n_levels, nd))
-        nr = 2 * MAX_RANK + 1
-        self.rank_sum, self.rank_hist = z((n_layer, n_head, n_levels, nr)), z((n_levels, nr, nd))
-
-    def _pair_hist(self, n: int, keys: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
-        """Counts by distance of the allowed pairs (a in queries (default all), b in keys)."""
-        a = np.arange(n) if queries is None else queries
-        d = (a[:, None] - keys[None, :]).ravel()
-        if self.causal:
-            d = d[d >= 0]
-        return np.bincount(d + self.d0, minlength=len(self.dist_count))
-
-    def add_labels(self, subtree: np.ndarray, is_boundary: np.ndarray, window: int) -> dict:
-        """Label-only work for one string (shared by all layers): pair sets, histograms and the
-        chance levels. subtree, is_boundary (L, n); window: the length of its input row."""
-        n = is_boundary.shape[1]
-        d = np.arange(0 if self.causal else -(n - 1), n)
-        self.dist_count[d + self.d0] += n - np.abs(d)
-        keys = np.arange(n)
-        # keys a uniform pattern spreads over: BOS and tokens 0..a (GPT), the window (encoder)
-        n_keys = keys + 2 if self.causal else np.full(n, window)
-        det: dict[str, tuple[np.ndarray, np.ndarray]] = {  # name -> (rows a, keys b) of pairs
-            "current_token": (keys, keys),
-            "previous_token": (keys[1:], keys[:-1]),
-        }
-        for lev in range(1, self.n_levels):
-            pairs = adjacent_ends(subtree[lev], is_boundary[lev], self.causal)
-            rows = [a for a, bs in pairs for _ in bs]
-            det[f"boundary_l{lev}"] = (
-                np.array(rows, dtype=np.int64),
-                np.array([b for _, bs in pairs for b in bs], np.int64),
-            )
-        for name, (rows, _) in det.items():
-            if name not in self.score_mass:
-                self.score_mass[name] = np.zeros(self.dist_sum.shape[:2])
-                self.score_rows[name] = self.score_chance[name] = 0.0
-            self.score_rows[name] += len(np.unique(rows))
-            self.score_chance[name] += float((1.0 / n_keys[rows]).sum())
-        sharp = shallowest_end(is_boundary)
-        sets = {"end": [], "e2e": [], "rank": []}
-        for lev in range(self.n_levels):
-            ends = np.flatnonzero(is_boundary[lev])
-            for k, delta in enumerate(DELTAS):
-                hit = np.zeros(n, dtype=bool)  # keys b with b + delta an end
-                src = ends - delta
-                hit[src[(src >= 0) & (src < n)]] = True
-                kb = np.flatnonzero(hit)
-                self.end_hist[lev, k] += self._pair_hist(n, kb)
-                sets["end"].append((lev, k, hit))
-            self.e2e_hist[lev] += self._pair_hist(n, ends, ends)
-            sets["e2e"].append((lev, ends))
-            same = np.flatnonzero(sharp == lev)
-            if len(same):
-                r = subtree[lev][same][:, None] - subtree[lev][same][None, :]  # (m, m) a - b
-                r = np.clip(r, -MAX_RANK, MAX_RANK) + MAX_RANK
-                dd = same[:, None] - same[None, :]
-                ok = dd >= 0 if self.causal else np.ones_like(dd, dtype=bool)
-                np.add.at(self.rank_hist[lev], (r[ok], dd[ok] + self.d0), 1)
-                sets["rank"].append((lev, same, r, ok))
-        return {"n": n, "det": det, "sets": sets}
-
-    def add_pattern(self, layer: int, pattern: Tensor, lab: dict, start: int = 1) -> None:
-        """pattern (H, Tw, Tw) of one string's window, its tokens at start..start+n-1."""
-        n = lab["n"]
-        full = pattern.double().cpu().numpy()
-        a = full[:, start : start + n, start : start + n]  # (H, n, n) token-to-token weights
-        # position bias: sums along the diagonals d = a - b
-        q, k = np.indices((n, n))
-        self.dist_sum[layer] += np.stack(
-            [
-                np.bincount(
-                    (q - k).ravel() + self.d0,
-                    weights=a[h].ravel(),
-                    minlength=self.dist_sum.shape[-1],
-                )
-                for h in range(a.shape[0])
-            ]
-        )
-        for name, (rows, keys) in lab["det"].items():
-            self.score_mass[name][layer] += a[:, rows, keys].sum(1)
-        col = a.sum(1)  # (H, n): each key's received mass (allowed pairs only)
-        for lev, k, hit in lab["sets"]["end"]:
-            self.end_sum[layer, :, lev, k] += col[:, hit].sum(1)
-        for lev, ends in lab["sets"]["e2e"]:
-            self.e2e_sum[layer, :, lev] += a[:, ends][:, :, ends].sum((1, 2))
-        for lev, same, r, ok in lab["sets"]["rank"]:
-            block = a[:, same][:, :, same]  # (H, m, m)
-            for h in range(a.shape[0]):
-                np.add.at(self.rank_sum[layer, h, lev], r[ok], block[h][ok])
-
-    def result(self) -> dict:
-        """Means as nested lists (JSON-ready). Residual means are NaN where a set is empty."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            abar = self.dist_sum / self.dist_count  # (n_layer, H, nd)
-            abar0 = np.nan_to_num(abar)
-
-            def residual(total: np.ndarray, hist: np.ndarray) -> np.ndarray:
-                # total (n_layer, H, *S); hist (*S, nd) -> mean B per set
-                expected = np.einsum("lhd,...d->lh...", abar0, hist)
-                return (total - expected) / hist.sum(-1)
-
-            scores = {k: (m / self.score_rows[k]).tolist() for k, m in self.score_mass.items()}
-            chance = {k: self.score_chance[k] / self.score_rows[k] for k in self.score_mass}
-            keep = self.dist_count > 0
-            return {
-                "distances": (np.flatnonzero(keep) - self.d0).tolist(),
-                "mean_by_distance": abar[:, :, keep].tolist(),
-                "head_scores": scores,
-                "chance": chance,
-                "end_offset": residual(self.end_sum, self.end_hist).tolist(),
-                "end_to_end": residual(self.e2e_sum, self.e2e_hist).tolist(),
-                "adjacent_by_rank": residual(self.rank_sum, self.rank_hist).tolist(),
-                "deltas": list(DELTAS),
-                "ranks": list(range(-MAX_RANK, MAX_RANK + 1)),
-            }
+from cfglab.analyze.attention_stats import AttentionStats
+from cfglab.analyze.context import AnalysisContext
+from cfglab.data.tree import tree_labels
 
 
 def attention_model(
@@ -204,20 +47,16 @@ def attention_model(
 ) -> dict:
     """The statistics of the module docstring for `model` on the labelled SampleBatch `batch`,
     plus example maps: the first string's first `example_len` tokens for the `n_examples` heads
-    with the highest boundary score, with the labels to draw the tree's boundaries."""
+    with the highest boundary score, with the labels to draw the tree's boundaries. Levels are
+    the tree's depths (cfglab.analyze.targets.tree_labels): a layered grammar's levels."""
     from cfglab.analyze.states import string_windows
     from cfglab.data.vocab import Vocab
     from cfglab.model.hooks import run_with_cache
 
-    if grammar.levels is None or batch.is_boundary is None:
-        raise GrammarError(
-            f"attention statistics need a layered grammar (like the cfg3 family) "
-            f"and labelled samples; {grammar.name or 'this grammar'} has no levels"
-        )
     cfg = model.config
     vocab = Vocab.from_grammar(grammar)
-    n_levels = batch.is_boundary.shape[0]
-    stats = AttentionStats(cfg.n_layer, cfg.n_head, n_levels, cfg.block_size, cfg.causal)
+    tl = tree_labels(grammar, batch)
+    stats = AttentionStats(cfg.n_layer, cfg.n_head, tl.n_levels, cfg.block_size, cfg.causal)
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.n_layer)]
     strings = batch.strings()
     off = batch.offsets
@@ -231,24 +70,26 @@ def attention_model(
         _, cache = run_with_cache(model, tokens.to(device), names)
         for j in range(len(chunk)):
             lo, hi = off[s0 + j], off[s0 + j + 1]
-            lab = stats.add_labels(
-                batch.subtree[:, lo:hi], batch.is_boundary[:, lo:hi], tokens.shape[1]
-            )
+            lab = stats.add_labels(tl.subtree[:, lo:hi], tl.is_boundary[:, lo:hi], tokens.shape[1])
             for layer, name in enumerate(names):
                 stats.add_pattern(layer, cache[name][j], lab)
         if first is None:
             m = min(example_len, len(chunk[0]))
             first = torch.stack([cache[n][0, :, 1 : m + 1, 1 : m + 1] for n in names])  # (l,H,m,m)
     out = stats.result()
-    boundary = np.max(
-        [out["head_scores"][f"boundary_l{lev}"] for lev in range(1, n_levels)], axis=0
-    )  # (n_layer, H): best level per head
-    top = np.argsort(boundary, axis=None)[::-1][:n_examples]
+    scores = [out["head_scores"][f"boundary_l{lev}"] for lev in range(1, tl.n_levels)]
+    with warnings.catch_warnings():  # a head with no boundary pair at any level: NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boundary = (
+            np.nanmax(scores, axis=0) if scores else np.full((cfg.n_layer, cfg.n_head), np.nan)
+        )
+    # boundary (n_layer, H): each head's best level
+    top = np.argsort(np.nan_to_num(boundary, nan=-1.0), axis=None)[::-1][:n_examples]
     m = first.shape[-1]
     out["example"] = {
         "tokens": strings[0][:m].tolist(),
-        "is_boundary": batch.is_boundary[:, :m].astype(int).tolist(),
-        "subtree": batch.subtree[:, :m].tolist(),
+        "is_boundary": tl.is_boundary[:, :m].astype(int).tolist(),
+        "subtree": tl.subtree[:, :m].tolist(),
         "maps": [
             {
                 "layer": int(i // cfg.n_head),
@@ -260,3 +101,235 @@ def attention_model(
         ],
     }
     return out
+
+
+# ---- the family protocol ---------------------------------------------------------------------
+TITLE = "Attention: position-based and boundary-based heads"  # the report section's heading
+DEFINITIONS: dict[str, str] = {
+    "best_head_score": (
+        "the highest score over layers and heads of a detection pattern: the attention mass a "
+        "head puts on the pattern's keys (previous_token: the token before the query; "
+        "current_token: the query itself; boundary_l{l}: the adjacent level-l NT ends of a query "
+        "that is itself a level-l NT end), averaged over the pattern's queries (TransformerLens' "
+        "head detector, 'mul'); levels are the tree's depths (a layered grammar's levels)"
+    ),
+    "head_score_chance": (
+        "what a uniform pattern over each query's keys would score on the same pattern"
+    ),
+}
+
+
+def supports(ctx: AnalysisContext) -> str | None:
+    from cfglab.model.hooks import hook_names
+
+    if not any(n.endswith("attn.hook_pattern") for n in hook_names(ctx.model)):
+        return "the model has no attention (no blocks.{i}.attn.hook_pattern)"
+    return None
+
+
+def measure(ctx: AnalysisContext) -> dict:
+    """Attention statistics of the trained model and its random-init twin per cfg.attention."""
+    import dataclasses
+
+    a = ctx.cfg.attention
+    batch = ctx.labelled("attention_strings", a.n_strings, a.seed)
+
+    def run(model: nn.Module, label: str) -> dict:
+        ctx.log(f"attention statistics of {label} on {a.n_strings} strings")
+        return attention_model(
+            model, ctx.grammar, batch, n_examples=a.n_examples, example_len=a.example_len
+        )
+
+    out = {"n_strings": a.n_strings, "model": run(ctx.model, "model")}
+    base = None
+    if a.baseline:
+        base = ctx.baseline("attention", dataclasses.asdict(a), lambda t: run(t, "random_init"))
+    if base is not None:
+        out["random_init"] = base
+    return out
+
+
+def _best(scores: list) -> tuple[float, int, int]:
+    s = np.array(scores, dtype=float)
+    if np.isnan(s).all():
+        return float("nan"), -1, -1
+    i = np.unravel_index(np.nanargmax(s), s.shape)
+    return float(s[i]), int(i[0]), int(i[1])
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """best_head_score per pattern and model (with its layer and head), head_score_chance."""
+    rows = []
+    n = result["n_strings"]
+    for key in ("model", "random_init"):
+        res = result.get(key)
+        for pattern, scores in (res or {}).get("head_scores", {}).items():
+            value, layer, head = _best(scores)
+            model = "trained" if key == "model" else key
+            rows.append(
+                {
+                    "metric": "best_head_score",
+                    "pattern": pattern,
+                    "model": model,
+                    "value": value,
+                    "n": n,
+                }
+            )
+            if key == "model":
+                rows.append(
+                    {
+                        "metric": "head_score_chance",
+                        "pattern": pattern,
+                        "value": res["chance"][pattern],
+                        "n": n,
+                    }
+                )
+    return rows
+
+
+def tables(result: dict) -> list[dict]:
+    """Per pattern: the best head (score vs chance) of the model and of random init."""
+    body = []
+    for name, scores in result["model"]["head_scores"].items():
+        value, layer, head = _best(scores)
+        rand = "-"
+        if "random_init" in result:
+            rand = f"{100 * _best(result['random_init']['head_scores'][name])[0]:.1f}"
+        chance = result["model"]["chance"][name]
+        body.append([name, f"{layer}.{head}", f"{100 * value:.1f}", rand, f"{100 * chance:.1f}"])
+    return [
+        {
+            "title": f"Attention statistics on {result['n_strings']} fresh strings",
+            "header": [
+                "statistic",
+                "best head (layer.head)",
+                "score %",
+                "random-init best %",
+                "chance %",
+            ],
+            "rows": body,
+        }
+    ]
+
+
+def _distance_figure(res: dict, max_distance: int = 64) -> dict:
+    d = np.array(res["distances"])
+    keep = np.abs(d) <= max_distance
+    mean = np.array(res["mean_by_distance"], dtype=float)  # (n_layer, H, D)
+    panels = []
+    for layer in range(mean.shape[0]):
+        series = [
+            {
+                "label": f"h{h}",
+                "x": d[keep].tolist(),
+                "y": np.clip(mean[layer, h, keep], 1e-5, None).tolist(),
+            }
+            for h in range(mean.shape[1])
+        ]
+        panels.append(
+            {
+                "title": f"layer {layer}",
+                "xlabel": "distance (query - key)",
+                "ylabel": "mean attention",
+                "yscale": "log",
+                "series": series,
+            }
+        )
+    return {
+        "name": "attention_distance",
+        "kind": "lines",
+        "title": "position bias (mean attention by distance)",
+        "panels": panels,
+        "caption": "mean attention by distance (position bias), one curve per head",
+    }
+
+
+def _boundary_figure(result: dict) -> dict:
+    levels = sorted(
+        int(k[len("boundary_l") :])
+        for k in result["model"]["head_scores"]
+        if k.startswith("boundary_l")
+    )
+    panels = []
+    for key in ("model", "random_init"):
+        if key not in result:
+            continue
+        for lev in levels:
+            s = np.array(result[key]["head_scores"][f"boundary_l{lev}"], dtype=float)
+            chance = result[key]["chance"][f"boundary_l{lev}"]
+            panels.append(
+                {
+                    "title": f"{key.replace('_', ' ')}: L{lev} (chance {100 * chance:.1f})",
+                    "values": np.where(np.isnan(s), None, s).tolist(),
+                    "xlabels": [str(h) for h in range(s.shape[1])],
+                    "ylabels": [str(i) for i in range(len(s))],
+                    "xlabel": "head",
+                    "ylabel": "layer",
+                    "vmin": 0,
+                    "vmax": 1,
+                    "annotate": "percent",
+                    "cmap": "magma",
+                    "row": 0 if key == "model" else 1,
+                }
+            )
+    return {
+        "name": "attention_boundary",
+        "kind": "heatmaps",
+        "title": "boundary attention (%): mass from an NT end on the adjacent NT ends",
+        "panels": panels,
+        "caption": "boundary attention per layer and head",
+    }
+
+
+def _examples_figure(result: dict) -> dict | None:
+    ex = result["model"].get("example")
+    if not ex or not ex["maps"]:
+        return None
+    bnd = np.array(ex["is_boundary"], dtype=bool)  # (L, m)
+    lv = [lev for lev in range(1, len(bnd)) if bnd[lev].any()]
+    shown = [lv[(len(lv) - 1) // 2], lv[-1]] if len(lv) > 1 else lv  # a shallow and the deepest
+    marks = [
+        {"at": np.flatnonzero(bnd[lev]).tolist(), "style": style}
+        for style, lev in zip(("-", ":"), shown, strict=False)
+    ]
+    panels = [
+        {
+            "title": f"layer {m['layer']} head {m['head']} (boundary "
+            f"{100 * m['boundary_score']:.0f}%)",
+            "values": m["pattern"],
+            "xlabel": "key token",
+            "ylabel": "query token",
+            "cmap": "Blues",
+            "marks": marks,
+        }
+        for m in ex["maps"]
+    ]
+    return {
+        "name": "attention_examples",
+        "kind": "heatmaps",
+        "title": f"attention maps, NT ends of levels {shown} (solid / dotted)",
+        "panels": panels,
+        "caption": "example attention maps with NT ends",
+    }
+
+
+def figures(result: dict) -> list[dict]:
+    out = [_distance_figure(result["model"]), _boundary_figure(result)]
+    example = _examples_figure(result)
+    return out + ([example] if example else [])
+
+
+COMPARE = [
+    {
+        "name": "attention_heads",
+        "kind": "lines",
+        "title": "best head score per pattern (dotted: random init)",
+        "metric": "best_head_score",
+        "where": {},
+        "x": ["pattern"],
+        "panels": [],
+        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "ylabel": "best head's score",
+        "caption": "the best head's score per detection pattern (95% CI across seeds)",
+    },
+]

@@ -1,44 +1,24 @@
 """Training dynamics: what the measurements of kept checkpoints say about the path (stage 6b).
 
-The dynamics stage (cfglab.stages.dynamics) measures every kept checkpoint (train.keep_steps)
-with the eval and probe stages' own code; this module holds what is specific to looking at the
-path: which level's structure each next-token KL row tests, and when each level emerges.
+The dynamics stage (cfglab.stages.dynamics) runs the eval and analysis families at every kept
+checkpoint and tags their rows with the checkpoint's `step`; this module holds what is specific
+to looking at the path, computed from those rows alone:
 
-- `row_levels`: the KL rows of a true string grouped by the level of the NT that ends just
-  before them. Row k is the next-token distribution after tokens x_1..x_k; if token x_k ends a
-  level-l subtree (l the shallowest such level, b# of SPEC.md), row k tests whether the model
-  knows where the level-l structure can go next. Row 0 (after BOS alone) is "start"; rows after
-  a token that ends no subtree above the terminals are "inside".
 - `emergence`: for a curve over steps, the first kept step at which it reaches halfway from its
   baseline (the random-init twin's value for probes; the first checkpoint's for generation
-  accuracy) to its final value, with the two checkpoints that bracket that crossing.
+  accuracy) to its final value, with the two checkpoints that bracket that crossing;
+- `emergence_table` / `emergence_rows`: that step for every last-layer probe of the trained
+  model and for cut0 generation accuracy;
+- the dynamics figures and tables, as data (cfglab.report.figures draws them), and the
+  cross-run views `COMPARE` for `cfglab compare`.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
-import numpy as np
-
-from cfglab.analyze.attention import shallowest_end
-
-
-def row_levels(is_boundary: np.ndarray) -> list[str]:
-    """(L, n) boundaries of one string -> the n + 1 KL rows' groups ("start", "inside", "L1"..)."""
-    sharp = shallowest_end(is_boundary)  # (n,) the shallowest level >= 1 ending at each token
-    return ["start"] + [f"L{lev}" if lev > 0 else "inside" for lev in sharp.tolist()]
-
-
-def kl_by_level(row_kls: Sequence[np.ndarray], groups: Sequence[list[str]]) -> dict[str, dict]:
-    """Mean row KL per group, pooled over strings: {group: {"kl", "n_rows"}}."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for kls, labels in zip(row_kls, groups, strict=True):
-        for value, group in zip(kls.tolist(), labels, strict=True):
-            sums[group] = sums.get(group, 0.0) + value
-            counts[group] = counts.get(group, 0) + 1
-    order = sorted(sums, key=lambda g: (g not in ("start", "inside"), g))
-    return {g: {"kl": sums[g] / counts[g], "n_rows": counts[g]} for g in order}
+NOT_QUALIFIERS = {"metric", "value", "n", "ci_low", "ci_high", "step", "family"}
 
 
 def emergence(steps: Sequence[int], values: Sequence[float], baseline: float) -> dict:
@@ -55,3 +35,268 @@ def emergence(steps: Sequence[int], values: Sequence[float], baseline: float) ->
             out["bracket"] = [steps[i - 1] if i else None, step]
             break
     return out
+
+
+def _qualifiers(row: dict, drop: Sequence[str] = ()) -> tuple:
+    return tuple(
+        sorted((k, v) for k, v in row.items() if k not in NOT_QUALIFIERS and k not in drop)
+    )
+
+
+def _column_text(quals: dict) -> str:
+    parts = [f"{quals['target']}"]
+    if "level" in quals:
+        parts.append(f"L{quals['level']}")
+    if "label" in quals:
+        parts.append(str(quals["label"]))
+    if quals.get("window", "all") != "all":
+        parts.append(f"({quals['window']})")
+    return " ".join(parts)
+
+
+def emergence_table(rows: list[dict]) -> list[dict]:
+    """Per last-layer probe of the trained model (target, level or label, window) and for cut0
+    generation accuracy: `emergence` of its curve over the kept steps. Baselines: the twin's
+    accuracy (measured once, the same at every step), the first checkpoint's accuracy."""
+    probe = [r for r in rows if r["metric"] == "probe_accuracy"]
+    last = max((r["layer"] for r in probe), default=None)
+    curves: dict[tuple, dict[int, float]] = defaultdict(dict)
+    twins: dict[tuple, float] = {}
+    for r in probe:
+        if r["layer"] != last:
+            continue
+        key = _qualifiers(r, drop=("layer", "model"))
+        if r["model"] == "trained":
+            curves[key][r["step"]] = r["value"]
+        else:
+            twins[key] = r["value"]
+    table = []
+    for key, curve in curves.items():
+        steps = sorted(curve)
+        quals = dict(key)
+        entry = emergence(steps, [curve[s] for s in steps], twins.get(key, 0.0))
+        table.append({"what": f"probe {_column_text(quals)}", "qualifiers": quals, **entry})
+    acc = {r["step"]: r["value"] for r in rows if r["metric"] == "accuracy" and r["cut"] == 0}
+    if acc:
+        steps = sorted(acc)
+        values = [acc[s] for s in steps]
+        entry = emergence(steps, values, values[0])
+        quals = {"target": "accuracy", "cut": 0}
+        table.append({"what": "generation accuracy cut0", "qualifiers": quals, **entry})
+    return table
+
+
+def emergence_rows(table: list[dict]) -> list[dict]:
+    """The emergence table as tidy rows (metric emergence_step; value None: never halfway)."""
+    return [
+        {"metric": "emergence_step", **e["qualifiers"], "value": e["step"], "n": 0} for e in table
+    ]
+
+
+def tables(table: list[dict]) -> list[dict]:
+    body = []
+    for e in table:
+        step = "never" if e["step"] is None else str(e["step"])
+        bracket = "-" if e["bracket"] is None else f"({e['bracket'][0]}, {e['bracket'][1]}]"
+        body.append(
+            [
+                e["what"],
+                f"{e['baseline']:.3f}",
+                f"{e['final']:.3f}",
+                f"{e['halfway']:.3f}",
+                step,
+                bracket,
+            ]
+        )
+    return [
+        {
+            "title": "Emergence: the first kept step at which a measure reaches halfway from its "
+            "baseline (the random-init twin for probes, the first checkpoint for accuracy) to its "
+            "final value",
+            "header": [
+                "measure",
+                "baseline",
+                "final",
+                "halfway",
+                "first step at halfway",
+                "bracket",
+            ],
+            "rows": body,
+        }
+    ]
+
+
+def _curve(rows: list[dict], **where) -> tuple[list, list]:
+    sel = sorted(
+        (r for r in rows if all(r.get(k) == v for k, v in where.items())), key=lambda r: r["step"]
+    )
+    return [r["step"] for r in sel], [r["value"] for r in sel]
+
+
+def _probe_figure(rows: list[dict]) -> dict | None:
+    probe = [r for r in rows if r["metric"] == "probe_accuracy" and r.get("window") == "all"]
+    if not probe:
+        return None
+    last = max(r["layer"] for r in probe)
+    panels = []
+    for target in dict.fromkeys(r["target"] for r in probe):
+        columns = dict.fromkeys(
+            _qualifiers(r, drop=("layer", "model", "target", "window"))
+            for r in probe
+            if r["target"] == target
+        )
+        series, hlines = [], []
+        for i, col in enumerate(columns):
+            where = {"target": target, "layer": last, **dict(col)}
+            x, y = _curve(probe, model="trained", **where)
+            label = _column_text({"target": target, **dict(col)}).split(" ", 1)[-1]
+            series.append({"label": label, "x": x, "y": y, "marker": "o", "color": i})
+            _, twin = _curve(probe, model="random_init", **where)
+            if twin:
+                hlines.append({"y": twin[-1], "style": "--", "color": i})
+        panels.append(
+            {
+                "title": f"{target} probe (dashed: random init)",
+                "xlabel": "training step",
+                "ylabel": "last-layer probe accuracy",
+                "xscale": "log",
+                "series": series,
+                "hlines": hlines,
+            }
+        )
+    return {
+        "name": "dynamics_probe",
+        "kind": "lines",
+        "panels": panels,
+        "title": "last-layer probe accuracy per level against step",
+        "caption": "last-layer probe accuracy per level against step",
+    }
+
+
+def _behaviour_figure(rows: list[dict]) -> dict | None:
+    panels = []
+    acc = [r for r in rows if r["metric"] == "accuracy" and r.get("cut") == 0]
+    if acc:
+        acc.sort(key=lambda r: r["step"])
+        panels.append(
+            {
+                "title": "cut0 generation accuracy (95% CI)",
+                "xlabel": "training step",
+                "xscale": "log",
+                "ylim": [0, 1.05],
+                "series": [
+                    {
+                        "label": "cut0",
+                        "x": [r["step"] for r in acc],
+                        "y": [r["value"] for r in acc],
+                        "lo": [r.get("ci_low") for r in acc],
+                        "hi": [r.get("ci_high") for r in acc],
+                        "marker": "o",
+                    }
+                ],
+            }
+        )
+    for metric, title in (("kl", "next-token KL"), ("val_loss", "validation loss")):
+        x, y = _curve(rows, metric=metric)
+        if x:
+            panels.append(
+                {
+                    "title": title,
+                    "xlabel": "training step",
+                    "xscale": "log",
+                    "yscale": "log" if metric == "kl" else None,
+                    "series": [{"label": metric, "x": x, "y": y, "marker": "s"}],
+                }
+            )
+    if not panels:
+        return None
+    return {
+        "name": "dynamics_accuracy",
+        "kind": "lines",
+        "panels": panels,
+        "title": "behaviour against step",
+        "caption": "cut0 generation accuracy, next-token KL and validation loss against step",
+    }
+
+
+def _grouped_figure(rows: list[dict], metric: str, by: str, name: str, title: str) -> dict | None:
+    sel = [r for r in rows if r["metric"] == metric and r.get("model", "trained") == "trained"]
+    if not sel:
+        return None
+    series, hlines = [], []
+    for i, group in enumerate(dict.fromkeys(r[by] for r in sel)):
+        x, y = _curve(sel, **{by: group})
+        series.append({"label": str(group), "x": x, "y": y, "marker": "o", "color": i})
+        _, twin = _curve(rows, metric=metric, model="random_init", **{by: group})
+        if twin:
+            hlines.append({"y": twin[-1], "style": "--", "color": i})
+    panel = {
+        "title": title,
+        "xlabel": "training step",
+        "xscale": "log",
+        "series": series,
+        "hlines": hlines,
+        "yscale": "log" if metric == "kl_by_level" else None,
+    }
+    return {"name": name, "kind": "lines", "panels": [panel], "title": title, "caption": title}
+
+
+def figures(rows: list[dict]) -> list[dict]:
+    """The run report's dynamics figures, from the per-step rows."""
+    out = [
+        _probe_figure(rows),
+        _behaviour_figure(rows),
+        _grouped_figure(
+            rows,
+            "kl_by_level",
+            "level",
+            "dynamics_kl_level",
+            "next-token KL by the level of the NT ending before each row",
+        ),
+        _grouped_figure(
+            rows,
+            "best_head_score",
+            "pattern",
+            "dynamics_heads",
+            "attention head scores against step (dashed: random init)",
+        ),
+    ]
+    return [f for f in out if f is not None]
+
+
+COMPARE = [
+    {
+        "name": "dynamics_probe",
+        "kind": "lines",
+        "title": "last-layer probe of the trained model against step",
+        "metric": "probe_accuracy",
+        "where": {"layer": "last", "model": "trained", "window": "all"},
+        "x": ["step"],
+        "panels": ["target", "level", "label"],
+        "xscale": "log",
+        "ylabel": "probe accuracy",
+        "caption": "last-layer probe accuracy against training step (95% CI across seeds)",
+    },
+    {
+        "name": "dynamics_accuracy",
+        "kind": "lines",
+        "title": "cut0 generation accuracy against step",
+        "metric": "accuracy",
+        "where": {"cut": 0},
+        "x": ["step"],
+        "panels": ["temperature"],
+        "xscale": "log",
+        "ylabel": "generation accuracy",
+        "caption": "cut0 generation accuracy against training step (95% CI across seeds)",
+    },
+    {
+        "name": "emergence",
+        "kind": "table",
+        "title": "emergence step (first kept step at halfway)",
+        "metric": "emergence_step",
+        "where": {},
+        "x": [],
+        "panels": [],
+        "caption": "the first kept step at which each measure reaches halfway to its final value",
+    },
+]

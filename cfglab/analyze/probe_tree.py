@@ -1,18 +1,21 @@
-"""Probing the parse tree: NT-ancestor and NT-boundary probes at every level and layer (6b).
+"""The probe family: does each layer linearly encode the parse tree? (stage 6b, analysis family)
 
-Targets, one probe per level l (level 0 = the root is skipped: it is constant):
-- "ancestor": the level-l NT ancestor of every token (a class among grammar.levels[l]);
-- "boundary": whether the token is the last token of its level-l subtree (binary).
+Targets (cfglab.analyze.targets.TARGETS; `probe.targets`, null = the grammar's defaults): for a
+layered grammar the level-l NT ancestor of every token and whether it ends its level-l subtree
+(the paper's probes, one per level below the root); for any other grammar the label of the
+smallest constituent ending at each token, "a constituent of label A ends here" (one probe per
+label) and the depth of each token.
 
-Protocol: fresh training strings and fresh test strings from the sampler (different streams);
-the hidden states of every layer are collected once (cfglab.analyze.states.HiddenStore) and
-probed one layer at a time (cfglab.analyze.probe.fit_probe) through each window. Baselines in
-the same tables: the same probes on a randomly initialised model of the same shape (the caller
-probes it too and passes it to `probe_tables`), and the majority-class rate of the test labels.
+Protocol: fresh training strings and fresh test strings from the sampler (streams
+(probe.seed, "probe_train" / "probe_test")); the hidden states of every layer are collected once
+(cfglab.analyze.states.HiddenStore) and probed one layer at a time (cfglab.analyze.probe.
+fit_probe) through each window. Baselines in the same tables: the same probes on the run's
+random-init twin, and the majority-class rate of the test labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,86 +24,71 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from cfglab.analyze.probe import (
-    SCORED_AT,
-    WINDOWS,
-    fit_probe,
-    majority_rate,
-    score_probe,
-)
+from cfglab.analyze.context import AnalysisContext
+from cfglab.analyze.probe import SCORED_AT, WINDOWS, fit_probe, majority_rate, score_probe
 from cfglab.analyze.states import HiddenStore, resid_names
+from cfglab.analyze.targets import Target, build_targets, default_targets
 from cfglab.config import ProbeConfig
-from cfglab.errors import ConfigError, GrammarError
 from cfglab.grammar import Grammar
 from cfglab.seeds import stream_seed
 
-TARGETS = ("ancestor", "boundary")
+TITLE = (
+    "Probes: is the parse tree linearly readable from each layer?"  # the report section's heading
+)
+DEFINITIONS: dict[str, str] = {
+    "probe_accuracy": (
+        "share of test tokens whose label a multi-head linear probe on one layer's residual "
+        "stream (blocks.{layer}.hook_resid_post) predicts correctly; trained on probe.n_train "
+        "fresh strings, scored on probe.n_test others; restricted windows (diagonal, "
+        "tridiagonal) are trained and scored at the probed level's NT ends only. model: the "
+        "trained model or its random-init twin (the run's own initialisation)."
+    ),
+    "probe_majority": "accuracy of always answering the training tokens' commonest label",
+}
 
 
-def probe_targets(
-    grammar, batch, levels: Sequence[int], targets: Sequence[str]
-) -> tuple[list[tuple[str, int]], np.ndarray, list[int]]:
-    """[(target, level)], labels (G, N) int64, n_classes (G,) from a labelled SampleBatch."""
-    keys, labels, n_classes = [], [], []
-    for target in targets:
-        for lev in levels:
-            keys.append((target, lev))
-            if target == "ancestor":
-                labels.append(batch.ancestors[lev].astype(np.int64))
-                n_classes.append(len(grammar.levels[lev]))
-            else:
-                labels.append(batch.is_boundary[lev].astype(np.int64))
-                n_classes.append(2)
-    return keys, np.stack(labels), n_classes
+def _column_name(column: dict) -> str:
+    if "level" in column:
+        return f"L{column['level']}"
+    return str(column.get("label", "all"))
 
 
 def probe_layers(
     store: HiddenStore,
     names: Sequence[str],
-    grammar: Grammar,
-    train,
-    test,
+    train_targets: list[Target],
+    test_targets: list[Target],
+    offsets: tuple[np.ndarray, np.ndarray],
     *,
     settings: ProbeConfig,
     window: str = "all",
     seed: int = 0,
     max_len: int | None = None,
-    levels: Sequence[int] | None = None,
-    targets: Sequence[str] = TARGETS,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Probe the layers `names` of a HiddenStore (splits "train" and "test" collected from the
-    labelled SampleBatches `train`, `test`) for every (target, level) through `window`.
-    Returns {"layers", "keys": [(target, level)], "accuracy" (layers, G),
-    "balanced_accuracy" (layers, G), "majority" (G,)}."""
-    if grammar.levels is None or train.ancestors is None:
-        raise GrammarError(
-            f"probing needs a layered grammar (like the cfg3 family) and labelled "
-            f"samples; {grammar.name or 'this grammar'} has no levels"
-        )
-    if window not in WINDOWS:
-        raise ConfigError(f"unknown probe window {window!r}; choose from {', '.join(WINDOWS)}")
-    n_levels = train.ancestors.shape[0]
-    levels = list(range(1, n_levels)) if levels is None else list(levels)
+    """Probe the layers `names` of a HiddenStore (splits "train" and "test") for every target
+    through `window`; offsets = (train, test) string offsets. Returns {"layers", "keys":
+    [(target, column)], "accuracy" (layers, G), "balanced_accuracy" (layers, G), "majority"
+    (G,)}. Restricted windows probe the targets that have NT ends only, scored there."""
     at_ends = SCORED_AT[window] == "ends"
-    if at_ends:
-        targets = [t for t in targets if t != "boundary"]  # a boundary probe at ends is trivial
-    for t in targets:
-        if t not in TARGETS:
-            raise ConfigError(f"unknown probe target {t!r}; choose from {', '.join(TARGETS)}")
-    keys, y_train, n_classes = probe_targets(grammar, train, levels, targets)
-    _, y_test, _ = probe_targets(grammar, test, levels, targets)
-    w_train = w_test = None
-    if at_ends:  # restricted probes: the level's NT ends only
-        w_train = np.stack([train.is_boundary[lev] for _, lev in keys])
-        w_test = np.stack([test.is_boundary[lev] for _, lev in keys])
+    pairs = [
+        (tr, te)
+        for tr, te in zip(train_targets, test_targets, strict=True)
+        if not at_ends or tr.at_ends is not None
+    ]
+    keys = [(tr.target, tr.column) for tr, _ in pairs]
+    y_train = np.stack([tr.y for tr, _ in pairs])
+    y_test = np.stack([te.y for _, te in pairs])
+    n_classes = [tr.n_classes for tr, _ in pairs]
+    w_train = np.stack([tr.at_ends for tr, _ in pairs]) if at_ends else None
+    w_test = np.stack([te.at_ends for _, te in pairs]) if at_ends else None
     acc, bal = [], []
     for name in names:
         t0 = time.perf_counter()
         probe = fit_probe(
             store.load("train", name),
-            train.offsets,
+            offsets[0],
             y_train,
             n_classes,
             settings=settings,
@@ -110,12 +98,12 @@ def probe_layers(
             seed=seed,
             device=device,
         )
-        scores = score_probe(probe, store.load("test", name), test.offsets, y_test, where=w_test)
+        scores = score_probe(probe, store.load("test", name), offsets[1], y_test, where=w_test)
         acc.append(scores["accuracy"])
         bal.append(scores["balanced_accuracy"])
         if log:
             cells = " ".join(
-                f"{t[0][:3]}{t[1]}={a:.3f}" for t, a in zip(keys, acc[-1], strict=True)
+                f"{t[:3]}{_column_name(c)}={a:.3f}" for (t, c), a in zip(keys, acc[-1], strict=True)
             )
             log(f"{name}: {cells} ({time.perf_counter() - t0:.1f} s)")
     return {
@@ -134,23 +122,21 @@ def probe_model(
     test,
     *,
     settings: ProbeConfig,
+    targets: Sequence[str],
     windows: Sequence[str] = ("all",),
     seed: int = 0,
-    levels: Sequence[int] | None = None,
-    targets: Sequence[str] = TARGETS,
     batch_size: int = 16,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
-    """Probe every layer of `model` through each window: the hidden states of `train` and
-    `test` are collected once, then `probe_layers` per window (probe seed: the stream
-    (seed, "probe_fit", window index)). Returns {window: probe_layers' result}."""
+    """Probe every layer of `model` for `targets` through each window: the hidden states of the
+    labelled SampleBatches `train` and `test` are collected once, then `probe_layers` per
+    window (probe seed: the stream (seed, "probe_fit", window index)). {window: result}."""
     from cfglab.data.vocab import Vocab
 
-    for window in windows:
-        if window not in WINDOWS:
-            raise ConfigError(f"unknown probe window {window!r}; choose from {', '.join(WINDOWS)}")
     vocab = Vocab.from_grammar(grammar)
     names = resid_names(model.config.n_layer)
+    train_targets = build_targets(grammar, train, list(targets))
+    test_targets = build_targets(grammar, test, list(targets))
     out = {}
     with tempfile.TemporaryDirectory(prefix="cfglab-probe-") as tmp:
         store = HiddenStore(Path(tmp))
@@ -166,19 +152,17 @@ def probe_model(
             )
         for window in windows:
             if log:
-                log(f"window {window}, {SCORED_AT.get(window, '?')} positions")
+                log(f"window {window}, {SCORED_AT[window]} positions")
             out[window] = probe_layers(
                 store,
                 names,
-                grammar,
-                train,
-                test,
+                train_targets,
+                test_targets,
+                (train.offsets, test.offsets),
                 settings=settings,
                 window=window,
                 seed=stream_seed(seed, "probe_fit", list(WINDOWS).index(window)),
                 max_len=model.config.block_size,
-                levels=levels,
-                targets=targets,
                 device=str(next(model.parameters()).device),
                 log=log,
             )
@@ -186,8 +170,8 @@ def probe_model(
 
 
 def probe_tables(result: dict, baseline: dict | None, window: str) -> list[dict]:
-    """Regroup probe_layers' columns into one table per target: rows layers, columns levels;
-    the random-init twin's accuracies beside the model's when `baseline` is given."""
+    """Regroup probe_layers' columns into one table per target: rows layers, columns the
+    target's probes (levels, labels); the random-init twin's accuracies beside the model's."""
     tables = []
     for target in dict.fromkeys(t for t, _ in result["keys"]):
         cols = [i for i, (t, _) in enumerate(result["keys"]) if t == target]
@@ -195,7 +179,7 @@ def probe_tables(result: dict, baseline: dict | None, window: str) -> list[dict]
             "target": target,
             "window": window,
             "where": SCORED_AT[window],
-            "levels": [result["keys"][i][1] for i in cols],
+            "columns": [result["keys"][i][1] for i in cols],
             "majority": result["majority"][cols].tolist(),
         }
         for metric in ("accuracy", "balanced_accuracy"):
@@ -204,3 +188,162 @@ def probe_tables(result: dict, baseline: dict | None, window: str) -> list[dict]
                 table[metric]["random_init"] = baseline[metric][:, cols].tolist()
         tables.append(table)
     return tables
+
+
+# ---- the family protocol ---------------------------------------------------------------------
+def supports(ctx: AnalysisContext) -> str | None:
+    """Every grammar has probe targets; every model family exposes hook_resid_post."""
+    return None
+
+
+def measure(ctx: AnalysisContext) -> dict:
+    """Probe tables of the trained model (and its random-init twin) per cfg.probe."""
+    p = ctx.cfg.probe
+    targets = list(p.targets) if p.targets is not None else default_targets(ctx.grammar)
+    train = ctx.labelled("probe_train", p.n_train, p.seed)
+    test = ctx.labelled("probe_test", p.n_test, p.seed)
+
+    def run(model: nn.Module, label: str) -> dict:
+        ctx.log(f"probing {label}")
+        return probe_model(
+            model,
+            ctx.grammar,
+            train,
+            test,
+            settings=p,
+            targets=targets,
+            windows=p.windows,
+            seed=p.seed,
+            log=ctx.log,
+        )
+
+    trained = run(ctx.model, "model")
+    base = None
+    if p.baseline:
+        base = ctx.baseline("probe", dataclasses.asdict(p), lambda t: run(t, "random_init"))
+    tables = []
+    for window in p.windows:
+        tables += probe_tables(trained[window], base[window] if base else None, window)
+    return {
+        "targets": targets,
+        "n_train": p.n_train,
+        "n_test": p.n_test,
+        "n_test_tokens": int(test.offsets[-1]),
+        "layers": trained[p.windows[0]]["layers"],
+        "tables": tables,
+    }
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """probe_accuracy per (target, window, column, layer, model) and probe_majority."""
+    rows = []
+    for t in result["tables"]:
+        at = {"target": t["target"], "window": t["window"]}
+        for model, table in t["accuracy"].items():
+            for layer, row in enumerate(table):
+                for column, value in zip(t["columns"], row, strict=True):
+                    rows.append(
+                        {
+                            "metric": "probe_accuracy",
+                            **at,
+                            **column,
+                            "layer": layer,
+                            "model": "trained" if model == "model" else model,
+                            "value": value,
+                            "n": result["n_test"],
+                        }
+                    )
+        for column, value in zip(t["columns"], t["majority"], strict=True):
+            rows.append({"metric": "probe_majority", **at, **column, "value": value, "n": 0})
+    return rows
+
+
+def tables(result: dict) -> list[dict]:
+    """One table per probe table: rows layers, columns the target's probes, model / twin (%)."""
+    out = []
+    for t in result["tables"]:
+        rand = t["accuracy"].get("random_init")
+        body = [
+            [str(i)]
+            + [
+                f"{100 * v:.1f}" + (f" / {100 * rand[i][j]:.1f}" if rand else "")
+                for j, v in enumerate(row)
+            ]
+            for i, row in enumerate(t["accuracy"]["model"])
+        ]
+        body.append(["majority", *(f"{100 * v:.1f}" for v in t["majority"])])
+        out.append(
+            {
+                "title": f"{t['target']} probe (window {t['window']}, {t['where']} positions; "
+                "accuracy %, model / random-init)",
+                "header": ["layer", *(_column_name(c) for c in t["columns"])],
+                "rows": body,
+            }
+        )
+    return out
+
+
+def figures(result: dict) -> list[dict]:
+    """Per probe table a heatmap (layer x probe): trained | random init | majority class."""
+    out = []
+    for t in result["tables"]:
+        names = [_column_name(c) for c in t["columns"]]
+        layers = [str(i) for i in range(len(t["accuracy"]["model"]))]
+        panels = [
+            {
+                "title": title,
+                "values": t["accuracy"][key],
+                "xlabels": names,
+                "ylabels": layers,
+                "xlabel": "probe",
+                "ylabel": "layer",
+                "vmin": 0,
+                "vmax": 1,
+                "annotate": "percent",
+                "width": 3,
+            }
+            for key, title in (("model", "model"), ("random_init", "random init"))
+            if key in t["accuracy"]
+        ]
+        panels.append(
+            {
+                "title": "majority",
+                "values": [[v] for v in t["majority"]],
+                "xlabels": ["maj."],
+                "ylabels": names,
+                "vmin": 0,
+                "vmax": 1,
+                "annotate": "percent",
+                "width": 1.2,
+            }
+        )
+        out.append(
+            {
+                "name": f"probe_{t['target']}"
+                + ("" if t["window"] == "all" else f"_{t['window']}"),
+                "kind": "heatmaps",
+                "title": f"{t['target']} probe accuracy (%), window {t['window']}, "
+                f"{t['where']} positions",
+                "caption": f"{t['target']} probe accuracy per layer and probe, beside the "
+                "random-init twin and the majority class",
+                "panels": panels,
+            }
+        )
+    return out
+
+
+# cross-run views for `cfglab compare` (data: compare draws them without knowing this family)
+COMPARE = [
+    {
+        "name": "probe",
+        "kind": "lines",
+        "title": "last-layer probe accuracy (dotted: random init)",
+        "metric": "probe_accuracy",
+        "where": {"layer": "last"},
+        "x": ["level", "label"],
+        "panels": ["target", "window"],
+        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "ylabel": "probe accuracy",
+        "caption": "last-layer probe accuracy per probe (95% CI across seeds)",
+    },
+]

@@ -29,8 +29,8 @@ DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
 DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
 # the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
 # that `cfglab.stages.STAGES` implements (a test keeps the two equal)
-STAGE_NAMES = ("train", "eval", "probe", "attention", "dynamics", "report")
-DEFAULT_STAGES = ("train", "eval", "probe", "attention", "report")  # `stages` unless set
+STAGE_NAMES = ("train", "eval", "analyze", "dynamics", "report")
+DEFAULT_STAGES = ("train", "eval", "analyze", "report")  # `stages` unless set
 PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
 SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
 NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
@@ -179,8 +179,7 @@ class ProbeConfig:
     weight_decay: float = 1e-3  # AdamW
     seed: int = 2  # probe strings and probe init, keyed by purpose
     baseline: bool = True  # also probe a random-init twin of the model (the chance level)
-    device: str | None = None  # None: the run's train.device
-    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+    targets: list[str] | None = None  # cfglab.analyze.targets.TARGETS (None: the grammar's)
 
 
 @dataclass
@@ -190,16 +189,20 @@ class AttentionConfig:
     example_len: int = 64  # tokens of the example maps
     seed: int = 3  # attention strings, keyed by purpose
     baseline: bool = True  # also measure a random-init twin of the model (the chance level)
-    device: str | None = None  # None: the run's train.device
+
+
+@dataclass
+class AnalyzeConfig:
+    device: str | None = None  # where every analysis family runs (None: the run's train.device)
     threads: int | None = None  # torch CPU threads (None: the run's train.threads)
 
 
 @dataclass
 class DynamicsConfig:
-    n_samples: int = 50  # cut0 generations per checkpoint (accuracy with its interval)
-    n_kl: int = 50  # true strings per checkpoint for the KL, overall and by level
-    probe: bool = True  # probes per level at every checkpoint (the probe section's settings)
-    attention: bool = True  # head scores at every checkpoint (the attention section's settings)
+    n_samples: int = 50  # cut0 generations per checkpoint (eval.n_samples there)
+    n_kl: int = 50  # true strings per checkpoint for the KL, overall and by level (eval.n_kl)
+    eval: list[str] = field(default_factory=lambda: ["accuracy", "distribution"])  # families
+    analyses: list[str] = field(default_factory=lambda: ["probe", "attention"])  # families
 
 
 @dataclass
@@ -219,6 +222,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -56,7 +56,11 @@ class TreeLabels:
 
 def tree_labels(grammar: Grammar, batch, max_depth: int = MAX_DEPTH) -> TreeLabels:
     """The tables of the module docstring for a SampleBatch drawn with labels=True. For a
-    layered grammar they cover every level; otherwise depths 0..max_depth-1."""
+    layered grammar they cover every level (read off the sampler's per-level labels);
+    otherwise depths 0..max_depth-1 (from the spans)."""
+    layered = strict_levels(grammar)
+    if layered is not None and batch.ancestors is not None:
+        return _from_levels(grammar, batch, layered)
     rows, depth = batch.span_rows, batch.span_depth
     if rows is None:
         raise ValueError("tree_labels needs a SampleBatch sampled with labels=True")
@@ -64,8 +68,7 @@ def tree_labels(grammar: Grammar, batch, max_depth: int = MAX_DEPTH) -> TreeLabe
     string = np.repeat(np.arange(len(batch)), np.diff(batch.span_offsets))  # (K,) row -> string
     start = batch.offsets[string] + rows[:, 1]  # absolute token positions, (K,)
     end = batch.offsets[string] + rows[:, 2]  # exclusive
-    layered = strict_levels(grammar)
-    n_levels = len(layered) if layered is not None else min(max_depth, int(depth.max()) + 1)
+    n_levels = min(max_depth, int(depth.max()) + 1)
     ancestor = np.full((n_levels, n_tok), -1, dtype=np.int64)
     subtree = np.full((n_levels, n_tok), -1, dtype=np.int64)
     is_boundary = np.zeros((n_levels, n_tok), dtype=bool)
@@ -91,6 +94,26 @@ def tree_labels(grammar: Grammar, batch, max_depth: int = MAX_DEPTH) -> TreeLabe
     ends = np.zeros((n_nt, n_tok), dtype=bool)
     ends[rows[:, 0], end - 1] = True
     return TreeLabels(ancestor, subtree, is_boundary, token_depth, end_label, ends)
+
+
+def _from_levels(grammar: Grammar, batch, levels) -> TreeLabels:
+    """The tables of a layered grammar from the sampler's per-level labels (no spans needed:
+    level l is depth l, and every token has a node at every level)."""
+    n_tok, n_nt = batch.ancestors.shape[1], grammar.n_nt
+    ancestor = np.stack(
+        [np.array(lev, dtype=np.int64)[batch.ancestors[i]] for i, lev in enumerate(levels)]
+    )
+    is_boundary = batch.is_boundary.astype(bool)
+    end_label = np.full(n_tok, n_nt, dtype=np.int64)
+    ends = np.zeros((n_nt, n_tok), dtype=bool)
+    for lev in range(len(levels)):  # deeper levels overwrite: the smallest node ending there
+        at = np.flatnonzero(is_boundary[lev])
+        end_label[at] = ancestor[lev, at]
+        ends[ancestor[lev, at], at] = True
+    token_depth = np.full(n_tok, len(levels), dtype=np.int64)
+    return TreeLabels(
+        ancestor, batch.subtree.astype(np.int64), is_boundary, token_depth, end_label, ends
+    )
 
 
 def shallowest_end(is_boundary: np.ndarray) -> np.ndarray:

@@ -56,6 +56,8 @@ class EvalContext:
     clock: Clock = field(default_factory=Clock)
     judged: dict = field(default_factory=dict)  # (cut, temperature index) -> generations,
     # judged once by the accuracy family and shared (diversity reads the cut0 ones)
+    memo: dict = field(default_factory=dict)  # what does not depend on the model (true strings,
+    # their exact distributions): the dynamics stage shares it between checkpoints
 
     @property
     def n(self) -> int:
@@ -81,6 +83,17 @@ class EvalContext:
         return draw(
             self.grammar, n, self.seed(purpose, *key), max_len=self.max_len, labels=False
         ).strings()
+
+    def true_batch(self, n: int, purpose: str, *key: int):
+        """The labelled SampleBatch of the same stream as `true_strings` (the same strings),
+        drawn once per memo."""
+        memo_key = ("true_batch", n, purpose, *key)
+        if memo_key not in self.memo:
+            draw = self.clock.wrap("sample", sample)
+            self.memo[memo_key] = draw(
+                self.grammar, n, self.seed(purpose, *key), max_len=self.max_len, labels=True
+            )
+        return self.memo[memo_key]
 
     def strings_longer_than(self, n: int, cut: int, purpose: str) -> list[np.ndarray]:
         """n true strings longer than `cut` (shorter ones are redrawn), stream (purpose, cut,

@@ -48,6 +48,12 @@ DEFINITIONS: dict[str, str] = {
         "the model's mean negative log-likelihood of the true strings' tokens and their EOS: -sum"
         " log Q(x) / sum (n + 1), nats per predicted token."
     ),
+    "kl_by_level": (
+        "row KL pooled over all strings' rows, grouped by the NT that ends just before the row: "
+        "row k follows token x_k; if x_k ends a subtree, the group is the shallowest such level "
+        "L1, L2, ... (depth below the root; a layered grammar's level), else 'inside'; row 0 "
+        "(after BOS) is 'start'. Tells which level's structure the model has not learned yet."
+    ),
     "entropy_rate": (
         "the grammar's true entropy per predicted token on the same strings: -sum log P(x) / sum "
         "(n + 1); 'entropy_rate_rb' is the lower-variance estimate sum over rows of "
@@ -92,6 +98,7 @@ class DistributionResult:
     entropy_rate_rb: float
     eps: float = KL_EPS
     kl_per_string: list[float] = field(default_factory=list)
+    kl_by_level: dict[str, dict] = field(default_factory=dict)  # group -> {kl, n_rows}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,19 +112,22 @@ def distribution_metrics(
     *,
     eps: float = KL_EPS,
     buckets: Sequence[int] = DEFAULT_POSITION_BUCKETS,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> DistributionResult:
     """All distribution metrics from the exact rows and the model's rows of each true string.
 
     true_strings[i]: (n,) terminal ids; p_true[i]: (n+1, T+1) exact next-symbol probabilities
     (column 0 EOS, column j terminal j), as `exact.inside.next_token_dist`; model_logq[i]:
-    (n+1, V) the model's next-token log-probabilities for input [BOS, x_1..x_n].
-    Definitions: DEFINITIONS['kl'], ['kl_by_position'], ['seq_kl'], ['cross_entropy'],
-    ['entropy_rate'].
+    (n+1, V) the model's next-token log-probabilities for input [BOS, x_1..x_n]; groups[i]:
+    the n+1 rows' groups for kl_by_level (`row_levels`), None: no kl_by_level.
+    Definitions: DEFINITIONS['kl'], ['kl_by_position'], ['kl_by_level'], ['seq_kl'],
+    ['cross_entropy'], ['entropy_rate'].
     """
     edges = list(buckets)
     bucket_sum = np.zeros(len(edges))
     bucket_cnt = np.zeros(len(edges), dtype=np.int64)
     kl_strings, logp_sum, logq_sum, h_rows, n_rows = [], 0.0, 0.0, 0.0, 0
+    row_kls = []
     for x, p, lq in zip(true_strings, p_true, model_logq, strict=True):
         n = len(x)
         if p.shape != (n + 1, n_terminals + 1) or lq.shape[0] != n + 1:
@@ -127,6 +137,7 @@ def distribution_metrics(
                 f" and ({n + 1}, V)"
             )
         rk = row_kl(p, model_symbol_probs(lq, n_terminals), eps)  # (n+1,)
+        row_kls.append(rk)
         kl_strings.append(float(rk.mean()))
         b = np.searchsorted(edges, np.arange(n + 1), side="right") - 1  # bucket of row k
         np.add.at(bucket_sum, b, rk)
@@ -165,7 +176,30 @@ def distribution_metrics(
         entropy_rate_rb=h_rows / n_rows if n_rows else float("nan"),
         eps=eps,
         kl_per_string=[float(v) for v in kls],
+        kl_by_level=kl_by_level(row_kls, groups) if groups is not None else {},
     )
+
+
+def row_levels(is_boundary: np.ndarray) -> list[str]:
+    """(L, n) boundaries of one string (levels = depths, cfglab.data.tree) -> the n + 1 KL rows'
+    groups: "start", then per token "L<l>" (the shallowest level >= 1 whose subtree it ends)
+    or "inside"."""
+    from cfglab.data.tree import shallowest_end
+
+    sharp = shallowest_end(is_boundary)
+    return ["start"] + [f"L{lev}" if lev > 0 else "inside" for lev in sharp.tolist()]
+
+
+def kl_by_level(row_kls: Sequence[np.ndarray], groups: Sequence[Sequence[str]]) -> dict[str, dict]:
+    """Mean row KL per group, pooled over strings: {group: {"kl", "n_rows"}}."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for kls, labels in zip(row_kls, groups, strict=True):
+        for value, group in zip(kls.tolist(), labels, strict=True):
+            sums[group] = sums.get(group, 0.0) + value
+            counts[group] = counts.get(group, 0) + 1
+    order = sorted(sums, key=lambda g: (g not in ("start", "inside"), g))
+    return {g: {"kl": sums[g] / counts[g], "n_rows": counts[g]} for g in order}
 
 
 def evaluate_distribution(
@@ -190,17 +224,31 @@ def evaluate_distribution(
     return distribution_metrics(strings, p_true, logq, grammar.n_t, eps=eps, buckets=buckets)
 
 
-def measure(ctx: EvalContext) -> dict:
-    """DistributionResult on eval.n_kl fresh true strings (stream 'eval_kl')."""
+def _exact_rows(ctx: EvalContext) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
+    """The KL strings (stream 'eval_kl'), their exact rows and row groups: once per memo."""
+    from cfglab.data.tree import tree_labels
     from cfglab.exact import inside
 
-    strings = ctx.true_strings(ctx.n_kl, "eval_kl")
-    p_true = list(ctx.exact(inside.next_token_dist, ctx.grammar, strings))
+    key = ("distribution_exact", ctx.n_kl)
+    if key not in ctx.memo:
+        batch = ctx.true_batch(ctx.n_kl, "eval_kl")
+        strings = batch.strings()
+        p_true = list(ctx.exact(inside.next_token_dist, ctx.grammar, strings))
+        ends = tree_labels(ctx.grammar, batch).is_boundary
+        off = batch.offsets
+        groups = [row_levels(ends[:, off[i] : off[i + 1]]) for i in range(len(strings))]
+        ctx.memo[key] = (strings, p_true, groups)
+    return ctx.memo[key]
+
+
+def measure(ctx: EvalContext) -> dict:
+    """DistributionResult on eval.n_kl fresh true strings (stream 'eval_kl')."""
+    strings, p_true, groups = _exact_rows(ctx)
     logq: list[np.ndarray] = []
     b = ctx.settings.batch_size
     for i in range(0, len(strings), b):
         logq.extend(ctx.model([np.concatenate([[BOS], s]) for s in strings[i : i + b]]))
-    return distribution_metrics(strings, p_true, logq, ctx.grammar.n_t).to_dict()
+    return distribution_metrics(strings, p_true, logq, ctx.grammar.n_t, groups=groups).to_dict()
 
 
 def summary_rows(result: dict) -> list[dict]:
@@ -216,4 +264,6 @@ def summary_rows(result: dict) -> list[dict]:
     ]
     for key in ("seq_kl", "cross_entropy", "entropy_rate", "entropy_rate_rb"):
         rows.append({"metric": key, "value": result[key], "n": result["n_strings"]})
+    for group, v in result.get("kl_by_level", {}).items():
+        rows.append({"metric": "kl_by_level", "level": group, "value": v["kl"], "n": v["n_rows"]})
     return rows

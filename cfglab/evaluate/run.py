@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cfglab import rundir
@@ -22,10 +22,12 @@ from cfglab.evaluate.families import FAMILIES
 from cfglab.grammar.cfg import Grammar
 
 
-def evaluate(ctx: EvalContext) -> dict:
-    """Every applicable family's result and summary rows; see the module docstring."""
+def evaluate(ctx: EvalContext, names: Sequence[str] | None = None) -> dict:
+    """Every applicable family's (or the named families') result and summary rows; see the
+    module docstring."""
     results, rows, seconds = {}, [], {}
-    for name, family in FAMILIES.items():
+    for name in names if names is not None else list(FAMILIES):
+        family = FAMILIES[name]
         t0 = time.perf_counter()
         result = family.measure(ctx)
         seconds[name] = time.perf_counter() - t0

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from cfglab.config import STAGE_NAMES, ExperimentConfig, flat, load_config
-from cfglab.config.load import check_cuts, read_yaml
+from cfglab.config.load import read_yaml
 from cfglab.errors import ConfigError, did_you_mean
+from cfglab.stages import check_config
 
 # config keys the experiment sets for each run, and where to say them instead
 OWNED = {
@@ -349,8 +350,9 @@ def _run_config(
     `configs`)."""
     try:
         cfg = load_config(base, items)
-        if "eval" in cfg.stages:
-            check_cuts(cfg)  # a run-time error otherwise, after training
+        check_config(
+            cfg
+        )  # what the stages need (cuts that fit, families, targets): not after training
     except ConfigError as exc:
         raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
     # two points that resolve to one config (1e-3 and 0.001) would train twice

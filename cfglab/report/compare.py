@@ -5,12 +5,16 @@ folder (its experiment.json names the runs and their grid points) or a run folde
 results become tidy rows, one per run x metric:
 
     experiment, run, <one column per grid axis>, seed, stage, metric,
-    <qualifiers: cut, temperature, gamma, target, window, level, layer, model, pattern>,
+    <qualifiers: step, cut, temperature, gamma, target, window, level, label, layer, model,
+     pattern, and any other a family's rows carry>,
     value, ci_low, ci_high, n
 
-(results.csv, loadable with pandas.read_csv). summary.csv aggregates over seeds: the mean, the
-95% t-interval across seeds, and for proportions the pooled within-run interval (Wilson on the
-seeds' pooled counts). report.md / report.html show the figures of cfglab.report.plots_compare.
+(results.csv, loadable with pandas.read_csv). The rows are read the same way from every result
+file (the eval summary, each analysis family's analyze/<name>.json, the dynamics stage's rows
+with their step), so a new family's rows need no code here. summary.csv aggregates over seeds:
+the mean, the 95% t-interval across seeds, and for proportions the pooled within-run interval
+(Wilson on the seeds' pooled counts). report.md / report.html show the evaluation figures of
+cfglab.report.plots_compare and the families' cross-run views (cfglab.report.views).
 Everything is read through cfglab.rundir; nothing here imports torch.
 """
 
@@ -26,9 +30,11 @@ from pathlib import Path
 
 from cfglab import rundir
 from cfglab.errors import CfglabError
+from cfglab.report.results import read_checked
 
 FIXED = ["experiment", "run", "seed", "stage", "metric"]
 REPORT_FILES = ["results.csv", "summary.csv", "report.md", "report.html"]
+# the usual qualifiers, in this column order; a family may add others (they follow, sorted)
 QUALIFIERS = [
     "step",  # the checkpoint of a dynamics row (other rows: the run's final model)
     "cut",
@@ -37,6 +43,7 @@ QUALIFIERS = [
     "target",
     "window",
     "level",
+    "label",
     "layer",
     "model",
     "pattern",
@@ -178,6 +185,9 @@ def run_rows(run: RunEntry) -> list[dict]:
 
 
 def _run_rows(run: RunEntry) -> list[dict]:
+    """The training record's final losses, the eval summary rows, and every analysis result
+    file's rows (stage = the file's name; the dynamics stage's rows carry their step): read
+    the same way whatever family wrote them."""
     rows: list[dict] = []
     metrics = rundir.read_metrics(run.dir)
     for key, metric in (("loss", "final_loss"), ("val_loss", "final_val_loss")):
@@ -189,116 +199,28 @@ def _run_rows(run: RunEntry) -> list[dict]:
     summary = rundir.read_result(run.dir, f"{rundir.EVAL}/summary")
     for r in (summary or {}).get("rows", []):
         rows.append({"stage": "eval", **{k: v for k, v in r.items() if k != "family"}})
-    probe = rundir.read_result(run.dir, f"{rundir.ANALYZE}/probe")
-    for t in (probe or {}).get("tables", []):
-        for model, table in t["accuracy"].items():
-            for layer, row in enumerate(table):
-                for level, value in zip(t["levels"], row, strict=True):
-                    rows.append(
-                        {
-                            "stage": "probe",
-                            "metric": "probe_accuracy",
-                            "target": t["target"],
-                            "window": t["window"],
-                            "level": level,
-                            "layer": layer,
-                            "model": "trained" if model == "model" else model,
-                            "value": value,
-                        }
-                    )
-        for level, value in zip(t["levels"], t["majority"], strict=True):
-            rows.append(
-                {
-                    "stage": "probe",
-                    "metric": "probe_majority",
-                    "target": t["target"],
-                    "window": t["window"],
-                    "level": level,
-                    "value": value,
-                }
-            )
-    for rec in rundir.read_metrics(run.dir, rundir.DYNAMICS):  # one record per kept checkpoint
-        at = {"stage": "dynamics", "step": rec["step"]}
-        a = rec["accuracy"]
-        rows.append(
-            {
-                **at,
-                "metric": "accuracy",
-                "cut": 0,
-                "temperature": a["temperature"],
-                "value": a["accuracy"],
-                "ci_low": a["ci_low"],
-                "ci_high": a["ci_high"],
-                "n": a["n"],
-            }
-        )
-        rows.append({**at, "metric": "val_loss", "value": rec["val_loss"]})
-        rows.append({**at, "metric": "kl", "value": rec["kl"]})
-        for group, v in rec["kl_by_level"].items():
-            rows.append(
-                {**at, "metric": "kl_by_level", "level": group, "value": v["kl"], "n": v["n_rows"]}
-            )
-        for key, v in rec.get("probe", {}).items():
-            target, level = key.split("_L")
-            for layer in ("last", "best"):
-                rows.append(
-                    {
-                        **at,
-                        "metric": "probe_accuracy",
-                        "target": target,
-                        "level": int(level),
-                        "layer": layer,
-                        "model": "trained",
-                        "window": "all",
-                        "value": v[layer],
-                    }
-                )
-        for pattern, v in rec.get("heads", {}).items():
-            rows.append(
-                {
-                    **at,
-                    "metric": "best_head_score",
-                    "pattern": pattern,
-                    "model": "trained",
-                    "value": v,
-                }
-            )
-    dyn = rundir.read_result(run.dir, f"{rundir.ANALYZE}/dynamics")
-    for e in (dyn or {}).get("emergence", []):  # the step each level's probe got halfway
-        if e["step"] is None:
-            continue
-        what = e["what"].split()
-        row = {"stage": "dynamics", "metric": "emergence_step", "value": e["step"]}
-        if what[0] == "probe":  # "probe ancestor_L1"
-            target, level = what[1].split("_L")
-            row.update(target=target, level=int(level), model="trained", window="all")
-        else:  # "generation accuracy cut0"
-            row.update(target="accuracy", cut=int(what[-1].removeprefix("cut")))
-        rows.append(row)
-    att = rundir.read_result(run.dir, f"{rundir.ANALYZE}/attention")
-    for model in ("model", "random_init"):
-        res = (att or {}).get(model)
-        for pattern, scores in (res or {}).get("head_scores", {}).items():
-            best = max(v for layer in scores for v in layer if v == v)  # NaN-safe max
-            rows.append(
-                {
-                    "stage": "attention",
-                    "metric": "best_head_score",
-                    "pattern": pattern,
-                    "model": "trained" if model == "model" else model,
-                    "value": best,
-                }
-            )
-            if model == "model":
-                rows.append(
-                    {
-                        "stage": "attention",
-                        "metric": "head_score_chance",
-                        "pattern": pattern,
-                        "value": res["chance"][pattern],
-                    }
-                )
+    for name, body in read_checked(run.dir, rundir.ANALYZE).items():
+        rows += [{"stage": name, **r} for r in body["rows"]]
     return rows
+
+
+def run_views(runs: list[RunEntry]) -> list[dict]:
+    """The cross-run views (cfglab.report.views) the runs' analysis files carry, each once, in
+    the families' order."""
+    views: dict[str, tuple] = {}
+    for run in runs:
+        for name, body in rundir.read_results(run.dir, rundir.ANALYZE).items():
+            for i, view in enumerate(body.get("compare", [])):
+                views.setdefault(view["name"], (body.get("order", 50), name, i, view))
+    return [v for *_, v in sorted(views.values(), key=lambda t: t[:3])]
+
+
+def qualifier_columns(rows: list[dict], axes: list[str]) -> list[str]:
+    """The qualifier columns of these tidy rows: the usual ones (always, so that results.csv
+    keeps its columns), then any other a family used (a new family's needs no change here)."""
+    seen = dict.fromkeys(k for r in rows for k in r)
+    known = set(FIXED) | set(VALUES) | set(axes)
+    return [*QUALIFIERS, *sorted(k for k in seen if k not in known and k not in QUALIFIERS)]
 
 
 def tidy_rows(runs: list[RunEntry], axes: list[str]) -> list[dict]:
@@ -314,14 +236,14 @@ def _t95(df: int) -> float:
     return T95[df - 1] if df <= len(T95) else 1.96
 
 
-def aggregate(rows: list[dict], axes: list[str]) -> list[dict]:
+def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = None) -> list[dict]:
     """Mean over seeds per (grid point, stage, metric, qualifiers), with the across-seed 95%
     t-interval (clipped to [0, 1] for shares) and, for proportions, the pooled within-run
     Wilson interval."""
     from cfglab.evaluate.stats import wilson_interval  # torch-free
 
     key_cols = ["experiment", *(a for a in axes if a != "experiment"), "stage", "metric"]
-    key_cols += QUALIFIERS
+    key_cols += qualifier_columns(rows, axes) if qualifiers is None else qualifiers
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(c) for c in key_cols)].append(r)
@@ -377,7 +299,8 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     """results.csv, summary.csv, report.md, report.html and figures/ in `out` (default: the
     one experiment folder given, else ./compare); returns `out`."""
     from cfglab.report import plots_compare
-    from cfglab.report.report import _md_to_html
+    from cfglab.report.html import md_to_html
+    from cfglab.report.views import draw_views
 
     runs, axes = find_runs(paths)
     if out is None:
@@ -386,7 +309,28 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     # every run read and aggregated before anything is written: a bad result file leaves the
     # last good report in place
     rows = tidy_rows(runs, axes)
-    agg = aggregate(rows, axes)
+    quals = qualifier_columns(rows, axes)
+    agg = aggregate(rows, axes, quals)
+    views = run_views(runs)
+    curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
+    _check_out(out)
+    write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
+    axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
+    summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
+    summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high"]
+    write_csv(agg, out / "summary.csv", summary_cols)
+    figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
+    md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
+    view_lines, view_figs = draw_views(views, agg, axes, out / "figures", out)
+    md = md.rstrip() + "\n\n" + "\n".join(view_lines) if view_lines else md
+    figs.update(view_figs)
+    rundir.write_text_atomic(out / "report.md", md.rstrip() + "\n")
+    rundir.write_text_atomic(out / "report.html", md_to_html(md, figs, out))
+    return out
+
+
+def _check_out(out: Path) -> None:
+    """The report folder can be written: nothing of the wrong kind where its files go."""
     for name, folder in [(n, False) for n in REPORT_FILES] + [("figures", True)]:
         path = out / name
         if path.exists() and path.is_dir() != folder:
@@ -401,28 +345,3 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
             f"--out {out}: cannot make the report folder there ({exc.strerror}); give a folder "
             "path that is not a file"
         ) from None
-    write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *QUALIFIERS, *VALUES])
-    axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
-    write_csv(
-        agg,
-        out / "summary.csv",
-        [
-            "experiment",
-            *axes,
-            "stage",
-            "metric",
-            *QUALIFIERS,
-            "n_seeds",
-            "mean",
-            "seed_ci_low",
-            "seed_ci_high",
-            "pooled_ci_low",
-            "pooled_ci_high",
-        ],
-    )
-    curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
-    figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
-    md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
-    rundir.write_text_atomic(out / "report.md", md + "\n")
-    rundir.write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
-    return out

@@ -146,51 +146,6 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
     return _save(fig, path)
 
 
-def plot_probes(agg, axes, path: Path) -> Path | None:
-    """Last-layer probe accuracy per level, one line per grid point (random init dotted), with
-    95% across-seed error bars."""
-    # the probe stage's tables (the dynamics stage's per-step rows have their own figure)
-    probe = [
-        a
-        for a in agg
-        if a["stage"] == "probe" and a["metric"] == "probe_accuracy" and a["window"] == "all"
-    ]
-    if not probe:
-        return None
-    targets = sorted({a["target"] for a in probe})
-    fig, axs = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.4), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for ax, target in zip(axs[0], targets, strict=True):
-        for i, point in enumerate(_points(probe, axes)):
-            for model, style in (("trained", "-"), ("random_init", ":")):
-                sel = [
-                    a
-                    for a in probe
-                    if a["target"] == target
-                    and a["model"] == model
-                    and tuple(a.get(x) for x in axes) == point
-                ]
-                if not sel:
-                    continue
-                last = max(a["layer"] for a in sel)
-                sel = sorted((a for a in sel if a["layer"] == last), key=lambda a: a["level"])
-                label = _label(point, axes) if model == "trained" else None
-                _errorbar(
-                    ax,
-                    [a["level"] for a in sel],
-                    sel,
-                    linestyle=style,
-                    color=colors(i % 10),
-                    label=label,
-                )
-        ax.set_xticks(sorted({a["level"] for a in probe if a["target"] == target}))
-        ax.set_xlabel("level")
-        ax.set_ylabel("last-layer probe accuracy")
-        ax.set_title(f"{target} probe (dotted: random init)", fontsize=9)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
 def _errorbar(ax, xs: list, sel: list[dict], flip: bool = False, **style) -> None:
     """Means with their 95% across-seed intervals as error bars (1 - x for flip)."""
     mean = [1 - a["mean"] if flip else a["mean"] for a in sel]
@@ -255,39 +210,8 @@ def _final(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("step") is None]
 
 
-def plot_dynamics(agg, axes, path: Path) -> Path | None:
-    """Per grid point, mean over seeds with 95% error bars against the training step: the
-    last-layer NT-ancestor probe per level, and cut0 generation accuracy."""
-    dyn = [a for a in agg if a.get("step") is not None]
-    ancestor = [
-        a
-        for a in dyn
-        if a["metric"] == "probe_accuracy" and a["layer"] == "last" and a["target"] == "ancestor"
-    ]
-    panels = [
-        (f"ancestor probe, level {level}", [a for a in ancestor if a["level"] == level])
-        for level in sorted({a["level"] for a in ancestor})
-    ]
-    panels.append(("generation accuracy, cut0", [a for a in dyn if a["metric"] == "accuracy"]))
-    panels = [(t, sel) for t, sel in panels if sel]
-    if not panels:
-        return None
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, sel) in zip(axs[0], panels, strict=True):
-        for point in _points(sel, axes):
-            mine = sorted(
-                (a for a in sel if tuple(a.get(x) for x in axes) == point), key=lambda a: a["step"]
-            )
-            _errorbar(ax, [a["step"] for a in mine], mine, label=_label(point, axes))
-        ax.set_xscale("log")
-        ax.set_xlabel("training step")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
 def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Path]:
-    dyn_agg = agg
+    """The evaluation figures (the analysis families' are views: cfglab.report.views)."""
     rows, agg = _final(rows), _final(agg)
     figs = {
         "accuracy": plot_accuracy(agg, rows, axes, fig_dir / "accuracy.png"),
@@ -302,9 +226,7 @@ def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Pat
         ),
         "loss": plot_loss_vs_floor(agg, rows, axes, fig_dir / "loss.png"),
         "loss_curves": plot_loss_curves(runs, curves, axes, fig_dir / "loss_curves.png"),
-        "probe": plot_probes(agg, axes, fig_dir / "probe.png"),
         "robustness": plot_robustness(agg, axes, fig_dir / "robustness.png"),
-        "dynamics": plot_dynamics(dyn_agg, axes, fig_dir / "dynamics.png"),
     }
     return {k: v for k, v in figs.items() if v is not None}
 
@@ -330,7 +252,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         ("loss_floor", "loss floor"),
         ("robust_clean", "robust g={gamma:g} T={temperature:g}"),
     ]
-    agg = _final(agg)  # the emergence steps stay: they are about the whole run
+    agg = _final(agg)
     columns: dict[str, dict] = {}
     for metric, fmt in headline:
         rows = [a for a in agg if a["metric"] == metric]
@@ -344,23 +266,6 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         for a in rows:
             name = fmt.format(**{k: a.get(k) for k in ("cut", "gamma", "temperature")})
             name += "".join(f" {'T' if q == 'temperature' else q}={a.get(q):g}" for q in extra)
-            columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
-    # each grid point's own last layer (a grid over model.n_layer has several)
-    last_layer: dict[tuple, int] = {}
-    for a in agg:
-        if a["stage"] == "probe" and a["metric"] == "probe_accuracy":
-            point = tuple(a.get(x) for x in axes)
-            last_layer[point] = max(last_layer.get(point, a["layer"]), a["layer"])
-    for a in agg:
-        if a["stage"] == "probe" and a["metric"] == "probe_accuracy" and a["window"] == "all":
-            if a["layer"] == last_layer[tuple(a.get(x) for x in axes)]:
-                twin = " (random init)" if a["model"] == "random_init" else ""
-                name = f"{a['target']} probe L{a['level']}{twin}"
-                columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
-    for a in agg:
-        if a["metric"] == "emergence_step":
-            what = f"{a['target']} L{a['level']}" if a["level"] is not None else "accuracy"
-            name = f"{what} emerges (step)"
             columns.setdefault(name, {})[tuple(a.get(x) for x in axes)] = a
     n_seeds = sorted({r.seed for r in runs})
     lines = [
@@ -388,9 +293,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         "kl": "next-token KL to the exact distribution",
         "loss": "final loss beside the loss floor",
         "loss_curves": "training loss curves (mean over seeds)",
-        "probe": "last-layer probe accuracy per level",
         "robustness": "corrupted-prompt accuracy (and unprompted error) against temperature",
-        "dynamics": "last-layer ancestor probe per level and cut0 accuracy against training step",
     }
     for name, path in figs.items():
         lines += [f"![{captions[name]}]({path.relative_to(out).as_posix()})", ""]

@@ -10,16 +10,14 @@ side by side (e.g. the GPT and its masked-LM encoder twin, `cfglab report A --co
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from cfglab import rundir
 from cfglab.errors import CfglabError
-from cfglab.report import plots, plots_analyze, plots_dynamics
+from cfglab.report import plots
+from cfglab.report.html import md_to_html
 from cfglab.report.results import RunResults, load_run
 from cfglab.report.tables import rows_markdown
 
@@ -74,192 +72,183 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def report_markdown(
-    res: RunResults, figs: dict[str, Path], rel_to: Path, extra: list[str] | None = None
-) -> str:
-    """The report as Markdown; figure links are relative to `rel_to` (the report folder);
-    `extra` lines (the analyze section) go before the definitions."""
+def _size(cfg: dict) -> str:
+    m = cfg.get("model", {})
+    return m.get("preset") or f"{m.get('n_layer')}L/{m.get('n_head')}H/{m.get('n_embd')}D"
+
+
+def _header(res: RunResults) -> list[str]:
     cfg = res.config
     out = [f"# cfglab report: {res.name}", ""]
     if cfg:
         m, t = cfg.get("model", {}), cfg.get("train", {})
-        size = m.get("preset") or f"{m.get('n_layer')}L/{m.get('n_head')}H/{m.get('n_embd')}D"
         out += [
-            f"grammar **{cfg.get('grammar', {}).get('name')}**, model {size}, position "
+            f"grammar **{cfg.get('grammar', {}).get('name')}**, model {_size(cfg)}, position "
             f"**{m.get('position')}**, objective {t.get('objective')}, "
             f"{t.get('max_steps')} steps x batch {t.get('batch_size')} x "
             f"{m.get('block_size')} tokens",
             "",
         ]
+    return out
 
-    def fig(name: str, caption: str) -> None:
-        if name in figs:
-            out.extend([f"![{caption}]({figs[name].relative_to(rel_to).as_posix()})", ""])
 
-    out += ["## Training", ""]
+def _training(res: RunResults, fig) -> list[str]:
+    out = ["## Training", ""]
     steps, loss = res.series("loss")
-    if steps:
-        vs, vl = res.series("val_loss")
-        last = f"final train loss {loss[-1]:.4f} at step {steps[-1]}"
-        out += [last + (f", validation loss {vl[-1]:.4f}" if vl else "") + ".", ""]
-        floor = res.loss_floor
-        if floor is not None:
-            out += [
-                f"A perfect model's loss on the packed training windows is {floor['value']:.4f} "
-                f"± {floor['stderr']:.4f} (s.e.; exact log-probabilities of {floor['n_strings']} "
-                "true strings, diluted by the certain BOS after each EOS).",
-                "",
-            ]
-        fig("loss", "training loss")
-    else:
-        out += ["(no metrics.jsonl)", ""]
+    if not steps:
+        return out + ["(no metrics.jsonl)", ""]
+    _, vl = res.series("val_loss")
+    last = f"final train loss {loss[-1]:.4f} at step {steps[-1]}"
+    out += [last + (f", validation loss {vl[-1]:.4f}" if vl else "") + ".", ""]
+    floor = res.loss_floor
+    if floor is not None:
+        out += [
+            f"A perfect model's loss on the packed training windows is {floor['value']:.4f} "
+            f"± {floor['stderr']:.4f} (s.e.; exact log-probabilities of {floor['n_strings']} "
+            "true strings, diluted by the certain BOS after each EOS).",
+            "",
+        ]
+    return out + fig("loss", "training loss")
 
-    defs = res.definitions
+
+def _accuracy(res: RunResults, fig) -> list[str]:
+    if not res.accuracy:
+        return []
+    header = ["prompt", "T", "n", "correct", "accuracy", "95% CI (Wilson)",
+              "95% CI (Clopper-Pearson)", "unfinished", "bad token"]  # fmt: skip
+    body = [
+        [
+            f"cut{a['cut']}",
+            f"{a['temperature']:g}",
+            str(a["n"]),
+            str(a["n_correct"]),
+            _fmt(a["accuracy"], 4),
+            f"[{a['ci_low']:.4f}, {a['ci_high']:.4f}]",
+            f"[{a['cp_low']:.4f}, {a['cp_high']:.4f}]",
+            str(a["n_unfinished"]),
+            str(a["n_bad_token"]),
+        ]
+        for a in res.accuracy
+    ]
+    out = ["## Generation accuracy", "", *_table(header, body), ""]
+    out += fig("accuracy", "generation accuracy with 95% CI")
+    out += fig("unprompted_errors", "unprompted (cut0) error rate against temperature")
+    return out + fig("first_error", "first error positions")
+
+
+def _distribution(res: RunResults, fig) -> list[str]:
+    d = res.distribution
+    if not d:
+        return []
+    rows = [
+        ["next-token KL (mean over strings)", f"{_fmt(d['kl'])} ± {_fmt(d['kl_stderr'])} (s.e.)"],
+        ["sequence KL(P‖Q), nats/token", _fmt(d["seq_kl"])],
+        ["model cross-entropy, nats/token", _fmt(d["cross_entropy"])],
+        ["true entropy rate, nats/token", _fmt(d["entropy_rate"])],
+        ["true entropy rate (row entropies)", _fmt(d["entropy_rate_rb"])],
+        ["strings / rows", f"{d['n_strings']} / {d['n_rows']}"],
+    ]
+    by_pos = [
+        [f"{b['lo']}..{'' if b['hi'] is None else b['hi'] - 1}", _fmt(b["kl"]), str(b["n_rows"])]
+        for b in d["kl_by_position"]
+    ]
+    out = ["## Distance to the true distribution", "", *_table(["metric", "value"], rows), ""]
+    out += [*_table(["prefix length", "KL", "rows"], by_pos), ""]
+    if d.get("kl_by_level"):
+        by_level = [[g, _fmt(v["kl"]), str(v["n_rows"])] for g, v in d["kl_by_level"].items()]
+        out += [*_table(["NT ending before the row", "KL", "rows"], by_level), ""]
+    return out + fig("kl_by_position", "next-token KL by position")
+
+
+def _diversity(res: RunResults) -> list[str]:
+    v, d = res.diversity, res.distribution
+    if not v:
+        return []
+    g = v["generations"]
+    support = (
+        _fmt(g["collision_support"], 1)
+        if g["collision_support"]
+        else f">= {_fmt(g['collision_support_lower'], 1)}"
+    )
+    rows = [
+        ["distinct cut0 generations", f"{g['distinct']} of {g['n']}"],
+        ["equal pairs", str(g["equal_pairs"])],
+        ["birthday support estimate", support],
+    ]
+    if "fixed_prompt" in v:
+        f = v["fixed_prompt"]
+        rows.append(["distinct completions of one prompt", f"{f['distinct']} of {f['n']}"])
+    for key, label in (
+        ("model_entropy_per_token", "model entropy, nats/token"),
+        ("entropy_support_log10", "entropy-based support, log10 strings"),
+        ("reverse_kl", "reverse KL E_Q[log Q - log P], nats/token"),
+        ("reverse_kl_share_used", "share of generations in the language"),
+        ("seen_in_training", "share seen in training"),
+    ):
+        if v.get(key) is not None:
+            rows.append([label, _fmt(v[key])])
+    if d.get("n_strings"):  # the truth's entropy per string, for comparison
+        h_true = d["entropy_rate"] * d["n_rows"] / d["n_strings"]
+        rows.append(["true entropy-based support, log10 strings", _fmt(h_true / math.log(10))])
+    out = ["## Diversity", "", f"cut0 generations at T={v.get('temperature', 1):g}.", ""]
+    out += [*_table(["metric", "value"], rows), ""]
+    sub = v.get("subtree") or {}
+    if sub.get("per_level"):
+        out += [
+            f"Distinct subtree yields per level: {sub['n_generated']} grammatical "
+            f"generations vs {sub['n_true']} true strings.",
+            "",
+        ]
+        levels = [[str(r["level"]), str(r["generated"]), str(r["true"])] for r in sub["per_level"]]
+        out += [*_table(["level", "generations", "true strings"], levels), ""]
+    return out
+
+
+def _interval(rate: dict) -> str:
+    return f"{rate['accuracy']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}]"
+
+
+def _robustness(res: RunResults, fig) -> list[str]:
+    if not res.robustness:
+        return []
+    header = ["prompt", "gamma", "T", "n", "tokens changed", "still viable", "clean (A)",
+              "no new errors (B)"]  # fmt: skip
+    body = [
+        [
+            f"cut{r['cut']}",
+            f"{r['gamma']:g}",
+            f"{r['temperature']:g}",
+            str(r["clean"]["n"]),
+            _fmt(r["mean_tokens_changed"], 2),
+            _fmt(r["prompt_still_viable"], 3),
+            _interval(r["clean"]),
+            _interval(r["no_new_errors"]),
+        ]
+        for r in res.robustness
+    ]
+    out = ["## Corrupted prompts", "", *_table(header, body), ""]
+    return out + fig("robustness", "corrupted-prompt accuracy against temperature")
+
+
+def report_markdown(
+    res: RunResults, figs: dict[str, Path], rel_to: Path, extra: list[str] | None = None
+) -> str:
+    """The report as Markdown; figure links are relative to `rel_to` (the report folder);
+    `extra` lines (the analysis sections) go before the definitions."""
+
+    def fig(name: str, caption: str) -> list[str]:
+        if name not in figs:
+            return []
+        return [f"![{caption}]({figs[name].relative_to(rel_to).as_posix()})", ""]
+
+    out = _header(res) + _training(res, fig)
     if res.summary_rows:
         out += ["## Summary", "", *rows_markdown(res.summary_rows), ""]
-    if res.accuracy:
-        out += ["## Generation accuracy", ""]
-        out += _table(
-            [
-                "prompt",
-                "T",
-                "n",
-                "correct",
-                "accuracy",
-                "95% CI (Wilson)",
-                "95% CI (Clopper-Pearson)",
-                "unfinished",
-                "bad token",
-            ],
-            [
-                [
-                    f"cut{a['cut']}",
-                    f"{a['temperature']:g}",
-                    str(a["n"]),
-                    str(a["n_correct"]),
-                    _fmt(a["accuracy"], 4),
-                    f"[{a['ci_low']:.4f}, {a['ci_high']:.4f}]",
-                    f"[{a['cp_low']:.4f}, {a['cp_high']:.4f}]",
-                    str(a["n_unfinished"]),
-                    str(a["n_bad_token"]),
-                ]
-                for a in res.accuracy
-            ],
-        )
-        out.append("")
-        fig("accuracy", "generation accuracy with 95% CI")
-        fig("unprompted_errors", "unprompted (cut0) error rate against temperature")
-        fig("first_error", "first error positions")
-    d = res.distribution
-    if d:
-        out += ["## Distance to the true distribution", ""]
-        out += _table(
-            ["metric", "value"],
-            [
-                [
-                    "next-token KL (mean over strings)",
-                    f"{_fmt(d['kl'])} ± {_fmt(d['kl_stderr'])} (s.e.)",
-                ],
-                ["sequence KL(P‖Q), nats/token", _fmt(d["seq_kl"])],
-                ["model cross-entropy, nats/token", _fmt(d["cross_entropy"])],
-                ["true entropy rate, nats/token", _fmt(d["entropy_rate"])],
-                ["true entropy rate (row entropies)", _fmt(d["entropy_rate_rb"])],
-                ["strings / rows", f"{d['n_strings']} / {d['n_rows']}"],
-            ],
-        )
-        out.append("")
-        out += _table(
-            ["prefix length", "KL", "rows"],
-            [
-                [
-                    f"{b['lo']}..{'' if b['hi'] is None else b['hi'] - 1}",
-                    _fmt(b["kl"]),
-                    str(b["n_rows"]),
-                ]
-                for b in d["kl_by_position"]
-            ],
-        )
-        out.append("")
-        fig("kl_by_position", "next-token KL by position")
-    v = res.diversity
-    if v:
-        g = v["generations"]
-        rows = [
-            ["distinct cut0 generations", f"{g['distinct']} of {g['n']}"],
-            ["equal pairs", str(g["equal_pairs"])],
-            [
-                "birthday support estimate",
-                _fmt(g["collision_support"], 1)
-                if g["collision_support"]
-                else f">= {_fmt(g['collision_support_lower'], 1)}",
-            ],
-        ]
-        if "fixed_prompt" in v:
-            f = v["fixed_prompt"]
-            rows.append(["distinct completions of one prompt", f"{f['distinct']} of {f['n']}"])
-        for key, label in (
-            ("model_entropy_per_token", "model entropy, nats/token"),
-            ("entropy_support_log10", "entropy-based support, log10 strings"),
-            ("reverse_kl", "reverse KL E_Q[log Q - log P], nats/token"),
-            ("reverse_kl_share_used", "share of generations in the language"),
-            ("seen_in_training", "share seen in training"),
-        ):
-            if v.get(key) is not None:
-                rows.append([label, _fmt(v[key])])
-        if d.get("n_strings"):  # the truth's entropy per string, for comparison
-            h_true = d["entropy_rate"] * d["n_rows"] / d["n_strings"]
-            rows.append(["true entropy-based support, log10 strings", _fmt(h_true / math.log(10))])
-        out += ["## Diversity", "", f"cut0 generations at T={v.get('temperature', 1):g}.", ""]
-        out += _table(["metric", "value"], rows)
-        out.append("")
-        sub = v.get("subtree") or {}
-        if sub.get("per_level"):
-            out += [
-                f"Distinct subtree yields per level: {sub['n_generated']} grammatical "
-                f"generations vs {sub['n_true']} true strings.",
-                "",
-            ]
-            out += _table(
-                ["level", "generations", "true strings"],
-                [[str(r["level"]), str(r["generated"]), str(r["true"])] for r in sub["per_level"]],
-            )
-            out.append("")
-    if res.robustness:
-        out += ["## Corrupted prompts", ""]
-        out += _table(
-            [
-                "prompt",
-                "gamma",
-                "T",
-                "n",
-                "tokens changed",
-                "still viable",
-                "clean (A)",
-                "no new errors (B)",
-            ],
-            [
-                [
-                    f"cut{r['cut']}",
-                    f"{r['gamma']:g}",
-                    f"{r['temperature']:g}",
-                    str(r["clean"]["n"]),
-                    _fmt(r["mean_tokens_changed"], 2),
-                    _fmt(r["prompt_still_viable"], 3),
-                    f"{r['clean']['accuracy']:.3f} [{r['clean']['ci_low']:.3f}, "
-                    f"{r['clean']['ci_high']:.3f}]",
-                    f"{r['no_new_errors']['accuracy']:.3f} [{r['no_new_errors']['ci_low']:.3f}, "
-                    f"{r['no_new_errors']['ci_high']:.3f}]",
-                ]
-                for r in res.robustness
-            ],
-        )
-        out.append("")
-        fig("robustness", "corrupted-prompt accuracy against temperature")
-    out += extra or []
+    out += _accuracy(res, fig) + _distribution(res, fig) + _diversity(res)
+    out += _robustness(res, fig) + (extra or [])
+    defs = res.definitions
     if defs:
-        out += ["## Definitions", ""]
-        out += [f"- **{k}**: {text}" for k, text in defs.items()]
-        out.append("")
+        out += ["## Definitions", "", *(f"- **{k}**: {text}" for k, text in defs.items()), ""]
     timing = res.eval.get("summary", {}).get("timing")
     if timing:
         s = timing["seconds"]
@@ -271,104 +260,83 @@ def report_markdown(
     return "\n".join(out)
 
 
-def _md_to_html(md: str, figs: dict[str, Path], rel_to: Path) -> str:
-    """A minimal Markdown -> HTML for our own report (headings, tables, images, lists, bold)."""
-    body: list[str] = []
-    lines = md.splitlines()
-    i = 0
+def analysis_sections(
+    analyze: dict[str, dict], fig_dir: Path, rel_to: Path
+) -> tuple[list[str], dict[str, Path]]:
+    """The sections of every analysis result (analyze/<name>.json, families and dynamics) in
+    their stage's order: each file's tables and figures, drawn from the data it holds, with no
+    knowledge of the family. Returns (Markdown lines, figure name -> path)."""
+    from cfglab.report.figures import draw
+    from cfglab.report.tables import table_markdown
 
-    def inline(s: str) -> str:
-        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s))
-        # a whole line in single asterisks is a caption; elsewhere '*' is math (P*)
-        return re.sub(r"^\*([^*]+)\*$", r"<i>\1</i>", s)
-
-    paths = {p.relative_to(rel_to).as_posix(): p for p in figs.values()}
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = re.match(r"!\[(.*)\]\((.*)\)", line).groups()
-            data = base64.b64encode(paths[src].read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
-                i += 1
-            head, rest = rows[0], rows[2:]
-            body.append(
-                "<table><tr>"
-                + "".join(f"<th>{inline(c)}</th>" for c in head)
-                + "</tr>"
-                + "".join(
-                    "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest
-                )
-                + "</table>"
-            )
-            continue
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{inline(lines[i][2:])}</li>")
-                i += 1
-            body.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        elif line.strip():
-            body.append(f"<p>{inline(line)}</p>")
-        i += 1
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:right}img{max-width:100%}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>cfglab report</title>"
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    lines: list[str] = []
+    figs: dict[str, Path] = {}
+    for name, body in sorted(analyze.items(), key=lambda kv: (kv[1].get("order", 50), kv[0])):
+        title = body.get("title") or name
+        lines += [f"## {title}", ""]
+        for table in body.get("tables", []):
+            lines += table_markdown(table)
+        for spec in body.get("figures", []):
+            path = draw(spec, fig_dir / f"{spec['name']}.png")
+            if path is None:
+                continue
+            figs[spec["name"]] = path
+            caption = spec.get("caption") or spec["name"]
+            lines += [
+                f"![{caption}]({path.relative_to(rel_to).as_posix()})",
+                "",
+                f"*{caption}*",
+                "",
+            ]
+    return lines, figs
 
 
-def compare_section(run_dir: Path, others: Sequence[str | Path], fig_dir: Path) -> list[str]:
+def compare_section(
+    run_dir: Path, others: Sequence[str | Path], fig_dir: Path
+) -> tuple[list[str], dict[str, Path]]:
     """The report section "Compared runs": this run and `others` (e.g. the GPT and its masked-LM
-    encoder twin) side by side, read from each run's analyze/probe.json and config.json; the
-    figures go to fig_dir. CfglabError naming the run if one has no probe results."""
-    runs = [Path(run_dir), *(Path(o) for o in others)]
-    rows = []
-    for d in runs:
+    encoder twin) side by side: each analysis family's cross-run views (cfglab.report.views)
+    over the runs' rows, one run per grid point. CfglabError naming a run that has no analysis
+    results to compare. Returns (Markdown lines, figure name -> path)."""
+    from cfglab.report.compare import RunEntry, aggregate, run_rows, run_views
+    from cfglab.report.views import draw_views
+
+    entries, rows, described = [], [], []
+    dirs = [Path(run_dir), *(Path(o) for o in others)]
+    short = len({d.name for d in dirs}) == len(dirs)  # folder names tell the runs apart
+    for d in dirs:
         run = load_run(d)  # CfglabError if d is not a run directory
-        cfg = run.config
-        if "probe" not in run.analyze:
+        if not run.analyze:
             raise CfglabError(
-                f"{d} has no analyze/probe.json to compare: run `cfglab run <its config>` "
-                f"or `cfglab probe {d}` first"
+                f"{d} has no analyze/*.json to compare: run `cfglab run <its config>` "
+                f"or `cfglab analyze {d}` first"
             )
+        label = d.name if short else str(d)
+        cfg, entry = run.config, RunEntry(d, "", {"run": label}, None)
+        entries.append(entry)
+        rows += [{"run": label, **r} for r in run_rows(entry) if r.get("step") is None]
         m, t = cfg.get("model", {}), cfg.get("train", {})
-        size = m.get("preset") or f"{m.get('n_layer')}L/{m.get('n_head')}H/{m.get('n_embd')}D"
         tokens = [t.get("max_steps"), t.get("batch_size"), m.get("block_size")]
-        rows.append(
+        described.append(
             [
                 str(d),
                 str(t.get("objective")),
-                size,
+                _size(cfg),
                 str(m.get("position")),
                 f"{math.prod(tokens):,}" if all(isinstance(x, int) for x in tokens) else "-",
             ]
         )
     out = ["## Compared runs", ""]
-    out += _table(["run", "objective", "model", "position", "training tokens"], rows)
-    out += [
-        "",
-        "Last-layer probe accuracy per level of each run (same probe settings as its own "
-        "report); a masked-LM encoder is probed exactly as the GPT.",
-        "",
-    ]
-    return out + plots_analyze.compare_runs(runs, fig_dir, rel_to=fig_dir.parent)
+    out += _table(["run", "objective", "model", "position", "training tokens"], described)
+    out += ["", "Each run's analysis results side by side (same settings as its own report).", ""]
+    agg = aggregate(rows, ["run"])
+    lines, figs = draw_views(run_views(entries), agg, ["run"], fig_dir, fig_dir.parent, "compare_")
+    return out + lines, figs
 
 
 def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Path:
     """Write RUN_DIR/report/{report.md, report.html, figures/*.png}; returns the report folder.
-    `compare`: other run directories whose probe results are put beside this run's."""
+    `compare`: other run directories whose analysis results are put beside this run's."""
     with rundir.result_shape(run_dir):
         return _build_report(run_dir, compare)
 
@@ -376,22 +344,17 @@ def build_report(run_dir: str | Path, compare: Sequence[str | Path] = ()) -> Pat
 def _build_report(run_dir: str | Path, compare: Sequence[str | Path]) -> Path:
     # every input read (and checked) before the first figure is written
     res = load_run(run_dir)
-    dynamics = rundir.read_metrics(run_dir, rundir.DYNAMICS)
+    for other in compare:  # checked before anything is written
+        load_run(other)
     out = Path(run_dir) / "report"
     figs = make_figures(res, out / "figures")
-    figs.update(plots_analyze.write_analyze_figures(res.analyze, out / "figures"))
-    extra = plots_analyze.analyze_markdown(res.analyze, figs, out)
-    dyn_figs = plots_dynamics.write_dynamics_figures(
-        dynamics, res.analyze.get("dynamics"), out / "figures"
-    )
-    figs.update(dyn_figs)
-    extra += plots_dynamics.dynamics_markdown(dynamics, res.analyze.get("dynamics"), dyn_figs, out)
+    extra, analysis_figs = analysis_sections(res.analyze, out / "figures", out)
+    figs.update(analysis_figs)
     if compare:
-        extra += compare_section(Path(run_dir), compare, out / "figures")
-        for name in ("probe_compare", "probe_compare_boundary"):
-            if (out / "figures" / f"{name}.png").is_file():
-                figs[name] = out / "figures" / f"{name}.png"
+        lines, compare_figs = compare_section(Path(run_dir), compare, out / "figures")
+        extra += lines
+        figs.update(compare_figs)
     md = report_markdown(res, figs, out, extra=extra)
     rundir.write_text_atomic(out / "report.md", md + "\n")
-    rundir.write_text_atomic(out / "report.html", _md_to_html(md, figs, out))
+    rundir.write_text_atomic(out / "report.html", md_to_html(md, figs, out))
     return out

@@ -2,8 +2,9 @@
 
 Everything is read through `cfglab.rundir` (the one reader of each file): config.json,
 metrics.jsonl, eval/*.json (one file per metric family, summary.json with the summary rows),
-analyze/*.json (probe, attention). Everything is optional except the directory itself, so a
-report can be built for a run that has only trained, or only been evaluated.
+analyze/*.json (one per analysis family, and the dynamics stage's). Everything is optional
+except the directory itself, so a report can be built for a run that has only trained, or only
+been evaluated.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class RunResults:
     metrics: list[dict] = field(default_factory=list)  # metrics.jsonl rows, in file order
     eval: dict[str, dict] = field(default_factory=dict)  # eval/<name>.json bodies by name
     analyze: dict[str, dict] = field(default_factory=dict)  # analyze/<name>.json bodies by name
+    # (each analysis family's, and the dynamics stage's)
 
     @property
     def name(self) -> str:
@@ -64,9 +66,9 @@ class RunResults:
 
     @property
     def definitions(self) -> dict[str, str]:
-        """Every family's definitions, merged."""
+        """Every family's definitions (eval and analysis), merged."""
         out: dict[str, str] = {}
-        for body in self.eval.values():
+        for body in [*self.eval.values(), *self.analyze.values()]:
             out.update(body.get("definitions") or {})
         return out
 
@@ -114,16 +116,14 @@ SHAPES: dict[str, dict] = {
         ]
     },
     "eval/summary": {"rows": [{"metric": str, "n": int}]},
-    "analyze/probe": {
-        "n_train": int,
-        "n_test": int,
-        "n_test_tokens": int,
-        "tables": [
-            {"target": str, "window": str, "levels": list, "majority": list, "accuracy": dict}
-        ],
-    },
-    "analyze/attention": {"n_strings": int, "model": {"head_scores": dict, "chance": dict}},
-    "analyze/dynamics": {"steps": list, "emergence": list},
+}
+# every analysis result file (analyze/<family>.json, analyze/dynamics.json) has this shape: its
+# rows, tables and figures are read the same way whatever family wrote them
+ANALYSIS_SHAPE = {
+    "rows": [{"metric": str}],
+    "tables": [{"header": list, "rows": list}],
+    "figures": [{"name": str, "kind": str, "panels": list}],
+    "compare": [{"name": str, "kind": str, "metric": str}],
 }
 
 
@@ -152,6 +152,23 @@ def _check_shape(value, shape, where: str) -> str | None:
     return None if ok else f"{where} is not {getattr(shape, '__name__', 'a number')}"
 
 
+def read_checked(run_dir: Path, folder: str) -> dict[str, dict]:
+    """Every result file of a run's folder (eval, analyze) by name, each checked against the
+    shape cfglab writes: CfglabError naming the file and the command that rewrites it."""
+    bodies = rundir.read_results(run_dir, folder)
+    for name, body in bodies.items():
+        shape = SHAPES.get(f"{folder}/{name}", ANALYSIS_SHAPE if folder == rundir.ANALYZE else None)
+        bad = _check_shape(body, shape, name) if shape else None
+        if bad:
+            stage = "cfglab eval" if folder == rundir.EVAL else "cfglab analyze"
+            stage = "cfglab dynamics" if name == "dynamics" else stage
+            raise CfglabError(
+                f"{run_dir / folder / (name + '.json')}: not the shape cfglab writes ({bad}); "
+                f"re-run `{stage} {run_dir}`"
+            )
+    return bodies
+
+
 def load_run(run_dir: str | Path) -> RunResults:
     """Read a run directory. CfglabError if it does not exist or a result file is corrupt."""
     d = Path(run_dir)
@@ -163,18 +180,8 @@ def load_run(run_dir: str | Path) -> RunResults:
     if (d / rundir.CONFIG).is_file():
         res.config = rundir.read_run_config(d).to_dict()
     res.metrics = rundir.read_metrics(d)
-    res.eval = rundir.read_results(d, rundir.EVAL)
-    res.analyze = rundir.read_results(d, rundir.ANALYZE)
-    for folder, bodies in ((rundir.EVAL, res.eval), (rundir.ANALYZE, res.analyze)):
-        for name, body in bodies.items():
-            shape = SHAPES.get(f"{folder}/{name}")
-            bad = _check_shape(body, shape, name) if shape else None
-            if bad:
-                stage = "cfglab eval" if folder == rundir.EVAL else f"cfglab {name}"
-                raise CfglabError(
-                    f"{d / folder / (name + '.json')}: not the shape cfglab writes ({bad}); "
-                    f"re-run `{stage} {d}`"
-                )
+    res.eval = read_checked(d, rundir.EVAL)
+    res.analyze = read_checked(d, rundir.ANALYZE)
     if not res.metrics and not res.eval and not res.analyze:
         raise CfglabError(
             f"{d} has no metrics.jsonl, eval/*.json or analyze/*.json: train it "

@@ -49,3 +49,18 @@ def rows_markdown(rows: list[dict]) -> list[str]:
     out = ["| metric | value | 95% CI | n |", "|---|---|---|---|"]
     out += [f"| {row_label(r)} | {_num(r['value'])} | {_ci(r)} | {r['n']} |" for r in rows]
     return out
+
+
+def table_markdown(table: dict) -> list[str]:
+    """A table spec {"title", "header", "rows", ["note"]} (cfglab.analyze.families) as
+    Markdown lines: the title in bold, the table, a blank line."""
+    out = [f"**{table['title']}**", ""] if table.get("title") else []
+    out += [
+        "| " + " | ".join(table["header"]) + " |",
+        "|" + "---|" * len(table["header"]),
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in table["rows"]),
+        "",
+    ]
+    if table.get("note"):
+        out += [table["note"], ""]
+    return out

@@ -3,8 +3,10 @@
     STAGES["eval"](cfg, Path("runs/quickstart"))   # -> runs/quickstart/eval
 
 `cfglab run CONFIG` runs `cfg.stages` in order on one run directory; `cfglab eval RUN`,
-`cfglab probe RUN`, ... run the same function on the run's saved config.json, their flags being
-shorthands for `--set` overrides (`load_run_config`). Every setting comes from the config
+`cfglab analyze RUN`, ... run the same function on the run's saved config.json, their flags
+being shorthands for `--set` overrides (`load_run_config`). `check_config` checks, before any
+work, everything about the stages that the config alone tells (the run command, the sweep's
+every grid point and each stage command call it). Every setting comes from the config
 (`cfglab.config`), every file is written through `cfglab.rundir`, and every stage after training
 reads the run's own copies (config.json, grammar.cfg, checkpoints), never the files the run was
 made from. Each returns the path it wrote.
@@ -20,13 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cfglab import rundir
-from cfglab.config import NOT_TRAINING, ExperimentConfig, flat
-from cfglab.config.load import check_cuts
+from cfglab.config import NOT_TRAINING, STAGE_NAMES, ExperimentConfig, flat
 from cfglab.errors import ConfigError
-from cfglab.stages.analysis import run_attention, run_probe, run_report
+from cfglab.stages.analysis import check_probe_targets, run_analyze, run_report
 from cfglab.stages.common import load_run_config, say
-from cfglab.stages.dynamics import run_dynamics
-from cfglab.stages.evaluation import generate_from_run, run_eval
+from cfglab.stages.dynamics import check_dynamics, run_dynamics
+from cfglab.stages.evaluation import check_eval, generate_from_run, run_eval
 
 
 def run_train(
@@ -49,28 +50,60 @@ def run_train(
 STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
     "train": run_train,
     "eval": run_eval,
-    "probe": run_probe,
-    "attention": run_attention,
+    "analyze": run_analyze,
     "dynamics": run_dynamics,
     "report": run_report,
 }
+if tuple(STAGES) != STAGE_NAMES:  # config validates stage names torch-free, from STAGE_NAMES
+    raise ImportError(f"STAGES {tuple(STAGES)} differ from config.STAGE_NAMES {STAGE_NAMES}")
 
 
 # the folders of a run each stage writes into (rundir's layout)
 STAGE_FOLDERS = {
     "train": ("ckpt",),  # train/checkpoint.py's CKPT_DIR (a torch module: not imported here)
     "eval": (rundir.EVAL,),
-    "probe": (rundir.ANALYZE,),
-    "attention": (rundir.ANALYZE,),
+    "analyze": (rundir.ANALYZE,),
     "dynamics": (rundir.ANALYZE,),
     "report": (rundir.REPORT, f"{rundir.REPORT}/figures"),
+}
+
+
+def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None:
+    """Everything about the stages that the config alone tells, before any work: an encoder
+    asked to generate, prompts that do not fit the window, probe targets the grammar does not
+    have, unknown family names, noise the grammar cannot take. `stages`: those to check
+    (default cfg.stages)."""
+    import dataclasses
+
+    from cfglab.data.noise import TrainingNoise
+
+    stages = cfg.stages if stages is None else stages
+    grammar = cfg.grammar.load()
+    if "train" in stages and cfg.data.noise.fraction > 0:
+        TrainingNoise(**dataclasses.asdict(cfg.data.noise)).check(grammar)
+    if "eval" in stages:
+        check_eval(cfg)
+    if "analyze" in stages or "dynamics" in stages:
+        check_probe_targets(cfg, grammar)
+    if "dynamics" in stages:
+        check_dynamics(cfg)
+
+
+# the config sections a stage's results depend on, beside the training record
+STAGE_SECTIONS = {
+    "train": (),
+    "eval": ("eval",),
+    "analyze": ("analyze", "probe", "attention"),
+    "dynamics": ("dynamics", "eval", "probe", "attention"),
+    "report": ("report",),
 }
 
 
 def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     """A hash of the settings a stage's result depends on: the training record (every grammar,
     data, model and train setting but those that change nothing learned), plus the stage's own
-    section without its device and threads. Equal keys: the stage's result would be the same."""
+    sections (STAGE_SECTIONS) without devices and threads. Equal keys: the stage's result would
+    be the same."""
     settings = flat(cfg.to_dict())
     record = {
         k: v
@@ -80,7 +113,8 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     own = {
         k: v
         for k, v in settings.items()
-        if k.startswith(f"{stage}.") and k.split(".")[-1] not in ("device", "threads")
+        if k.split(".")[0] in STAGE_SECTIONS[stage]
+        and k.split(".")[-1] not in ("device", "threads")
     }
     return rundir.sha256(json.dumps([record, own], sort_keys=True))
 
@@ -90,9 +124,11 @@ def run_stage(
 ) -> Path | None:
     """STAGES[name] on a run, recorded in the run's stages.json when it completes; with
     `skip_done`, a stage already completed under the same settings (stage_key) is skipped
-    (None). Training resumes from its checkpoint when one exists (and skip_done)."""
+    (None). Training resumes from its checkpoint when one exists (and skip_done). Option
+    `only` (analyze): run these analysis families only (the stage is then not recorded)."""
     from cfglab.train import checkpoint as ckpt
 
+    check_config(cfg, [name])
     for folder in STAGE_FOLDERS.get(name, ()):  # before any work: a file where a folder goes
         path = Path(run_dir) / folder
         if path.exists() and not path.is_dir():
@@ -108,10 +144,10 @@ def run_stage(
             options["resume"] = True
         wrote = run_train(cfg, run_dir, **options)
     else:
-        wrote = STAGES[name](cfg, run_dir)
+        wrote = STAGES[name](cfg, run_dir, **options)
     from cfglab.train import dist
 
-    if dist.is_master():
+    if dist.is_master() and options.get("only") is None:
         rundir.mark_stage_done(run_dir, name, key)
     return wrote
 
@@ -129,11 +165,7 @@ def run_stages(
     skip_done); under torchrun every rank trains and rank 0 alone runs the later stages."""
     from cfglab.train import dist
 
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:  # config validation knows the names too; this guards a drift between the two
-        raise ConfigError(f"stages: unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
-    if "eval" in cfg.stages:
-        check_cuts(cfg)  # before training, not after it
+    check_config(cfg)  # before training, not after it
     wrote: list[Path | None] = []
     for name in cfg.stages:
         if name != "train" and not dist.is_master():
@@ -152,6 +184,7 @@ def run_stages(
 
 __all__ = [
     "STAGES",
+    "check_config",
     "generate_from_run",
     "load_run_config",
     "run_stage",

@@ -1,106 +1,67 @@
-"""The probe, attention and report stages of a run (cfglab.analyze, cfglab.report)."""
+"""The analyze and report stages of a run: every analysis family of cfglab.analyze on the run's
+model (a thin loop: the families do the work), and the report from the result files."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cfglab import rundir
 from cfglab.config import ExperimentConfig
-from cfglab.seeds import stream_seed
-from cfglab.stages.common import load_run_model, need_levels, random_init_twin, run_header, say
+from cfglab.errors import ConfigError
+from cfglab.stages.common import (
+    analysis_context,
+    checkpoint_step,
+    load_run_model,
+    run_header,
+)
 
 
-def run_probe(cfg: ExperimentConfig, run_dir: Path) -> Path:
-    """NT-ancestor and boundary probes at every layer and level (and on a random-init twin)
-    per cfg.probe -> analyze/probe.json; prints the tables."""
-    import dataclasses
+def check_families(names: Sequence[str], registry: dict, key: str, what: str = "family") -> None:
+    """Names (a config list or a command's selection) against their registry."""
+    from cfglab.errors import did_you_mean
 
-    from cfglab.analyze.probe_tree import probe_model, probe_tables
-    from cfglab.data.sampler import sample
-    from cfglab.report.plots_analyze import probe_markdown
-
-    p = cfg.probe
-    model, grammar = load_run_model(run_dir, cfg, p)
-    need_levels(grammar, "probing needs")
-    t0 = time.perf_counter()
-    max_len = model.config.block_size - 2
-    train = sample(grammar, p.n_train, stream_seed(p.seed, "probe_train"), max_len=max_len)
-    test = sample(grammar, p.n_test, stream_seed(p.seed, "probe_test"), max_len=max_len)
-    models = {"model": model}
-    if p.baseline:
-        models["random_init"] = random_init_twin(model, cfg)
-    results = {}
-    for label, m in models.items():
-        say(f"probing {label}")
-        results[label] = probe_model(
-            m, grammar, train, test, settings=p, windows=p.windows, seed=p.seed, log=say
-        )
-    tables = []
-    for window in p.windows:
-        base = results["random_init"][window] if p.baseline else None
-        tables += probe_tables(results["model"][window], base, window)
-    out = {
-        **run_header(run_dir, cfg, model),
-        "settings": dataclasses.asdict(p),
-        "n_train": p.n_train,
-        "n_test": p.n_test,
-        "n_test_tokens": int(test.offsets[-1]),
-        "layers": results["model"][p.windows[0]]["layers"],
-        "tables": tables,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    path = rundir.write_result(run_dir, f"{rundir.ANALYZE}/probe", out)
-    print("\n".join(probe_markdown(out)))
-    print(f"wrote {path}")
-    _figures(run_dir, {"probe": out})
-    return path
+    for name in names:
+        if name not in registry:
+            raise ConfigError(
+                f"{key}: unknown {what} {name!r}{did_you_mean(name, registry)}; choose from "
+                f"{', '.join(registry)}"
+            )
 
 
-def run_attention(cfg: ExperimentConfig, run_dir: Path) -> Path:
-    """Attention-pattern statistics (and a random-init twin's) per cfg.attention ->
-    analyze/attention.json; prints the head table."""
-    import dataclasses
+def check_probe_targets(cfg: ExperimentConfig, grammar) -> None:
+    """probe.targets: known names, each one the grammar has (before any work)."""
+    from cfglab.analyze.targets import TARGETS
 
-    from cfglab.analyze.attention import attention_model
-    from cfglab.data.sampler import sample
-    from cfglab.report.plots_analyze import attention_markdown
-
-    a = cfg.attention
-    model, grammar = load_run_model(run_dir, cfg, a)
-    need_levels(grammar, "attention statistics need")
-    t0 = time.perf_counter()
-    batch = sample(
-        grammar,
-        a.n_strings,
-        stream_seed(a.seed, "attention_strings"),
-        max_len=model.config.block_size - 2,
-    )
-    models = {"model": model}
-    if a.baseline:
-        models["random_init"] = random_init_twin(model, cfg)
-    out = {**run_header(run_dir, cfg, model), "settings": dataclasses.asdict(a)}
-    out["n_strings"] = a.n_strings
-    for label, m in models.items():
-        say(f"attention statistics of {label} on {a.n_strings} strings")
-        out[label] = attention_model(
-            m, grammar, batch, n_examples=a.n_examples, example_len=a.example_len
-        )
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    path = rundir.write_result(run_dir, f"{rundir.ANALYZE}/attention", out)
-    print("\n".join(attention_markdown(out)))
-    print(f"wrote {path}")
-    _figures(run_dir, {"attention": out})
-    return path
+    names = cfg.probe.targets or []
+    check_families(names, TARGETS, "probe.targets", "target")
+    for name in names:
+        if not TARGETS[name].supports(grammar):
+            have = [n for n, spec in TARGETS.items() if spec.supports(grammar)]
+            raise ConfigError(
+                f"probe.targets: {name!r} needs a layered grammar (like the cfg3 family) and "
+                f"{grammar.name or 'the grammar'} is not one; choose from {', '.join(have)}"
+            )
 
 
-def _figures(run_dir: Path, analyze: dict) -> None:
-    """The figures of a fresh analyze result, into report/figures (the report links them)."""
-    from cfglab.report.plots_analyze import write_analyze_figures
+def run_analyze(cfg: ExperimentConfig, run_dir: Path, only: Sequence[str] | None = None) -> Path:
+    """Every analysis family (or those in `only`) on the run's model -> analyze/<name>.json;
+    prints each family's tables."""
+    from cfglab.analyze.families import ANALYSES
+    from cfglab.analyze.run import analyze, write_analyses
+    from cfglab.report.tables import table_markdown
 
-    figs = write_analyze_figures(analyze, Path(run_dir) / rundir.REPORT / "figures")
-    if figs:
-        print(f"figures: {', '.join(str(f) for f in figs.values())}")
+    if only is not None:
+        check_families(only, ANALYSES, "--only")
+    model, grammar = load_run_model(run_dir, cfg, cfg.analyze)
+    check_probe_targets(cfg, grammar)
+    out = analyze(analysis_context(cfg, model, grammar), only)
+    header = run_header(run_dir, cfg, model, checkpoint_step(run_dir))
+    for path, part in zip(write_analyses(run_dir, out, header), out.values(), strict=True):
+        for table in part["tables"]:
+            print("\n".join(table_markdown(table)))
+        print(f"wrote {path}")
+    return Path(run_dir) / rundir.ANALYZE
 
 
 def run_report(cfg: ExperimentConfig, run_dir: Path) -> Path:

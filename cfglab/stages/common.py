@@ -1,5 +1,5 @@
 """What every stage after training does first: the run's config with overrides, its model on the
-stage's device, a random-init twin, the header of every analyze/*.json (see cfglab.stages)."""
+stage's device, a random-init twin, the header of every result file (see cfglab.stages)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cfglab import rundir
 from cfglab.config import ExperimentConfig, config_from_dict
-from cfglab.config.load import _apply_override
-from cfglab.errors import ConfigError, GrammarError
+from cfglab.config.load import apply_override
+from cfglab.errors import ConfigError
 
 
 def say(message: str) -> None:
@@ -22,14 +22,14 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     """A run's saved config with `key=value` overrides applied (the stage commands' --set)."""
     data = json.loads(json.dumps(rundir.read_run_config(run_dir).to_dict()))
     for item in overrides or []:
-        _apply_override(data, item)
+        apply_override(data, item)
     return config_from_dict(data)
 
 
 def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Path | None = None):
     """(model in eval mode on the section's device, grammar) of a run, with the section's
-    threads set; `section` is cfg.eval / cfg.probe / cfg.attention (device, threads None: the
-    run's train.device / train.threads)."""
+    threads set; `section` is cfg.eval / cfg.analyze (device, threads None: the run's
+    train.device / train.threads)."""
     from cfglab.train.checkpoint import load_model
     from cfglab.train.dist import pick_device, set_threads
 
@@ -44,6 +44,14 @@ def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Pa
     return model.to(device), grammar
 
 
+def checkpoint_step(run_dir: Path, checkpoint: Path | None = None) -> int:
+    """The training step of a checkpoint (default: the run's latest)."""
+    from cfglab.train import checkpoint as ckpt
+
+    path = checkpoint if checkpoint is not None else ckpt.latest_checkpoint(run_dir)
+    return int(ckpt.read_state(path)["step"])
+
+
 def random_init_twin(model, cfg: ExperimentConfig):
     """The model this run started from (its shape, initialised under its train.seed): the
     chance level of every analysis statistic. Being the run's own initialisation, it differs
@@ -55,8 +63,9 @@ def random_init_twin(model, cfg: ExperimentConfig):
     return build_model(model.config, seed=cfg.train.seed).eval().to(device)
 
 
-def run_header(run_dir: Path, cfg: ExperimentConfig, model) -> dict:
-    """The keys every analyze/*.json starts with: run, grammar, model shape, objective."""
+def run_header(run_dir: Path, cfg: ExperimentConfig, model, step: int) -> dict:
+    """The keys every analyze/*.json starts with: run, grammar, model shape, objective, and the
+    provenance of its numbers (the training record's fingerprint and the checkpoint's step)."""
     return {
         "run": run_dir.name,
         "grammar": cfg.grammar.name,
@@ -65,12 +74,28 @@ def run_header(run_dir: Path, cfg: ExperimentConfig, model) -> dict:
             for k in ("n_layer", "n_head", "n_embd", "position", "causal")
         },
         "objective": cfg.train.objective,
+        "provenance": {"fingerprint": rundir.read_fingerprint(run_dir).get("config"), "step": step},
     }
 
 
-def need_levels(grammar, what: str) -> None:
-    if grammar.levels is None:
-        raise GrammarError(
-            f"{what} a layered grammar (like the cfg3 family); the run's grammar "
-            f"{grammar.name!r} has no levels; leave this stage out of the config's stages"
-        )
+def analysis_context(cfg: ExperimentConfig, model, grammar, *, memo=None, strings=None):
+    """An AnalysisContext for a run's model; its twin (built once, when a family first asks
+    for a baseline) is the run's own initialisation."""
+    from cfglab.analyze.context import AnalysisContext
+
+    built = []
+
+    def twin():
+        if not built:
+            built.append(random_init_twin(model, cfg))
+        return built[0]
+
+    return AnalysisContext(
+        model,
+        grammar,
+        cfg,
+        twin=twin,
+        log=say,
+        memo={} if memo is None else memo,
+        strings={} if strings is None else strings,
+    )

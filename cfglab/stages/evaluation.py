@@ -10,28 +10,21 @@ import numpy as np
 
 from cfglab import rundir
 from cfglab.config import OBJECTIVES, ExperimentConfig
-from cfglab.config.load import check_cuts
+from cfglab.config.validate import check_cuts
 from cfglab.errors import CfglabError
-from cfglab.stages.common import load_run_model
+from cfglab.stages.common import checkpoint_step, load_run_model
 
 
-def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
-    """Every metric family of cfglab.evaluate on the run's model per cfg.eval -> eval/*.json;
-    prints the summary table."""
+def eval_context(cfg: ExperimentConfig, model, grammar, settings, *, memo=None):
+    """The EvalContext of a run's model: its log-probabilities, its sampler (completions fit the
+    model's window: BOS + prompt + completion <= block_size), eval.* `settings`, the saved
+    training strings when the run trained on a saved dataset; `memo` is shared by the dynamics
+    stage between checkpoints."""
     from cfglab.data.saved import read_training_strings
     from cfglab.data.vocab import Vocab
     from cfglab.evaluate.adapters import torch_generate_fn, torch_logprob_fn
     from cfglab.evaluate.context import EvalContext
-    from cfglab.evaluate.run import evaluate, write_eval
-    from cfglab.report.tables import rows_text
 
-    if not OBJECTIVES[cfg.train.objective]:
-        raise CfglabError(
-            f"{run_dir} is a masked-LM encoder ({cfg.train.objective}): it does not generate, so "
-            "there is nothing to evaluate; probe it (`cfglab probe`) instead"
-        )
-    check_cuts(cfg)
-    model, grammar = load_run_model(run_dir, cfg, cfg.eval)
     device = str(next(model.parameters()).device)
     vocab = Vocab.from_grammar(grammar)
     block = model.config.block_size
@@ -47,16 +40,43 @@ def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
         return generate
 
     training = read_training_strings(cfg.data.dataset) if cfg.data.dataset else None
-    ctx = EvalContext(
+    return EvalContext(
         grammar,
         torch_logprob_fn(model, pad_id=vocab.pad, device=device),
         make_generate,
-        cfg.eval,
+        settings,
         max_len=block - 1,
         training=training,
+        memo={} if memo is None else memo,
     )
-    out = evaluate(ctx)
+
+
+def check_eval(cfg: ExperimentConfig) -> None:
+    """Before any work: the eval stage needs a model that generates, and prompts that leave room
+    to generate in its window."""
+    if not OBJECTIVES[cfg.train.objective]:
+        raise CfglabError(
+            f"train.objective {cfg.train.objective} makes a masked-LM encoder: it does not "
+            "generate, so there is nothing to evaluate; leave eval out of the config's stages "
+            "and probe it (the analyze stage) instead"
+        )
+    check_cuts(cfg)
+
+
+def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """Every metric family of cfglab.evaluate on the run's model per cfg.eval -> eval/*.json;
+    prints the summary table."""
+    from cfglab.evaluate.run import evaluate, write_eval
+    from cfglab.report.tables import rows_text
+
+    check_eval(cfg)
+    model, grammar = load_run_model(run_dir, cfg, cfg.eval)
+    out = evaluate(eval_context(cfg, model, grammar, cfg.eval))
     out["settings"]["run_dir"] = str(run_dir)
+    out["settings"]["provenance"] = {
+        "fingerprint": rundir.read_fingerprint(run_dir).get("config"),
+        "step": checkpoint_step(run_dir),
+    }
     path = write_eval(run_dir, out)
     print(rows_text(out["rows"]))
     s = out["timing"]["seconds"]

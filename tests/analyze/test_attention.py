@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cfglab.analyze.attention import AttentionStats, adjacent_ends, shallowest_end
+from cfglab.analyze.attention_stats import AttentionStats, adjacent_ends
+from cfglab.data.tree import shallowest_end
 
 # A hand-labelled 12-token string with three levels (0 = root):
 #   level 1 subtrees: [0..3] [4..8] [9..11]

@@ -1,4 +1,5 @@
-"""`cfglab probe` / `cfglab attention` on a tiny trained run: files, tables, figures, errors."""
+"""`cfglab analyze` / `cfglab probe` / `cfglab attention` on a tiny trained run: files, tables,
+the figures the report draws from them, the run-to-run comparison, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from cfglab import cli, rundir
 from cfglab.config import load_config, read_config
-from cfglab.report.plots_analyze import analyze_markdown, compare_runs, write_analyze_figures
+from cfglab.report import build_report
+from cfglab.report.figures import draw
 from cfglab.stages import STAGES
 
 QUICK_GRAMMAR = str(Path(__file__).resolve().parents[2] / "configs" / "grammars" / "quickstart.cfg")
@@ -44,26 +46,11 @@ def tiny_run(tmp_path_factory) -> Path:
     return train(cfg, progress=False)
 
 
-def test_probe_command_writes_tables_and_figures(tiny_run, capsys):
-    rc = cli.main(
-        [
-            "probe",
-            str(tiny_run),
-            "--n-train",
-            "24",
-            "--n-test",
-            "12",
-            "--steps",
-            "3",
-            "--window",
-            "all",
-            "diagonal",
-            "--threads",
-            "1",
-        ]
-    )
-    assert rc == 0
-    probe = json.loads((tiny_run / "analyze" / "probe.json").read_text())
+def test_probe_command_writes_tables_rows_and_figure_specs(tiny_run, capsys, tmp_path):
+    argv = ["probe", str(tiny_run), "--n-train", "24", "--n-test", "12", "--steps", "3"]
+    assert cli.main([*argv, "--window", "all", "diagonal", "--threads", "1"]) == 0
+    body = json.loads((tiny_run / "analyze" / "probe.json").read_text())
+    probe = body["probe"]
     assert probe["layers"] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     kinds = {(t["target"], t["window"], t["where"]) for t in probe["tables"]}
     # the boundary probe at NT ends would be trivial, so the diagonal window has none
@@ -73,11 +60,20 @@ def test_probe_command_writes_tables_and_figures(tiny_run, capsys):
         ("ancestor", "diagonal", "ends"),
     }
     for t in probe["tables"]:
-        assert t["levels"] == [1, 2]  # quickstart.cfg: root + two NT levels
+        assert t["columns"] == [{"level": 1}, {"level": 2}]  # quickstart.cfg: two NT levels
         for key in ("model", "random_init"):
             acc = np.array(t["accuracy"][key])
             assert acc.shape == (2, 2) and ((acc >= 0) & (acc <= 1)).all()
         assert all(0 < m <= 1 for m in t["majority"])
+    # the tidy rows are the tables' numbers, one per (target, window, level, layer, model)
+    rows = [r for r in body["rows"] if r["metric"] == "probe_accuracy"]
+    assert len(rows) == 3 * 2 * 2 * 2
+    for r in rows:
+        t = next(
+            t for t in probe["tables"] if (t["target"], t["window"]) == (r["target"], r["window"])
+        )
+        key = "model" if r["model"] == "trained" else r["model"]
+        assert r["value"] == t["accuracy"][key][r["layer"]][r["level"] - 1]
     out = capsys.readouterr().out
     # the printed tables are the file's numbers: every layer row, model / random-init, majority
     for t in probe["tables"]:
@@ -89,15 +85,18 @@ def test_probe_command_writes_tables_and_figures(tiny_run, capsys):
             )
             assert f"| {i} | {cells} |" in out
         assert "| majority | " + " | ".join(f"{100 * v:.1f}" for v in t["majority"]) in out
-    for name in ("probe_ancestor", "probe_boundary"):
-        image = plt.imread(tiny_run / "report" / "figures" / f"{name}.png")  # (H, W, 4)
+    assert not (tiny_run / "report").exists()  # the stage writes into analyze/ only
+    for spec in body["figures"]:
+        path = draw(spec, tmp_path / f"{spec['name']}.png")
+        image = plt.imread(path)  # (H, W, 4)
         assert image.shape[1] > image.shape[0] > 100  # panels side by side
         assert image[..., :3].std() > 0.05  # drawn, not blank
 
 
-def test_attention_command_writes_statistics_and_figures(tiny_run):
+def test_attention_command_and_the_report_draws_its_figures(tiny_run):
     assert cli.main(["attention", str(tiny_run), "--n-strings", "6", "--threads", "1"]) == 0
-    att = json.loads((tiny_run / "analyze" / "attention.json").read_text())
+    body = json.loads((tiny_run / "analyze" / "attention.json").read_text())
+    att = body["attention"]
     for key in ("model", "random_init"):
         res = att[key]
         scores = np.array(res["head_scores"]["boundary_l2"])
@@ -106,39 +105,54 @@ def test_attention_command_writes_statistics_and_figures(tiny_run):
         mean = np.array(res["mean_by_distance"], dtype=float)
         assert res["distances"][0] == 0  # causal: keys at or before the query
         assert mean.shape[:2] == (2, 4) and (np.nan_to_num(mean) >= 0).all()
-    analyze = rundir.read_results(tiny_run, "analyze")
-    figs = write_analyze_figures(analyze, tiny_run / "report" / "figures")
-    assert {"attention_distance", "attention_boundary", "attention_examples"} <= set(figs)
-    md = analyze_markdown(analyze, figs, tiny_run / "report")
-    assert md[0] == "## Inside the model"
-    assert any("boundary_l1" in line for line in md)
-    assert any(line.startswith("![") for line in md)
+    best = {
+        (r["pattern"], r["model"]): r["value"]
+        for r in body["rows"]
+        if r["metric"] == "best_head_score"
+    }
+    assert best[("boundary_l2", "trained")] == pytest.approx(
+        np.nanmax(np.array(att["model"]["head_scores"]["boundary_l2"], dtype=float))
+    )
+    report = build_report(tiny_run)
+    names = {p.stem for p in (report / "figures").iterdir()}
+    assert {"attention_distance", "attention_boundary", "attention_examples"} <= names
+    md = (report / "report.md").read_text()
+    assert "## Attention" in md and "| boundary_l1 |" in md
+    assert "![example attention maps with NT ends](figures/attention_examples.png)" in md
 
 
-def test_compare_runs_puts_runs_side_by_side(tiny_run, tmp_path):
+def test_report_compare_puts_runs_side_by_side(tiny_run, tmp_path):
     if not (tiny_run / "analyze" / "probe.json").exists():
         cli.main(["probe", str(tiny_run), "--n-train", "8", "--n-test", "4", "--steps", "1"])
-    md = compare_runs([tiny_run, tiny_run], tmp_path)
-    assert md[0].startswith("**ancestor probe, last layer**")
-    assert (tmp_path / "probe_compare.png").stat().st_size > 1000
+    build_report(tiny_run, compare=[tiny_run])
+    md = (tiny_run / "report" / "report.md").read_text()
+    assert "## Compared runs" in md and "figures/compare_probe.png" in md
+    assert (tiny_run / "report" / "figures" / "compare_probe.png").stat().st_size > 1000
 
 
 def test_cfglab_run_analyzes_before_the_report():
     names = list(STAGES)
-    assert names.index("eval") < names.index("probe") < names.index("report")
-    assert names.index("attention") < names.index("report")
+    assert names.index("eval") < names.index("analyze") < names.index("report")
     assert names.index("dynamics") < names.index("report")
     assert load_config(None).stages == [n for n in names if n != "dynamics"]  # opt-in
 
 
+def test_old_stage_names_are_one_clear_error():
+    from cfglab.errors import ConfigError
+
+    for old in ("probe", "attention"):
+        with pytest.raises(ConfigError, match=f"stages: '{old}' is now part of analyze"):
+            load_config(None, [f"stages=[train, {old}]"])
+
+
 @pytest.mark.slow
-def test_probe_stage_reads_its_config_section(tiny_run):
+def test_analyze_stage_reads_its_config_section(tiny_run):
     cfg = read_config(tiny_run / "config.json")
     cfg.probe.n_test, cfg.probe.n_train, cfg.probe.steps = 4, 12, 2
     (tiny_run / "analyze" / "probe.json").unlink(missing_ok=True)
-    STAGES["probe"](cfg, tiny_run)
-    probe = json.loads((tiny_run / "analyze" / "probe.json").read_text())
-    assert probe["n_test"] == 4 and probe["n_train"] == 12 and probe["settings"]["steps"] == 2
+    STAGES["analyze"](cfg, tiny_run)
+    probe = rundir.read_result(tiny_run, "analyze/probe")["probe"]
+    assert probe["n_test"] == 4 and probe["n_train"] == 12
 
 
 @pytest.mark.parametrize(
@@ -146,19 +160,26 @@ def test_probe_stage_reads_its_config_section(tiny_run):
     [
         (["probe", "{missing}"], "no run directory"),
         (["attention", "{missing}"], "no run directory"),
+        (["analyze", "{missing}"], "no run directory"),
         (["probe", "{run}", "--window", "wide"], "probe.windows: unknown value 'wide'"),
+        (["probe", "{run}", "--target", "ancestors"], "probe.targets: unknown target"),
+        (["probe", "{run}", "--target", "depth", "ancestor", "depth"], "lists a value twice"),
         (
             ["probe", "{run}", "--n-test", "1"],
             "probe.n_test must be >= 2, got 1 (given as --n-test)",
         ),
         (["attention", "{run}", "--n-strings", "0"], "(given as --n-strings)"),
         (["probe", "{run}", "--steps", "many"], "probe.steps: expected int, got str"),
-        (["probe", "{run}", "--set", "train.lr=0.1"], "takes only probe.* settings"),
+        (["probe", "{run}", "--set", "train.lr=0.1"], "takes only analyze.*, probe.* settings"),
     ],
 )
 def test_bad_input_is_one_clear_error(tiny_run, tmp_path, capsys, argv, message):
     argv = [a.format(missing=tmp_path / "nope", run=tiny_run) for a in argv]
+    before = (
+        sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) if tiny_run.exists() else []
+    )
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("cfglab: error: ") and message in err
     assert "Traceback" not in err
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before

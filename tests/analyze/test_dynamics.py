@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from cfglab import cli
-from cfglab.analyze.dynamics import emergence, kl_by_level, row_levels
+from cfglab.analyze.dynamics import emergence, emergence_table
 from cfglab.config import kept_steps, load_config
 from cfglab.errors import ConfigError
+from cfglab.evaluate.distribution import kl_by_level, row_levels
 from cfglab.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,7 @@ def run(tmp_path_factory) -> Path:
         "probe.n_test=12",
         "probe.steps=20",
         "attention.n_strings=6",
-        "stages=[train, eval, probe, attention, dynamics, report]",
+        "stages=[train, eval, analyze, dynamics, report]",
     ]
     assert cli.main(argv) == 0
     return out
@@ -93,35 +94,86 @@ def test_kept_checkpoints_survive_pruning(run):
     assert steps == [1, 3, 12, 40]  # step 20 (regular, keep_last 1) pruned at step 40
 
 
-def test_the_final_checkpoint_equals_the_eval_and_probe_stages(run):
-    records = [json.loads(x) for x in (run / "analyze" / "dynamics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 3, 12, 40]
-    last = records[-1]
-    acc = json.loads((run / "eval" / "accuracy.json").read_text())["accuracy"]
-    cut0 = next(a for a in acc if a["cut"] == 0)
-    assert last["accuracy"]["accuracy"] == cut0["accuracy"] and last["accuracy"]["n"] == 16
-    assert last["accuracy"]["ci_low"] == cut0["ci_low"]
+def _at(rows: list[dict], step: int | None, **where) -> list[dict]:
+    return [
+        r for r in rows if r.get("step") == step and all(r.get(k) == v for k, v in where.items())
+    ]
+
+
+def test_the_final_checkpoint_equals_the_eval_and_analyze_stages(run):
+    """The same code at the last checkpoint: every dynamics row there equals the eval and
+    analyze stages' row of the same metric and qualifiers (sizes and seeds are the same)."""
+    body = json.loads((run / "analyze" / "dynamics.json").read_text())
+    rows = body["rows"]
+    assert body["steps"] == [1, 3, 12, 40] and {r.get("step") for r in rows} >= {1, 3, 12, 40}
+    eval_rows = json.loads((run / "eval" / "summary.json").read_text())["rows"]
+    acc = _at(rows, 40, metric="accuracy")
+    assert len(acc) == 1 and acc[0]["n"] == 16
+    cut0 = next(r for r in eval_rows if r["metric"] == "accuracy" and r["cut"] == 0)
+    assert acc[0]["value"] == cut0["value"] and acc[0]["ci_low"] == cut0["ci_low"]
+    for metric in ("kl", "kl_by_level", "seq_kl", "cross_entropy"):
+        mine = {r.get("level"): r["value"] for r in _at(rows, 40, metric=metric)}
+        theirs = {r.get("level"): r["value"] for r in eval_rows if r["metric"] == metric}
+        assert mine and mine == pytest.approx(theirs, rel=1e-12), metric
     dist = json.loads((run / "eval" / "distribution.json").read_text())["distribution"]
-    assert last["kl"] == pytest.approx(dist["kl"], rel=1e-12)
-    rows = sum(v["n_rows"] for v in last["kl_by_level"].values())
-    assert rows == dist["n_rows"]  # every KL row in exactly one level group
-    floor = json.loads((run / "eval" / "loss_floor.json").read_text())["loss_floor"]["value"]
-    assert last["loss_floor"] == floor
+    by_level = _at(rows, 40, metric="kl_by_level")
+    assert sum(r["n"] for r in by_level) == dist["n_rows"]  # every row in exactly one group
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert last["val_loss"] == pytest.approx(metrics[-1]["val_loss"], rel=1e-5)
-    probe = json.loads((run / "analyze" / "probe.json").read_text())
-    for t in probe["tables"]:
-        table = np.array(t["accuracy"]["model"])  # (layers, levels)
-        twin = np.array(t["accuracy"]["random_init"])
-        for j, level in enumerate(t["levels"]):
-            got = last["probe"][f"{t['target']}_L{level}"]
-            assert got["last"] == pytest.approx(table[-1, j], abs=1e-12)
-            assert got["best"] == pytest.approx(table[:, j].max(), abs=1e-12)
-    summary = json.loads((run / "analyze" / "dynamics.json").read_text())
-    twin_last = summary["baseline"]["probe"][f"{t['target']}_L{t['levels'][0]}"]["last"]
-    assert twin_last == pytest.approx(twin[-1, 0], abs=1e-12)  # the same random-init twin
-    what = [row["what"] for row in summary["emergence"]]
-    assert "probe ancestor_L1" in what and what[-1] == "generation accuracy cut0"
+    (val,) = _at(rows, 40, metric="val_loss")
+    assert val["value"] == pytest.approx(metrics[-1]["val_loss"], rel=1e-5)
+    probe_rows = json.loads((run / "analyze" / "probe.json").read_text())["rows"]
+    for r in probe_rows:
+        if r["metric"] == "probe_accuracy" and r["window"] == "all":
+            quals = {k: v for k, v in r.items() if k not in ("value", "n")}
+            (mine,) = _at(rows, 40, **quals)
+            assert mine["value"] == pytest.approx(r["value"], abs=1e-12)
+    # the random-init twin is measured once: the same numbers at every step
+    twin = [r["value"] for r in rows if r.get("model") == "random_init" and r.get("layer") == 0]
+    assert len(twin) % 4 == 0 and twin[: len(twin) // 4] * 4 == twin
+    what = [row["what"] for row in body["emergence"]]
+    assert "probe ancestor L1" in what and what[-1] == "generation accuracy cut0"
+    steps = [r for r in rows if r["metric"] == "emergence_step"]
+    assert len(steps) == len(body["emergence"])  # the emergence table as rows, too
+
+
+def test_emergence_table_from_rows_by_hand():
+    """Planted curves: level 2 gets halfway at step 10, level 1 at step 100, accuracy at 1000;
+    the twin's accuracy is each probe's baseline."""
+    rows = []
+    curves = {2: [0.5, 0.8, 0.9, 0.9], 1: [0.4, 0.45, 0.7, 0.8]}
+    for level, values in curves.items():
+        for step, v in zip([1, 10, 100, 1000], values, strict=True):
+            for layer in (0, 1):
+                base = {"metric": "probe_accuracy", "target": "ancestor", "window": "all"}
+                rows.append(
+                    {
+                        **base,
+                        "level": level,
+                        "layer": layer,
+                        "model": "trained",
+                        "value": v if layer == 1 else 0.0,
+                        "step": step,
+                    }
+                )
+                rows.append(
+                    {
+                        **base,
+                        "level": level,
+                        "layer": layer,
+                        "model": "random_init",
+                        "value": 0.4,
+                        "step": step,
+                    }
+                )
+    for step, v in zip([1, 10, 100, 1000], [0.0, 0.1, 0.2, 0.9], strict=True):
+        rows.append({"metric": "accuracy", "cut": 0, "temperature": 1.0, "value": v, "step": step})
+    table = {e["what"]: e for e in emergence_table(rows)}
+    assert table["probe ancestor L2"]["step"] == 10  # halfway 0.65, from the twin's 0.4
+    assert table["probe ancestor L1"]["step"] == 100 and table["probe ancestor L1"]["bracket"] == [
+        10,
+        100,
+    ]
+    assert table["generation accuracy cut0"]["step"] == 1000  # halfway 0.45 from the first 0.0
 
 
 def test_the_report_draws_the_dynamics(run):
@@ -169,17 +221,17 @@ def test_a_longer_resumed_run_keeps_the_checkpoints_kept_so_far(tmp_path):
 
 
 def test_bad_inputs_to_later_stages_change_nothing(run, tmp_path, capsys):
-    """A damaged analyze/dynamics.jsonl (not its torn last line) makes `cfglab report` refuse
-    before it redraws any figure; a file where a stage writes its folder is refused before the
-    stage runs."""
+    """A damaged analyze/dynamics.json makes `cfglab report` refuse before it redraws any
+    figure; a file where a stage writes its folder is refused before the stage runs."""
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     figures = {p: p.read_bytes() for p in (copy / "report" / "figures").iterdir()}
-    lines = (copy / "analyze" / "dynamics.jsonl").read_text().splitlines()
-    lines[1] = "{bad"
-    (copy / "analyze" / "dynamics.jsonl").write_text("\n".join(lines) + "\n")
+    dyn = copy / "analyze" / "dynamics.json"
+    body = json.loads(dyn.read_text())
+    body["rows"][1] = {"value": 1.0}  # a row without its metric
+    dyn.write_text(json.dumps(body))
     acc_file = copy / "eval" / "accuracy.json"  # a changed result: figures would be redrawn
     acc = json.loads(acc_file.read_text())
     for a in acc["accuracy"]:
@@ -187,8 +239,8 @@ def test_bad_inputs_to_later_stages_change_nothing(run, tmp_path, capsys):
     acc_file.write_text(json.dumps(acc))
     assert cli.main(["report", str(copy)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"cfglab: error: {copy / 'analyze' / 'dynamics.jsonl'}:2: ")
-    assert "dynamics.jsonl holds one per line" in err
+    assert err.startswith(f"cfglab: error: {dyn}: not the shape cfglab writes")
+    assert "re-run `cfglab dynamics" in err
     assert {p: p.read_bytes() for p in (copy / "report" / "figures").iterdir()} == figures
     shutil.rmtree(copy / "eval")
     (copy / "eval").write_text("not a folder\n")

@@ -81,6 +81,21 @@ def test_any_grammar_equals_a_recursive_walk_of_its_spans():
         assert tl.token_depth[lo:hi].tolist() == covering
 
 
+@pytest.mark.parametrize("name", ["cfg3b", "configs/grammars/quickstart.cfg"])
+def test_a_layered_grammar_s_levels_equal_its_spans(name):
+    """The per-level fast path and the spans give the same tables (the spans' path is forced
+    by hiding the per-level labels)."""
+    import dataclasses
+
+    g = load(name)
+    batch = sample(g, 40, 9, labels=True)
+    fast = tree_labels(g, batch)
+    bare = dataclasses.replace(batch, ancestors=None, subtree=None, is_boundary=None)
+    slow = tree_labels(g, bare)
+    for field in ("ancestor", "subtree", "is_boundary", "token_depth", "end_label", "ends"):
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+
+
 def test_the_authors_sampler_gives_the_same_span_depths():
     g = load("cfg3b")
     batch = PhysicsLM4Stream(g, 7).take(5, labels=True)

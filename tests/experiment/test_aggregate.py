@@ -63,7 +63,11 @@ def test_accuracy_at_several_temperatures_gets_one_column_each(tmp_path):
 
 def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_path):
     """A dynamics row (one per kept checkpoint) is its own group per step; the final model's
-    accuracy column shows only the eval stage's number, the emergence step its own column."""
+    accuracy column shows only the eval stage's number; the emergence step is the dynamics
+    stage's view, a table of its own."""
+    from cfglab.analyze.dynamics import COMPARE
+    from cfglab.report.views import view_table
+
     rows = _rows("accuracy", [0.9] * 3, cut=0, temperature=1.0, n=100)
     for step, value in [(10, 0.0), (100, 0.5), (1000, 0.9)]:
         rows += [
@@ -82,7 +86,13 @@ def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_
     names = [c.strip() for c in header.strip("|").split("|")]
     cells = [c.strip() for c in body.strip("|").split("|")]
     assert cells[names.index("accuracy cut0")].startswith("0.9 ")
-    assert cells[names.index("accuracy emerges (step)")].startswith("400 ")
+    emergence = next(v for v in COMPARE if v["name"] == "emergence")
+    table = view_table(emergence, agg, ["x"])
+    assert table["header"] == ["x", "value"] and table["rows"][0][1].startswith("400 ")
+    by_step = next(v for v in COMPARE if v["name"] == "dynamics_accuracy")
+    table = view_table(by_step, agg, ["x"])
+    assert table["header"] == ["x", "temperature", "step=10", "step=100", "step=1000"]
+    assert [c.split()[0] for c in table["rows"][0][2:]] == ["0", "0.5", "0.9"]
 
 
 def _fake_run(folder: Path, loss: float, seed: int = 0) -> Path:
@@ -131,7 +141,10 @@ def test_runs_are_counted_once_and_never_pooled_by_a_shared_name(tmp_path):
 
 
 def test_each_grid_point_shows_its_own_last_layer(tmp_path):
-    """A grid over model.n_layer: the probe column of every point is its own deepest layer."""
+    """A grid over model.n_layer: the probe view of every point reads its own deepest layer."""
+    from cfglab.analyze.probe_tree import COMPARE
+    from cfglab.report.views import view_table
+
     rows = []
     for x, n_layer in [(1, 2), (2, 4)]:
         for layer in range(n_layer + 1):
@@ -149,9 +162,8 @@ def test_each_grid_point_shows_its_own_last_layer(tmp_path):
                     "value": 0.5 + 0.1 * layer,
                 }
             ]
-    text = compare_markdown([], ["x"], aggregate(rows, ["x"]), {}, Path(tmp_path))
-    body = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
-    cells = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in body}
+    table = view_table(COMPARE[0], aggregate(rows, ["x"]), ["x"])
+    cells = {row[0]: row[-1] for row in table["rows"]}
     assert cells["1"].startswith("0.7") and cells["2"].startswith("0.9")
 
 
@@ -173,8 +185,8 @@ def test_compare_survives_nan_and_refuses_misshapen_results_before_writing(tmp_p
     bad = _fake_run(tmp_path / "bad", 3.0, seed=2)
     rundir.write_result(bad, "analyze/probe", {"tables": [{"target": "ancestor"}]})
     for args, needle in [
-        ([str(good), str(bad), "--out", str(out)], f"{bad}: a result file is not in the shape"),
-        ([str(good), str(bad), "--out", str(tmp_path / "new")], "not in the shape"),
+        ([str(good), str(bad), "--out", str(out)], f"{bad}/analyze/probe.json: not the shape"),
+        ([str(good), str(bad), "--out", str(tmp_path / "new")], "not the shape"),
         ([str(good), "--out", str(tmp_path / "odd")], "is a folder where the report writes"),
     ]:
         (tmp_path / "odd" / "results.csv").mkdir(parents=True, exist_ok=True)

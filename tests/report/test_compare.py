@@ -1,5 +1,5 @@
 """`cfglab report RUN --compare OTHER`: the GPT and its masked-LM encoder twin side by side, with
-every number read back from each run's own analyze/probe.json."""
+every number read back from each run's own analyze/probe.json through the family's views."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def probe_run_dir(tmp_path, name: str, objective: str, seed: int):
     """A run directory with config.json, metrics.jsonl and an analyze/probe.json of random
-    accuracies (2 layers x 3 levels) in the format analyze.probe writes."""
+    accuracies (2 layers x 3 levels) written as the analyze stage writes the probe family."""
+    from cfglab.analyze import probe_tree
+    from cfglab.analyze.run import write_analyses
+
     run = tmp_path / name
     (run / "analyze").mkdir(parents=True)
     model = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128, "position": "rot"}
@@ -34,7 +37,7 @@ def probe_run_dir(tmp_path, name: str, objective: str, seed: int):
                 "target": target,
                 "window": "all",
                 "where": "all",
-                "levels": [1, 2, 3],
+                "columns": [{"level": 1}, {"level": 2}, {"level": 3}],
                 "majority": rng.uniform(0.3, 0.6, 3).tolist(),
                 "accuracy": {
                     "model": rng.uniform(0.6, 1.0, (2, 3)).tolist(),
@@ -42,28 +45,20 @@ def probe_run_dir(tmp_path, name: str, objective: str, seed: int):
                 },
             }
         )
-    probe = {
-        "run": name,
-        "objective": objective,
-        "n_train": 30,
-        "n_test": 10,
-        "n_test_tokens": 120,
-        "tables": tables,
+    result = {"n_train": 30, "n_test": 10, "n_test_tokens": 120, "layers": ["a", "b"],
+              "tables": tables}  # fmt: skip
+    part = {
+        "title": probe_tree.TITLE,
+        "result": result,
+        "rows": probe_tree.summary_rows(result),
+        "tables": probe_tree.tables(result),
+        "figures": probe_tree.figures(result),
+        "compare": probe_tree.COMPARE,
+        "definitions": probe_tree.DEFINITIONS,
+        "seconds": 0.0,
     }
-    rundir.write_result(run, "analyze/probe", probe)
+    write_analyses(run, {"probe": part}, {"run": name, "objective": objective})
     return run
-
-
-def last_layer_cells(run) -> dict[str, list[str]]:
-    """target -> the report's expected last-layer cells (model then random-init), from the file."""
-    probe = json.loads((run / "analyze" / "probe.json").read_text())
-    return {
-        t["target"]: [
-            " | ".join(f"{100 * v:.1f}" for v in t["accuracy"][kind][-1])
-            for kind in ("model", "random_init")
-        ]
-        for t in probe["tables"]
-    }
 
 
 def test_compared_report_has_both_runs_numbers_and_figures(tmp_path):
@@ -73,35 +68,34 @@ def test_compared_report_has_both_runs_numbers_and_figures(tmp_path):
     rep = gpt / "report"
     md = (rep / "report.md").read_text()
     section = md[md.index("## Compared runs") :]
-    for run, label in ((gpt, "gpt (next_token)"), (enc, "enc (mlm)")):
-        for target, (model, rand) in last_layer_cells(run).items():
-            table = section[section.index(f"**{target} probe, last layer**") :]
-            table = table[: table.index("![")]
-            assert f"| {label} | {model} |" in table
-            assert f"| {label} random-init | {rand} |" in table
-    majority = json.loads((gpt / "analyze" / "probe.json").read_text())["tables"][0]["majority"]
-    assert "| majority class | " + " | ".join(f"{100 * v:.1f}" for v in majority) + " |" in section
+    assert "| run | target | window | model | level=1 | level=2 | level=3 |" in section
+    for run in (gpt, enc):
+        tables = rundir.read_result(run, "analyze/probe")["probe"]["tables"]
+        # the last layer's accuracy of each run, trained and twin, every target and level
+        for t in tables:
+            for kind, label in (("model", "trained"), ("random_init", "random_init")):
+                cells = " | ".join(f"{v:.4g}" for v in t["accuracy"][kind][-1])
+                assert f"| {run.name} | {t['target']} | all | {label} | {cells} |" in section
     # same size and token budget, stated per run: 100 steps x 16 windows x 128 tokens
     assert section.count("| 2L/2H/64D | rot | 204,800 |") == 2
-    for name in ("probe_compare.png", "probe_compare_boundary.png"):
-        fig = rep / "figures" / name
-        assert fig.read_bytes()[:8] == PNG and fig.stat().st_size > 5000
-        assert f"(figures/{name})" in md
-    # the HTML is self-contained: both comparison figures embedded (+ loss, 2 probe heatmaps)
-    assert (rep / "report.html").read_text().count("data:image/png;base64,") == 5
+    fig = rep / "figures" / "compare_probe.png"
+    assert fig.read_bytes()[:8] == PNG and fig.stat().st_size > 5000
+    assert "(figures/compare_probe.png)" in md
+    # the HTML is self-contained: loss, 2 probe heatmaps and the comparison, all embedded
+    assert (rep / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
 def test_report_without_compare_has_no_comparison(tmp_path):
     gpt = probe_run_dir(tmp_path, "gpt", "next_token", seed=0)
     md = (build_report(gpt) / "report.md").read_text()
-    assert "## Inside the model" in md and "## Compared runs" not in md
+    assert "## Probes" in md and "## Compared runs" not in md
 
 
-def test_compare_needs_probe_results(tmp_path):
+def test_compare_needs_analysis_results(tmp_path):
     gpt = probe_run_dir(tmp_path, "gpt", "next_token", seed=0)
     enc = probe_run_dir(tmp_path, "enc", "mlm", seed=1)
     (enc / "analyze" / "probe.json").unlink()
-    with pytest.raises(CfglabError, match=r"enc has no analyze/probe.json.*cfglab probe"):
+    with pytest.raises(CfglabError, match=r"enc has no analyze/\*.json.*cfglab analyze"):
         build_report(gpt, compare=[enc])
     with pytest.raises(CfglabError, match="no run directory"):
         build_report(gpt, compare=[tmp_path / "missing"])

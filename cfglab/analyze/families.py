@@ -1,0 +1,31 @@
+"""The analysis families, in the order they run: one line per family (the protocol of
+cfglab.evaluate.families, for what a model holds inside).
+
+A family is a module with
+- `TITLE`: its section heading in the run report;
+- `DEFINITIONS`: metric name -> what exactly is averaged over what;
+- `supports(ctx)`: None, or why this model cannot be analysed so (the family is then skipped
+  and the stage says so in one line);
+- `measure(ctx: AnalysisContext)` -> a JSON-ready result;
+- `summary_rows(result)` -> tidy rows {metric, value, n, [qualifiers: target, window, level,
+  layer, model, pattern, ...]} that the report and `cfglab compare` render without knowing the
+  family;
+- `tables(result)` and `figures(result)`: the run report's tables and figures as data
+  ({"title", "header", "rows"}; {"name", "kind": "heatmaps" | "lines", "panels", ...}, drawn by
+  cfglab.report.figures);
+- `COMPARE`: the cross-run figures as data (which metric, which qualifier on the x axis, which
+  as panels and line styles), drawn by `cfglab compare` over the runs' rows.
+The analyze stage writes each family's result to analyze/<name>.json; the dynamics stage runs
+the same families at every kept checkpoint. A new family is one new module and one line here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from cfglab.analyze import attention, probe_tree
+
+ANALYSES: dict[str, ModuleType] = {
+    "probe": probe_tree,  # linear probes for the parse tree per layer
+    "attention": attention,  # position- and boundary-based attention, head scores
+}

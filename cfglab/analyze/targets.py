@@ -1,0 +1,117 @@
+"""What a probe reads off each token, for any grammar: the probe family's targets (6b).
+
+`TARGETS` are the probes built from a labelled batch's tree tables (cfglab.data.tree: ancestors,
+ends and depths by depth level, which are a layered grammar's levels), one entry each: a new
+target is one function and one registry line. A target gives one or more `Target`s: a class
+label per token, the number of classes (fixed by the grammar, so train and test strings agree),
+the qualifiers that tell its probes apart (`{"level": 2}`, `{"label": "NP"}`), and the tokens
+a restricted-window probe (the paper's diagonal probes, scored at NT ends only) is scored on.
+
+- ancestor / boundary (layered grammars, the paper's): the level-l NT ancestor of each token,
+  and whether the token ends its level-l subtree, one probe per level below the root;
+- end_label / ends / depth (any grammar): the label of the smallest constituent ending at each
+  token ("none" where none ends), "a constituent of label A ends here" (one probe per label),
+  and the number of constituents above each token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cfglab.data.sampler import strict_levels
+from cfglab.data.tree import TreeLabels, tree_labels
+from cfglab.grammar.cfg import Grammar
+
+MAX_DEPTH_CLASS = 16  # the depth target's classes: 1..15 and "16 or deeper"
+
+
+@dataclass
+class Target:
+    """One probe's labels on a batch."""
+
+    target: str  # the TARGETS name
+    column: dict  # qualifiers of this probe within its target: {"level": 2}, {"label": "NP"}
+    y: np.ndarray  # (N,) int64 class of every token
+    n_classes: int  # fixed by the grammar
+    at_ends: np.ndarray | None  # (N,) bool: where a restricted-window probe is scored; None:
+    # the target is not probed through restricted windows (it would be trivial there)
+
+
+def _ancestor(grammar: Grammar, tl: TreeLabels) -> list[Target]:
+    out = []
+    for lev in range(1, tl.n_levels):  # the root (level 0) is constant
+        index = {a: i for i, a in enumerate(grammar.levels[lev])}
+        lookup = np.array([index.get(a, 0) for a in range(grammar.n_nt)], dtype=np.int64)
+        y = lookup[tl.ancestor[lev]]
+        out.append(Target("ancestor", {"level": lev}, y, len(index), tl.is_boundary[lev]))
+    return out
+
+
+def _boundary(grammar: Grammar, tl: TreeLabels) -> list[Target]:
+    return [
+        Target("boundary", {"level": lev}, tl.is_boundary[lev].astype(np.int64), 2, None)
+        for lev in range(1, tl.n_levels)
+    ]
+
+
+def _end_label(grammar: Grammar, tl: TreeLabels) -> list[Target]:
+    return [Target("end_label", {}, tl.end_label, grammar.n_nt + 1, tl.end_label < grammar.n_nt)]
+
+
+def _ends(grammar: Grammar, tl: TreeLabels) -> list[Target]:
+    return [
+        Target("ends", {"label": grammar.nonterminals[a]}, tl.ends[a].astype(np.int64), 2, None)
+        for a in range(1, grammar.n_nt)  # the start symbol ends exactly at the last token
+    ]
+
+
+def _depth(grammar: Grammar, tl: TreeLabels) -> list[Target]:
+    y = np.minimum(tl.token_depth, MAX_DEPTH_CLASS) - 1  # 1 node above (the root alone) -> 0
+    return [Target("depth", {}, y, MAX_DEPTH_CLASS, None)]
+
+
+def _layered(grammar: Grammar) -> bool:
+    """Every token has an ancestor at every level (the sampler's per-level labels exist)."""
+    return strict_levels(grammar) is not None
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    build: Callable[[Grammar, TreeLabels], list[Target]]
+    supports: Callable[[Grammar], bool]  # the grammar has this target
+    default: Callable[[Grammar], bool]  # probed when probe.targets is null
+    about: str  # one line for the report
+
+
+def _any(grammar: Grammar) -> bool:
+    return True
+
+
+def _not_layered(grammar: Grammar) -> bool:
+    return not _layered(grammar)
+
+
+# name -> spec; a new target is one function above and one line here
+TARGETS: dict[str, TargetSpec] = {
+    "ancestor": TargetSpec(_ancestor, _layered, _layered, "the level-l NT ancestor of each token"),
+    "boundary": TargetSpec(_boundary, _layered, _layered, "the token ends its level-l subtree"),
+    "end_label": TargetSpec(
+        _end_label, _any, _not_layered, "the label of the smallest constituent ending here"
+    ),
+    "ends": TargetSpec(_ends, _any, _not_layered, "a constituent of label A ends here"),
+    "depth": TargetSpec(_depth, _any, _not_layered, "the number of constituents above a token"),
+}
+
+
+def default_targets(grammar: Grammar) -> list[str]:
+    """The targets probed when probe.targets is null."""
+    return [name for name, spec in TARGETS.items() if spec.default(grammar)]
+
+
+def build_targets(grammar: Grammar, batch, names: list[str]) -> list[Target]:
+    """Every probe of the named targets on a labelled batch, in TARGETS order per name."""
+    tl = tree_labels(grammar, batch)
+    return [t for name in names for t in TARGETS[name].build(grammar, tl)]
