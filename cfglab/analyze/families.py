@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from cfglab.analyze import attention, probe_tree
+from cfglab.analyze import attention, embedding, probe_tree
 
 ANALYSES: dict[str, ModuleType] = {
     "probe": probe_tree,  # linear probes for the parse tree per layer
     "attention": attention,  # position- and boundary-based attention, head scores
+    "embedding": embedding,  # token geometry: cosine within and across bags
 }
