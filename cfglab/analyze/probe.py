@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.config import ProbeConfig
+from cfglab.config import PROBE_WINDOWS, ProbeConfig
+from cfglab.config.schema import registry
 from cfglab.errors import ConfigError
 
 
@@ -41,12 +42,16 @@ def _window_band(width: int) -> Callable[[int], Tensor]:
 
 
 # Which keys k position i may read: name -> T -> (T, T) bool [query i, key k], None = all.
-WINDOWS: dict[str, Callable[[int], Tensor | None]] = {
-    "all": lambda t: None,  # the paper's probe: every position (None skips the masking pass)
-    "causal": lambda t: torch.ones(t, t, dtype=torch.bool).tril(),  # k <= i: what was read
-    "diagonal": _window_band(0),  # k = i: the information sits at the token itself
-    "tridiagonal": _window_band(1),  # |i - k| <= 1: "near the ending position +-1"
-}
+WINDOWS: dict[str, Callable[[int], Tensor | None]] = registry(
+    PROBE_WINDOWS,
+    {
+        "all": lambda t: None,  # the paper's probe: every position (None skips the masking pass)
+        "causal": lambda t: torch.ones(t, t, dtype=torch.bool).tril(),  # k <= i: what was read
+        "diagonal": _window_band(0),  # k = i: the information sits at the token itself
+        "tridiagonal": _window_band(1),  # |i - k| <= 1: "near the ending position +-1"
+    },
+    "analyze.probe.WINDOWS",
+)
 
 # Where a window's probe is trained and scored: every token, or only the probed level's NT
 # ends (the paper's restricted probes read the information "near the ending position +-1").
@@ -71,8 +76,8 @@ class MultiHeadProbe(nn.Module):
         n_embd: int,
         n_classes: Sequence[int],
         *,
-        n_heads: int = 4,
-        d_probe: int = 64,
+        n_heads: int = ProbeConfig.n_heads,  # the defaults are the config's (one source)
+        d_probe: int = ProbeConfig.d_probe,
         max_len: int = 512,
         window: str = "all",
     ) -> None:

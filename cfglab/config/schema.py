@@ -16,15 +16,29 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from cfglab.grammar.implicit import IMPLICIT_MODES, IMPLICIT_WEIGHTS
+
+T = TypeVar("T")
 
 # objective name -> whether the model is causal (GPT) or bidirectional (encoder, masked LM);
 # the torch-free registry of the names that `cfglab.train.objectives.OBJECTIVES` implements
 OBJECTIVES: dict[str, bool] = {"next_token": True, "mlm": False}
-# the torch-free registries of the names cfglab.model implements (tests keep each pair equal),
-# so a config is checked at load time, before torch is imported
+# The torch-free lists of the names the stages implement, so a config is checked at load time,
+# before torch is imported. Each is the source of its registry: the registry is built with
+# `registry(NAMES, {...})`, which refuses, at import, a registry whose names differ from it.
 POSITION_NAMES = ("abs", "rel", "rot", "pos", "uni", "nope", "alibi")  # model.positions.POSITIONS
-PRESET_NAMES = ("tiny", "small", "medium", "gpt2-small")  # model.PRESETS
+# name -> shape. "gpt2-small" is the paper's model (12/12/768, ~86M parameters with the cfg3
+# vocabulary). The paper's Part 1 text gives no other sizes for these experiments, so the
+# smaller ones are ours, for CPU work.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 32},  # unit tests (~30k parameters)
+    "small": {"n_layer": 4, "n_head": 4, "n_embd": 128},  # CPU quickstart (~0.8M)
+    "medium": {"n_layer": 6, "n_head": 6, "n_embd": 384},  # a few CPU hours / one GPU (~11M)
+    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # the paper's (~86M)
+}
+PRESET_NAMES = tuple(PRESETS)
 DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
 DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
 # the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
@@ -35,8 +49,22 @@ PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.p
 SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
 NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
 CORRUPTION_NAMES = ("substitute", "insert", "delete")  # cfglab.data.noise.KINDS
-IMPLICIT_MODE_NAMES = ("disjoint", "overlap")  # cfglab.grammar.implicit.IMPLICIT_MODES
-IMPLICIT_WEIGHT_NAMES = ("uniform", "nu1")  # cfglab.grammar.implicit.IMPLICIT_WEIGHTS
+# derived from their registry, which is torch-free and imports no config
+IMPLICIT_MODE_NAMES = tuple(IMPLICIT_MODES)  # cfglab.grammar.implicit
+IMPLICIT_WEIGHT_NAMES = tuple(IMPLICIT_WEIGHTS)
+
+
+def registry(names: tuple[str, ...], entries: dict[str, T], what: str) -> dict[str, T]:
+    """`entries` as a registry keyed by exactly `names`, in that order (the torch-free list
+    config validates against); a registry whose names differ fails at import, naming both."""
+    if tuple(entries) != tuple(names):
+        raise ImportError(
+            f"{what}: the registry's names {tuple(entries)} differ from config's {names}; add "
+            "or remove the name in cfglab/config/schema.py too"
+        )
+    return entries
+
+
 # Settings that do not change what is learned: a resumed run may use other values freely
 # (another device, more threads, a different logging cadence). Every other data./train.
 # setting is part of the run's record: changing it on --resume needs --allow-changes.
@@ -115,7 +143,7 @@ class ModelShape:
 
 @dataclass(kw_only=True)
 class ModelConfig(ModelShape):
-    preset: str | None = None  # a name in cfglab.model.PRESETS; sets n_layer/n_head/n_embd
+    preset: str | None = None  # a name in PRESETS (above); sets n_layer/n_head/n_embd
 
 
 @dataclass

@@ -20,6 +20,7 @@ from cfglab.config.schema import (
     OBJECTIVES,
     POSITION_NAMES,
     PRESET_NAMES,
+    PRESETS,
     PROBE_WINDOWS,
     SAMPLER_NAMES,
     STAGE_NAMES,
@@ -62,10 +63,7 @@ def _check_names(cfg: ExperimentConfig) -> None:
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
-    n = d.noise
-    _one_of("data.noise.kind", n.kind, NOISE_KIND_NAMES)
-    for kind in n.kinds:
-        _one_of("data.noise.kinds", kind, CORRUPTION_NAMES)
+    check_noise(d.noise)
     imp = cfg.grammar.implicit
     if imp is not None:
         _one_of("grammar.implicit.mode", imp.mode, IMPLICIT_MODE_NAMES)
@@ -136,14 +134,6 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     for key, (value, low) in _minimums(cfg).items():
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
-    n = cfg.data.noise
-    if not 0 <= n.fraction <= 1 or not 0 <= n.rate <= 1:
-        raise ConfigError(
-            f"data.noise.fraction ({n.fraction}) and data.noise.rate ({n.rate}) are "
-            "probabilities: give values in [0, 1]"
-        )
-    if n.fraction > 0 and n.kind == "token" and not n.kinds:
-        raise ConfigError("data.noise.kinds is empty; give e.g. [substitute]")
 
 
 def _check_train_and_model(cfg: ExperimentConfig) -> None:
@@ -173,20 +163,44 @@ def _check_train_and_model(cfg: ExperimentConfig) -> None:
         )
 
 
+def check_noise(n) -> None:
+    """data.noise (a NoiseConfig, or the data stage's TrainingNoise built from it): the one
+    check of its names and ranges."""
+    _one_of("data.noise.kind", n.kind, NOISE_KIND_NAMES)
+    if isinstance(n.kinds, str):
+        raise ConfigError(f"data.noise.kinds {n.kinds!r} must be a list of kinds, e.g. [{n.kinds}]")
+    for kind in n.kinds:
+        _one_of("data.noise.kinds", kind, CORRUPTION_NAMES)
+    if not 0 <= n.fraction <= 1 or not 0 <= n.rate <= 1:
+        raise ConfigError(
+            f"data.noise.fraction ({n.fraction}) and data.noise.rate ({n.rate}) are "
+            "probabilities: give values in [0, 1]"
+        )
+    if n.fraction > 0 and n.kind == "token" and not n.kinds:
+        raise ConfigError("data.noise.kinds is empty; give e.g. [substitute]")
+
+
 def check_model_shape(m, prefix: str = "") -> None:
     """The shape checks every model builder shares (the config at load, GPT at build time):
-    one message per rule. `m` is a ModelShape (or a subclass); `prefix` names its keys."""
+    one rule, one message each. `m` is a ModelShape (a config's model section, whose preset
+    sizes are applied here, or a built GPTConfig); `prefix` names its keys ("model.")."""
+    sizes = {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd")}
+    if getattr(m, "preset", None) in PRESETS:
+        sizes.update(PRESETS[m.preset])
+    n_head, n_embd = sizes["n_head"], sizes["n_embd"]
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"{prefix}dropout must be in [0, 1), got {m.dropout}")
-    if not 0 < m.rotary_fraction <= 1 or m.rotary_base <= 0:
+    if n_embd % n_head:
         raise ConfigError(
-            f"{prefix}rotary_fraction must be in (0, 1] (got {m.rotary_fraction}) and "
-            f"{prefix}rotary_base > 0 (got {m.rotary_base})"
+            f"{prefix}n_embd {n_embd} is not divisible by {prefix}n_head {n_head}; choose "
+            f"n_embd a multiple of n_head (e.g. {n_head * 32})"
         )
-    if getattr(m, "preset", None) is None and m.n_embd % m.n_head:
+    rotated = int(n_embd // n_head * m.rotary_fraction)
+    if not 0 < m.rotary_fraction <= 1 or m.rotary_base <= 0 or rotated < 2:
         raise ConfigError(
-            f"{prefix}n_embd {m.n_embd} is not divisible by {prefix}n_head {m.n_head}; choose "
-            f"n_embd a multiple of n_head (e.g. {m.n_head * 32})"
+            f"{prefix}rotary_fraction must be in (0, 1] and rotate at least 2 of the "
+            f"{n_embd // n_head} dims per head (got {m.rotary_fraction}), and "
+            f"{prefix}rotary_base > 0 (got {m.rotary_base})"
         )
 
 

@@ -41,6 +41,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from cfglab.config import SAMPLER_NAMES
+from cfglab.config.schema import registry
 from cfglab.data.noise import NOISE_PURPOSE, TrainingNoise, perturb_fraction
 from cfglab.data.physicslm4 import PhysicsLM4Windows
 from cfglab.data.sampler import SampleBatch, sample
@@ -307,7 +309,9 @@ def _physicslm4_steps(fs: FreshStream, noise: TrainingNoise | None) -> PhysicsLM
 
 
 # data.sampler name -> the source of a FreshStream's steps
-FRESH_SAMPLERS = {"fast": _FastSteps, "physicslm4": _physicslm4_steps}
+FRESH_SAMPLERS = registry(
+    SAMPLER_NAMES, {"fast": _FastSteps, "physicslm4": _physicslm4_steps}, "FRESH_SAMPLERS"
+)
 
 
 def _prefetched(make, start: int, stop: int, depth: int) -> Iterator[torch.Tensor]:

@@ -40,12 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cfglab.config import NoiseConfig
+from cfglab.config import CORRUPTION_NAMES, NOISE_KIND_NAMES, NoiseConfig
+from cfglab.config.schema import registry
+from cfglab.config.validate import check_noise
 from cfglab.data.sampler import SampleBatch, strict_levels
 from cfglab.errors import ConfigError, VocabError
 from cfglab.grammar.cfg import Grammar
 
-KINDS = ("substitute", "insert", "delete")
+KINDS = CORRUPTION_NAMES  # the corruptions, in the order `corrupt` may apply them
 NOISE_PURPOSE = 0x6E6F6973  # "nois": the seed-key part that separates noise from clean draws
 
 
@@ -302,7 +304,9 @@ def _perturb_rule_kind(batch, grammar, noise, rng) -> SampleBatch:
 
 
 # kind name -> (batch, grammar, TrainingNoise, rng) -> perturbed batch
-NOISE_KINDS = {"token": _perturb_tokens_kind, "rule": _perturb_rule_kind}
+NOISE_KINDS = registry(
+    NOISE_KIND_NAMES, {"token": _perturb_tokens_kind, "rule": _perturb_rule_kind}, "NOISE_KINDS"
+)
 
 
 @dataclass
@@ -315,16 +319,8 @@ class TrainingNoise(NoiseConfig):
     """
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.fraction <= 1.0):
-            raise ConfigError(
-                f"data.noise.fraction={self.fraction} is not a probability: give a value in [0, 1]"
-            )
-        if self.kind not in NOISE_KINDS:
-            raise ConfigError(
-                f"data.noise.kind={self.kind!r} is unknown: choose from {', '.join(NOISE_KINDS)}"
-            )
-        self.kinds = tuple(self.kinds) if not isinstance(self.kinds, str) else self.kinds
-        _check(2, self.rate, self.kinds, name="data.noise.rate")
+        check_noise(self)  # the config's own check of data.noise (names, ranges)
+        self.kinds = tuple(self.kinds)
 
     @property
     def is_active(self) -> bool:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfglab.config.schema import ModelShape
+from cfglab.config.validate import check_model_shape
 from cfglab.errors import ConfigError
 from cfglab.model.causal_halves import causal_sdpa_in_halves, split_causal
 from cfglab.model.hooks import HookPoint, hook_points
@@ -45,7 +46,8 @@ class GPTConfig(ModelShape):
 
 
 def check_config(cfg: GPTConfig) -> None:
-    """ConfigError naming the field and the fix; cheap, so it runs before anything is allocated."""
+    """ConfigError naming the field and the fix; cheap, so it runs before anything is allocated.
+    The shape rules are the config's own (cfglab.config.validate.check_model_shape)."""
     if cfg.position not in POSITIONS:
         raise ConfigError(
             f"unknown position variant {cfg.position!r}; choose one of {', '.join(POSITIONS)}"
@@ -54,21 +56,7 @@ def check_config(cfg: GPTConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
-    if cfg.n_embd % cfg.n_head:
-        raise ConfigError(
-            f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; choose "
-            f"n_embd a multiple of n_head (e.g. {cfg.n_head * 64})"
-        )
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
-    if (
-        not 0.0 < cfg.rotary_fraction <= 1.0
-        or int(cfg.n_embd // cfg.n_head * cfg.rotary_fraction) < 2
-    ):
-        raise ConfigError(
-            f"rotary_fraction={cfg.rotary_fraction!r} must be in (0, 1] and rotate "
-            f"at least 2 of the {cfg.n_embd // cfg.n_head} dims per head"
-        )
+    check_model_shape(cfg, "model.")
 
 
 class KVCache:

@@ -36,7 +36,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from cfglab.config import ModelShape
+from cfglab.config import POSITION_NAMES, ModelShape
+from cfglab.config.schema import registry
 
 Projection = Callable[[Tensor], tuple[Tensor, Tensor]]  # rows (N, C) -> q, k each (H, N, D)
 
@@ -326,12 +327,16 @@ def alibi_slopes(n_head: int) -> list[float]:
 
 
 # The one place variant names live (DESIGN.md): config string -> class.
-POSITIONS: dict[str, type[NoPosition]] = {
-    "abs": AbsolutePosition,
-    "rel": RelativePosition,
-    "rot": RotaryPosition,
-    "pos": PositionOnlyAttention,
-    "uni": UniformAttention,
-    "nope": NoPosition,
-    "alibi": ALiBiPosition,
-}
+POSITIONS: dict[str, type[NoPosition]] = registry(
+    POSITION_NAMES,
+    {
+        "abs": AbsolutePosition,
+        "rel": RelativePosition,
+        "rot": RotaryPosition,
+        "pos": PositionOnlyAttention,
+        "uni": UniformAttention,
+        "nope": NoPosition,
+        "alibi": ALiBiPosition,
+    },
+    "model.positions.POSITIONS",
+)

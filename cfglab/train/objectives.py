@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cfglab.config import OBJECTIVES as CAUSAL
+from cfglab.config.schema import registry
 from cfglab.errors import ConfigError
 
 IGNORE = -100  # target value that F.cross_entropy skips
@@ -81,4 +83,6 @@ def get_objective(name: str, mlm_prob: float = 0.15):
 
 
 # name -> builder(mlm_prob); cfglab.config.OBJECTIVES lists the same names without torch
-OBJECTIVES = {"next_token": lambda mlm_prob: NextToken(), "mlm": MaskedLM}
+OBJECTIVES = registry(
+    tuple(CAUSAL), {"next_token": lambda mlm_prob: NextToken(), "mlm": MaskedLM}, "OBJECTIVES"
+)

@@ -21,7 +21,7 @@ def test_unknown_position_lists_the_choices():
 def test_bad_shapes_fail_before_allocation():
     # these shapes would need terabytes: an error proves nothing was allocated first
     huge = {"vocab_size": 7, "n_layer": 10_000, "n_embd": 1_000_000}
-    with pytest.raises(ConfigError, match="not divisible by n_head=7"):
+    with pytest.raises(ConfigError, match="not divisible by model.n_head 7"):
         build_model(GPTConfig(n_head=7, **huge))
     with pytest.raises(ConfigError, match="unknown position variant"):
         build_model(GPTConfig(n_head=8, position="bogus", **huge))
