@@ -38,9 +38,16 @@ DEFINITIONS: dict[str, str] = {
         "entropy-based effective support."
     ),
     "reverse_kl": (
-        "E_{x~Q}[log Q(x) - log P(x)] per predicted token, over the grammatical generations only "
-        "(log P = -inf otherwise; their share is given): string-level KL from the model to the "
-        "truth, which a memorising or mode-collapsed model makes large."
+        "string-level KL(Q_L || P) per predicted token from the model conditioned on the "
+        "language, Q_L(x) = Q(x) / Q(L), to the truth P: the mean over the grammatical "
+        "generations of log Q(x) - log Q(L) - log P(x), divided by their mean number of "
+        "predicted tokens (n + 1); Q(L) is estimated by share_in_language. A KL, so >= 0 up to "
+        "its standard error (reverse_kl_stderr, delta method, the share's own error included); "
+        "a memorising or mode-collapsed model makes it large, mass outside the language does not."
+    ),
+    "share_in_language": (
+        "share of all cut0 generations that are in the language (ended with EOS, no special "
+        "token, accepted by the exact recognizer): the estimate of Q(L) used by reverse_kl."
     ),
     "subtree_diversity": (
         "per nonterminal (and summed per level), the number of distinct strings it derives "
@@ -83,12 +90,15 @@ def diversity(
     model_logq: np.ndarray | None = None,
     true_logp: np.ndarray | None = None,
     training: set[bytes] | None = None,
+    n_generated: int | None = None,
 ) -> dict:
     """Diversity of M generations (strings as judged, prompt included, no EOS).
 
     model_logq: log Q(x EOS) of each generation under the model; true_logp: log P(x) (-inf when
-    not in the language). See DEFINITIONS['distinct'], ['collision_support'], ['model_entropy'],
-    ['reverse_kl'], ['seen_in_training'].
+    not in the language); n_generated: all generations these M were kept from (default M; the
+    others, unfinished or with a special token, are outside the language). See
+    DEFINITIONS['distinct'], ['collision_support'], ['model_entropy'], ['reverse_kl'],
+    ['share_in_language'], ['seen_in_training'].
     """
     out: dict = {"generations": collision_stats(strings)}
     if fixed_prompt_strings is not None:
@@ -101,15 +111,33 @@ def diversity(
         out["model_entropy_per_token"] = float(-lq.sum() / tokens.sum())
         out["entropy_support_log10"] = h / math.log(10)
         if true_logp is not None:
-            lp = np.asarray(true_logp, dtype=np.float64)
-            ok = np.isfinite(lp)
-            out["reverse_kl_share_used"] = float(ok.mean())
-            out["reverse_kl"] = (
-                float((lq[ok] - lp[ok]).sum() / tokens[ok].sum()) if ok.any() else None
-            )
+            out.update(reverse_kl(lq, np.asarray(true_logp, dtype=np.float64), tokens, n_generated))
     if training is not None:
         seen = sum(_key(s) in training for s in strings)
         out["seen_in_training"] = seen / len(strings) if len(strings) else float("nan")
+    return out
+
+
+def reverse_kl(
+    lq: np.ndarray, lp: np.ndarray, tokens: np.ndarray, n_generated: int | None = None
+) -> dict:
+    """DEFINITIONS['reverse_kl'] with its standard error, and ['share_in_language']."""
+    ok = np.isfinite(lp)
+    n_all = len(lp) if n_generated is None else n_generated
+    share = ok.sum() / n_all if n_all else float("nan")
+    out = {"share_in_language": float(share), "reverse_kl": None, "reverse_kl_stderr": None}
+    k = int(ok.sum())
+    if k == 0:
+        return out
+    d = lq[ok] - lp[ok] - math.log(share)  # log Q_L(x) - log P(x), per string
+    t = tokens[ok]
+    ratio = d.sum() / t.sum()
+    out["reverse_kl"] = float(ratio)
+    if k > 1:
+        # ratio estimator's variance (delta method) plus that of log(share), binomial
+        var = ((d - ratio * t) ** 2).sum() / (k * (k - 1)) / t.mean() ** 2
+        var += (1 - share) / (n_all * share) / t.mean() ** 2
+        out["reverse_kl_stderr"] = float(math.sqrt(var))
     return out
 
 
@@ -188,7 +216,12 @@ def measure(ctx: EvalContext) -> dict | None:
     lq = sequence_log_probs(ctx.model, ok, ctx.eos, s.batch_size, temperature=temperature)
     lp = np.asarray(ctx.exact(inside.log_prob, ctx.grammar, ok)) if ok else np.zeros(0)
     out = diversity(
-        ok, fixed_prompt_strings=fixed, model_logq=lq, true_logp=lp, training=ctx.training
+        ok,
+        fixed_prompt_strings=fixed,
+        model_logq=lq,
+        true_logp=lp,
+        training=ctx.training,
+        n_generated=len(strings),
     )
     out["temperature"] = temperature
     grammatical = [x for x, c in zip(strings, correct, strict=True) if c]
@@ -206,7 +239,13 @@ def summary_rows(result: dict) -> list[dict]:
         rows.append(
             {"metric": "distinct_share_one_prompt", "value": f["distinct_share"], "n": f["n"]}
         )
-    for key in ("model_entropy_per_token", "reverse_kl", "seen_in_training"):
+    for key in ("model_entropy_per_token", "share_in_language", "seen_in_training"):
         if result.get(key) is not None:
             rows.append({"metric": key, "value": result[key], "n": g["n"]})
+    if result.get("reverse_kl") is not None:
+        row = {"metric": "reverse_kl", "value": result["reverse_kl"], "n": g["n"]}
+        if result.get("reverse_kl_stderr") is not None:
+            half = 1.96 * result["reverse_kl_stderr"]
+            row.update(ci_low=result["reverse_kl"] - half, ci_high=result["reverse_kl"] + half)
+        rows.append(row)
     return rows

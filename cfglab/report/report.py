@@ -181,8 +181,9 @@ def _diversity(res: RunResults) -> list[str]:
     for key, label in (
         ("model_entropy_per_token", "model entropy, nats/token"),
         ("entropy_support_log10", "entropy-based support, log10 strings"),
-        ("reverse_kl", "reverse KL E_Q[log Q - log P], nats/token"),
-        ("reverse_kl_share_used", "share of generations in the language"),
+        ("reverse_kl", "reverse KL(Q_L || P), nats/token (Q given the language)"),
+        ("reverse_kl_stderr", "its standard error"),
+        ("share_in_language", "share of generations in the language"),
         ("seen_in_training", "share seen in training"),
     ):
         if v.get(key) is not None:

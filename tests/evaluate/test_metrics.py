@@ -245,8 +245,10 @@ def test_diversity_entropy_reverse_kl_and_seen_fraction():
     assert out["generations"]["distinct"] == 3 and out["generations"]["equal_pairs"] == 1
     assert out["seen_in_training"] == pytest.approx(0.5)
     assert out["model_entropy_per_string"] == pytest.approx(-logq.mean())
-    assert out["reverse_kl_share_used"] == pytest.approx(0.75)
-    assert out["reverse_kl"] == pytest.approx(3 * (math.log(0.25) - math.log(0.5)) / 6)
+    assert out["share_in_language"] == pytest.approx(0.75)
+    # Q given the language: 0.25 / 0.75 per string of it, against P = 0.5
+    want = 3 * (math.log(0.25) - math.log(0.75) - math.log(0.5)) / 6
+    assert out["reverse_kl"] == pytest.approx(want)
 
 
 def test_sampling_from_the_bruteforce_oracle_matches_the_grammar():
@@ -311,7 +313,7 @@ def test_oracle_model_scores_perfectly_on_cfg3b():
     assert dist["cross_entropy"] == pytest.approx(dist["entropy_rate"], abs=1e-9)
     assert 0.3 < dist["entropy_rate_rb"] < 0.55  # SPEC.md: cfg3b's true entropy is 0.423
     div = res["diversity"]
-    assert div["generations"]["distinct"] == 12 and div["reverse_kl_share_used"] == 1.0
+    assert div["generations"]["distinct"] == 12 and div["share_in_language"] == 1.0
     assert abs(div["reverse_kl"]) < 1e-9  # the oracle's Q is P
     assert div["fixed_prompt"]["n"] == 6
     sub = div["subtree"]
@@ -373,3 +375,68 @@ def test_sequence_log_probs_at_a_temperature_by_hand():
     q = math.sqrt(0.8) / (math.sqrt(0.8) + math.sqrt(0.2))
     got = AD.sequence_log_probs(model, [np.array([0, 0])], 1, temperature=2.0)[0]
     assert got == pytest.approx(2 * math.log(q) + math.log(1 - q))
+
+
+def _leaky(grammar: Grammar, leak: float):
+    """The exact next-token distribution mixed with a uniform one over EOS and the terminals:
+    mass outside the language, and another distribution within it."""
+    exact = AD.exact_logprob_fn(grammar)
+    t = grammar.n_t
+
+    def model(batch):
+        out = []
+        for lq in exact(batch):
+            p = np.nan_to_num(np.exp(lq))  # a prefix outside the language: no exact row
+            uniform = np.zeros_like(p)
+            uniform[:, 1 : t + 2] = 1 / (t + 1)
+            viable = p.sum(axis=1, keepdims=True) > 0.5
+            q = np.where(viable, (1 - leak) * p + leak * uniform, uniform)
+            with np.errstate(divide="ignore"):
+                out.append(np.log(q))
+        return out
+
+    return model
+
+
+def test_reverse_kl_is_the_kl_of_the_model_given_the_language():
+    """Monte Carlo against the exact value: KL(Q_L || P) per token by enumerating TINY's
+    language, for a model that leaks mass outside the language; the old estimator (no
+    conditioning) is negative here, the new one is the KL within a few standard errors."""
+    model = _leaky(TINY, 0.3)
+    table = all_strings(TINY, TINY_MAX)
+    q = {}
+    for names in table:
+        x = ids(TINY, list(names))
+        rows = model([np.concatenate([[0], x])])[0]
+        q[names] = math.exp(sum(rows[k, v] for k, v in enumerate([*x, TINY.n_t + 1])))
+    q_lang = sum(q.values())
+    exact = sum(q[s] / q_lang * (math.log(q[s] / q_lang) - math.log(p)) for s, p in table.items())
+    exact /= sum(q[s] / q_lang * (len(s) + 1) for s in table)
+    assert exact > 0.01
+    gen = AD.sampling_generate_fn(model, TINY.n_t + 1, max_new_tokens=12)
+    outs = gen([np.array([0])] * 4000, np.random.default_rng(5))
+    strings = [A.split_generation(o, TINY.n_t)[0] for o in outs]
+    ended = [A.split_generation(o, TINY.n_t)[1] for o in outs]
+    ok = [s for s, e in zip(strings, ended, strict=True) if e]
+    lq = AD.sequence_log_probs(model, ok, TINY.n_t + 1, 64)
+    lp = np.array([table.get(tuple(TINY.terminals[i - 1] for i in s), 0.0) for s in ok])
+    with np.errstate(divide="ignore"):
+        out = V.diversity(ok, model_logq=lq, true_logp=np.log(lp), n_generated=len(outs))
+    assert out["share_in_language"] == pytest.approx(q_lang, abs=0.03)
+    assert abs(out["reverse_kl"] - exact) < 4 * out["reverse_kl_stderr"]
+    keep = lp > 0
+    tokens = np.array([len(s) + 1 for s in ok])[keep]
+    unconditioned = (lq[keep] - np.log(lp[keep])).sum() / tokens.sum()
+    assert unconditioned < 0 < out["reverse_kl"]  # the old formula was not a KL
+
+
+def test_reverse_kl_of_the_exact_model_is_zero():
+    oracle = AD.exact_logprob_fn(TINY)
+    gen = AD.sampling_generate_fn(oracle, TINY.n_t + 1, max_new_tokens=12)
+    outs = gen([np.array([0])] * 300, np.random.default_rng(1))
+    strings = [A.split_generation(o, TINY.n_t)[0] for o in outs]
+    lq = AD.sequence_log_probs(oracle, strings, TINY.n_t + 1, 64)
+    table = all_strings(TINY, TINY_MAX)
+    lp = np.log([table[tuple(TINY.terminals[i - 1] for i in s)] for s in strings])
+    out = V.diversity(strings, model_logq=lq, true_logp=lp)
+    assert out["share_in_language"] == 1.0 and abs(out["reverse_kl"]) < 1e-9
