@@ -1,0 +1,227 @@
+"""Paired comparisons and claims over an experiment's runs (no torch): what `cfglab compare`
+writes to paired.csv and verdicts.csv.
+
+The design is paired: every seed gives every grid point the same training stream and the same
+test data, so a grid value is compared with a reference value *seed by seed*. For an axis `a`,
+a value `v` and the reference `r` (the experiment file's `reference:` for that axis, else its
+first value), every run at (a = v, the other axes o, seed s) is paired with the run at
+(a = r, o, s), and for every metric row both runs have (same stage, metric and qualifiers) the
+difference d_s = value(v) - value(r) is taken. Over the seeds:
+
+    mean_diff   mean of d_s
+    ci          95% Student t-interval of the mean (n - 1 degrees of freedom)
+    p_value     exact two-sided sign-flip permutation p-value: the share of the 2^n sign
+                assignments of the d_s whose |mean| is at least the observed |mean| (with 3
+                seeds it is never below 0.25: the test is honest about 3 seeds)
+
+Runs without a partner (a seed or grid point missing, a metric one of them lacks) are listed,
+never silently dropped.
+
+A claim (the experiment file's `claims:`) says that one grid value is better than another on a
+metric, e.g. {better: {model.position: rot}, than: {model.position: abs}, metric: accuracy,
+cut: 0}, or orders several values ({order: {model.position: [rel, rot, abs]}, metric: kl}).
+"Better" is higher, or lower for metrics where lower is better (LOWER_IS_BETTER; `higher:`
+overrides). Its verdict is one word from a fixed rule on the paired difference (better minus
+worse, signed so that positive supports the claim): **holds** if the 95% interval excludes 0 on
+the claim's side, **contradicted** if it excludes 0 on the other side, **not shown** otherwise
+(also with fewer than 2 pairs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+
+# metrics where a smaller value is better (a claim "better" means lower for them)
+LOWER_IS_BETTER = {
+    "kl",
+    "kl_by_level",
+    "seq_kl",
+    "cross_entropy",
+    "reverse_kl",
+    "final_loss",
+    "final_val_loss",
+    "val_loss",
+    "emergence_step",
+}
+NOT_KEYS = {"experiment", "run", "seed", "value", "ci_low", "ci_high", "n"}
+VERDICTS = ("holds", "contradicted", "not shown")
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student t quantile (df >= 1)."""
+    from cfglab.report.compare import T95
+
+    return T95[df - 1] if df <= len(T95) else 1.96
+
+
+def sign_flip_p(diffs: Sequence[float]) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean of paired differences."""
+    n = len(diffs)
+    if n == 0:
+        return float("nan")
+    observed = abs(sum(diffs)) - 1e-12 * (1 + abs(sum(diffs)))  # ties count as extreme
+    hits = sum(
+        abs(sum(s * d for s, d in zip(signs, diffs, strict=True))) >= observed
+        for signs in itertools.product((1, -1), repeat=n)
+    )
+    return hits / 2**n
+
+
+def summarize(diffs: Sequence[float]) -> dict:
+    """n_pairs, mean_diff, the 95% t-interval (None for one pair) and the sign-flip p."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs) if n else float("nan")
+    low = high = None
+    if n > 1:
+        half = t_quantile(n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return {
+        "n_pairs": n,
+        "mean_diff": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": sign_flip_p(diffs),
+    }
+
+
+def _values(rows: list[dict], axes: list[str]) -> dict[tuple, dict[tuple, float]]:
+    """(experiment, grid point, seed) -> {(stage, metric, qualifiers): value}: the finite values
+    about each run's final model."""
+    out: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+    for r in rows:
+        v = r.get("value")
+        if v is None or r.get("step") is not None or not math.isfinite(float(v)):
+            continue  # (the dynamics stage's per-checkpoint rows are not paired here)
+        point = tuple(r.get(a) for a in axes)
+        key = tuple(sorted((k, r[k]) for k in r if k not in NOT_KEYS and k not in axes))
+        out[(r.get("experiment"), point, r.get("seed"))][key] = float(v)
+    return out
+
+
+def paired(
+    rows: list[dict], axes: list[str], reference: dict[str, object] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """paired.csv's rows (module docstring) and the runs without a partner."""
+    values = _values(rows, axes)
+    out, unpaired = [], []
+    for i, axis in enumerate(axes):
+        levels = list(dict.fromkeys(p[i] for (_, p, _) in values))
+        ref = (reference or {}).get(axis, levels[0] if levels else None)
+        groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+        for (exp, point, seed), metrics in values.items():
+            if point[i] == ref:
+                continue
+            partner = values.get((exp, (*point[:i], ref, *point[i + 1 :]), seed))
+            if partner is None:
+                unpaired.append(
+                    {
+                        "experiment": exp,
+                        "axis": axis,
+                        "value": point[i],
+                        "point": point,
+                        "seed": seed,
+                        "reason": f"no run at {axis}={ref}",
+                    }
+                )
+                continue
+            for key, v in metrics.items():
+                if key in partner:
+                    groups[(exp, point, key)].append((v, partner[key]))
+        for (exp, point, key), pairs in groups.items():
+            diffs = [a - b for a, b in pairs]
+            row = {"experiment": exp, "axis": axis, "value": point[i], "reference": ref}
+            row.update({a: p for j, (a, p) in enumerate(zip(axes, point, strict=True)) if j != i})
+            row.update(dict(key))
+            row.update(summarize(diffs))
+            row["mean_value"] = statistics.fmean(a for a, _ in pairs)
+            row["mean_reference"] = statistics.fmean(b for _, b in pairs)
+            out.append(row)
+    return out, unpaired
+
+
+def expand_claims(claims: list[dict]) -> list[dict]:
+    """`order:` claims as the pairwise claims they make (each value better than the next)."""
+    out = []
+    for claim in claims:
+        if "order" in claim:
+            ((axis, values),) = claim["order"].items()
+            rest = {k: v for k, v in claim.items() if k != "order"}
+            for a, b in itertools.pairwise(values):
+                out.append({**rest, "better": {axis: a}, "than": {axis: b}, "from_order": True})
+        else:
+            out.append(claim)
+    return out
+
+
+CLAIM_KEYS = {"better", "than", "order", "metric", "stage", "higher", "from_order"}
+
+
+def claim_text(claim: dict) -> str:
+    better = ", ".join(f"{k}={v}" for k, v in claim["better"].items())
+    than = ", ".join(f"{k}={v}" for k, v in claim["than"].items())
+    quals = " ".join(f"{k}={v}" for k, v in claim.items() if k not in CLAIM_KEYS)
+    return f"{better} better than {than} on {claim['metric']}" + (f" ({quals})" if quals else "")
+
+
+def verdict(low: float | None, high: float | None) -> str:
+    """The fixed rule: the 95% interval of the signed paired difference against 0."""
+    if low is None or high is None:
+        return "not shown"
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "contradicted"
+    return "not shown"
+
+
+def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict]:
+    """verdicts.csv's rows: per claim and per combination of the grid axes the claim leaves
+    free, the signed paired difference (positive supports the claim), its interval, p-value
+    and verdict."""
+    values = _values(rows, axes)
+    out = []
+    for claim in expand_claims(claims):
+        quals = {k: v for k, v in claim.items() if k not in CLAIM_KEYS}
+        higher = claim.get("higher", claim["metric"] not in LOWER_IS_BETTER)
+        sign = 1.0 if higher else -1.0
+        per_rest: dict[tuple, list[float]] = defaultdict(list)
+        for (exp, point, seed), metrics in values.items():
+            where = dict(zip(axes, point, strict=True))
+            if any(where.get(k) != v for k, v in claim["better"].items()):
+                continue
+            other = tuple(
+                where.get(a) if a not in claim["than"] else claim["than"][a] for a in axes
+            )
+            partner = values.get((exp, other, seed))
+            if partner is None:
+                continue
+            for key, v in metrics.items():
+                k = dict(key)
+                if k.get("metric") != claim["metric"] or k.get("step") is not None:
+                    continue
+                if claim.get("stage") not in (None, k.get("stage")):
+                    continue
+                if any(k.get(q) != val for q, val in quals.items()) or key not in partner:
+                    continue
+                rest = tuple((a, where[a]) for a in axes if a not in claim["better"])
+                per_rest[(exp, rest, key)].append(sign * (v - partner[key]))
+        if not per_rest:
+            out.append(
+                {
+                    "claim": claim_text(claim),
+                    "metric": claim["metric"],
+                    "n_pairs": 0,
+                    "verdict": "not shown",
+                    "note": "no paired runs with this metric",
+                }
+            )
+        for (exp, rest, key), diffs in per_rest.items():
+            row = {"claim": claim_text(claim), "experiment": exp, **dict(rest), **dict(key)}
+            row.update(summarize(diffs))
+            row["verdict"] = verdict(row["ci_low"], row["ci_high"])
+            out.append(row)
+    return out
