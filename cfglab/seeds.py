@@ -37,6 +37,7 @@ PURPOSES: dict[str, tuple[int, int]] = {
     "attention_strings": (23, 0),  # strings of the attention statistics
     # 24 was "random_init" (the twin is now the run's own initialisation, under train.seed);
     # the id is not reused, so no stream of an old run changes meaning
+    "per_run": (25, 1),  # a section's seed `per_run`: (section index), keyed by data.seed
 }
 
 

@@ -344,3 +344,24 @@ def test_torch_free_name_registries_match_the_model():
     assert tuple(IMPLICIT_WEIGHTS) == config.IMPLICIT_WEIGHT_NAMES
     with pytest.raises(ConfigError, match="model.position: unknown value 'rotary'"):
         load_config(None, ["model.position=rotary"])
+
+
+def test_per_run_seeds_pair_the_grid_points_of_one_seed():
+    """eval/probe/attention.seed per_run: the test data of a run comes from its own data.seed,
+    the same for every grid point of that seed, another for another seed."""
+    from cfglab.config.schema import resolved_seeds
+
+    def seeds(*sets):
+        cfg = resolved_seeds(load_config(None, ["eval.seed=per_run", "probe.seed=per_run", *sets]))
+        return cfg.eval.seed, cfg.probe.seed, cfg.attention.seed
+
+    a = seeds("data.seed=0", "model.position=rot")
+    b = seeds("data.seed=0", "model.position=abs")
+    c = seeds("data.seed=1", "model.position=rot")
+    assert a == b and a[0] != c[0] and a[1] != c[1] and a[0] != a[1]
+    assert a[2] == 3 == c[2]  # attention.seed was not per_run: kept
+    assert load_config(None, ["eval.seed=per_run"]).eval.seed == "per_run"  # as written
+    with pytest.raises(ConfigError, match="eval.seed: 'perrun' is not a seed"):
+        load_config(None, ["eval.seed=perrun"])
+    with pytest.raises(ConfigError, match="probe.seed must be >= 0"):
+        load_config(None, ["probe.seed=-1"])

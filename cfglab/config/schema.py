@@ -186,7 +186,7 @@ class EvalConfig:
     )  # robustness: gamma values for cutC>0 prompts
     n_fixed_prompt: int = 100  # completions of one fixed prompt (diversity), at most n_samples
     batch_size: int = 32  # sequences per model call
-    seed: int = 1  # every eval stream is keyed by (seed, purpose)
+    seed: int | str = 1  # every eval stream is keyed by (seed, purpose); per_run: the run's
     device: str | None = None  # None: the run's train.device
     threads: int | None = None  # torch CPU threads (None: the run's train.threads)
 
@@ -205,7 +205,7 @@ class ProbeConfig:
     n_queries: int = 64  # positions per string whose loss a step uses (all if fewer)
     lr: float = 1e-2  # AdamW, constant (the paper's 3e-3 needs ~10x more steps)
     weight_decay: float = 1e-3  # AdamW
-    seed: int = 2  # probe strings and probe init, keyed by purpose
+    seed: int | str = 2  # probe strings and probe init, keyed by purpose; per_run: the run's
     baseline: bool = True  # also probe a random-init twin of the model (the chance level)
     targets: list[str] | None = None  # cfglab.analyze.targets.TARGETS (None: the grammar's)
 
@@ -215,7 +215,7 @@ class AttentionConfig:
     n_strings: int = 64  # fresh labelled strings
     n_examples: int = 4  # example maps drawn (the heads with the highest boundary score)
     example_len: int = 64  # tokens of the example maps
-    seed: int = 3  # attention strings, keyed by purpose
+    seed: int | str = 3  # attention strings, keyed by purpose; per_run: the run's
     baseline: bool = True  # also measure a random-init twin of the model (the chance level)
 
 
@@ -260,6 +260,26 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# the sections whose seed may be "per_run" (test data drawn from the run's own seed)
+PER_RUN_SECTIONS = ("eval", "probe", "attention")
+
+
+def resolved_seeds(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with every `per_run` seed replaced by the run's own: the stream (data.seed,
+    "per_run", section), so each seed of an experiment has its own test data, the same for
+    every grid point of that seed (the paired design holds, and the intervals across seeds then
+    include the test data's sampling variance). Other seeds are kept as they are."""
+    from cfglab.seeds import stream_seed
+
+    changed = {}
+    for i, name in enumerate(PER_RUN_SECTIONS):
+        section = getattr(cfg, name)
+        if section.seed == "per_run":
+            seed = stream_seed(cfg.data.seed, "per_run", i)
+            changed[name] = dataclasses.replace(section, seed=seed)
+    return dataclasses.replace(cfg, **changed) if changed else cfg
 
 
 def kept_steps(spec: list[int] | str, max_steps: int) -> list[int]:

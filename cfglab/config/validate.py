@@ -18,6 +18,7 @@ from cfglab.config.schema import (
     IMPLICIT_WEIGHT_NAMES,
     NOISE_KIND_NAMES,
     OBJECTIVES,
+    PER_RUN_SECTIONS,
     POSITION_NAMES,
     PRESET_NAMES,
     PRESETS,
@@ -98,7 +99,6 @@ def _minimums(cfg: ExperimentConfig) -> dict[str, tuple[Any, int]]:
         "eval.n_samples": (e.n_samples, 1),
         "eval.n_fixed_prompt": (e.n_fixed_prompt, 0),
         "eval.batch_size": (e.batch_size, 1),
-        "eval.seed": (e.seed, 0),
         "probe.n_train": (p.n_train, 2),
         "probe.n_test": (p.n_test, 2),
         "probe.n_heads": (p.n_heads, 1),
@@ -107,11 +107,9 @@ def _minimums(cfg: ExperimentConfig) -> dict[str, tuple[Any, int]]:
         "probe.batch_size": (p.batch_size, 1),
         "probe.n_queries": (p.n_queries, 1),
         "probe.weight_decay": (p.weight_decay, 0),
-        "probe.seed": (p.seed, 0),
         "attention.n_strings": (a.n_strings, 1),
         "attention.n_examples": (a.n_examples, 0),
         "attention.example_len": (a.example_len, 1),
-        "attention.seed": (a.seed, 0),
         "dynamics.n_samples": (cfg.dynamics.n_samples, 1),
         "dynamics.n_kl": (cfg.dynamics.n_kl, 1),
     }
@@ -123,6 +121,14 @@ def _minimums(cfg: ExperimentConfig) -> dict[str, tuple[Any, int]]:
         if imp.tokens is not None:
             at_least["grammar.implicit.tokens"] = (imp.tokens, 1)
         at_least["grammar.implicit.seed"] = (imp.seed, 0)
+    for section in PER_RUN_SECTIONS:
+        seed = getattr(cfg, section).seed
+        if seed != "per_run":
+            if isinstance(seed, str):
+                raise ConfigError(
+                    f"{section}.seed: {seed!r} is not a seed; give an integer >= 0 or per_run"
+                )
+            at_least[f"{section}.seed"] = (seed, 0)
     for section in ("train", "eval", "analyze"):
         threads = getattr(cfg, section).threads
         if threads is not None:

@@ -82,7 +82,9 @@ def analysis_context(cfg: ExperimentConfig, model, grammar, *, memo=None, string
     """An AnalysisContext for a run's model; its twin (built once, when a family first asks
     for a baseline) is the run's own initialisation."""
     from cfglab.analyze.context import AnalysisContext
+    from cfglab.config.schema import resolved_seeds
 
+    cfg = resolved_seeds(cfg)  # probe/attention seed per_run: the run's own strings
     built = []
 
     def twin():

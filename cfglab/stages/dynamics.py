@@ -48,6 +48,9 @@ def check_dynamics(cfg: ExperimentConfig) -> None:
 def dynamics_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The settings every checkpoint is measured with: the eval section at the dynamics sizes
     (cut0, the first temperature), the probe section with its first window."""
+    from cfglab.config.schema import resolved_seeds
+
+    cfg = resolved_seeds(cfg)
     d = cfg.dynamics
     evals = dataclasses.replace(
         cfg.eval,

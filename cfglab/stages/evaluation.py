@@ -10,6 +10,7 @@ import numpy as np
 
 from cfglab import rundir
 from cfglab.config import OBJECTIVES, ExperimentConfig
+from cfglab.config.schema import resolved_seeds
 from cfglab.config.validate import check_cuts
 from cfglab.errors import CfglabError
 from cfglab.stages.common import checkpoint_step, load_run_model
@@ -71,6 +72,7 @@ def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
 
     check_eval(cfg)
     model, grammar = load_run_model(run_dir, cfg, cfg.eval)
+    cfg = resolved_seeds(cfg)  # eval.seed per_run: the run's own test data
     out = evaluate(eval_context(cfg, model, grammar, cfg.eval))
     out["settings"]["run_dir"] = str(run_dir)
     out["settings"]["provenance"] = {
