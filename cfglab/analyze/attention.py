@@ -25,83 +25,11 @@ position are not pairs of the statistics, but their mass stays in the rows, as i
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from cfglab.analyze.attention_stats import AttentionStats
+from cfglab.analyze.attention_stats import attention_model
 from cfglab.analyze.context import AnalysisContext
-from cfglab.data.tree import tree_labels
-
-
-def attention_model(
-    model: nn.Module,
-    grammar,
-    batch,
-    *,
-    batch_size: int = 8,
-    n_examples: int = 4,
-    example_len: int = 64,
-) -> dict:
-    """The statistics of the module docstring for `model` on the labelled SampleBatch `batch`,
-    plus example maps: the first string's first `example_len` tokens for the `n_examples` heads
-    with the highest boundary score, with the labels to draw the tree's boundaries. Levels are
-    the tree's depths (cfglab.analyze.targets.tree_labels): a layered grammar's levels."""
-    from cfglab.analyze.states import string_windows
-    from cfglab.data.vocab import Vocab
-    from cfglab.model.hooks import run_with_cache
-
-    cfg = model.config
-    vocab = Vocab.from_grammar(grammar)
-    tl = tree_labels(grammar, batch)
-    stats = AttentionStats(cfg.n_layer, cfg.n_head, tl.n_levels, cfg.block_size, cfg.causal)
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.n_layer)]
-    strings = batch.strings()
-    off = batch.offsets
-    first: Tensor | None = None
-    device = next(model.parameters()).device
-    for s0 in range(0, len(strings), batch_size):
-        chunk = strings[s0 : s0 + batch_size]
-        tokens = string_windows(
-            chunk, eos=vocab.eos, pad=vocab.pad, block_size=cfg.block_size, causal=cfg.causal
-        )
-        _, cache = run_with_cache(model, tokens.to(device), names)
-        for j in range(len(chunk)):
-            lo, hi = off[s0 + j], off[s0 + j + 1]
-            lab = stats.add_labels(tl.subtree[:, lo:hi], tl.is_boundary[:, lo:hi], tokens.shape[1])
-            for layer, name in enumerate(names):
-                stats.add_pattern(layer, cache[name][j], lab)
-        if first is None:
-            m = min(example_len, len(chunk[0]))
-            first = torch.stack([cache[n][0, :, 1 : m + 1, 1 : m + 1] for n in names])  # (l,H,m,m)
-    out = stats.result()
-    scores = [out["head_scores"][f"boundary_l{lev}"] for lev in range(1, tl.n_levels)]
-    with warnings.catch_warnings():  # a head with no boundary pair at any level: NaN, not a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        boundary = (
-            np.nanmax(scores, axis=0) if scores else np.full((cfg.n_layer, cfg.n_head), np.nan)
-        )
-    # boundary (n_layer, H): each head's best level
-    top = np.argsort(np.nan_to_num(boundary, nan=-1.0), axis=None)[::-1][:n_examples]
-    m = first.shape[-1]
-    out["example"] = {
-        "tokens": strings[0][:m].tolist(),
-        "is_boundary": tl.is_boundary[:, :m].astype(int).tolist(),
-        "subtree": tl.subtree[:, :m].tolist(),
-        "maps": [
-            {
-                "layer": int(i // cfg.n_head),
-                "head": int(i % cfg.n_head),
-                "boundary_score": float(boundary.flat[i]),
-                "pattern": np.round(first[i // cfg.n_head, i % cfg.n_head].numpy(), 4).tolist(),
-            }
-            for i in top
-        ],
-    }
-    return out
-
 
 # ---- the family protocol ---------------------------------------------------------------------
 TITLE = "Attention: position-based and boundary-based heads"  # the report section's heading
@@ -115,6 +43,22 @@ DEFINITIONS: dict[str, str] = {
     ),
     "head_score_chance": (
         "what a uniform pattern over each query's keys would score on the same pattern"
+    ),
+    "end_to_end_attention": (
+        "(Result 8) the largest, over layers and heads, mean residual attention B = A - "
+        "Abar[query - key] over the pairs whose query and key are both level-l NT ends: "
+        "attention from an NT end to earlier NT ends beyond what distance alone explains; 0 is "
+        "what position alone gives, and the random-init twin's value is the chance level"
+    ),
+    "end_offset_attention": (
+        "(Result 7) for the head with the largest end_to_end_attention at level l: its mean "
+        "residual attention B on keys `delta` tokens from a level-l NT end (delta = -2..2); "
+        "the paper finds a peak at delta = 0"
+    ),
+    "rank_attention": (
+        "(Result 9) for that head: its mean residual attention B between tokens whose "
+        "shallowest NT end is level l, by the subtree distance r = p_l(query) - p_l(key) "
+        "(0..8, 8 pooling larger r); the paper finds it largest at r in {0, 1}"
     ),
 }
 
@@ -184,7 +128,141 @@ def summary_rows(result: dict) -> list[dict]:
                         "n": n,
                     }
                 )
+    return rows + mechanism_rows(result)
+
+
+def _levels(res: dict, key: str) -> np.ndarray:
+    """One of the residual statistics as an array (n_layer, H, n_levels, ...) of floats."""
+    return np.array(res[key], dtype=float)
+
+
+def _best_heads(res: dict) -> list[tuple[int, int, int]]:
+    """Per level >= 1: (level, layer, head) of the head with the largest end_to_end residual."""
+    e2e = _levels(res, "end_to_end")  # (n_layer, H, n_levels)
+    out = []
+    for lev in range(1, e2e.shape[2]):
+        s = e2e[:, :, lev]
+        if np.isnan(s).all():
+            continue
+        layer, head = np.unravel_index(np.nanargmax(s), s.shape)
+        out.append((lev, int(layer), int(head)))
+    return out
+
+
+def mechanism_rows(result: dict) -> list[dict]:
+    """Results 7-9 as rows: per level and model, the best head's end-to-end residual, its
+    profile over the key's offset from an NT end, and over the subtree distance r."""
+    rows = []
+    n = result["n_strings"]
+    for key in ("model", "random_init"):
+        res = result.get(key)
+        if res is None or "end_to_end" not in res:
+            continue
+        model = "trained" if key == "model" else key
+        offset, rank = _levels(res, "end_offset"), _levels(res, "adjacent_by_rank")
+        ranks = res["ranks"]
+        for lev, layer, head in _best_heads(res):
+            value = float(_levels(res, "end_to_end")[layer, head, lev])
+            at = {"level": lev, "model": model, "n": n}
+            rows.append({"metric": "end_to_end_attention", **at, "value": value})
+            for k, delta in enumerate(res["deltas"]):
+                v = float(offset[layer, head, lev, k])
+                rows.append(
+                    {
+                        "metric": "end_offset_attention",
+                        "delta": delta,
+                        **at,
+                        "value": v if np.isfinite(v) else None,
+                    }
+                )
+            for k, r in enumerate(ranks):
+                v = float(rank[layer, head, lev, k])
+                if r >= 0 and np.isfinite(v):
+                    rows.append({"metric": "rank_attention", "rank": r, **at, "value": v})
     return rows
+
+
+def _mechanism_figures(result: dict) -> list[dict]:
+    """Result 8 per layer and head, and the best heads' profiles of Results 7 and 9."""
+    res = result["model"]
+    e2e = _levels(res, "end_to_end")
+    # one symmetric colour scale around 0 (no residual) for the model and its twin
+    both = [
+        _levels(result[k], "end_to_end")[:, :, 1:] for k in ("model", "random_init") if k in result
+    ]
+    top = max((float(np.nanmax(np.abs(b))) for b in both if np.isfinite(b).any()), default=1.0)
+    panels = []
+    for row, key in enumerate(("model", "random_init")):
+        if key not in result:
+            continue
+        data = _levels(result[key], "end_to_end")
+        for lev in range(1, e2e.shape[2]):
+            s = data[:, :, lev]
+            panels.append(
+                {
+                    "title": f"{key.replace('_', ' ')}: L{lev}",
+                    "values": np.where(np.isnan(s), None, np.round(s, 4)).tolist(),
+                    "xlabels": [str(h) for h in range(s.shape[1])],
+                    "ylabels": [str(i) for i in range(s.shape[0])],
+                    "xlabel": "head",
+                    "ylabel": "layer",
+                    "cmap": "coolwarm",
+                    "annotate": "value",
+                    "row": row,
+                }
+            )
+    out = [
+        {
+            "name": "attention_end_to_end",
+            "kind": "heatmaps",
+            "panels": panels,
+            "title": "NT end to NT end: mean residual attention B per layer and head (Result 8)",
+            "caption": "attention between NT ends beyond the position bias, trained and twin",
+        }
+    ]
+    rows = mechanism_rows(result)
+    for metric, x, title in (
+        ("end_offset_attention", "delta", "keys delta tokens from an NT end (Result 7)"),
+        ("rank_attention", "rank", "subtree distance r between same-level ends (Result 9)"),
+    ):
+        panels = []
+        for lev in sorted({r["level"] for r in rows if r["metric"] == metric}):
+            series = []
+            for model, style in (("trained", "-"), ("random_init", "--")):
+                sel = [
+                    r
+                    for r in rows
+                    if r["metric"] == metric and r["level"] == lev and r["model"] == model
+                ]
+                if sel:
+                    series.append(
+                        {
+                            "label": model,
+                            "x": [r[x] for r in sel],
+                            "y": [r["value"] for r in sel],
+                            "style": style,
+                            "marker": "o",
+                        }
+                    )
+            panels.append(
+                {
+                    "title": f"L{lev}: best end-to-end head",
+                    "xlabel": x,
+                    "ylabel": "mean residual attention B",
+                    "series": series,
+                    "hlines": [{"y": 0.0, "style": ":"}],
+                }
+            )
+        out.append(
+            {
+                "name": f"attention_{metric}",
+                "kind": "lines",
+                "panels": panels,
+                "title": title,
+                "caption": title,
+            }
+        )
+    return out
 
 
 def tables(result: dict) -> list[dict]:
@@ -316,7 +394,7 @@ def _examples_figure(result: dict) -> dict | None:
 def figures(result: dict) -> list[dict]:
     out = [_distance_figure(result["model"]), _boundary_figure(result)]
     example = _examples_figure(result)
-    return out + ([example] if example else [])
+    return out + ([example] if example else []) + _mechanism_figures(result)
 
 
 COMPARE = [
@@ -331,5 +409,29 @@ COMPARE = [
         "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "best head's score",
         "caption": "the best head's score per detection pattern (95% CI across seeds)",
+    },
+    {
+        "name": "attention_end_to_end",
+        "kind": "lines",
+        "title": "NT end to NT end attention beyond position, best head (dotted: random init)",
+        "metric": "end_to_end_attention",
+        "where": {},
+        "x": ["level"],
+        "panels": [],
+        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "ylabel": "mean residual attention B",
+        "caption": "Result 8 per level: the best head's end-to-end residual (95% CI across seeds)",
+    },
+    {
+        "name": "attention_end_offset",
+        "kind": "lines",
+        "title": "residual attention on keys delta tokens from an NT end (dotted: random init)",
+        "metric": "end_offset_attention",
+        "where": {},
+        "x": ["delta"],
+        "panels": ["level"],
+        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "ylabel": "mean residual attention B",
+        "caption": "Result 7 per level, the best end-to-end head (95% CI across seeds)",
     },
 ]

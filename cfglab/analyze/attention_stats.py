@@ -1,13 +1,17 @@
 """The estimator of the attention family: position-based and boundary-based statistics of
-attention patterns, accumulated string by string (see cfglab.analyze.attention for what each
-statistic means and how the family reports them). No model here: patterns and labels in."""
+attention patterns, accumulated string by string (`AttentionStats`), and `attention_model`, which
+runs a model on labelled strings and feeds it their patterns (see cfglab.analyze.attention for
+what each statistic means and how the family reports them)."""
 
 from __future__ import annotations
 
-import numpy as np
-from torch import Tensor
+import warnings
 
-from cfglab.data.tree import shallowest_end
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cfglab.data.tree import shallowest_end, tree_labels
 
 DELTAS = (-2, -1, 0, 1, 2)  # Result 7: key offsets from an NT end
 MAX_RANK = 8  # Result 9: |r| buckets 0..MAX_RANK (larger r pooled into the last)
@@ -161,3 +165,70 @@ class AttentionStats:
                 "deltas": list(DELTAS),
                 "ranks": list(range(-MAX_RANK, MAX_RANK + 1)),
             }
+
+
+def attention_model(
+    model: nn.Module,
+    grammar,
+    batch,
+    *,
+    batch_size: int = 8,
+    n_examples: int = 4,
+    example_len: int = 64,
+) -> dict:
+    """The statistics of the module docstring for `model` on the labelled SampleBatch `batch`,
+    plus example maps: the first string's first `example_len` tokens for the `n_examples` heads
+    with the highest boundary score, with the labels to draw the tree's boundaries. Levels are
+    the tree's depths (cfglab.analyze.targets.tree_labels): a layered grammar's levels."""
+    from cfglab.analyze.states import string_windows
+    from cfglab.data.vocab import Vocab
+    from cfglab.model.hooks import run_with_cache
+
+    cfg = model.config
+    vocab = Vocab.from_grammar(grammar)
+    tl = tree_labels(grammar, batch)
+    stats = AttentionStats(cfg.n_layer, cfg.n_head, tl.n_levels, cfg.block_size, cfg.causal)
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.n_layer)]
+    strings = batch.strings()
+    off = batch.offsets
+    first: Tensor | None = None
+    device = next(model.parameters()).device
+    for s0 in range(0, len(strings), batch_size):
+        chunk = strings[s0 : s0 + batch_size]
+        tokens = string_windows(
+            chunk, eos=vocab.eos, pad=vocab.pad, block_size=cfg.block_size, causal=cfg.causal
+        )
+        _, cache = run_with_cache(model, tokens.to(device), names)
+        for j in range(len(chunk)):
+            lo, hi = off[s0 + j], off[s0 + j + 1]
+            lab = stats.add_labels(tl.subtree[:, lo:hi], tl.is_boundary[:, lo:hi], tokens.shape[1])
+            for layer, name in enumerate(names):
+                stats.add_pattern(layer, cache[name][j], lab)
+        if first is None:
+            m = min(example_len, len(chunk[0]))
+            first = torch.stack([cache[n][0, :, 1 : m + 1, 1 : m + 1] for n in names])  # (l,H,m,m)
+    out = stats.result()
+    scores = [out["head_scores"][f"boundary_l{lev}"] for lev in range(1, tl.n_levels)]
+    with warnings.catch_warnings():  # a head with no boundary pair at any level: NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boundary = (
+            np.nanmax(scores, axis=0) if scores else np.full((cfg.n_layer, cfg.n_head), np.nan)
+        )
+    # boundary (n_layer, H): each head's best level
+    top = np.argsort(np.nan_to_num(boundary, nan=-1.0), axis=None)[::-1][:n_examples]
+    m = first.shape[-1]
+    out["example"] = {
+        "tokens": strings[0][:m].tolist(),
+        "is_boundary": tl.is_boundary[:, :m].astype(int).tolist(),
+        "subtree": tl.subtree[:, :m].tolist(),
+        "maps": [
+            {
+                "layer": int(i // cfg.n_head),
+                "head": int(i % cfg.n_head),
+                "boundary_score": float(boundary.flat[i]),
+                "pattern": np.round(first[i // cfg.n_head, i % cfg.n_head].numpy(), 4).tolist(),
+            }
+            for i in top
+        ],
+    }
+    return out
