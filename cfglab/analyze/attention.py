@@ -209,6 +209,8 @@ def _mechanism_figures(result: dict) -> list[dict]:
                     "cmap": "coolwarm",
                     "annotate": "value",
                     "row": row,
+                    "vmin": -top,
+                    "vmax": top,
                 }
             )
     out = [

@@ -31,7 +31,7 @@ def _array(values) -> np.ndarray:
 def _annotate(ax, data: np.ndarray, how: str | None, vmin: float, vmax: float) -> None:
     if how is None or data.size > 400:  # too many cells to read numbers in
         return
-    scale, fmt = (100.0, "{:.0f}") if how == "percent" else (1.0, "{:.2f}")
+    scale, fmt = (100.0, "{:.0f}") if how == "percent" else (1.0, "{:.3g}")
     for (i, j), v in np.ndenumerate(data):
         if not math.isnan(v):
             dark = v < (vmin + vmax) / 2
