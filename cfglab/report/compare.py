@@ -199,6 +199,11 @@ def _run_rows(run: RunEntry) -> list[dict]:
     summary = rundir.read_result(run.dir, f"{rundir.EVAL}/summary")
     for r in (summary or {}).get("rows", []):
         rows.append({"stage": "eval", **{k: v for k, v in r.items() if k != "family"}})
+    floor = [r["value"] for r in rows if r["metric"] == "loss_floor"]
+    val = [r for r in rows if r["metric"] == "final_val_loss"]
+    if floor and val and floor[0] is not None:  # the distance the seeds share a floor for
+        excess = val[0]["value"] - floor[0]
+        rows.append({"stage": "eval", "metric": "loss_above_floor", "value": excess, "n": 1})
     for name, body in read_checked(run.dir, rundir.ANALYZE).items():
         rows += [{"stage": name, **r} for r in body["rows"]]
     return rows
@@ -239,7 +244,10 @@ def _t95(df: int) -> float:
 def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = None) -> list[dict]:
     """Mean over seeds per (grid point, stage, metric, qualifiers), with the across-seed 95%
     t-interval (clipped to [0, 1] for shares) and, for proportions, the pooled within-run
-    Wilson interval."""
+    Wilson interval. An interval never collapses to a point: when every seed gives the same
+    value, the t-interval is left out (its width 0 is no evidence of precision), and
+    `interval` says which one a reader should use: "seeds", "pooled (seeds identical)",
+    "pooled", or "none"."""
     from cfglab.evaluate.stats import wilson_interval  # torch-free
 
     key_cols = ["experiment", *(a for a in axes if a != "experiment"), "stage", "metric"]
@@ -254,7 +262,8 @@ def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = 
         row = dict(zip(key_cols, key, strict=True))
         row.update(n_seeds=len(values), mean=statistics.fmean(values) if values else None)
         half = None
-        if len(values) > 1:
+        identical = len(values) > 1 and len(set(values)) == 1
+        if len(values) > 1 and not identical:
             half = _t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
         low = row["mean"] - half if half is not None else None
         high = row["mean"] + half if half is not None else None
@@ -273,6 +282,16 @@ def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = 
             n = sum(int(m["n"]) for m in counted)
             k = sum(round(float(m["value"]) * int(m["n"])) for m in counted)
             row["pooled_ci_low"], row["pooled_ci_high"] = wilson_interval(k, n)
+        pooled = row["pooled_ci_low"] is not None
+        row["interval"] = (
+            "seeds"
+            if half is not None
+            else "pooled (seeds identical)"
+            if pooled and identical
+            else "pooled"
+            if pooled
+            else "none"
+        )
         out.append(row)
     return out
 
@@ -317,7 +336,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
-    summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high"]
+    summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high", "interval"]
     write_csv(agg, out / "summary.csv", summary_cols)
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
+from cfglab.report.tables import fmt_interval
 
 
 def _label(point: tuple, axes: list[str]) -> str:
@@ -89,7 +90,10 @@ def plot_accuracy(agg, rows, axes, path: Path) -> Path | None:
             f"generation accuracy, cut{cut}, T={temp:g}",
             "accuracy (95% CI)",
         )
-        ax.set_ylim(0, 1.05)
+        # near the ceiling, zoom in: a 96% vs 99% difference must show, not sit under the top
+        lows = [a["seed_ci_low"] or a["pooled_ci_low"] or a["mean"] for a in acc if a["mean"]]
+        lows += [r["value"] for r in rows if r["metric"] == "accuracy"]
+        ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.02)
     return _save(fig, path)
 
 
@@ -105,20 +109,16 @@ def plot_metric(agg, rows, axes, metric: str, title: str, path: Path, log: bool 
 
 
 def plot_loss_vs_floor(agg, rows, axes, path: Path) -> Path | None:
-    loss = _select(agg, metric="final_val_loss") or _select(agg, metric="final_loss")
-    if not loss:
+    """The validation loss above the perfect model's (per run, then over seeds), log scale:
+    the differences between grid points, not the floor they share."""
+    above = _select(agg, metric="loss_above_floor")
+    if not above:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    metric = loss[0]["metric"]
-    _bars(ax, loss, _select(rows, metric=metric), axes, "final loss and the loss floor", metric)
-    points = _points(loss, axes)
-    groups = list(dict.fromkeys(p[0] for p in points))
-    for i, g in enumerate(groups):
-        floors = [a["mean"] for a in _select(agg, metric="loss_floor") if a.get(axes[0]) == g]
-        if floors:
-            ax.hlines(np.mean(floors), i - 0.45, i + 0.45, color="r", linestyle="--")
-    ax.plot([], [], "r--", label="loss floor (perfect model)")
-    ax.legend(fontsize=7)
+    title = "validation loss above the loss floor (a perfect model: 0)"
+    _bars(ax, above, _select(rows, metric="loss_above_floor"), axes, title, "nats / token")
+    if all(a["mean"] and a["mean"] > 0 for a in above):
+        ax.set_yscale("log")
     return _save(fig, path)
 
 
@@ -133,15 +133,25 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
     if not by_point:
         return None
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for point, seeds in by_point.items():
-        steps = sorted(set.intersection(*[{r["step"] for r in s} for s in seeds]))
-        mean = [
-            np.mean([next(r["loss"] for r in s if r["step"] == t) for s in seeds]) for t in steps
-        ]
-        ax.plot(steps, mean, label=_label(point, axes), lw=1.2)
+    for i, (point, seeds) in enumerate(by_point.items()):
+        color = plt.get_cmap("tab10")(i % 10)
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            curves = [
+                {r["step"]: r[key] for r in s if isinstance(r.get(key), (int, float))}
+                for s in seeds
+            ]
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            if not steps:
+                continue
+            values = np.array([[c[t] for t in steps] for c in curves])  # (seeds, steps)
+            label = _label(point, axes) if key == "loss" else None
+            ax.plot(steps, values.mean(0), style, color=color, label=label, lw=1.2)
+            if len(seeds) > 1:  # the band: the lowest and highest seed at each step
+                ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean over seeds)")
-    ax.set_title("loss curves", fontsize=9)
+    ax.set_ylabel("loss (mean over seeds; band: min-max)")
+    ax.set_title("training loss (solid) and validation loss (dashed)", fontsize=9)
+    ax.set_yscale("log")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -234,11 +244,11 @@ def write_figures(rows, agg, axes, runs, curves, fig_dir: Path) -> dict[str, Pat
 def _fmt(a: dict) -> str:
     if a["mean"] is None:
         return "-"
-    text = f"{a['mean']:.4g}"
-    if a["seed_ci_low"] is not None:
-        text += f" [{a['seed_ci_low']:.3g}, {a['seed_ci_high']:.3g}]"
+    text = fmt_interval(a["mean"], a["seed_ci_low"], a["seed_ci_high"])
     if a["pooled_ci_low"] is not None:
-        text += f" (pooled [{a['pooled_ci_low']:.3g}, {a['pooled_ci_high']:.3g}])"
+        pooled = fmt_interval(a["mean"], a["pooled_ci_low"], a["pooled_ci_high"])
+        same = ", seeds identical" if a.get("interval") == "pooled (seeds identical)" else ""
+        text += " (pooled " + pooled[pooled.index("[") :] + same + ")"
     return text
 
 
@@ -249,7 +259,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
         ("accuracy", "accuracy cut{cut}"),
         ("kl", "KL"),
         ("final_val_loss", "val loss"),
-        ("loss_floor", "loss floor"),
+        ("loss_above_floor", "above floor"),
         ("robust_clean", "robust g={gamma:g} T={temperature:g}"),
     ]
     agg = _final(agg)
@@ -291,7 +301,7 @@ def compare_markdown(runs, axes, agg, figs: dict[str, Path], out: Path) -> str:
     captions = {
         "accuracy": "generation accuracy per grid point (95% CI across seeds; dots: seeds)",
         "kl": "next-token KL to the exact distribution",
-        "loss": "final loss beside the loss floor",
+        "loss": "validation loss above the loss floor",
         "loss_curves": "training loss curves (mean over seeds)",
         "robustness": "corrupted-prompt accuracy (and unprompted error) against temperature",
     }

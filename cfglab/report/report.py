@@ -92,6 +92,44 @@ def _header(res: RunResults) -> list[str]:
     return out
 
 
+LEARNED_AT = 0.90  # the rule's threshold on cut0 generation accuracy
+
+
+def learned_line(res: RunResults) -> str:
+    """The report's first line: did the model learn the grammar? A fixed rule on one number,
+    cut0 generation accuracy at the first temperature judged by the exact recognizer: yes when
+    its 95% interval's lower end is >= LEARNED_AT, no when the upper end is below it, else
+    undecided; the KL and the loss above the floor are given beside it, not judged."""
+    cut0 = [a for a in res.accuracy if a["cut"] == 0]
+    if not cut0:
+        return (
+            "**Learned the grammar: not judged** (no cut0 generation accuracy: the model does "
+            "not generate, or the eval stage has not run)."
+        )
+    a = cut0[0]
+    word = (
+        "yes" if a["ci_low"] >= LEARNED_AT else "no" if a["ci_high"] < LEARNED_AT else "undecided"
+    )
+    text = (
+        f"**Learned the grammar: {word}.** cut0 generation accuracy "
+        f"{100 * a['accuracy']:.1f}% [{100 * a['ci_low']:.1f}, {100 * a['ci_high']:.1f}] "
+        f"(n = {a['n']}, T = {a['temperature']:g}, each judged by the exact recognizer); the "
+        f"rule: learned when the 95% interval's lower end is at least {LEARNED_AT:.0%}, not "
+        "learned when its upper end is below."
+    )
+    d, floor = res.distribution, res.loss_floor
+    if d:
+        text += f" Beside it: next-token KL {d['kl']:.3g} (the grammar itself: 0)"
+        _, vl = res.series("val_loss")
+        if vl and floor is not None:
+            text += (
+                f"; validation loss {vl[-1]:.4f}, the perfect model's {floor['value']:.4f} "
+                f"(+{vl[-1] - floor['value']:.4f})"
+            )
+        text += "."
+    return text
+
+
 def _training(res: RunResults, fig) -> list[str]:
     out = ["## Training", ""]
     steps, loss = res.series("loss")
@@ -242,7 +280,7 @@ def report_markdown(
             return []
         return [f"![{caption}]({figs[name].relative_to(rel_to).as_posix()})", ""]
 
-    out = _header(res) + _training(res, fig)
+    out = _header(res) + [learned_line(res), ""] + _training(res, fig)
     if res.summary_rows:
         out += ["## Summary", "", *rows_markdown(res.summary_rows), ""]
     out += _accuracy(res, fig) + _distribution(res, fig) + _diversity(res)

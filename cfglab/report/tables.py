@@ -64,3 +64,20 @@ def table_markdown(table: dict) -> list[str]:
     if table.get("note"):
         out += [table["note"], ""]
     return out
+
+
+def fmt_interval(mean: float | None, low: float | None = None, high: float | None = None) -> str:
+    """`mean [low, high]` with the same decimals for all three, enough that the interval's
+    width shows (never "1.576 [1.58, 1.58]") and at least 3 significant digits of the mean."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if mean == 0 and low is None:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 3
+    if low is not None and high is not None and high > low:
+        digits = max(digits, 1 - math.floor(math.log10(high - low)))
+    digits = min(digits, 12)
+    text = f"{mean:.{digits}f}"
+    if low is not None and high is not None:
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text

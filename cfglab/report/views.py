@@ -127,11 +127,9 @@ def view_figure(view: dict, agg: list[dict], axes: list[str]) -> dict | None:
 
 
 def _cell(a: dict) -> str:
-    if a["mean"] is None:
-        return "-"
-    low, high = _interval(a)
-    text = f"{a['mean']:.4g}"
-    return text + (f" [{low:.3g}, {high:.3g}]" if low is not None else "")
+    from cfglab.report.tables import fmt_interval
+
+    return fmt_interval(a["mean"], *_interval(a))
 
 
 def view_table(view: dict, agg: list[dict], axes: list[str]) -> dict | None:

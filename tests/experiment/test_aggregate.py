@@ -57,8 +57,10 @@ def test_accuracy_at_several_temperatures_gets_one_column_each(tmp_path):
     assert "accuracy cut0 T=0.1" in header and "accuracy cut0 T=1" in header
     cells = [c.strip() for c in body.strip("|").split("|")]
     names = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[names.index("accuracy cut0 T=0.1")].startswith("1 ")
-    assert cells[names.index("accuracy cut0 T=1")].startswith("0.75 ")
+    # every seed identical: no zero-width t-interval, the pooled Wilson interval, said so
+    assert cells[names.index("accuracy cut0 T=0.1")].startswith("1.00 (pooled [0.")
+    assert cells[names.index("accuracy cut0 T=0.1")].endswith(", seeds identical)")
+    assert cells[names.index("accuracy cut0 T=1")].startswith("0.750 (pooled [")
 
 
 def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_path):
@@ -85,14 +87,14 @@ def test_dynamics_rows_aggregate_per_step_and_stay_out_of_the_final_columns(tmp_
     header, _, body = text.splitlines()[-3:]
     names = [c.strip() for c in header.strip("|").split("|")]
     cells = [c.strip() for c in body.strip("|").split("|")]
-    assert cells[names.index("accuracy cut0")].startswith("0.9 ")
+    assert cells[names.index("accuracy cut0")].startswith("0.900 ")
     emergence = next(v for v in COMPARE if v["name"] == "emergence")
     table = view_table(emergence, agg, ["x"])
-    assert table["header"] == ["x", "value"] and table["rows"][0][1].startswith("400 ")
+    assert table["header"] == ["x", "value"] and table["rows"][0][1].startswith("400 [")
     by_step = next(v for v in COMPARE if v["name"] == "dynamics_accuracy")
     table = view_table(by_step, agg, ["x"])
     assert table["header"] == ["x", "temperature", "step=10", "step=100", "step=1000"]
-    assert [c.split()[0] for c in table["rows"][0][2:]] == ["0", "0.5", "0.9"]
+    assert [c.split()[0] for c in table["rows"][0][2:]] == ["0.000", "0.500", "0.900"]
 
 
 def _fake_run(folder: Path, loss: float, seed: int = 0) -> Path:

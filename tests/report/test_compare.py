@@ -11,6 +11,7 @@ import pytest
 from cfglab import cli, rundir
 from cfglab.errors import CfglabError
 from cfglab.report import build_report
+from cfglab.report.tables import fmt_interval
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +75,7 @@ def test_compared_report_has_both_runs_numbers_and_figures(tmp_path):
         # the last layer's accuracy of each run, trained and twin, every target and level
         for t in tables:
             for kind, label in (("model", "trained"), ("random_init", "random_init")):
-                cells = " | ".join(f"{v:.4g}" for v in t["accuracy"][kind][-1])
+                cells = " | ".join(fmt_interval(v) for v in t["accuracy"][kind][-1])
                 assert f"| {run.name} | {t['target']} | all | {label} | {cells} |" in section
     # same size and token budget, stated per run: 100 steps x 16 windows x 128 tokens
     assert section.count("| 2L/2H/64D | rot | 204,800 |") == 2

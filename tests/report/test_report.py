@@ -98,6 +98,10 @@ def test_report_has_figures_numbers_and_definitions(tmp_path):
     a1 = out["results"]["accuracy"][1]
     assert "## Summary" in md and f"| accuracy cut=50 temperature=1 | {a1['accuracy']:.5f} |" in md
     assert md.count("| loss_floor |") == 1
+    # the verdict line, by its fixed rule on cut0 accuracy's interval against 90%
+    word = "yes" if a0["ci_low"] >= 0.9 else "no" if a0["ci_high"] < 0.9 else "undecided"
+    assert f"**Learned the grammar: {word}.** cut0 generation accuracy " in md.splitlines()[4]
+    assert f"{100 * a0['accuracy']:.1f}% [{100 * a0['ci_low']:.1f}, " in md
     page = (rep / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and 'src="figures' not in page
     assert "<table>" in page
