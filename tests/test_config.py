@@ -217,6 +217,8 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "probe.targets": ["depth"],
         "dynamics.eval": ["accuracy"],
         "dynamics.analyses": ["probe"],
+        "probe.layers": "last",
+        "dynamics.probe_layers": "all",
         "eval.cuts": [0, 7],
         "eval.temperatures": [0.5, 1.0],
         "eval.corrupt": [0.15],

@@ -135,6 +135,8 @@ def probe_model(
 
     vocab = Vocab.from_grammar(grammar)
     names = resid_names(model.config.n_layer)
+    if settings.layers == "last":  # e.g. the dynamics stage: emergence reads the last layer
+        names = names[-1:]
     train_targets = build_targets(grammar, train, list(targets))
     test_targets = build_targets(grammar, test, list(targets))
     out = {}
@@ -234,13 +236,19 @@ def measure(ctx: AnalysisContext) -> dict:
     }
 
 
+def layer_index(name: str) -> int:
+    """blocks.{i}.hook_resid_post -> i."""
+    return int(name.split(".")[1])
+
+
 def summary_rows(result: dict) -> list[dict]:
     """probe_accuracy per (target, window, column, layer, model) and probe_majority."""
     rows = []
+    layers = [layer_index(name) for name in result["layers"]]
     for t in result["tables"]:
         at = {"target": t["target"], "window": t["window"]}
         for model, table in t["accuracy"].items():
-            for layer, row in enumerate(table):
+            for layer, row in zip(layers, table, strict=True):
                 for column, value in zip(t["columns"], row, strict=True):
                     rows.append(
                         {
@@ -261,10 +269,11 @@ def summary_rows(result: dict) -> list[dict]:
 def tables(result: dict) -> list[dict]:
     """One table per probe table: rows layers, columns the target's probes, model / twin (%)."""
     out = []
+    layers = [layer_index(name) for name in result["layers"]]
     for t in result["tables"]:
         rand = t["accuracy"].get("random_init")
         body = [
-            [str(i)]
+            [str(layers[i])]
             + [
                 f"{100 * v:.1f}" + (f" / {100 * rand[i][j]:.1f}" if rand else "")
                 for j, v in enumerate(row)
@@ -288,7 +297,7 @@ def figures(result: dict) -> list[dict]:
     out = []
     for t in result["tables"]:
         names = [_column_name(c) for c in t["columns"]]
-        layers = [str(i) for i in range(len(t["accuracy"]["model"]))]
+        layers = [str(layer_index(n)) for n in result["layers"]]
         panels = [
             {
                 "title": title,

@@ -208,6 +208,7 @@ class ProbeConfig:
     seed: int | str = 2  # probe strings and probe init, keyed by purpose; per_run: the run's
     baseline: bool = True  # also probe a random-init twin of the model (the chance level)
     targets: list[str] | None = None  # cfglab.analyze.targets.TARGETS (None: the grammar's)
+    layers: str = "all"  # the layers probed: all, or last (the last block's residual stream)
 
 
 @dataclass
@@ -231,6 +232,7 @@ class DynamicsConfig:
     n_kl: int = 50  # true strings per checkpoint for the KL, overall and by level (eval.n_kl)
     eval: list[str] = field(default_factory=lambda: ["accuracy", "distribution"])  # families
     analyses: list[str] = field(default_factory=lambda: ["probe", "attention"])  # families
+    probe_layers: str = "last"  # probe.layers at each checkpoint (emergence reads the last)
 
 
 @dataclass
@@ -280,6 +282,39 @@ def resolved_seeds(cfg: ExperimentConfig) -> ExperimentConfig:
             seed = stream_seed(cfg.data.seed, "per_run", i)
             changed[name] = dataclasses.replace(section, seed=seed)
     return dataclasses.replace(cfg, **changed) if changed else cfg
+
+
+# ---- the tool commands' defaults ----------------------------------------------------------------
+# Not part of a run's config, but one default each all the same, which the CLI reads (`grammar
+# implicit` reads ImplicitConfig's, `corrupt --kinds` NoiseConfig's kinds).
+
+
+@dataclass
+class SampleDefaults:  # cfglab sample
+    n: int = 10  # strings
+    seed: int = 0  # the sampler's seed
+    max_len: int | None = None  # resample strings longer than this (None: keep all)
+
+
+@dataclass
+class CorruptDefaults:  # cfglab corrupt
+    seed: int = 0  # the corruptions' seed
+    kinds: list[str] = field(default_factory=lambda: NoiseConfig().kinds)  # applied in order
+
+
+@dataclass
+class GenerateDefaults:  # cfglab generate
+    n: int = 10  # generations from BOS, or completions per prompt
+    temperature: float = 1.0  # sampling temperature
+    seed: int = 0  # the sampling seed
+
+
+@dataclass
+class RandomGrammarDefaults:  # cfglab grammar random: the paper's recipe
+    levels: list[int] = field(default_factory=lambda: [1, 3, 3, 3, 3, 3, 3])  # symbols per level
+    rules: list[int] = field(default_factory=lambda: [2, 3])  # rules per nonterminal: min, max
+    length: list[int] = field(default_factory=lambda: [2, 3])  # symbols per rule: min, max
+    seed: int = 0  # the recipe's seed
 
 
 def kept_steps(spec: list[int] | str, max_steps: int) -> list[int]:

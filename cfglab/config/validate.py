@@ -30,6 +30,8 @@ from cfglab.config.schema import (
 )
 from cfglab.errors import ConfigError, did_you_mean
 
+PROBE_LAYERS = ("all", "last")  # probe.layers
+
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that need no torch: names, ranges, and settings that must agree."""
@@ -63,6 +65,8 @@ def _check_names(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"stages {cfg.stages}: each stage at most once")
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
+    _one_of("probe.layers", p.layers, PROBE_LAYERS)
+    _one_of("dynamics.probe_layers", cfg.dynamics.probe_layers, PROBE_LAYERS)
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     check_noise(d.noise)
     imp = cfg.grammar.implicit

@@ -4,7 +4,8 @@ A loop over the checkpoints that train.keep_steps kept (and the last): each chec
 gets the eval families of `dynamics.eval` (cut0 only, dynamics.n_samples generations and
 dynamics.n_kl KL strings; the eval section's seeds and first temperature), the training loop's
 own validation loss (cfglab.train.steps.validation_loss) and the analysis families of
-`dynamics.analyses` (the probe section's settings, its first window). Every row they give is
+`dynamics.analyses` (the probe section's settings, its first window, and the layers of
+`dynamics.probe_layers`: by default the last, the one emergence reads). Every row they give is
 tagged with the checkpoint's `step`. What does not depend on the model (true strings, exact
 distributions, labelled strings, the random-init twin's numbers) is computed once and shared.
 At the final checkpoint the numbers are the eval and analyze stages' for the same sizes and
@@ -59,7 +60,7 @@ def dynamics_config(cfg: ExperimentConfig) -> ExperimentConfig:
         cuts=[0],
         temperatures=cfg.eval.temperatures[:1],
     )
-    probe = dataclasses.replace(cfg.probe, windows=cfg.probe.windows[:1])
+    probe = dataclasses.replace(cfg.probe, windows=cfg.probe.windows[:1], layers=d.probe_layers)
     return dataclasses.replace(cfg, eval=evals, probe=probe)
 
 

@@ -122,13 +122,18 @@ def test_the_final_checkpoint_equals_the_eval_and_analyze_stages(run):
     (val,) = _at(rows, 40, metric="val_loss")
     assert val["value"] == pytest.approx(metrics[-1]["val_loss"], rel=1e-5)
     probe_rows = json.loads((run / "analyze" / "probe.json").read_text())["rows"]
+    last = max(r["layer"] for r in probe_rows if r["metric"] == "probe_accuracy")
+    compared = 0
     for r in probe_rows:
-        if r["metric"] == "probe_accuracy" and r["window"] == "all":
+        if r["metric"] == "probe_accuracy" and r["window"] == "all" and r["layer"] == last:
             quals = {k: v for k, v in r.items() if k not in ("value", "n")}
-            (mine,) = _at(rows, 40, **quals)
+            (mine,) = _at(rows, 40, **quals)  # dynamics.probe_layers: last (the default)
             assert mine["value"] == pytest.approx(r["value"], abs=1e-12)
+            compared += 1
+    assert compared == 2 * 2 * 2  # (ancestor, boundary) x 2 levels x (trained, twin)
+    assert not _at(rows, 40, metric="probe_accuracy", layer=0)  # only the last layer
     # the random-init twin is measured once: the same numbers at every step
-    twin = [r["value"] for r in rows if r.get("model") == "random_init" and r.get("layer") == 0]
+    twin = [r["value"] for r in rows if r.get("model") == "random_init" and r.get("layer") == last]
     assert len(twin) % 4 == 0 and twin[: len(twin) // 4] * 4 == twin
     what = [row["what"] for row in body["emergence"]]
     assert "probe ancestor L1" in what and what[-1] == "generation accuracy cut0"
