@@ -54,6 +54,10 @@ DEFINITIONS: dict[str, str] = {
         "L1, L2, ... (depth below the root; a layered grammar's level), else 'inside'; row 0 "
         "(after BOS) is 'start'. Tells which level's structure the model has not learned yet."
     ),
+    "entropy_rate_rb": (
+        "the grammar's entropy rate estimated from the exact rows' entropies: sum over rows of "
+        "H(P*(.|x_<=k)) / sum (n + 1); the same quantity as entropy_rate, lower variance."
+    ),
     "entropy_rate": (
         "the grammar's true entropy per predicted token on the same strings: -sum log P(x) / sum "
         "(n + 1); 'entropy_rate_rb' is the lower-variance estimate sum over rows of "

@@ -25,6 +25,10 @@ DEFINITIONS: dict[str, str] = {
         "number (and share) of distinct strings among the M generations, and among M completions "
         "of one fixed prompt."
     ),
+    "distinct_share": "distinct strings among the M cut0 generations, as a share of M.",
+    "distinct_share_one_prompt": (
+        "distinct completions among M completions of one fixed prompt, as a share of M."
+    ),
     "collision_support": (
         "birthday estimate of the effective support 1 / sum_x q(x)^2 of the generations: C(M, 2) "
         "/ (number of equal pairs); with no equal pair, only the lower bound C(M, 2) / 3 (rule of"
@@ -37,6 +41,7 @@ DEFINITIONS: dict[str, str] = {
         " EOS) per string (nats) and per predicted token; exp(per-string entropy) is the "
         "entropy-based effective support."
     ),
+    "model_entropy_per_token": "model_entropy per predicted token (nats).",
     "reverse_kl": (
         "string-level KL(Q_L || P) per predicted token from the model conditioned on the "
         "language, Q_L(x) = Q(x) / Q(L), to the truth P: the mean over the grammatical "

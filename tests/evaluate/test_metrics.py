@@ -440,3 +440,20 @@ def test_reverse_kl_of_the_exact_model_is_zero():
     lp = np.log([table[tuple(TINY.terminals[i - 1] for i in s)] for s in strings])
     out = V.diversity(strings, model_logq=lq, true_logp=lp)
     assert out["share_in_language"] == 1.0 and abs(out["reverse_kl"]) < 1e-9
+
+
+def test_every_summary_row_metric_is_defined():
+    """The protocol: each metric a family's rows carry has its definition (the report prints
+    them, and an experiment's claims name them)."""
+    from cfglab.evaluate.families import FAMILIES
+
+    oracle = AD.exact_logprob_fn(TINY)
+    out = R.evaluate_model(
+        TINY,
+        oracle,
+        lambda temp: AD.sampling_generate_fn(oracle, TINY.n_t + 1, max_new_tokens=8),
+        EvalConfig(n_samples=8, n_kl=6, cuts=[0, 1], corrupt=[0.3], seed=2, n_fixed_prompt=4),
+    )
+    assert set(out["results"]) == set(FAMILIES)  # every family measured
+    for row in out["rows"]:
+        assert row["metric"] in FAMILIES[row["family"]].DEFINITIONS, row
