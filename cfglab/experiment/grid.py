@@ -28,6 +28,7 @@ from typing import Any
 from cfglab.config import STAGE_NAMES, ExperimentConfig, flat, load_config
 from cfglab.config.load import read_yaml
 from cfglab.errors import ConfigError, did_you_mean
+from cfglab.experiment.claims import check_claims, check_reference
 from cfglab.stages import check_config
 
 # config keys the experiment sets for each run, and where to say them instead
@@ -40,7 +41,18 @@ OWNED = {
 }
 PATH_OVERRIDES = ("grammar.name", "data.dataset")  # file paths: see _near
 MAX_DIR_BYTES = 255  # a folder name, in bytes, on common file systems (ext4, APFS, NTFS)
-TOP_KEYS = ("name", "base", "set", "grid", "seeds", "stages", "executor", "out_dir")
+TOP_KEYS = (
+    "name",
+    "base",
+    "set",
+    "grid",
+    "seeds",
+    "stages",
+    "executor",
+    "out_dir",
+    "claims",
+    "reference",
+)
 EXECUTORS = ("local", "slurm")
 # the executor block's keys per kind (SLURM's are passed to submitit, see launch.py)
 EXECUTOR_KEYS = {
@@ -84,6 +96,8 @@ class Experiment:
     runs: list[RunSpec] = field(default_factory=list)  # to run: those matching --only
     all_runs: list[RunSpec] = field(default_factory=list)  # every grid point x seed
     axes: list[str] = field(default_factory=list)  # grid keys, in file order
+    claims: list[dict] = field(default_factory=list)  # checked claims (experiment/claims.py)
+    reference: dict[str, Any] = field(default_factory=dict)  # axis -> the paired reference
 
     def plan(self) -> dict[str, Any]:
         """experiment.json: the expanded plan (JSON-ready)."""
@@ -92,6 +106,8 @@ class Experiment:
             "file": str(self.file),
             "base": str(self.base),
             "axes": self.axes,
+            "claims": self.claims,
+            "reference": self.reference,
             "stages": self.stages,
             "executor": self.executor,
             "runs": [
@@ -197,6 +213,8 @@ def load_experiment(
         stages=[],
         executor=_executor(path, data.get("executor"), workers, executor),
         axes=list(grid),
+        claims=check_claims(path, data.get("claims"), grid),
+        reference=check_reference(path, data.get("reference"), grid),
     )
     filters = _filters(path, only or [], grid)
     _add_runs(exp, path, common, grid, seeds, stages, filters)
