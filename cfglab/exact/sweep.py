@@ -20,13 +20,14 @@ membership with no floating-point question at all. The prefix dies at the first 
 c_m = 0: that is `first_error`.
 
 **Bounded, interruptible work.** Compiled code does not see Ctrl-C, so no compiled call runs
-long: `_advance` counts its inner-loop steps and returns to Python after the span end at which
-they pass `WORK_PER_CALL` (tens of milliseconds), and the sweep resumes there (everything that
-persists between ends lives in the `_Sweep` arrays). Many short strings run in one compiled
-call (`judge_many`, `log_prob_many`) under the same budget, so the per-call overhead is paid
-once per chunk, not once per string. A chart that outgrows `MAX_CHART_ENTRIES` (a highly
-ambiguous grammar on a long string) or dense tables larger than `MAX_TABLE_BYTES` stop with an
-ExactError that says what to shorten, instead of exhausting memory.
+long: `kernels.advance` counts its inner-loop steps and returns to Python after the span end at
+which they pass `WORK_PER_CALL` (tens of milliseconds), and the sweep resumes there (everything
+that persists between ends lives in the arrays of `kernels.new_state`). Many short strings run
+in one compiled call (`judge_many`, `log_prob_many`) under the same budget, so the per-call
+overhead is paid once per chunk, not once per string. A chart that outgrows
+`MAX_CHART_ENTRIES` (a highly ambiguous grammar on a long string) or dense tables larger than
+`MAX_TABLE_BYTES` stop with an ExactError that says what to shorten, instead of exhausting
+memory.
 
 Only the touched symbols of a cell or a row are visited (short symbol lists beside the dense
 tables), always in increasing symbol order, so the floating-point sums happen in exactly the
@@ -38,10 +39,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
 from cfglab.errors import ExactError
-from cfglab.exact.kernels import _grow, _heap_pop, _heap_push, _sort_small
+from cfglab.exact import kernels
 from cfglab.exact.normal_form import NormalForm
 
 # Inner-loop steps one compiled call may take before it returns to Python (~10-50 ms), so
@@ -52,300 +52,6 @@ MAX_CHART_ENTRIES = 100_000_000
 # The dense per-string tables: out (n+1, N) and acc (n, N) float64 plus acc lists (n, N) int32,
 # and rows (n+1, T+1) float64 when the next-token rows are wanted.
 MAX_TABLE_BYTES = 2 * 1024**3
-
-
-@njit(cache=True)
-def _advance(x, j0, budget, is_prob, want_rows, state, grammar):
-    """Sweep span ends j = j0, j0+1, ... of the string x (n,) of token ids 1..T, until the end
-    or until more than `budget` inner steps were taken (then it stops after a whole end).
-    `grammar` = `_grammar_args(nf)`.
-
-    State (allocated by `_new_state`, updated in place, in this order): log_c (n,) = log c_m
-    (0 in boolean mode, -inf from the first error on); eos (n+1,) scaled P(the string ends
-    after k tokens); rows (n+1 or 0, T+1) unnormalised next-symbol weights [EOS, t=1..T]; out
-    (n+1, N) pending weights; acc (n, N) pre-unary sums of the cells (k, j) of the current end,
-    with their touched symbols acc_sym (n, N) and counts acc_cnt (n,) (all zero between ends);
-    end_off (n+2,); count = [cells, entries, first_error, steps]; then the chart: cells
-    (cell_start[c], j) for c in end_off[j] .. end_off[j+1]-1, with entries ent_off[c] ..
-    ent_off[c+1]-1 of (ent_sym, ent_val). Those four arrays grow, so they are returned: (next j,
-    cell_start, ent_off, ent_sym, ent_val). The next j is n+1 when the string is done (or dead:
-    count[2] >= 0).
-    """
-    log_c, eos, rows, out, acc, acc_sym, acc_cnt, end_off, count = state[:9]
-    cell_start, ent_off, ent_sym, ent_val = state[9:]
-    n_sym, n_t, lex_off, lex_sym, lex_p, bin_off, bin_parent, bin_right, bin_p = grammar[:9]
-    up_off, up_sym, up_p, lc_off, lc_sym, lc_p = grammar[9:]
-    n = x.shape[0]
-    nn = n_sym
-    has_unary = up_sym.shape[0] > 0
-    fin = np.zeros(nn)
-    fin_sym = np.empty(nn, np.int64)
-    rv = np.zeros(nn)  # the cell (k, j) scattered densely while it is combined
-    base = np.zeros(nn)
-    base_sym = np.empty(nn, np.int64)
-    row_sym = np.empty(nn, np.int64)
-    heap = np.empty(max(n, 1), np.int64)  # starts k with a non-empty acc[k] at the current end
-    n_heap = 0
-    n_cells = count[0]
-    n_ent = count[1]
-    steps0 = count[3]
-    steps = 0
-
-    if j0 == 0:
-        # k = 0: only the start symbol is pending, closed over its left corners
-        for q in range(lc_off[0], lc_off[1]):
-            out[0, lc_sym[q]] = lc_p[q] if is_prob else 1.0
-    for j in range(j0, n + 1):
-        if j > 0:
-            # ---- cells ending at j: seed the lexical cell (j-1, j), divided by c_{j-1}
-            tok = x[j - 1]
-            scale = np.exp(-log_c[j - 1]) if is_prob else 1.0
-            for q in range(lex_off[tok], lex_off[tok + 1]):
-                a = lex_sym[q]
-                if out[j - 1, a] > 0.0:
-                    was = acc[j - 1, a]
-                    acc[j - 1, a] += lex_p[q] * scale if is_prob else 1.0
-                    if was == 0.0 and acc[j - 1, a] != 0.0:
-                        if acc_cnt[j - 1] == 0:
-                            n_heap = _heap_push(heap, n_heap, j - 1)
-                        acc_sym[j - 1, acc_cnt[j - 1]] = a
-                        acc_cnt[j - 1] += 1
-            end_off[j] = n_cells
-            # starts k from right to left (a max-heap of the non-empty ones): every cell (k, j)
-            # is complete before any cell (i < k, j) that it feeds
-            while n_heap > 0:
-                k, n_heap = _heap_pop(heap, n_heap)
-                steps += 1
-                m = acc_cnt[k]
-                acc_cnt[k] = 0
-                if m > 1:  # (a view costs reference counting: only when there is work)
-                    _sort_small(acc_sym[k], m)
-                # unary closure fin = U* pre, kept only where the symbol is pending at k
-                n_fin = 0
-                for p in range(m):
-                    a = acc_sym[k, p]
-                    fin[a] = acc[k, a]
-                    fin_sym[n_fin] = a
-                    n_fin += 1
-                if has_unary:
-                    for p in range(m):
-                        b = acc_sym[k, p]
-                        v = acc[k, b]
-                        for q in range(up_off[b], up_off[b + 1]):
-                            a = up_sym[q]
-                            steps += 1
-                            if out[k, a] > 0.0:
-                                was = fin[a]
-                                fin[a] += up_p[q] * v if is_prob else 1.0
-                                if was == 0.0 and fin[a] != 0.0:
-                                    fin_sym[n_fin] = a
-                                    n_fin += 1
-                    if n_fin > m:
-                        _sort_small(fin_sym, n_fin)
-                for p in range(m):
-                    acc[k, acc_sym[k, p]] = 0.0
-                # store the cell (k, j)
-                # (calls only when full: a call costs reference counting)
-                if n_cells + 1 > cell_start.shape[0]:
-                    cell_start = _grow(cell_start, n_cells + 1)
-                if n_cells + 2 > ent_off.shape[0]:
-                    ent_off = _grow(ent_off, n_cells + 2)
-                if n_ent + n_fin > ent_sym.shape[0]:
-                    ent_sym = _grow(ent_sym, n_ent + n_fin)
-                    ent_val = _grow(ent_val, n_ent + n_fin)
-                first = n_ent
-                for p in range(n_fin):
-                    a = fin_sym[p]
-                    v = fin[a] if is_prob else 1.0
-                    fin[a] = 0.0
-                    ent_sym[n_ent] = a
-                    ent_val[n_ent] = v
-                    rv[a] = v
-                    n_ent += 1
-                cell_start[n_cells] = k
-                ent_off[n_cells] = first
-                ent_off[n_cells + 1] = n_ent
-                n_cells += 1
-                # combine (i, k) x (k, j) -> (i, j) for every cell (i, k) ending at k
-                for c2 in range(end_off[k], end_off[k + 1]):  # end_off[j] is set: k + 1 <= j
-                    i = cell_start[c2]
-                    for e in range(ent_off[c2], ent_off[c2 + 1]):
-                        b = ent_sym[e]
-                        vb = ent_val[e]
-                        for r in range(bin_off[b], bin_off[b + 1]):
-                            steps += 1
-                            vc = rv[bin_right[r]]
-                            if vc != 0.0:
-                                a = bin_parent[r]
-                                if out[i, a] > 0.0:
-                                    was = acc[i, a]
-                                    acc[i, a] += bin_p[r] * vb * vc if is_prob else 1.0
-                                    if was == 0.0 and acc[i, a] != 0.0:
-                                        if acc_cnt[i] == 0:
-                                            n_heap = _heap_push(heap, n_heap, i)
-                                        acc_sym[i, acc_cnt[i]] = a
-                                        acc_cnt[i] += 1
-                for e in range(first, n_ent):
-                    rv[ent_sym[e]] = 0.0
-            end_off[j + 1] = n_cells
-            # ---- pending symbols after j tokens: A -> B C pending at i, B spans (i, j) => C
-            n_base = 0
-            for c in range(end_off[j], n_cells):
-                i = cell_start[c]
-                for e in range(ent_off[c], ent_off[c + 1]):
-                    b = ent_sym[e]
-                    vb = ent_val[e]
-                    if i == 0 and b == 0:
-                        eos[j] = vb
-                    for r in range(bin_off[b], bin_off[b + 1]):
-                        steps += 1
-                        w = out[i, bin_parent[r]]
-                        if w > 0.0:
-                            cc = bin_right[r]
-                            was = base[cc]
-                            base[cc] += w * bin_p[r] * vb if is_prob else 1.0
-                            if was == 0.0 and base[cc] != 0.0:
-                                base_sym[n_base] = cc
-                                n_base += 1
-            if n_base > 1:
-                _sort_small(base_sym, n_base)
-            n_row = 0
-            for p in range(n_base):
-                cc = base_sym[p]
-                w = base[cc]
-                base[cc] = 0.0
-                for q in range(lc_off[cc], lc_off[cc + 1]):
-                    steps += 1
-                    d = lc_sym[q]
-                    was = out[j, d]
-                    out[j, d] += w * lc_p[q] if is_prob else 1.0
-                    if was == 0.0 and out[j, d] != 0.0:
-                        row_sym[n_row] = d
-                        n_row += 1
-            if not is_prob:
-                for p in range(n_row):
-                    out[j, row_sym[p]] = 1.0
-        # ---- the next-symbol weights after j tokens; c_j = the weight of the actual token
-        if want_rows:
-            rows[j, 0] = eos[j]
-            for t in range(1, n_t + 1):
-                s = 0.0
-                for q in range(lex_off[t], lex_off[t + 1]):
-                    s += out[j, lex_sym[q]] * lex_p[q]
-                rows[j, t] = s
-            steps += n_t
-        if j < n:
-            tok = x[j]
-            s = 0.0
-            for q in range(lex_off[tok], lex_off[tok + 1]):
-                s += out[j, lex_sym[q]] * lex_p[q]
-            if s <= 0.0:
-                count[2] = j
-                j = n  # dead prefix: done
-            else:
-                log_c[j] = np.log(s) if is_prob else 0.0
-        count[0] = n_cells
-        count[1] = n_ent
-        count[3] = steps0 + steps
-        if j >= n:
-            return n + 1, cell_start, ent_off, ent_sym, ent_val
-        if steps > budget or n_ent > MAX_CHART_ENTRIES:  # back to Python: signals, memory checks
-            return j + 1, cell_start, ent_off, ent_sym, ent_val
-    return n + 1, cell_start, ent_off, ent_sym, ent_val
-
-
-@njit(cache=True)
-def _new_state(n, n_sym, n_t, want_rows):
-    """The arrays `_advance` keeps between calls for one string of n tokens."""
-    log_c = np.full(n, -np.inf)
-    eos = np.zeros(n + 1)
-    rows = np.zeros((n + 1 if want_rows else 0, n_t + 1))
-    out = np.zeros((n + 1, n_sym))  # pending left-corner weights, (n+1, N)
-    acc = np.zeros((max(n, 1), n_sym))  # (n, N)
-    acc_sym = np.zeros((max(n, 1), n_sym), np.int32)  # (n, N)
-    acc_cnt = np.zeros(max(n, 1), np.int64)
-    end_off = np.zeros(n + 2, np.int64)
-    count = np.array([0, 0, -1, 0], np.int64)  # cells, entries, first_error, steps
-    cell_start = np.empty(64, np.int64)
-    ent_off = np.zeros(65, np.int64)
-    ent_sym = np.empty(256, np.int64)
-    ent_val = np.empty(256)
-    return (
-        log_c,
-        eos,
-        rows,
-        out,
-        acc,
-        acc_sym,
-        acc_cnt,
-        end_off,
-        count,
-        cell_start,
-        ent_off,
-        ent_sym,
-        ent_val,
-    )
-
-
-@njit(cache=True)
-def _batch(ids, offsets, s0, budget, is_prob, res_err, res_end, res_logc, grammar):
-    """Whole strings s0, s0+1, ... of the concatenation ids / offsets in one compiled call, until
-    `budget` steps are spent. Per string s: res_err[s] = first error, res_end[s] = scaled EOS
-    weight after the last token, res_logc[s] = sum of log c_m. Returns the first string not
-    done: one that ran out of budget is left unfinished, to be swept alone (resumably)."""
-    spent = 0
-    n_max = 0
-    for s in range(s0, offsets.shape[0] - 1):
-        n_max = max(n_max, offsets[s + 1] - offsets[s])
-    # one set of tables for the whole chunk (fresh pages cost more than the sweep of a short
-    # string); each string uses their top-left corner and leaves it zeroed again
-    st = _new_state(n_max, grammar[0], grammar[1], False)
-    log_c, eos, rows, out, acc, acc_sym, acc_cnt, end_off, count = st[:9]
-    cell_start, ent_off, ent_sym, ent_val = st[9:]
-    for s in range(s0, offsets.shape[0] - 1):
-        x = ids[offsets[s] : offsets[s + 1]]
-        n = x.shape[0]
-        count[0] = 0
-        count[1] = 0
-        count[2] = -1
-        count[3] = 0
-        k = max(n, 1)
-        # this string's corner of the tables, then the chart arrays (shared, reused)
-        view = (
-            log_c[:n],
-            eos[: n + 1],
-            rows,
-            out[: n + 1],
-            acc[:k],
-            acc_sym[:k],
-            acc_cnt[:k],
-            end_off[: n + 2],
-            count,
-            cell_start,
-            ent_off,
-            ent_sym,
-            ent_val,
-        )
-        j, cell_start, ent_off, ent_sym, ent_val = _advance(
-            x, 0, budget - spent, is_prob, False, view, grammar
-        )
-        last = n if count[2] == -1 else count[2]  # rows of out written
-        out[: last + 1] = 0.0
-        if j <= n:  # out of budget inside this string: it is swept alone
-            return s
-        res_err[s] = count[2]
-        res_end[s] = eos[n]
-        eos[: n + 1] = 0.0
-        total = 0.0
-        if count[2] == -1:
-            for m in range(n):
-                total += log_c[m]
-        log_c[:n] = -np.inf
-        res_logc[s] = total
-        spent += count[3]
-        if spent > budget:
-            return s + 1
-    return offsets.shape[0] - 1
 
 
 def call_compiled(fn, *args):
@@ -411,19 +117,20 @@ def run(
     """Sweep one string (token ids 1..T), returning to Python every WORK_PER_CALL steps.
 
     Returns (log_c (n,), eos (n+1,), rows (n+1 or 0, T+1), first_error, cell_start, end_off,
-    ent_off, ent_sym, ent_val) as documented in `_advance`."""
+    ent_off, ent_sym, ent_val) as documented in `kernels.advance`."""
     if is_prob and nf.underflow:
         raise ExactError(nf.underflow)
     x = np.ascontiguousarray(x, dtype=np.int64)
     n = len(x)
     check_size(nf, n, want_rows, where)
-    st = list(call_compiled(_new_state, n, nf.n_sym, nf.n_t, want_rows))
+    st = list(call_compiled(kernels.new_state, n, nf.n_sym, nf.n_t, want_rows))
     g = _grammar_args(nf)
     j = 0
     while j <= n:  # each call returns within ~WORK_PER_CALL steps: Ctrl-C is seen between them
-        j, st[9], st[10], st[11], st[12] = call_compiled(
-            _advance, x, j, WORK_PER_CALL, is_prob, want_rows, tuple(st), g
-        )
+        args = (x, j, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob, want_rows, tuple(st), g)
+        j = call_compiled(kernels.advance, *args)
+        if st[8][4]:  # it stopped inside end j: no room in the chart arrays for one more cell
+            st[9:] = call_compiled(kernels.grow_chart, *st[9:], st[8], nf.n_sym)
         _check_chart(st[8], n, where)
     log_c, eos, rows, _, _, _, _, end_off, count, cell_start, ent_off, ent_sym, ent_val = st
     n_cells, n_ent = int(count[0]), int(count[1])
@@ -458,7 +165,8 @@ def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
     g = _grammar_args(nf)
     s = 0
     while s < b:
-        nxt = call_compiled(_batch, ids, offsets, s, WORK_PER_CALL, is_prob, err, end, logc, g)
+        args = (ids, offsets, s, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob, err, end, logc, g)
+        nxt = call_compiled(kernels.batch, *args)
         if nxt == s:  # string s alone needs more than one call
             log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=f"string {s}: ")
             err[s], end[s] = e, eos[len(strings[s])]
@@ -469,7 +177,7 @@ def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
 
 
 def sum_log_c(log_c: np.ndarray) -> float:
-    """The sum of log c_m added left to right, as `_batch` adds them (np.sum adds pairwise,
+    """The sum of log c_m added left to right, as `kernels.batch` adds them (np.sum adds pairwise,
     which can differ in the last bit): a string's log P never depends on how it was swept."""
     return float(np.add.accumulate(log_c)[-1]) if len(log_c) else 0.0
 

@@ -3,6 +3,8 @@ call, and sizes past the limits are refused up front with an ExactError."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,26 @@ def test_ambiguous_long_string_counts_stay_exact():
     x = [np.ones(30, np.int64)]
     assert cyk.recognize(AMBIGUOUS, x)[0]
     assert cyk.count_parses(AMBIGUOUS, x)[0] == 1002242216651368  # Catalan(29)
+
+
+@pytest.mark.parametrize("budget", [None, 300])
+def test_chart_growth_inside_an_end_changes_no_answer(budget, monkeypatch):
+    """The chart arrays start with room for ~4 cells per token, a^n under S -> S S | a fills
+    n(n+1)/2 cells: the sweep stops inside ends many times to have them grown (alone and in a
+    batch, with any work budget), and the answers stay the closed forms: Catalan(n-1) parses,
+    P = Catalan(n-1) 0.3^(n-1) 0.7^n."""
+    if budget:
+        monkeypatch.setattr(sweep, "WORK_PER_CALL", budget)
+    n = 60
+    x = np.ones(n, np.int64)
+    catalan = math.comb(2 * (n - 1), n - 1) // n
+    cells = sweep.run(normal_form.normal_form(AMBIGUOUS), x, is_prob=False)[4]
+    assert len(cells) == n * (n + 1) // 2 > 4 * n + 64  # grown past the first room
+    assert cyk.count_parses(AMBIGUOUS, [x]) == [catalan]
+    assert cyk.recognize(AMBIGUOUS, [x, x[:7], x[:0]]).tolist() == [True, True, False]
+    want = math.log(catalan) + (n - 1) * math.log(0.3) + n * math.log(0.7)
+    got = inside.log_prob(AMBIGUOUS, [x[:7], x])  # a batch
+    assert got[1] == pytest.approx(want, rel=1e-12)
 
 
 def test_oversized_tables_and_charts_are_refused_up_front(monkeypatch):
