@@ -1,6 +1,6 @@
 """Exact next-token distributions at every prefix: cfglab vs genlm-grammar's `EarleyLM.p_next`.
 
-`python -m benchmarks nexttoken`: seconds per string for the (n+1, T+1) distributions of 50
+`python -m benchmarks nexttoken`: time per string for the (n+1, T+1) distributions of 50
 cfg3f and 20 cfg3k sampled strings, and the largest absolute difference between the two.
 genlm-grammar is a benchmark-only dependency (`pip install genlm-grammar`); without it the
 benchmark says so and times cfglab alone. genlm recurses per token, so each genlm string runs
@@ -54,7 +54,7 @@ def genlm_rows(lm, x: np.ndarray, n_t: int) -> np.ndarray:
 def main() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     print(
-        f"{'grammar':8} {'strings':>7} {'mean len':>8} {'cfglab s/str':>12} "
+        f"{'grammar':8} {'strings':>7} {'mean len':>8} {'cfglab ms/str':>13} "
         f"{'genlm s/str':>11} {'genlm done':>10} {'speedup':>8} {'max |diff|':>10}"
     )
     for name, n in SETUP.items():
@@ -87,13 +87,13 @@ def main() -> None:
         if done:
             print(
                 f"{name:8} {n:>7} {np.mean([len(s) for s in strings]):>8.0f} "
-                f"{t_ours:>12.4f} {t_genlm / done:>11.3f} {done:>10} "
+                f"{t_ours * 1e3:>13.3f} {t_genlm / done:>11.3f} {done:>10} "
                 f"{t_genlm / t_ours_done:>7.0f}x {diff:>10.1e}"
             )
         else:
             print(
                 f"{name:8} {n:>7} {np.mean([len(s) for s in strings]):>8.0f} "
-                f"{t_ours:>12.4f} {'-':>11} {0:>10} {'-':>8} {'-':>10}  {why}"
+                f"{t_ours * 1e3:>13.3f} {'-':>11} {0:>10} {'-':>8} {'-':>10}  {why}"
             )
         if failed:
             print(f"         genlm RecursionError on {len(failed)} strings (lengths {failed})")

@@ -217,9 +217,9 @@ def bench_cli(n: int = CLI_STRINGS, repeat: int = 3) -> None:
     cyk.judge(g, strings[:2])
     inside.next_token_dist(g, strings[:1])
 
-    def prob_next() -> None:
-        inside.log_prob(g, strings)
-        inside.next_token_dist(g, strings)
+    def prob_next() -> None:  # what the command computes: one sweep per string
+        for _ in inside.log_prob_and_next(g, strings):
+            pass
 
     commands = {
         "parse": (["parse", "cfg3f"], lambda: cyk.judge(g, strings), n + 1),
