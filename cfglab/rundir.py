@@ -1,7 +1,7 @@
 """The run directory: its layout and the one reader and writer of each file in it (no torch).
 
     runs/<name>/
-      config.json      the resolved config (config.save_config): enough to rebuild the run
+      config.json      the resolved config (config.load.config_json): enough to rebuild the run
       grammar.cfg      the grammar as trained; later stages read this copy, never the source
       metrics.jsonl    one JSON object per logged training step: the record
       history.jsonl    accepted changes of training settings on resume (--allow-changes)
@@ -25,11 +25,12 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cfglab.errors import CfglabError
+from cfglab.errors import CfglabError, ConfigError
 
 SCHEMA_VERSION = 1
 CONFIG, GRAMMAR, METRICS = "config.json", "grammar.cfg", "metrics.jsonl"
@@ -51,11 +52,30 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write text through a temporary file and a rename."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write bytes (e.g. a figure's PNG) through a temporary file and a rename, creating the
+    folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file written by write_bytes_atomic (a report's figure, to embed it)."""
+    return Path(path).read_bytes()
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str = "cfglab-") -> Iterator[Path]:
+    """A temporary folder outside every run, deleted after the block: scratch space (a measured
+    checkpoint, hidden states spilled to disk), never a run file."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def write_result(run_dir: str | Path, kind: str, body: dict[str, Any]) -> Path:
@@ -124,16 +144,17 @@ def sha256(data: str | bytes) -> str:
 
 def write_run_record(run_dir: str | Path, cfg, grammar, dataset: str | None = None) -> None:
     """config.json, grammar.cfg and fingerprint.json (their hashes, and the saved dataset's
-    meta.json hash when training reads one): what later stages read instead of the sources."""
-    from cfglab.config import save_config
+    meta.json hash when training reads one), creating the run folder: what later stages read
+    instead of the sources."""
+    from cfglab.config.load import config_json
 
     root = Path(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, root / CONFIG)
+    config_text = config_json(cfg)
+    write_text_atomic(root / CONFIG, config_text)
     text = grammar.to_text()
     write_text_atomic(root / GRAMMAR, text)
-    fingerprint = {"config": sha256((root / CONFIG).read_text()), "grammar": sha256(text)}
-    if dataset:
+    fingerprint = {"config": sha256(config_text), "grammar": sha256(text)}
+    if dataset:  # read, not written: the dataset's files are data.saved's
         fingerprint["dataset_meta"] = sha256((Path(dataset) / "meta.json").read_bytes())
     write_json_atomic(root / FINGERPRINT, fingerprint)
 
@@ -155,7 +176,7 @@ def read_fingerprint(run_dir: str | Path) -> dict[str, str]:
 
 def read_run_config(run_dir: str | Path):
     """The ExperimentConfig of a run (ConfigError if config.json is missing or corrupt)."""
-    from cfglab.config import read_config
+    from cfglab.config.load import config_from_json
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -165,7 +186,14 @@ def read_run_config(run_dir: str | Path):
             else f"no run directory {root}"
         )
         raise CfglabError(f"{what}; give the folder `cfglab train` wrote (runs/<name>)")
-    return read_config(root / CONFIG)
+    path = root / CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json at {path}; is {root} a run directory?") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: corrupt config.json ({exc}); re-create the run") from None
+    return config_from_json(text, path)
 
 
 def read_run_grammar(run_dir: str | Path, name: str = ""):

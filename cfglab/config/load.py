@@ -129,22 +129,18 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     return cfg
 
 
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config as JSON (enough to rebuild the run), atomically."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    tmp.replace(p)
+def config_json(cfg: ExperimentConfig) -> str:
+    """The resolved config as JSON text (enough to rebuild the run): a run's config.json, which
+    cfglab.rundir writes."""
+    return json.dumps(cfg.to_dict(), indent=2) + "\n"
 
 
-def read_config(path: str | Path) -> ExperimentConfig:
-    """Read a config.json written by `save_config`."""
+def config_from_json(text: str, path: str | Path) -> ExperimentConfig:
+    """The config of a config.json's text (`path`: where it was read, named in errors)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no config.json at {p}; is {p.parent} a run directory?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: corrupt config.json ({exc}); re-create the run") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: corrupt config.json (not a mapping); re-create the run")
@@ -154,6 +150,27 @@ def read_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(
             f"{p}: {exc} (written by another version of cfglab? re-create the run)"
         ) from None
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write a config as a JSON file of the user's, atomically (a run's config.json is written
+    by cfglab.rundir)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(config_json(cfg))
+    tmp.replace(p)
+
+
+def read_config(path: str | Path) -> ExperimentConfig:
+    """Read a config JSON file written by `save_config` (a run's: `rundir.read_run_config`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json at {p}; is {p.parent} a run directory?") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: corrupt config.json ({exc}); re-create the run") from None
+    return config_from_json(text, p)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,29 @@ from cfglab.data.sampler import sample
 from cfglab.data.vocab import BOS, Vocab
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.grammar.cfg import Grammar
+
+META = "meta.json"
+MAX_BYTES = 8 * 1024**3  # what write_dataset may hold in memory while it writes
+
+
+def check_memory(grammar: Grammar, n: int, max_len: int | None) -> None:
+    """CfglabError (naming `cfglab data`'s -n) when writing `n` strings would hold more than
+    MAX_BYTES in memory: write_dataset keeps the whole dataset (tokens uint16, labels per
+    level) until it saves it."""
+    per_token = 2 + (7 * len(grammar.levels) if grammar.levels else 0)  # bytes
+    mean = min(grammar.mean_length, max_len or math.inf) + 2  # tokens per string, BOS and EOS
+    need = n * mean * per_token
+    if need > MAX_BYTES:
+        raise CfglabError(
+            f"-n {n}: about {need / 1024**3:.1f} GiB of strings and labels would be held "
+            f"in memory while writing (limit {MAX_BYTES / 1024**3:.0f} GiB): give a "
+            f"smaller -n (at most ~{int(MAX_BYTES / (mean * per_token)):,})"
+        )
+
+
+def read_meta(path: str | Path) -> dict:
+    """A saved dataset's meta.json (OSError / ValueError if missing or not JSON)."""
+    return json.loads((Path(path) / META).read_text())
 
 
 def write_dataset(
@@ -103,7 +127,7 @@ def write_dataset(
         "eos": vocab.eos,
         "vocab_size": vocab.size,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -126,7 +150,7 @@ class SavedDataset(_Batches):
     ) -> None:
         path = Path(path)
         try:
-            meta = json.loads((path / "meta.json").read_text())
+            meta = read_meta(path)
             self.tokens = np.load(path / "tokens.npy", mmap_mode="r")
             self.offsets = np.load(path / "offsets.npy", mmap_mode="r")
             written = Grammar.from_text(meta["grammar_text"], name=str(meta["grammar"]))
@@ -196,7 +220,7 @@ def read_training_strings(dataset_dir: str | Path) -> set[bytes]:
     try:
         tokens = np.load(d / "tokens.npy", mmap_mode="r")
         offsets = np.load(d / "offsets.npy")
-        eos = json.loads((d / "meta.json").read_text())["eos"]
+        eos = read_meta(d)["eos"]
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"{d}: not a saved dataset ({exc}); the run's data.dataset must be a "

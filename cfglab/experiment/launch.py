@@ -7,7 +7,7 @@ RUN_DIR/log.txt and its state in RUN_DIR/run_status.json (running / done / faile
 wall time, the error line). The experiment's status.json gathers the runs' states. A failed run
 is recorded and the others go on. Ctrl-C stops the sweep: the runs in flight save a checkpoint,
 queued runs do not start, and a later sweep finishes only what is missing. A run is held by one
-process at a time (RUN_LOCK); pool workers whose sweep was killed save, then exit.
+process at a time (expdir.run_lock); pool workers whose sweep was killed save, then exit.
 
 Local executor: a pool of `workers` processes, each with cores // workers torch threads
 (CFGLAB_MAX_THREADS), so workers x threads <= cores. SLURM: one job-array task per run through
@@ -33,18 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cfglab import rundir
+from cfglab import expdir, rundir
 from cfglab.config import config_from_dict
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.experiment.grid import Experiment, RunSpec
 
-try:
-    import fcntl  # POSIX: run locks
-except ImportError:  # Windows: no lock; one sweep per experiment folder is then up to the user
-    fcntl = None
-
-RUN_STATUS = "run_status.json"
-RUN_LOCK = "run.lock"  # held (flock) by the process running the run: one process per run
 ORPHAN_GRACE_S = 120.0  # a worker whose sweep died: time for its run to checkpoint, then exit
 STATUS_EVERY_S = 5.0  # status.json is refreshed at least this often while local runs go on
 
@@ -63,10 +56,9 @@ def check_run_folders(exp: Experiment) -> None:
     data, model and train settings). A sweep resumes and skips by folder, so a run trained under
     other settings would be reused or refused mid-sweep, and compare would report its old
     numbers under the new settings: ConfigError naming the first such run and the fix."""
-    plan = exp.out / "experiment.json"
     try:
-        recorded = json.loads(plan.read_text()).get("file") if plan.is_file() else None
-    except (OSError, ValueError, AttributeError):
+        recorded = (expdir.read_plan(exp.out) or {}).get("file")
+    except CfglabError:  # a corrupt plan is rewritten by this sweep
         recorded = None
     if recorded and Path(recorded).resolve() != exp.file.resolve() and Path(recorded).is_file():
         raise ConfigError(
@@ -107,8 +99,7 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
     `started` is called once the run is marked running. Never raises for a run's own failure:
     returns {state, seconds, error}."""
     run_dir = Path(job["dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir) as owner:
+    with expdir.run_lock(run_dir) as owner:
         if owner is not None:  # e.g. a worker of a killed sweep, still saving its checkpoint
             return {
                 "state": "failed",
@@ -119,39 +110,15 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
         return _run_locked(run_dir, job, started)
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    """Hold RUN_LOCK of the run for the duration; yields None when held, else the pid of the
-    process that holds it (read from the lock file)."""
-    if fcntl is None:
-        yield None
-        return
-    with open(run_dir / RUN_LOCK, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            yield f.read().strip() or "?"
-            return
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            yield None
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _run_locked(
     run_dir: Path, job: dict[str, Any], started: Callable[[], object] | None
 ) -> dict[str, Any]:
     status = {"state": "running", "seconds": None, "error": None, "pid": os.getpid()}
-    rundir.write_json_atomic(run_dir / RUN_STATUS, status)
+    expdir.write_run_status(run_dir, status)
     if started is not None:
         started()
     t0 = time.perf_counter()
-    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+    with expdir.open_run_log(run_dir) as log:
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 from cfglab.stages import run_stages
@@ -167,7 +134,7 @@ def _run_locked(
             status.update(state="failed", error=f"{type(exc).__name__}: {exc} (see log.txt)")
     status["seconds"] = round(time.perf_counter() - t0, 1)
     status.pop("pid")
-    rundir.write_json_atomic(run_dir / RUN_STATUS, status)
+    expdir.write_run_status(run_dir, status)
     return status
 
 
@@ -207,20 +174,18 @@ def _pool_run(job: dict[str, Any]) -> dict[str, Any]:
 
 def write_status(exp: Experiment) -> dict[str, dict]:
     """status.json: every run's state (pending when it has not started)."""
-    states = {}
-    for spec in exp.all_runs:
-        path = spec.dir / RUN_STATUS
-        try:
-            states[spec.dir.name] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            states[spec.dir.name] = {"state": "pending", "seconds": None, "error": None}
-    rundir.write_json_atomic(exp.out / "status.json", states)
+    states = {spec.dir.name: expdir.read_run_status(spec.dir) for spec in exp.all_runs}
+    expdir.write_status(exp.out, states)
     return states
 
 
+def worker_threads(workers: int) -> int:
+    """Each local worker's torch threads (its cap, CFGLAB_MAX_THREADS): cores // workers."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    threads = worker_threads(workers)
     if workers == 1:  # in this process: no pool to start
         _worker_init(threads)
         for spec in specs:
@@ -248,8 +213,8 @@ def run_local(exp: Experiment, specs: list[RunSpec], workers: int) -> None:
                         state = future.result()["state"]
                     except Exception as exc:  # noqa: BLE001  (a worker that died)
                         state = "failed"
-                        rundir.write_json_atomic(
-                            spec.dir / RUN_STATUS,
+                        expdir.write_run_status(
+                            spec.dir,
                             {"state": "failed", "seconds": None, "error": f"worker died: {exc}"},
                         )
                     print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
@@ -344,109 +309,12 @@ def run_submitit(exp: Experiment, specs: list[RunSpec], cluster: str | None = No
         except Exception as exc:  # noqa: BLE001  (the scheduler's error: time limit, OOM, ...)
             state = "failed"
             line = str(exc).strip().splitlines()
-            rundir.write_json_atomic(
-                spec.dir / RUN_STATUS,
+            expdir.write_run_status(
+                spec.dir,
                 {"state": "failed", "seconds": None, "error": line[-1] if line else repr(exc)},
             )
         print(f"run {spec.dir.name}: {state}", file=sys.stderr, flush=True)
         write_status(exp)
-
-
-def step_seconds(cfg, threads: int) -> float:
-    """Measured seconds of one training step (forward, backward, AdamW) of a config's model
-    and batch on its device: the basis of the plan's time estimate."""
-    import torch
-
-    from cfglab.data.vocab import Vocab
-    from cfglab.model import build_model, gpt_config
-    from cfglab.train.dist import pick_device
-    from cfglab.train.loop import make_optimizer
-    from cfglab.train.objectives import loss_fn
-
-    torch.set_num_threads(threads)
-    device = pick_device(cfg.train.device)
-    vocab = Vocab.from_grammar(cfg.grammar.load())
-    model = build_model(gpt_config(cfg.model, vocab.size)).to(device)
-    opt = make_optimizer(model, cfg)
-    batch = max(1, cfg.train.batch_size // cfg.train.grad_accum)
-    x = torch.randint(1, vocab.eos, (batch, cfg.model.block_size), device=device)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(cfg.train.grad_accum):
-            loss_fn(model(x), x).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
-
-
-MEASURE_MAX_PARAMS = 5_000_000  # larger models: a FLOP count instead of a measured step rate
-H100_BF16_FLOPS, ASSUMED_MFU = 989e12, 0.4  # for GPU-sized runs' cost, stated as such
-
-
-def n_params(cfg) -> int:
-    """Parameters of a config's model (built on the meta device: no memory, no time)."""
-    import torch
-
-    from cfglab.data.vocab import Vocab
-    from cfglab.model import build_model, gpt_config
-
-    with torch.device("meta"):
-        model = build_model(gpt_config(cfg.model, Vocab.from_grammar(cfg.grammar.load()).size))
-    return sum(p.numel() for p in model.parameters())
-
-
-def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> list[str]:
-    """The plan: runs, tokens, and the training time: measured step rates for CPU-sized models,
-    a FLOP count (6 N per token) at an assumed 40% of an H100's bf16 peak for larger ones."""
-    tokens = sum(
-        s.config.train.max_steps * s.config.train.batch_size * s.config.model.block_size
-        for s in exp.runs
-    )
-    lines = [
-        f"experiment {exp.name}: {len(exp.runs)} runs ({len(todo)} with stages left) in "
-        f"{exp.out}, stages {', '.join(exp.stages)}, executor {exp.executor['kind']}"
-        + (f" x {exp.executor['workers']} workers" if exp.executor["kind"] == "local" else ""),
-        f"  axes: {', '.join(exp.axes) or '-'}; {tokens / 1e6:,.1f}M training tokens in all",
-    ]
-    if not (estimate and todo):
-        return lines
-    workers = exp.executor["workers"] if exp.executor["kind"] == "local" else 1
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    measured: dict[str, float] = {}
-    total_s, flops = 0.0, 0.0
-    for spec in todo:
-        c = spec.config
-        key = json.dumps(
-            [c.model.__dict__, c.train.batch_size, c.train.grad_accum, c.grammar.name],
-            sort_keys=True,
-            default=str,
-        )
-        n = n_params(c)
-        run_tokens = c.train.max_steps * c.train.batch_size * c.model.block_size
-        if n > MEASURE_MAX_PARAMS:
-            flops += 6 * n * run_tokens
-            continue
-        if key not in measured:
-            measured[key] = step_seconds(c, threads)
-        total_s += measured[key] * c.train.max_steps
-    if total_s:
-        per = min(len(todo), workers)
-        lines.append(
-            f"  estimated training time {total_s / per / 60:,.1f} min on {per} worker(s) "
-            "(measured step rates; evaluation and analysis come on top)"
-        )
-    if flops:
-        gpu_h = flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600
-        lines.append(
-            f"  GPU-sized runs: {flops:.2e} training FLOPs (6 N per token) = {gpu_h:,.0f} "
-            f"H100-hours at {ASSUMED_MFU:.0%} of its bf16 peak (measured on an H200: 39%, "
-            "README 'GPUs')"
-        )
-    return lines
 
 
 def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dict], int]:
@@ -454,15 +322,15 @@ def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dic
     number of runs this call ran)."""
     check_run_folders(exp)
     try:
-        exp.out.mkdir(parents=True, exist_ok=True)
+        expdir.make_folder(exp.out)
     except OSError as exc:  # a file in the way, or no permission
         raise CfglabError(
             f"{exp.file}: out_dir: cannot make {exp.out} ({exc.strerror}); give a folder path"
         ) from None
-    rundir.write_json_atomic(exp.out / "experiment.json", exp.plan())
+    expdir.write_plan(exp.out, exp.plan())
     todo = [spec for spec in exp.runs if pending_stages(spec)]
     for spec in todo:  # a stale "running" from a killed sweep is pending again
-        (spec.dir / RUN_STATUS).unlink(missing_ok=True)
+        expdir.clear_run_status(spec.dir)
     write_status(exp)
     try:
         if todo:

@@ -20,7 +20,6 @@ Everything is read through cfglab.rundir; nothing here imports torch.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -28,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cfglab import rundir
+from cfglab import expdir, rundir
 from cfglab.errors import CfglabError
 from cfglab.report.results import read_checked
 
@@ -118,13 +117,14 @@ def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
     """The runs named by experiment folders and run folders, and the grid axes (in order)."""
     runs, axes = [], []
     for p in map(Path, paths):
-        plan_file = p / "experiment.json"
-        if plan_file.is_file():
+        plan = expdir.read_plan(p)  # None: not an experiment folder
+        if plan is not None:
             try:
-                plan = json.loads(plan_file.read_text())
                 entries = [(r["dir"], r["point"], r["seed"]) for r in plan["runs"]]
-            except (ValueError, KeyError, TypeError):
-                raise CfglabError(f"{plan_file} is corrupt; run `cfglab sweep` again") from None
+            except (KeyError, TypeError):
+                raise CfglabError(
+                    f"{p / expdir.PLAN} is corrupt; run `cfglab sweep` again"
+                ) from None
             axes += [a for a in plan.get("axes", []) if a not in axes]
             for name, point, seed in entries:
                 point = {k: _scalar(v) for k, v in point.items()}
@@ -303,17 +303,6 @@ def _finite(value) -> bool:
         return False
 
 
-def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
-    """A CSV with these columns (missing values empty), written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
-
-
 def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     """results.csv, summary.csv, report.md, report.html and figures/ in `out` (default: the
     one experiment folder given, else ./compare); returns `out`."""
@@ -333,11 +322,11 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     views = run_views(runs)
     curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
     _check_out(out)
-    write_csv(rows, out / "results.csv", [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
+    expdir.write_csv(out / "results.csv", rows, [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
     summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high", "interval"]
-    write_csv(agg, out / "summary.csv", summary_cols)
+    expdir.write_csv(out / "summary.csv", agg, summary_cols)
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
     view_lines, view_figs = draw_views(views, agg, axes, out / "figures", out)
@@ -358,7 +347,7 @@ def _check_out(out: Path) -> None:
                 f"writes its {name}; move it away or give another --out"
             )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        expdir.make_folder(out)
     except OSError as exc:  # a file in the way, or no permission
         raise CfglabError(
             f"--out {out}: cannot make the report folder there ({exc.strerror}); give a folder "

@@ -8,6 +8,8 @@ import html
 import re
 from pathlib import Path
 
+from cfglab import rundir
+
 
 def md_to_html(md: str, figs: dict[str, Path], rel_to: Path) -> str:
     """A minimal Markdown -> HTML for our own report (headings, tables, images, lists, bold)."""
@@ -28,7 +30,7 @@ def md_to_html(md: str, figs: dict[str, Path], rel_to: Path) -> str:
             body.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
         elif line.startswith("!["):
             alt, src = re.match(r"!\[(.*)\]\((.*)\)", line).groups()
-            data = base64.b64encode(paths[src].read_bytes()).decode()
+            data = base64.b64encode(rundir.read_bytes(paths[src])).decode()
             body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
         elif line.startswith("|"):
             rows = []

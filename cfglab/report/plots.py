@@ -1,4 +1,5 @@
-"""One function per report figure (no torch): each takes plain data and a path, writes a PNG.
+"""One function per report figure (no torch): each takes plain data and a path, writes a PNG
+(through cfglab.rundir: `_save`).
 
 matplotlib runs with the Agg backend (no display needed); figures are closed after saving so a
 report over many runs does not accumulate memory.
@@ -6,21 +7,26 @@ report over many runs does not accumulate memory.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+
+from cfglab import rundir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render the figure as PNG bytes in memory and write them through the run's (or the
+    comparison's) file owner, atomically; the figure is closed."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return rundir.write_bytes_atomic(path, png.getvalue())
 
 
 def plot_loss(

@@ -216,8 +216,7 @@ def start_run_files(s: Setup) -> None:
     if not s.info.is_master:
         return
     cfg, t = s.cfg, s.cfg.train
-    s.run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_run_record(s.run_dir, cfg, s.grammar, cfg.data.dataset)
+    rundir.write_run_record(s.run_dir, cfg, s.grammar, cfg.data.dataset)  # makes the folder
     n_params = sum(p.numel() for p in s.raw_model.parameters())
     dist.print0(
         f"cfglab train: {s.run_dir} | {n_params / 1e6:.2f}M parameters | "

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cfglab.experiment.estimate import plan_lines
 from cfglab.experiment.grid import load_experiment
-from cfglab.experiment.launch import plan_lines
 from cfglab.report.compare import FIXED, QUALIFIERS, VALUES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,85 @@
+"""The `cfglab` command: one dispatch table, argparse, and the only place errors become exit codes.
+
+Every command is a triple (help, add its arguments, run it) in COMMANDS, gathered from one
+module per command group, each holding argument definitions and dispatch only:
+
+    cli/grammar.py      grammar (list, show, check, random, implicit)
+    cli/strings.py      parse, prob, sample, corrupt
+    cli/runs.py         train, run, data, generate
+    cli/experiments.py  sweep, compare (the sweep's policy: cfglab.experiment.sweep)
+    cli/stages.py       eval, analyze, probe, attention, dynamics, report (flags as --set)
+    cli/common.py       what they share: argument checks naming the flag, --set, line output
+
+Library code raises `CfglabError`; here it becomes `cfglab: error: <message>` on stderr and
+exit 2, with no traceback unless CFGLAB_DEBUG=1; Ctrl-C exits 130. Heavy imports (torch)
+happen inside the commands that need them, so `cfglab grammar list` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from cfglab.cli import experiments, grammar, runs, stages, strings
+from cfglab.errors import CfglabError, GrammarWarning
+
+# name: (help, add_arguments, run), in `cfglab --help`'s order
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    **grammar.COMMANDS,
+    **strings.COMMANDS,
+    **runs.COMMANDS,
+    **experiments.COMMANDS,
+    **stages.COMMANDS,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 like every other cfglab error."""
+
+    def error(self, message: str):
+        self.exit(2, f"cfglab: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cfglab",
+        description="Physics-of-language-models experiments on synthetic context-free grammars. "
+        "Start with: cfglab run configs/quickstart.yaml",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """cfglab's own warnings (GrammarWarning: an unreachable nonterminal, ...) as one line in
+    the CLI's voice; others as Python prints them."""
+    if issubclass(category, GrammarWarning):
+        print(f"cfglab: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command][2](args)
+    except CfglabError as exc:
+        if os.environ.get("CFGLAB_DEBUG") == "1":
+            raise
+        print(f"cfglab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cfglab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cfglab sample ... | head`
+        sys.stderr.close()
+        return 0

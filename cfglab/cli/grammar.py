@@ -1,0 +1,154 @@
+"""`cfglab grammar`: list, show, check, random and implicit grammars. Defaults come from the
+config schema (RandomGrammarDefaults, ImplicitConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from cfglab.cli.common import write_lines
+from cfglab.config.schema import ImplicitConfig, RandomGrammarDefaults
+from cfglab.errors import GrammarWarning
+
+
+def add_grammar(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="the built-in grammars: name, levels, NTs, rules, mean length")
+    show = sub.add_parser("show", help="print a grammar in NLTK syntax")
+    show.add_argument("grammar", help="built-in name or grammar file")
+    check = sub.add_parser("check", help="validate a grammar file")
+    check.add_argument("grammar", help="grammar file (NLTK CFG/PCFG syntax)")
+    _add_random(sub.add_parser("random", help="a random layered CFG by the paper's recipe"))
+    _add_implicit(
+        sub.add_parser(
+            "implicit",
+            help="an implicit CFG: each terminal emits a token from its bag (Result 10)",
+        )
+    )
+
+
+def _add_random(rnd: argparse.ArgumentParser) -> None:
+    d = RandomGrammarDefaults()
+    rnd.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=d.levels,
+        help="symbols per level from the root (1) to the terminals",
+    )
+    rnd.add_argument(
+        "--rules",
+        type=int,
+        nargs=2,
+        default=d.rules,
+        metavar=("MIN", "MAX"),
+        help="rules per nonterminal",
+    )
+    rnd.add_argument(
+        "--length",
+        type=int,
+        nargs=2,
+        default=d.length,
+        metavar=("MIN", "MAX"),
+        help="symbols per rule",
+    )
+    rnd.add_argument(
+        "--distinct-symbols",
+        action="store_true",
+        help="no symbol twice in one rule (the paper's cfg3b)",
+    )
+    rnd.add_argument("--seed", type=int, default=d.seed)
+    rnd.add_argument("-o", "--output", help="write here instead of stdout")
+
+
+def _add_implicit(imp: argparse.ArgumentParser) -> None:
+    d = ImplicitConfig()
+    imp.add_argument("grammar", help="built-in name or grammar file")
+    imp.add_argument("--mode", default=d.mode, help=f"bags: {d.mode} (default) or overlap")
+    imp.add_argument("--tokens", type=int, required=True, help="observable tokens 1..V")
+    imp.add_argument("--weights", default=d.weights, help="within a bag: uniform or nu1")
+    imp.add_argument("--seed", type=int, default=d.seed, help="seeds the overlap bags")
+    imp.add_argument("-o", "--output", help="write here instead of stdout")
+
+
+def run_grammar(args: argparse.Namespace) -> int:
+    {"list": _list, "show": _show, "check": _check, "random": _random, "implicit": _implicit}[
+        args.action
+    ](args)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> None:
+    from cfglab.grammar import BUILTIN_GRAMMARS, load
+
+    print(
+        f"{'name':8} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
+        "  description"
+    )
+    for name, desc in BUILTIN_GRAMMARS.items():
+        g = load(name)
+        print(
+            f"{name:8} {len(g.levels) + 1:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
+            f"{g.mean_length:>9.1f}  {desc}"
+        )
+
+
+def _show(args: argparse.Namespace) -> None:
+    from cfglab.grammar import load
+
+    print(load(args.grammar).to_text(), end="")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from cfglab.data.sampler import check_length
+    from cfglab.errors import SamplingError
+    from cfglab.grammar import BUILTIN_GRAMMARS, load
+
+    if args.grammar in BUILTIN_GRAMMARS:
+        g = load(args.grammar)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GrammarWarning)
+            g = load(args.grammar)
+        for w in caught:
+            print(f"cfglab: warning: {w.message}", file=sys.stderr)
+    layered = f"layered, {len(g.levels) + 1} levels" if g.levels else "not layered"
+    print(
+        f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "
+        f"rules, {layered}, length mean {g.mean_length:.4g} sd {g.length_sd:.4g})"
+    )
+    try:  # usable, but not without a length cap: say so now rather than at `sample`
+        check_length(g)
+    except SamplingError as exc:
+        print(f"cfglab: warning: {exc}", file=sys.stderr)
+
+
+def _random(args: argparse.Namespace) -> None:
+    from cfglab.data.lines import check_output_file
+    from cfglab.grammar import Grammar, random_cfg
+
+    if args.output:
+        check_output_file(args.output)
+    g = random_cfg(
+        sizes=tuple(args.levels),
+        rules_per_nt=tuple(args.rules),
+        rule_len=tuple(args.length),
+        distinct_symbols_in_rule=args.distinct_symbols,
+        seed=args.seed,
+    )
+    text = g.to_text()
+    Grammar.from_text(text)  # what we write must read back
+    write_lines(text.splitlines(), args.output)
+
+
+def _implicit(args: argparse.Namespace) -> None:
+    from cfglab.grammar import Grammar, load, make_implicit
+
+    g = make_implicit(load(args.grammar), args.mode, args.tokens, args.weights, args.seed)
+    text = g.to_text()
+    Grammar.from_text(text)  # what we write must read back
+    write_lines(text.splitlines(), args.output)
+
+
+COMMANDS = {"grammar": ("list, show, check and generate grammars", add_grammar, run_grammar)}

@@ -1,0 +1,179 @@
+"""`cfglab train`, `run`, `data` and `generate`: a run from a config (its training, or all its
+stages), a saved dataset for a config, and generations from a trained run. Defaults come from
+the config schema (GenerateDefaults)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from cfglab.cli.common import add_config_args, check_float, check_int
+from cfglab.config.schema import GenerateDefaults
+from cfglab.errors import CfglabError, ConfigError
+
+
+# ---- train, run --------------------------------------------------------------------------------
+def add_train(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest complete checkpoint"
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue with changed training settings (recorded in history.jsonl)",
+    )
+    p.add_argument("--out", metavar="DIR", help="run directory (default: <out_dir>/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
+    from cfglab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # fails before torch is even imported
+    from cfglab.stages import run_stage, run_stages
+    from cfglab.train import dist
+
+    run_dir = Path(args.out) if args.out else cfg.run_dir
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes only applies with --resume")
+    options = {
+        "resume": args.resume,
+        "allow_changes": args.allow_changes,
+        "progress": not args.no_progress,
+    }
+    try:
+        if only_train:
+            run_stage("train", cfg, run_dir, **options)
+        else:
+            run_stages(cfg, run_dir, **options)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    return _train_or_run(args, only_train=True)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    return _train_or_run(args, only_train=False)
+
+
+# ---- data --------------------------------------------------------------------------------------
+def add_data(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to write")
+    p.add_argument("-n", type=int, required=True, help="number of strings")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from cfglab.config import load_config
+
+    check_int("-n", args.n, 1, "give at least one string")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CfglabError(f"--out {args.out} is a file: give a folder for the dataset")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise CfglabError(
+            f"--out {args.out} already holds files: give a new or empty folder (nothing there "
+            "is overwritten)"
+        )
+    cfg = load_config(args.config, args.overrides)
+    from cfglab.data.sampler import check_length
+    from cfglab.data.saved import check_memory, read_meta, write_dataset
+    from cfglab.train.steps import training_noise
+
+    grammar = cfg.grammar.load()
+    check_length(grammar, cfg.data.max_len)
+    check_memory(grammar, args.n, cfg.data.max_len)
+    out = write_dataset(
+        grammar,
+        args.out,
+        args.n,
+        seed=cfg.data.seed,
+        max_len=cfg.data.max_len,
+        sampler=cfg.data.sampler,
+        noise=training_noise(cfg),
+    )
+    print(
+        f"wrote {out}: {args.n} strings, {read_meta(out)['n_tokens']} tokens (tokens.npy, "
+        "offsets.npy, labels, meta.json); train on it with --set data.dataset=" + str(out)
+    )
+    return 0
+
+
+# ---- generate ----------------------------------------------------------------------------------
+def add_generate(p: argparse.ArgumentParser) -> None:
+    d = GenerateDefaults()
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
+    p.add_argument(
+        "-n",
+        type=int,
+        default=d.n,
+        help="generations from BOS, or completions per prompt with --prompts",
+    )
+    p.add_argument(
+        "--prompts", metavar="FILE", help="prompts, one per line, terminals separated by spaces"
+    )
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the run's train.device)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from cfglab.stages import generate_from_run
+
+    check_int("-n", args.n, 1, "give at least one generation")
+    check_float("--temperature", args.temperature, 0.0, math.inf, open_lo=True)
+    check_int("--seed", args.seed, 0, "give a seed >= 0")
+    check_int("--threads", args.threads, 1, "give at least one thread")
+    prompts = labels = None
+    if args.prompts:
+        from cfglab.data.lines import read_prompts
+
+        # blank lines are skipped; a file with no prompt is an error, not a run from BOS
+        numbered = read_prompts(args.prompts)
+        prompts = [toks for _, toks in numbered]
+        labels = [f"{args.prompts}:{i}" for i, _ in numbered]
+    strings = generate_from_run(
+        args.run_dir,
+        args.n,
+        prompts=prompts,
+        prompt_labels=labels,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
+    for tokens in strings:  # written as they come: bounded memory, output before Ctrl-C kept
+        sys.stdout.write(" ".join(tokens) + "\n")
+    return 0
+
+
+# name: (help, add its arguments, run it), in `cfglab --help`'s order
+COMMANDS = {
+    "train": (
+        "train a model from an experiment config (also under torchrun)",
+        add_train,
+        run_train,
+    ),
+    "run": (
+        "the whole experiment: the config's stages in order on one run directory",
+        add_train,
+        run_run,
+    ),
+    "data": (
+        "write a saved (memory-mapped) dataset of strings and labels for a config",
+        add_data,
+        run_data,
+    ),
+    "generate": (
+        "generate strings from a trained run (one per line, prompt included)",
+        add_generate,
+        run_generate,
+    ),
+}
