@@ -204,14 +204,20 @@ def bench_cli(n: int = CLI_STRINGS, repeat: int = 3) -> None:
     """`cfglab parse cfg3f FILE` and `cfglab prob cfg3f FILE --next` on n sampled strings as
     fresh processes, start-up included, against NLTK's chart parser on the first NLTK_K of the
     same strings (NLTK has no next-token distribution: its parse time is the reference of both
-    commands). Start-up = the command on an empty file (imports; no kernel is loaded) and on a
-    one-line file (imports, kernel loads, one string); the rest = (all - one line) / (n - 1)."""
+    commands; it runs before and after the commands, the faster pass counts, as the best of
+    `repeat` processes does for cfglab). Start-up = the command on an empty file (imports and
+    Numba's set-up, no kernel loaded) and on a one-line file (and the kernel loads, one
+    string); the rest = (all - one line) / (n - 1)."""
     g = load("cfg3f")
     strings = sample(g, n, seed=1, labels=False).strings()
     parser = nltk_parser(g)
-    t0 = time.perf_counter()
-    assert nltk_recognize(parser, g, strings[:NLTK_K]).all()
-    t_nltk = (time.perf_counter() - t0) / NLTK_K
+
+    def nltk_pass() -> float:
+        t0 = time.perf_counter()
+        assert nltk_recognize(parser, g, strings[:NLTK_K]).all()
+        return (time.perf_counter() - t0) / NLTK_K
+
+    t_nltk = nltk_pass()
     lines = [" ".join(g.terminals[t - 1] for t in x) + "\n" for x in strings]
     # the library calls the commands make, in this process (kernels loaded before timing)
     cyk.judge(g, strings[:2])
@@ -225,17 +231,7 @@ def bench_cli(n: int = CLI_STRINGS, repeat: int = 3) -> None:
         "parse": (["parse", "cfg3f"], lambda: cyk.judge(g, strings), n + 1),
         "prob --next": (["prob", "cfg3f"], prob_next, None),
     }
-    print(
-        f"end to end on {n:,} cfg3f strings (mean length {np.mean([len(x) for x in strings]):.0f}"
-        f"), output to a file, best of {repeat} processes after a warm-up that fills Numba's "
-        f"cache; NLTK's chart parser on the first {NLTK_K} of the same strings: "
-        f"{t_nltk * 1e3:.1f} ms per string (parse only: nltk imported and the parser built "
-        "before timing)"
-    )
-    print(
-        f"{'command':22} {'total s':>8} {'ms/str':>7} {'empty s':>8} {'1 line s':>8} "
-        f"{'rest ms/str':>11} {'library ms/str':>14} {'xNLTK':>6}"
-    )
+    rows = []  # (command, wall seconds by file, library seconds per string)
     with tempfile.TemporaryDirectory() as tmp:
         files = {"all": Path(tmp) / "all.txt", "one": Path(tmp) / "one.txt"}
         files["all"].write_text("".join(lines))
@@ -256,13 +252,26 @@ def bench_cli(n: int = CLI_STRINGS, repeat: int = 3) -> None:
                 assert text.count("\n") == n_out and text.endswith(f"accepted {n} of {n}\n")
             else:
                 assert text.count("# line") == n
-            t_lib = best_of(library) / n
-            print(
-                f"cfglab {name:15} {t['all']:>8.2f} {t['all'] / n * 1e3:>7.3f} "
-                f"{t['empty']:>8.2f} {t['one']:>8.2f} "
-                f"{(t['all'] - t['one']) / (n - 1) * 1e3:>11.3f} {t_lib * 1e3:>14.3f} "
-                f"{t_nltk / (t['all'] / n):>6.0f}"
-            )
+            rows.append((name, t, best_of(library) / n))
+    t_nltk = min(t_nltk, nltk_pass())
+    print(
+        f"end to end on {n:,} cfg3f strings (mean length {np.mean([len(x) for x in strings]):.0f}"
+        f"), output to a file, best of {repeat} processes after a warm-up that fills Numba's "
+        f"cache; NLTK's chart parser on the first {NLTK_K} of the same strings: "
+        f"{t_nltk * 1e3:.1f} ms per string (parse only: nltk imported and the parser built "
+        "before timing; the faster of two passes)"
+    )
+    print(
+        f"{'command':22} {'total s':>8} {'ms/str':>7} {'empty s':>8} {'1 line s':>8} "
+        f"{'rest ms/str':>11} {'library ms/str':>14} {'xNLTK':>6}"
+    )
+    for name, t, t_lib in rows:
+        print(
+            f"cfglab {name:15} {t['all']:>8.2f} {t['all'] / n * 1e3:>7.3f} "
+            f"{t['empty']:>8.2f} {t['one']:>8.2f} "
+            f"{(t['all'] - t['one']) / (n - 1) * 1e3:>11.3f} {t_lib * 1e3:>14.3f} "
+            f"{t_nltk / (t['all'] / n):>6.0f}"
+        )
     print(
         "goal: both commands >= 300x NLTK per string, start-up included (prob --next against "
         "NLTK's parse time: NLTK has no next-token distribution)"

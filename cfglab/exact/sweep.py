@@ -117,7 +117,7 @@ def run(
     """Sweep one string (token ids 1..T), returning to Python every WORK_PER_CALL steps.
 
     Returns (log_c (n,), eos (n+1,), rows (n+1 or 0, T+1), first_error, cell_start, end_off,
-    ent_off, ent_sym, ent_val) as documented in `kernels.advance`."""
+    ent_off, ent_sym, ent_val) as documented in `kernels.new_state`."""
     if is_prob and nf.underflow:
         raise ExactError(nf.underflow)
     x = np.ascontiguousarray(x, dtype=np.int64)
