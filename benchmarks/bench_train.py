@@ -1,12 +1,15 @@
-"""Training throughput: the full loop (fresh sampling + step) against the bare model step.
+"""Training throughput: the full loop (fresh sampling + step) against the bare model step, at
+every thread count, and the count `train.threads: auto` chooses.
 
 Same config (configs/quickstart.yaml), same process, interleaved repeats, best of each:
 - bare:  forward + backward + clip + AdamW on one fixed batch already in memory;
 - full:  `cfglab.train.loop.train` for the same number of steps: fresh windows from the
          sampler (prefetched in a background thread), objective, the same step, logging.
-Goal: full / bare >= 0.9 (data never starves the model). Also printed: the time sampling one
-step's windows takes, as a share of the bare step (the cost the prefetch thread must hide),
-and, if runs/quickstart exists, the quickstart's wall time and cut0 accuracy.
+Both at 1..(cores) torch threads, then the full loop with `auto` (which times the step itself
+at each count and keeps the fastest). Goal: full / bare >= 0.9 at the best count (data never
+starves the model). Also printed: the machine's load, the time sampling one step's windows
+takes, as a share of the bare step (the cost the prefetch thread must hide), and, if
+runs/quickstart exists, the quickstart's wall time and cut0 accuracy.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ WARMUP = 10
 REPEATS = 3
 
 
-def _bare(cfg, steps: int) -> float:
+def _bare(cfg, steps: int, threads: int) -> float:
     import torch
 
     from cfglab.data.dataset import FreshStream
@@ -32,8 +35,7 @@ def _bare(cfg, steps: int) -> float:
     from cfglab.train.objectives import get_objective, loss_fn
 
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    torch.set_num_threads(threads)
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     torch.manual_seed(0)
@@ -54,11 +56,16 @@ def _bare(cfg, steps: int) -> float:
     return (steps - WARMUP) * t.batch_size * cfg.model.block_size / (time.perf_counter() - t0)
 
 
-def _full(cfg, steps: int) -> tuple[float, float]:
-    """Tokens/s of `train` between the metrics lines at WARMUP and `steps`; data-wait share."""
+def _full(cfg, steps: int) -> tuple[float, float, str]:
+    """Tokens/s of `train` between the metrics lines at WARMUP and `steps`; data-wait share;
+    the threads line it printed."""
+    import contextlib
+    import io
+
     from cfglab.train.loop import train
 
-    with tempfile.TemporaryDirectory() as d:
+    said = io.StringIO()
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(said):
         cfg.out_dir = d
         cfg.train.max_steps = steps
         cfg.train.log_every = WARMUP
@@ -70,7 +77,8 @@ def _full(cfg, steps: int) -> tuple[float, float]:
     first = next(r for r in lines if r["step"] == WARMUP)
     last = next(r for r in lines if r["step"] == steps)
     tokens = last["tokens"] - first["tokens"]
-    return tokens / (last["elapsed_s"] - first["elapsed_s"]), last["data_wait_frac"]
+    threads = next((x for x in said.getvalue().splitlines() if x.startswith("threads:")), "")
+    return tokens / (last["elapsed_s"] - first["elapsed_s"]), last["data_wait_frac"], threads
 
 
 def _sampling_seconds(cfg, steps: int = 5) -> float:
@@ -84,29 +92,45 @@ def _sampling_seconds(cfg, steps: int = 5) -> float:
 
 
 def main() -> None:
+    import os
+
     from cfglab.config import load_config
+    from cfglab.train.threads import max_threads
 
     path = ROOT / "configs" / "quickstart.yaml"
-    bare, full, wait = [], [], []
+    counts = list(range(1, max_threads() + 1))
+    bare = {n: [] for n in counts}
+    full = {n: [] for n in [*counts, "auto"]}
+    wait, chose = [], []
     for _ in range(REPEATS):
-        bare.append(_bare(load_config(path), STEPS))
-        f, w = _full(load_config(path), STEPS)
-        full.append(f)
-        wait.append(w)
+        for n in counts:
+            bare[n].append(_bare(load_config(path), STEPS, n))
+        for n in [*counts, "auto"]:
+            f, w, line = _full(load_config(path, [f"train.threads={n}"]), STEPS)
+            full[n].append(f)
+            wait.append(w)
+            if n == "auto":
+                chose.append(line)
     cfg = load_config(path)
     tok_step = cfg.train.batch_size * cfg.model.block_size
     samp = _sampling_seconds(cfg)
-    b, f = max(bare), max(full)
     print(
         f"config {path.relative_to(ROOT)}: {tok_step} tokens/step, steps {WARMUP}-{STEPS} timed, "
-        f"{REPEATS} interleaved repeats (best of each)"
+        f"{REPEATS} interleaved repeats (best of each); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print(f"  bare model step   {b:10,.0f} tokens/s")
+    print(f"  {'threads':>8} {'bare step':>14} {'full loop':>14} {'full/bare':>10}")
+    for n in counts:
+        b, f = max(bare[n]), max(full[n])
+        print(f"  {n:>8} {b:10,.0f} tok/s {f:10,.0f} tok/s {f / b:10.3f}")
+    best = max(counts, key=lambda n: max(full[n]))
     print(
-        f"  full loop         {f:10,.0f} tokens/s   (time blocked on data: "
-        f"{min(wait):.1%} of the loop)"
+        f"  {'auto':>8} {'':>14} {max(full['auto']):10,.0f} tok/s   chose: "
+        + "; ".join(sorted(set(chose)))
     )
-    print(f"  ratio full/bare   {f / b:10.3f}   (goal >= 0.9)")
+    b, f = max(bare[best]), max(full[best])
+    print(f"  ratio full/bare at {best} thread(s): {f / b:.3f} (goal >= 0.9)")
+    print(f"  time blocked on data: {min(wait):.1%} of the loop")
     print(
         f"  sampling one step {samp * 1e3:8.1f} ms = {samp / (tok_step / b):.1%} of a bare step "
         "(hidden by the prefetch thread; goal <= 10% blocked)"

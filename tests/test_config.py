@@ -218,6 +218,7 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "dynamics.eval": ["accuracy"],
         "dynamics.analyses": ["probe"],
         "probe.layers": "last",
+        "train.threads": 2,
         "dynamics.probe_layers": "all",
         "eval.cuts": [0, 7],
         "eval.temperatures": [0.5, 1.0],

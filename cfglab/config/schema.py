@@ -165,7 +165,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     dtype: str = "auto"  # auto (bf16 autocast on CUDA), float32, bfloat16
     compile: bool = False  # torch.compile the model
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    threads: int | str | None = "auto"  # torch CPU threads: auto (measured), a number, or None
     log_every: int = 10  # steps between metrics.jsonl lines
     eval_every: int = 100  # steps between validation losses (0: only at the end)
     eval_batches: int = 4  # validation batches (of batch_size windows) per evaluation
@@ -188,7 +188,7 @@ class EvalConfig:
     batch_size: int = 32  # sequences per model call
     seed: int | str = 1  # every eval stream is keyed by (seed, purpose); per_run: the run's
     device: str | None = None  # None: the run's train.device
-    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+    threads: int | str | None = None  # torch CPU threads: auto, a number; None: train.threads
 
 
 @dataclass
@@ -223,7 +223,7 @@ class AttentionConfig:
 @dataclass
 class AnalyzeConfig:
     device: str | None = None  # where every analysis family runs (None: the run's train.device)
-    threads: int | None = None  # torch CPU threads (None: the run's train.threads)
+    threads: int | str | None = None  # torch CPU threads: auto, a number; None: train.threads
 
 
 @dataclass

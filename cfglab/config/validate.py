@@ -135,7 +135,11 @@ def _minimums(cfg: ExperimentConfig) -> dict[str, tuple[Any, int]]:
             at_least[f"{section}.seed"] = (seed, 0)
     for section in ("train", "eval", "analyze"):
         threads = getattr(cfg, section).threads
-        if threads is not None:
+        if isinstance(threads, str) and threads != "auto":
+            raise ConfigError(
+                f"{section}.threads: {threads!r}; give auto (measured), a number >= 1 or null"
+            )
+        if isinstance(threads, int):
             at_least[f"{section}.threads"] = (threads, 1)
     return at_least
 

@@ -31,9 +31,8 @@ def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Pa
     threads set; `section` is cfg.eval / cfg.analyze (device, threads None: the run's
     train.device / train.threads)."""
     from cfglab.train.checkpoint import load_model
-    from cfglab.train.dist import pick_device, set_threads
+    from cfglab.train.dist import pick_device
 
-    set_threads(section.threads if section.threads is not None else cfg.train.threads)
     try:
         device = str(pick_device(section.device or cfg.train.device))
     except ConfigError as exc:
@@ -41,7 +40,38 @@ def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Pa
         raise ConfigError(f"device {name!r}: {str(exc).split(': ', 1)[-1]}") from None
     model, _ = load_model(run_dir, device="cpu", checkpoint=checkpoint)
     grammar = rundir.read_run_grammar(run_dir, cfg.grammar.name)
-    return model.to(device), grammar
+    model = model.to(device)
+    threads = section.threads if section.threads is not None else cfg.train.threads
+    _set_stage_threads(threads, model)
+    return model, grammar
+
+
+_CHOSEN: dict[tuple, int] = {}  # (setting, model shape) -> threads: measured once per process
+
+
+def _set_stage_threads(setting, model) -> None:
+    """A stage's torch threads; `auto` times the model's forward pass on a batch of windows
+    (once per process and model shape: the dynamics stage loads a checkpoint after another)."""
+    import torch
+
+    from cfglab.train.threads import AUTO, apply_threads
+
+    key = (setting, model.config.n_layer, model.config.n_embd, model.config.block_size)
+    if setting == AUTO and key in _CHOSEN:
+        torch.set_num_threads(_CHOSEN[key])
+        return
+    x = torch.ones(
+        8, model.config.block_size, dtype=torch.long, device=next(model.parameters()).device
+    )
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    line = apply_threads(setting, forward if setting == AUTO else None)
+    if setting == AUTO:
+        _CHOSEN[key] = torch.get_num_threads()
+        say(line)
 
 
 def checkpoint_step(run_dir: Path, checkpoint: Path | None = None) -> int:

@@ -85,16 +85,6 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, dev)
 
 
-def set_threads(threads: int | None) -> None:
-    """torch CPU threads: `threads`, capped by $CFGLAB_MAX_THREADS (a sweep's share of the cores
-    per worker), which also applies when `threads` is None (torch's default: every core)."""
-    cap = int(os.environ.get("CFGLAB_MAX_THREADS") or 0)
-    if cap:
-        threads = min(threads or cap, cap)
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def cleanup() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()

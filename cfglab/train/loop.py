@@ -49,11 +49,13 @@ from cfglab.train.steps import (
     make_data,
     make_optimizer,
     out_of_language,
+    step_probe,
     validation_loss,
     validation_windows,
     wrap_model,
 )
 from cfglab.train.steps import training_noise as training_noise  # imported from here elsewhere
+from cfglab.train.threads import apply_threads
 
 
 class DivergedError(CfglabError):
@@ -106,7 +108,6 @@ def setup(
     grammar = cfg.grammar.load()
     vocab = Vocab.from_grammar(grammar)
     objective = get_objective(t.objective, t.mlm_prob)
-    dist.set_threads(t.threads)
     # seeded by train.seed: the analyses' random-init twin is this same draw
     model = build_model(gpt_config(cfg.model, vocab.size), seed=t.seed)  # checks the variant
     model.to(info.device)
@@ -124,6 +125,8 @@ def setup(
             f"{run_dir} already holds a trained run; pass --resume to continue it, "
             "or choose another run name (--set name=...) or --out"
         )
+    probe = step_probe(model, cfg, vocab, objective, info.device)  # None off the CPU
+    dist.print0(apply_threads(t.threads, probe, (state or {}).get("threads")))
     window = cfg.model.block_size + 1  # x = window[:-1], y = window[1:] (see objectives.py)
     train_data = make_data(cfg, grammar, window, info, TRAIN)
     val_windows = validation_windows(cfg, grammar, rank=info.rank, world_size=info.world_size)
@@ -442,6 +445,9 @@ def save_checkpoint(s: Setup, step: int) -> None:
                 "rng": ckpt.rng_state(),
                 # where a sequential data stream (data.sampler physicslm4) continues
                 "data_stream": getattr(s.train_data, "stream_state", lambda _: None)(step),
+                # the threads the run trains with: a resumed run keeps them (the last digits
+                # of float reductions depend on the thread count)
+                "threads": torch.get_num_threads(),
             },
             keep_last=t.keep_last,
             protect=s.keep_steps,

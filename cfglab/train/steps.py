@@ -251,3 +251,26 @@ class CtrlC:
         if self.pressed:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
         self.pressed = True
+
+
+def step_probe(model: nn.Module, cfg: ExperimentConfig, vocab: Vocab, objective, device):
+    """The work `train.threads: auto` times (cfglab.train.threads): one micro-batch's forward
+    and backward of a copy of the model on windows of the run's shape (the weights and the
+    optimizer are not touched; the caller restores torch's random state). None off the CPU,
+    where torch's threads do not matter."""
+    import copy
+
+    if torch.device(device).type != "cpu":
+        return None
+    twin = copy.deepcopy(model)
+    micro = max(1, cfg.train.batch_size // cfg.train.grad_accum)
+    t = cfg.model.block_size + 1
+    windows = (torch.arange(micro * t, device=device) % vocab.eos).view(micro, t)  # (B, T+1)
+
+    def work() -> None:
+        gen = torch.Generator(device=device).manual_seed(0)
+        x, y = objective.make_batch(windows, vocab.eos, vocab.mask, gen)
+        loss_fn(twin(x), y).backward()
+        twin.zero_grad(set_to_none=True)
+
+    return work
