@@ -1,17 +1,20 @@
 """A sweep's plan as printed before any work: its runs, tokens, and how long it will take.
 
-The time is the sum of what each run has left, scheduled over the workers as the local pool
-runs them (each next run to the first free worker), plus the comparison at the end:
+The time is what each run has left, scheduled over the workers as the local pool runs them
+(each next run to the first free worker), plus the comparison at the end:
 - training, measured on the training loop's own code path (`cfglab.train.timing`): for each
   distinct training shape (model, batch, window, grammar, data source, device), setup, steps
   of `train_step` on the run's own batches, one validation and one checkpoint, in this
   process, with the torch threads a worker gives the run; scaled to the steps the run has
   left (a run resumed from its checkpoint trains the rest) on the loop's schedule;
-- the stages after training: rough figures (LATER_S; eval scaled by the strings it generates,
-  analyze by the probe's steps and the model's size), measured on 2 CPU cores for small
-  models, and stated as rough in the plan;
+- the stages after training: rough figures for small models on 2 CPU cores (STAGE_START_S
+  once a process, then per run: eval by the strings it generates and scores, analyze by the
+  probes' steps, layers and width), stated as rough in the plan;
 - a worker's start (a fresh interpreter importing torch and the stages): measured when this
-  process imported them, else rough; none with one worker (the runs run in this process).
+  process imported them, else rough; none with one worker (the runs run in this process);
+- the workers sharing the cores: measured alone, a run goes slower when the sweep's workers
+  and the machine's other load (the load average) want more cores than there are
+  (`contention`).
 GPU-sized models (over MEASURE_MAX_PARAMS parameters) get a FLOP count instead: 6 N per
 training token at an assumed 40% of an H100's bf16 peak.
 
@@ -24,6 +27,7 @@ and the first steps of a process pay one-off costs that the rate must not includ
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -44,6 +48,7 @@ ANALYZE_PER_UNIT_S = 1.5e-3  # per probe step x (layers + 1) x (1 + twin) x (1 +
 REPORT_S, REPORT_ANALYSES_S = 0.3, 1.8  # the report; more with the analyses' figures
 DYNAMICS_ANALYSES_SHARE = 0.56  # a checkpoint's analyses / one analyze stage (bench dynamics)
 WORKER_START_S = 3.0  # rough, when not measured: a spawned worker importing torch + stages
+SPAWN_S = 1.0  # rough: a spawned interpreter's own start and exit, and the pool's hand-offs
 COMPARE_S, COMPARE_PER_RUN_S = 1.0, 0.1  # the comparison at the end
 _MEASURED_START: list[float] = []  # a worker's start, once measured in this process
 
@@ -183,6 +188,20 @@ def schedule(run_seconds: list[float], workers: int, start_s: float) -> float:
     return max(free)
 
 
+def contention(workers: int, threads: int) -> tuple[float, float]:
+    """(how much slower the runs go when `workers` processes of `threads` threads share the
+    cores than they went when measured alone here, the other processes' load): each runnable
+    thread gets min(1, cores / (others + ours)) of a core, `others` being the 1-minute load
+    average (os.getloadavg), which counts the other work on the machine before the sweep."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    others = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+    def share(ours: int) -> float:
+        return min(1.0, (cores or 1) / (others + ours))
+
+    return share(threads) / share(workers * threads), others
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min"
 
@@ -213,21 +232,24 @@ def _estimate_lines(exp: Experiment, todo: list[RunSpec]) -> list[str]:
     workers = workers or len(todo)
     threads = worker_threads(workers) if is_local else exp.executor.get("cpus_per_run", 2)
     # first, as a worker does: so that the first measured setup is not charged with imports
-    spawn_s, spawn_measured = _worker_start_seconds()
+    imports_s, imports_measured = _worker_start_seconds()
+    spawn_s = imports_s + SPAWN_S
     if not (is_local and workers > 1):  # one worker: the runs run in this started process
         spawn_s = 0.0
     costs, flops, used = run_costs(exp, todo, threads)
     # every worker calls each later stage a first time (imports, compiled kernels' load)
     pending = {stage for spec in todo for stage in pending_stages(spec)}
     first_calls = sum(STAGE_START_S.get(stage, 0.0) for stage in pending)
+    slower, load = contention(workers, max(used, default=1)) if is_local else (1.0, 0.0)
     lines = []
     measured = [(t, later) for t, later in costs if t is not None]
     if measured:
         total = schedule([t + later for t, later in measured], workers, spawn_s + first_calls)
-        total += COMPARE_S + COMPARE_PER_RUN_S * len(exp.all_runs)
+        total = total * slower + COMPARE_S + COMPARE_PER_RUN_S * len(exp.all_runs)
         train_s = sum(t for t, _ in measured)
         later_s = sum(later for _, later in measured) + first_calls * min(workers, len(measured))
-        start = f", worker start {spawn_s:.1f} s ({'measured' if spawn_measured else 'rough'})"
+        how = "its imports measured" if imports_measured else "rough"
+        start = f", worker start {spawn_s:.1f} s ({how})"
         per_run = "/".join(map(str, sorted(used))) or "-"
         lines.append(
             f"  estimated time {_duration(total)} on {min(workers, len(measured))} worker(s)"
@@ -235,6 +257,11 @@ def _estimate_lines(exp: Experiment, todo: list[RunSpec]) -> list[str]:
             + f": training {_duration(train_s)} in all (measured on the training loop, "
             f"{per_run} thread(s) per run), later stages {_duration(later_s)} in all (rough)"
             + (start if is_local and workers > 1 else "")
+            + (
+                f"; x{slower:.2f} for {workers} workers sharing the cores at load {load:.1f}"
+                if slower > 1.005
+                else ""
+            )
         )
     if flops:
         gpu_h = sum(flops) / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600
