@@ -123,3 +123,95 @@ def test_completions_with_special_tokens_or_no_eos_are_wrong():
         G, generate, xs, np.random.default_rng(0), cut=CUT, gamma=0.0, batch_size=1000
     )
     assert res["clean"]["n_correct"] == len(range(2, len(xs), 3))
+
+
+def test_eval_writes_the_references_beside_every_robustness_row(tmp_path, capsys):
+    """The acceptance command `cfglab eval RUN --corrupt 0.15 --cut 10` on a (tiny, untrained)
+    quickstart-grammar run: map repair and ceiling (exact: the language is enumerable) per
+    (gamma, cut), the clean control per temperature, the share of prompts still viable."""
+    import json
+
+    from cfglab import cli, rundir
+    from cfglab.config import load_config
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model, gpt_config
+    from cfglab.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    cfg = load_config(
+        ROOT / "configs" / "quickstart.yaml",
+        ["model.block_size=48", "model.n_layer=1", "train.threads=1"],
+    )
+    rundir.write_run_record(run, cfg, cfg.grammar.load())
+    save_checkpoint(
+        run, 1, build_model(gpt_config(cfg.model, Vocab.from_grammar(G).size)), None, {}
+    )
+    argv = ["eval", str(run), "--corrupt", "0.15", "--cut", "10", "--n", "40", "--n-kl", "4"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "robust_ceiling cut=10 gamma=0.15 method=exact" in out
+    rows = json.loads((run / "eval" / "summary.json").read_text())["rows"]
+    by = {r["metric"]: r for r in rows if r["family"] == "robustness"}
+    assert set(by) == {
+        "robust_clean",
+        "robust_no_new_errors",
+        "robust_clean_control",
+        "prompt_still_viable",
+        "robust_map_repair",
+        "robust_ceiling",
+    }
+    for name in ("robust_map_repair", "robust_ceiling"):
+        r = by[name]
+        assert r["method"] == "exact" and r["n"] == 40 and (r["cut"], r["gamma"]) == (10, 0.15)
+        assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
+    # repairing then completing is one completion per prompt: never above the best one
+    assert 0.3 < by["robust_map_repair"]["value"] <= by["robust_ceiling"]["value"] < 1
+    assert by["robust_clean_control"]["n"] == 40 and by["robust_clean_control"]["temperature"] == 1
+    body = json.loads((run / "eval" / "robustness.json").read_text())
+    refs = body["robustness"][0]["references"]
+    assert refs["n_sentences"] == 247_347 and refs["reason"] is None
+    assert set(body["definitions"]) >= set(by)
+
+
+def test_absent_references_are_rows_without_a_value():
+    from cfglab.evaluate.robustness import summary_rows
+
+    rate = {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}
+    refs = {"map_repair": None, "ceiling": None, "reason": "too many prompts", "seconds": 0.0}
+    result = [
+        {"cut": 50, "gamma": 0.15, "temperature": t, "clean": rate, "no_new_errors": rate,
+         "clean_control": rate, "still_viable": rate, "references": refs}
+        for t in (0.5, 1.0)
+    ]  # fmt: skip
+    rows = summary_rows(result)
+    absent = [r for r in rows if r["metric"] in ("robust_map_repair", "robust_ceiling")]
+    assert len(absent) == 2 and all(r["value"] is None and r["method"] == "absent" for r in absent)
+    assert sum(r["metric"] == "robust_clean_control" for r in rows) == 2  # per temperature
+    assert sum(r["metric"] == "prompt_still_viable" for r in rows) == 1  # per (gamma, cut)
+
+
+def test_the_clean_control_completes_the_same_prompts_uncorrupted():
+    """A generator that continues a prompt correctly only when it is one of the pool's clean
+    prompts: the control (the same prompts uncorrupted) is 1, the corrupted score far lower,
+    and both are scored on the same n prompts."""
+    from cfglab.config import EvalConfig
+    from cfglab.evaluate.adapters import uniform_logprob_fn
+    from cfglab.evaluate.context import EvalContext
+    from cfglab.evaluate.run import evaluate
+
+    pool = strings(200)
+    rest = {tuple(x[:CUT].tolist()): x[CUT:] for x in pool}
+
+    def planted(temperature):
+        def generate(prompts, rng):
+            tails = [rest.get(tuple(p[1:].tolist()), np.array([2, 2, 2, 2])) for p in prompts]
+            return [np.concatenate([p, t, [EOS]]) for p, t in zip(prompts, tails, strict=True)]
+
+        return generate
+
+    settings = EvalConfig(n_samples=60, n_kl=4, cuts=[0, CUT], corrupt=[0.3], n_fixed_prompt=0)
+    ctx = EvalContext(G, uniform_logprob_fn(G.n_t + 4), planted, settings, max_len=60)
+    ctx.strings_longer_than = lambda n, cut, purpose: [x for x in pool if len(x) > cut][:n]
+    (r,) = evaluate(ctx, ["robustness"])["results"]["robustness"]
+    assert r["clean_control"]["accuracy"] == 1.0 and r["clean_control"]["n"] == 60
+    assert r["clean"]["accuracy"] < 0.5 and r["clean"]["n"] == 60
