@@ -18,9 +18,10 @@ log step (`steps.out_of_language`), and the first compilation of cfglab.exact's 
 
 from __future__ import annotations
 
+import io
 import os
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def measure_training(cfg: ExperimentConfig, max_threads: int | None = None) -> T
     with _max_threads(max_threads), rundir.scratch_folder("cfglab-timing-") as scratch:
         run_dir = Path(scratch) / "run"  # never created by setup: nothing to resume or refuse
         t0 = time.perf_counter()
-        s = loop.setup(cfg, run_dir, resume=False, allow_changes=False)
+        with redirect_stdout(io.StringIO()):  # what setup says (threads) is the run's to say
+            s = loop.setup(cfg, run_dir, resume=False, allow_changes=False)
         setup_s = time.perf_counter() - t0
         p = loop.Progress(
             step=0,
