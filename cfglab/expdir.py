@@ -37,6 +37,7 @@ except ImportError:  # Windows: no lock; one sweep per experiment folder is then
     fcntl = None
 
 PLAN, STATUS, COMPARE = "experiment.json", "status.json", "compare"
+RESULTS, SUMMARY = "results.csv", "summary.csv"  # in compare/ (or compare's --out)
 RUN_STATUS, RUN_LOCK, RUN_LOG = "run_status.json", "run.lock", "log.txt"
 PENDING = {"state": "pending", "seconds": None, "error": None}
 

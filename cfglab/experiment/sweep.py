@@ -79,6 +79,6 @@ def run_sweep(exp: Experiment, *, cluster: str | None = None) -> SweepOutcome:
     states, ran = sweep(exp, cluster=cluster)
     selected = {spec.dir.name for spec in exp.runs}  # --only: the others are not this sweep's
     states = {name: state for name, state in states.items() if name in selected}
-    has_results = (exp.out / expdir.COMPARE / "results.csv").is_file()
+    has_results = (exp.out / expdir.COMPARE / expdir.RESULTS).is_file()
     changed = expdir.read_plan_text(exp.out) != plan_before
     return SweepOutcome(exp, states, needs_compare=bool(ran) or changed or not has_results)

@@ -322,11 +322,11 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     views = run_views(runs)
     curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
     _check_out(out)
-    expdir.write_csv(out / "results.csv", rows, [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
+    expdir.write_csv(out / expdir.RESULTS, rows, [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
     summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high", "interval"]
-    expdir.write_csv(out / "summary.csv", agg, summary_cols)
+    expdir.write_csv(out / expdir.SUMMARY, agg, summary_cols)
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
     view_lines, view_figs = draw_views(views, agg, axes, out / "figures", out)
