@@ -10,7 +10,10 @@ Protocol: fresh training strings and fresh test strings from the sampler (stream
 (probe.seed, "probe_train" / "probe_test")); the hidden states of every layer are collected once
 (cfglab.analyze.states.HiddenStore) and probed one layer at a time (cfglab.analyze.probe.
 fit_probe) through each window. Baselines in the same tables: the same probes on the run's
-random-init twin, and the majority-class rate of the test labels.
+random-init twin, and the majority-class rate of the test labels. Above them, for the ancestor
+target: the ceiling, the best accuracy any reader of the whole test string can reach
+(cfglab.exact.posterior: max_a P(ancestor = a | x) by inside-outside; below 1 only where the
+grammar is ambiguous, e.g. an implicit grammar's hidden terminals).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ DEFINITIONS: dict[str, str] = {
         "trained model or its random-init twin (the run's own initialisation)."
     ),
     "probe_majority": "accuracy of always answering the training tokens' commonest label",
+    "probe_ceiling": (
+        "target ancestor, window all: the best accuracy any predictor reading the whole string "
+        "can reach on the level-l ancestor of each token: the mean over the probe's test tokens "
+        "of max_a P(ancestor_l(t) = a | x), the exact posterior of the parse trees of x "
+        "(inside-outside, cfglab.exact.posterior). 1 where every test string has one parse at "
+        "that level; for an implicit grammar the deepest level is the hidden terminals."
+    ),
 }
 
 
@@ -233,7 +243,28 @@ def measure(ctx: AnalysisContext) -> dict:
         "n_test_tokens": int(test.offsets[-1]),
         "layers": trained[p.windows[0]]["layers"],
         "tables": tables,
+        "ceiling": ancestor_ceiling(ctx, test) if "ancestor" in targets else None,
     }
+
+
+def ancestor_ceiling(ctx: AnalysisContext, test) -> dict:
+    """cfglab.exact.posterior.ancestor_ceiling on the probe's test strings, once per memo (it
+    does not depend on the model): {"target", "window", "levels", "ceiling", "n_tokens",
+    "reason"}; an exact-stage refusal (a grammar too large for its bounds) leaves "ceiling"
+    None and says why."""
+    from cfglab.errors import ExactError
+    from cfglab.exact.posterior import ancestor_ceiling as exact_ceiling
+
+    p = ctx.cfg.probe
+    key = f"probe_ceiling:{p.n_test}:{p.seed}"
+    if key not in ctx.memo:
+        out = {"target": "ancestor", "window": "all", "levels": [], "ceiling": None}
+        try:
+            out.update(exact_ceiling(ctx.grammar, test.strings()), reason=None)
+        except ExactError as exc:
+            out.update(n_tokens=int(test.offsets[-1]), reason=str(exc))
+        ctx.memo[key] = out
+    return ctx.memo[key]
 
 
 def layer_index(name: str) -> int:
@@ -263,7 +294,30 @@ def summary_rows(result: dict) -> list[dict]:
                     )
         for column, value in zip(t["columns"], t["majority"], strict=True):
             rows.append({"metric": "probe_majority", **at, **column, "value": value, "n": 0})
+    ceiling = result.get("ceiling") or {}
+    for level, value in zip(ceiling.get("levels", []), ceiling.get("ceiling") or [], strict=True):
+        rows.append(
+            {
+                "metric": "probe_ceiling",
+                "target": ceiling["target"],
+                "window": ceiling["window"],
+                "level": level,
+                "value": value,
+                "n": result["n_test"],
+            }
+        )
     return rows
+
+
+def _ceiling_row(result: dict, table: dict) -> list[list[str]]:
+    """The "ceiling" row of the ancestor table of window all (percent per level), if any."""
+    ceiling = result.get("ceiling") or {}
+    if (table["target"], table["window"]) != (ceiling.get("target"), ceiling.get("window")):
+        return []
+    if ceiling.get("ceiling") is None:
+        return []
+    by_level = dict(zip(ceiling["levels"], ceiling["ceiling"], strict=True))
+    return [["ceiling", *(f"{100 * by_level[c['level']]:.1f}" for c in table["columns"])]]
 
 
 def tables(result: dict) -> list[dict]:
@@ -281,6 +335,7 @@ def tables(result: dict) -> list[dict]:
             for i, row in enumerate(t["accuracy"]["model"])
         ]
         body.append(["majority", *(f"{100 * v:.1f}" for v in t["majority"])])
+        body += _ceiling_row(result, t)
         out.append(
             {
                 "title": f"{t['target']} probe (window {t['window']}, {t['where']} positions; "
