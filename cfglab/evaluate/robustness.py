@@ -62,10 +62,10 @@ DEFINITIONS: dict[str, str] = {
     "clean prompt given z and over y: sum_y P(y | c^) sum_c P(c | z) 1[c + y in L]. method "
     "exact: every sentence enumerated (a finite language of at most 2,000,000 derivation trees); "
     "estimate: the posterior exact (at most 100,000 viable prefixes of each length up to C), the "
-    "sum over y by 8 exact samples of y given c^, the sum over c over the most "
-    "probable prompts holding 1 - 1e-6 of the posterior (at most 64), on the first 200 prompts; "
-    "absent (value empty): neither enumeration is possible. Interval: mean +- 1.96 standard "
-    "errors over prompts.",
+    "sum over y by 8 exact samples of y given c^, the sum over c exact over the most probable "
+    "prompts holding 1 - 1e-6 of the posterior (at most 64) plus one prompt drawn from the rest "
+    "(unbiased), on the first 200 prompts; absent (value empty): neither enumeration is "
+    "possible. Interval: mean +- 1.96 standard errors over prompts.",
     "robust_ceiling": "mean over the corrupted prompts z of max_y sum_c P(c | z) 1[c + y in L]: "
     "the best expected score (A) of a single completion y given z, so no model can exceed it on "
     "average. method exact: the max over every completion of the enumerated language; "

@@ -14,7 +14,9 @@ large") instead of running away:
   exact next-token distribution after each prefix of length k gives its children of length
   k+1); None when some length has more than `max_prefixes`.
 - `sample_completions(g, prefixes, rng)`: exact samples of x given that x starts with each
-  prefix, token by token from the exact next-token distribution.
+  prefix, token by token from the exact next-token distribution (a sweep per token: ~20 ms
+  per cfg3 completion); `completions_by_rejection` gets the same law far faster for prefixes
+  of reasonable probability, from strings sampled from the grammar that happen to start so.
 
 Worked example, `S -> 'a' S [0.5] | 'b' [0.5]` is recursive (no sentence enumeration), and its
 prefixes of length 2 are `a a` (0.25) and `a b` (0.25): `b` ends every string it starts.
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cfglab.data.sampler import sample
 from cfglab.exact import inside
 from cfglab.grammar.cfg import Grammar
 
@@ -155,3 +158,42 @@ def sample_completions(
         np.asarray(s[b:], dtype=np.int64) if ok else None
         for s, b, ok in zip(seqs, start, done, strict=True)
     ]
+
+
+def completions_by_rejection(
+    grammar: Grammar,
+    prefixes: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    max_tokens: int,
+    *,
+    batch: int | None = None,
+    max_draws: int = 200_000,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """(completions, drawn (B,) bool): exact samples of the rest of a sentence per prefix (all
+    of one length) by rejection: strings drawn from the grammar (no length cap) in batches (by
+    default 50 per prefix, between 1,000 and 20,000),
+    each kept by the first prefix still waiting that it starts with, so every kept rest is a
+    draw of x given that x starts with the prefix. A rest longer than `max_tokens` is None (not
+    finished), as in `sample_completions`; prefixes still waiting after `max_draws` strings
+    have drawn False (the caller samples those token by token)."""
+    out: list[np.ndarray | None] = [None] * len(prefixes)
+    drawn = np.zeros(len(prefixes), bool)
+    waiting: dict[bytes, list[int]] = {}  # prefix bytes -> indices still waiting, in order
+    for i, c in enumerate(prefixes):
+        waiting.setdefault(np.asarray(c, np.int64).tobytes(), []).append(i)
+    cut = len(prefixes[0]) if len(prefixes) else 0
+    batch = batch or min(20_000, max(1000, 50 * len(prefixes)))  # strings per sampler call
+    for _ in range(0, max_draws, batch):
+        if not waiting:
+            break
+        for x in sample(grammar, batch, int(rng.integers(2**62)), labels=False).strings():
+            key = x[:cut].tobytes() if len(x) >= cut else None
+            wait = waiting.get(key) if key is not None else None
+            if wait is None:
+                continue
+            i = wait.pop(0)
+            if not wait:
+                del waiting[key]
+            drawn[i] = True
+            out[i] = x[cut:].copy() if len(x) - cut <= max_tokens else None
+    return out, drawn

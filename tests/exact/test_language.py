@@ -69,3 +69,25 @@ def test_completions_are_exact_samples_of_the_rest():
         assert abs(seen.get(y, 0) / n - q) < 4 * np.sqrt(q * (1 - q) / n) + 1e-9, y
     capped = language.sample_completions(FINITE, [np.array([1])] * 200, np.random.default_rng(4), 1)
     assert any(y is None for y in capped) and all(y is None or len(y) <= 1 for y in capped)
+
+
+def test_rejection_completions_have_the_same_law():
+    """completions_by_rejection for the prefixes 'a' and 'b' of FINITE: frequencies against
+    P(s) / P(prefix) within 4 standard errors; a prefix no sentence has is never drawn."""
+    sent = {s: p for s, (_, p) in derivations(FINITE, FINITE_MAX_LEN).items()}
+    n = 1500
+    prefixes = [np.array([1])] * n + [np.array([2])] * n + [np.array([9])]
+    ys, drawn = language.completions_by_rejection(
+        FINITE, prefixes, np.random.default_rng(5), 8, batch=2000
+    )
+    assert drawn[:-1].all() and not drawn[-1] and ys[-1] is None
+    for tok, part in ((1, ys[:n]), (2, ys[n : 2 * n])):
+        starts = {s[1:]: p for s, p in sent.items() if s[:1] == (tok,)}
+        total = sum(starts.values())
+        seen: dict[tuple, int] = {}
+        for y in part:
+            seen[tuple(y)] = seen.get(tuple(y), 0) + 1
+        assert set(seen) <= set(starts)
+        for y, p in starts.items():
+            q = p / total
+            assert abs(seen.get(y, 0) / n - q) < 4 * np.sqrt(q * (1 - q) / n) + 1e-9, (tok, y)

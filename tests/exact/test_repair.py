@@ -154,6 +154,27 @@ def test_the_estimate_agrees_with_the_exact_references():
     assert np.mean(gaps) < 0.02  # the candidates nearly always hold the best completion
 
 
+def test_the_estimate_stays_unbiased_when_the_support_is_cut(monkeypatch):
+    """With the support cut to the 2 most probable prompts, map repair still agrees with the
+    exact value on average (the rest of the posterior enters through one drawn prompt), and
+    the ceiling, summed over the support only, stays a lower bound."""
+    monkeypatch.setattr(repair, "SUPPORT", 2)
+    cut, gamma = 3, 0.3
+    exact = repair.clean_prompts(HAND, cut)
+    est = repair.clean_prompts(HAND, cut, max_derivations=0)
+    rng = np.random.default_rng(8)
+    d, outside = [], []
+    for z in rng.integers(1, 3, size=(150, cut)):
+        e = repair.references(HAND, exact, [z], gamma, np.random.default_rng(0))
+        s = repair.references(HAND, est, [z], gamma, rng)
+        assert s["ceiling"]["value"] <= e["ceiling"]["value"] + 1e-12
+        d.append(s["map_repair"]["value"] - e["map_repair"]["value"])
+        outside.append(s["mass_outside"])
+    d = np.array(d)
+    assert np.mean(outside) > 0.05  # the cut matters
+    assert abs(d.mean()) < 4 * d.std(ddof=1) / np.sqrt(len(d))
+
+
 def test_infinite_language_is_estimated_and_too_many_prompts_are_absent():
     space = repair.clean_prompts(RECURSIVE, 3)
     assert space.method == "estimate"
