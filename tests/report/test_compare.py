@@ -46,7 +46,8 @@ def probe_run_dir(tmp_path, name: str, objective: str, seed: int):
                 },
             }
         )
-    result = {"n_train": 30, "n_test": 10, "n_test_tokens": 120, "layers": ["a", "b"],
+    layers = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    result = {"n_train": 30, "n_test": 10, "n_test_tokens": 120, "layers": layers,
               "tables": tables}  # fmt: skip
     part = {
         "title": probe_tree.TITLE,
