@@ -142,15 +142,21 @@ def sha256(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def write_config(run_dir: str | Path, cfg) -> str:
+    """config.json of a run (the resolved config as JSON, atomically); returns its text."""
+    from cfglab.config.load import config_json
+
+    text = config_json(cfg)
+    write_text_atomic(Path(run_dir) / CONFIG, text)
+    return text
+
+
 def write_run_record(run_dir: str | Path, cfg, grammar, dataset: str | None = None) -> None:
     """config.json, grammar.cfg and fingerprint.json (their hashes, and the saved dataset's
     meta.json hash when training reads one), creating the run folder: what later stages read
     instead of the sources."""
-    from cfglab.config.load import config_json
-
     root = Path(run_dir)
-    config_text = config_json(cfg)
-    write_text_atomic(root / CONFIG, config_text)
+    config_text = write_config(root, cfg)
     text = grammar.to_text()
     write_text_atomic(root / GRAMMAR, text)
     fingerprint = {"config": sha256(config_text), "grammar": sha256(text)}

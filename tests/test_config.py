@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from cfglab import rundir
 from cfglab.config import (
     OBJECTIVES,
     ExperimentConfig,
     config_from_dict,
     load_config,
-    read_config,
-    save_config,
 )
 from cfglab.errors import ConfigError
 
@@ -146,8 +145,8 @@ def test_grammar_path_relative_to_config(tmp_path: Path) -> None:
 
 def test_json_round_trip(tmp_path: Path) -> None:
     cfg = load_config(None, ["train.objective=mlm", "eval.cuts=[0]", "data.max_len=64"])
-    save_config(cfg, tmp_path / "config.json")
-    back = read_config(tmp_path / "config.json")
+    rundir.write_config(tmp_path, cfg)
+    back = rundir.read_run_config(tmp_path)
     assert back == cfg
     assert config_from_dict(cfg.to_dict()) == cfg
 
@@ -155,7 +154,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
 def test_corrupt_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="corrupt config.json"):
-        read_config(tmp_path / "config.json")
+        rundir.read_run_config(tmp_path)
 
 
 def test_config_does_not_import_torch() -> None:
@@ -197,7 +196,7 @@ def _get(data: dict, key: str):
 
 def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> None:
     """Every setting of every section can be overridden with --set, and the run's config.json
-    (save_config) holds the overridden value."""
+    (rundir.write_config) holds the overridden value."""
     default = ExperimentConfig().to_dict()
     changed = {  # a valid non-default value for every key, by type
         "name": "other",
@@ -260,7 +259,7 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         overrides.append(f"{key}={value}")
         expected[key] = new
     cfg = load_config(None, overrides)
-    save_config(cfg, tmp_path / "config.json")
+    rundir.write_config(tmp_path, cfg)
     saved = json.loads((tmp_path / "config.json").read_text())
     for key, want in expected.items():
         got = _get(saved, key)

@@ -26,12 +26,11 @@ OWNERS: dict[str, tuple[set[str] | None, str]] = {
         "the comparison's CSVs",
     ),
     "cfglab.train.checkpoint": (None, "ckpt/: safetensors weights, optimizer state, state.json"),
-    "cfglab.config.load": (None, "the YAML configs the user gives, and save_config's files"),
+    "cfglab.config.load": (None, "the YAML configs the user gives"),
     "cfglab.grammar.builtin": (None, "grammar files: the built-in JSON and the user's files"),
     "cfglab.data.lines": (None, "strings and prompts files, and the tool commands' outputs"),
     "cfglab.data.saved": (None, "saved datasets (cfglab data): the .npy arrays and meta.json"),
     "cfglab.analyze.states": (None, "hidden states spilled into a scratch folder (no run file)"),
-    "cfglab.analyze.probe_tree": ({"tempfile"}, "makes the scratch folder states.py spills into"),
     "cfglab.train.loop": (
         {"SummaryWriter"},
         "the TensorBoard view of metrics.jsonl (run_dir/tb), written by torch's SummaryWriter",

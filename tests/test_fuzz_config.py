@@ -13,7 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfglab.config import ExperimentConfig, config_from_dict, load_config, save_config
+from cfglab import rundir
+from cfglab.config import ExperimentConfig, config_from_dict, load_config
 from cfglab.config.schema import flat
 from cfglab.errors import ConfigError
 
@@ -103,5 +104,5 @@ def test_any_base_chain(tmp_path_factory, bases, items):
 
 def test_a_saved_config_reloads_identically(tmp_path: Path):
     cfg = load_config(None, ["train.keep_steps=log:3", "data.noise.fraction=0.1"])
-    save_config(cfg, tmp_path / "config.json")
+    rundir.write_config(tmp_path, cfg)
     assert config_from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg

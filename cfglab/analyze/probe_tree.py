@@ -19,14 +19,13 @@ grammar is ambiguous, e.g. an implicit grammar's hidden terminals).
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from cfglab import rundir
 from cfglab.analyze.context import AnalysisContext
 from cfglab.analyze.probe import SCORED_AT, WINDOWS, fit_probe, majority_rate, score_probe
 from cfglab.analyze.states import HiddenStore, resid_names
@@ -150,8 +149,8 @@ def probe_model(
     train_targets = build_targets(grammar, train, list(targets))
     test_targets = build_targets(grammar, test, list(targets))
     out = {}
-    with tempfile.TemporaryDirectory(prefix="cfglab-probe-") as tmp:
-        store = HiddenStore(Path(tmp))
+    with rundir.scratch_folder("cfglab-probe-") as tmp:
+        store = HiddenStore(tmp)
         for split, batch in (("train", train), ("test", test)):
             store.collect(
                 model,

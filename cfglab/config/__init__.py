@@ -7,8 +7,6 @@ cfg = load_config("configs/quickstart.yaml", ["train.max_steps=200"])
 from cfglab.config.load import (
     config_from_dict,
     load_config,
-    read_config,
-    save_config,
 )
 from cfglab.config.schema import (
     CORRUPTION_NAMES,
@@ -74,6 +72,4 @@ __all__ = [
     "flat",
     "kept_steps",
     "load_config",
-    "read_config",
-    "save_config",
 ]

@@ -152,27 +152,6 @@ def config_from_json(text: str, path: str | Path) -> ExperimentConfig:
         ) from None
 
 
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write a config as a JSON file of the user's, atomically (a run's config.json is written
-    by cfglab.rundir)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(config_json(cfg))
-    tmp.replace(p)
-
-
-def read_config(path: str | Path) -> ExperimentConfig:
-    """Read a config JSON file written by `save_config` (a run's: `rundir.read_run_config`)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no config.json at {p}; is {p.parent} a run directory?") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: corrupt config.json ({exc}); re-create the run") from None
-    return config_from_json(text, p)
-
-
 def apply_override(data: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value; write e.g. model.position=rel")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
+from cfglab.report.plots import plt, save_figure  # plots.py chooses the Agg backend first
 
 
 def _array(values) -> np.ndarray:
@@ -158,4 +158,4 @@ def draw(spec: dict, path: Path) -> Path | None:
     fig = KINDS[spec["kind"]](spec)
     if spec.get("title"):
         fig.suptitle(spec["title"], fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

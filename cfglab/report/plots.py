@@ -1,5 +1,5 @@
 """One function per report figure (no torch): each takes plain data and a path, writes a PNG
-(through cfglab.rundir: `_save`).
+(through cfglab.rundir: `save_figure`).
 
 matplotlib runs with the Agg backend (no display needed); figures are closed after saving so a
 report over many runs does not accumulate memory.
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Render the figure as PNG bytes in memory and write them through the run's (or the
     comparison's) file owner, atomically; the figure is closed."""
     fig.tight_layout()
@@ -48,7 +48,7 @@ def plot_loss(
     ax.set_ylabel("nats / token")
     ax.set_title("training loss")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
@@ -75,7 +75,7 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("accuracy (95% CI)")
     ax.set_title("generation accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kl_by_position(buckets: Sequence[dict], path: Path) -> Path:
@@ -95,7 +95,7 @@ def plot_kl_by_position(buckets: Sequence[dict], path: Path) -> Path:
     ax.set_xlabel("prefix length k (tokens already seen)")
     ax.set_ylabel("KL(true || model), nats")
     ax.set_title("next-token KL by position")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_first_errors(positions: Sequence[int], path: Path, *, title: str) -> Path:
@@ -105,7 +105,7 @@ def plot_first_errors(positions: Sequence[int], path: Path, *, title: str) -> Pa
     ax.set_xlabel("index of the first wrong token")
     ax.set_ylabel("generations")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _interval_line(ax, xs, rows, label: str, key: str | None = None) -> None:
@@ -139,7 +139,7 @@ def plot_robustness_by_temperature(rows: Sequence[dict], path: Path) -> Path | N
     ax.set_ylabel("accuracy on corrupted prompts (95% CI)")
     ax.set_title("robustness against temperature")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_unprompted_errors(rows: Sequence[dict], path: Path) -> Path | None:
@@ -158,4 +158,4 @@ def plot_unprompted_errors(rows: Sequence[dict], path: Path) -> Path | None:
     ax.set_xlabel("temperature")
     ax.set_ylabel("unprompted error rate (95% CI)")
     ax.set_title("unprompted generations outside the language")
-    return _save(fig, path)
+    return save_figure(fig, path)

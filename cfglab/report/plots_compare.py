@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfglab.report.plots import _save, plt  # plots.py chooses the Agg backend first
+from cfglab.report.plots import plt, save_figure  # plots.py chooses the Agg backend first
 from cfglab.report.tables import fmt_interval
 
 
@@ -94,7 +94,7 @@ def plot_accuracy(agg, rows, axes, path: Path) -> Path | None:
         lows = [a["seed_ci_low"] or a["pooled_ci_low"] or a["mean"] for a in acc if a["mean"]]
         lows += [r["value"] for r in rows if r["metric"] == "accuracy"]
         ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric(agg, rows, axes, metric: str, title: str, path: Path, log: bool = False):
@@ -105,7 +105,7 @@ def plot_metric(agg, rows, axes, metric: str, title: str, path: Path, log: bool 
     _bars(ax, sel, _select(rows, metric=metric), axes, title, metric)
     if log:
         ax.set_yscale("log")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_vs_floor(agg, rows, axes, path: Path) -> Path | None:
@@ -119,7 +119,7 @@ def plot_loss_vs_floor(agg, rows, axes, path: Path) -> Path | None:
     _bars(ax, above, _select(rows, metric="loss_above_floor"), axes, title, "nats / token")
     if all(a["mean"] and a["mean"] > 0 for a in above):
         ax.set_yscale("log")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | None:
@@ -153,7 +153,7 @@ def plot_loss_curves(runs, curves: dict, axes: list[str], path: Path) -> Path | 
     ax.set_title("training loss (solid) and validation loss (dashed)", fontsize=9)
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _errorbar(ax, xs: list, sel: list[dict], flip: bool = False, **style) -> None:
@@ -212,7 +212,7 @@ def plot_robustness(agg, axes, path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_xlabel("temperature")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _final(rows: list[dict]) -> list[dict]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cfglab import cli, rundir
-from cfglab.config import load_config, read_config
+from cfglab.config import load_config
 from cfglab.report import build_report
 from cfglab.report.figures import draw
 from cfglab.stages import STAGES
@@ -147,7 +147,7 @@ def test_old_stage_names_are_one_clear_error():
 
 @pytest.mark.slow
 def test_analyze_stage_reads_its_config_section(tiny_run):
-    cfg = read_config(tiny_run / "config.json")
+    cfg = rundir.read_run_config(tiny_run)
     cfg.probe.n_test, cfg.probe.n_train, cfg.probe.steps = 4, 12, 2
     (tiny_run / "analyze" / "probe.json").unlink(missing_ok=True)
     STAGES["analyze"](cfg, tiny_run)

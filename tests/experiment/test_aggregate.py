@@ -101,12 +101,13 @@ def _fake_run(folder: Path, loss: float, seed: int = 0) -> Path:
     """A run folder as compare reads it: config.json and a metrics.jsonl ending at `loss`."""
     import json
 
-    from cfglab.config import load_config, save_config
+    from cfglab import rundir
+    from cfglab.config import load_config
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "quickstart.yaml", [f"train.seed={seed}"])
     folder.mkdir(parents=True)
-    save_config(cfg, folder / "config.json")
+    rundir.write_config(folder, cfg)
     record = {"step": 10, "loss": loss, "val_loss": loss}
     (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     return folder
