@@ -29,10 +29,26 @@ from pathlib import Path
 
 from cfglab import expdir, rundir
 from cfglab.errors import CfglabError
+from cfglab.report.paired import (
+    PAIRED,
+    PAIRED_VALUES,
+    VERDICTS,
+    experiment_claims,
+    paired,
+    paired_markdown,
+    verdicts,
+)
 from cfglab.report.results import read_checked
 
 FIXED = ["experiment", "run", "seed", "stage", "metric"]
-REPORT_FILES = ["results.csv", "summary.csv", "report.md", "report.html"]
+REPORT_FILES = [
+    "results.csv",
+    "summary.csv",
+    "paired.csv",
+    "verdicts.csv",
+    "report.md",
+    "report.html",
+]
 # the usual qualifiers, in this column order; a family may add others (they follow, sorted)
 QUALIFIERS = [
     "step",  # the checkpoint of a dynamics row (other rows: the run's final model)
@@ -321,14 +337,29 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
     agg = aggregate(rows, axes, quals)
     views = run_views(runs)
     curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
+    claims, reference = experiment_claims(paths)
+    paired_rows, unpaired = paired(rows, axes, reference)
+    verdict_rows = verdicts(rows, axes, claims)
     _check_out(out)
     expdir.write_csv(out / expdir.RESULTS, rows, [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
     summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
     summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high", "interval"]
     expdir.write_csv(out / expdir.SUMMARY, agg, summary_cols)
+    keys = [*axes, *quals]
+    expdir.write_csv(
+        out / PAIRED,
+        paired_rows,
+        ["experiment", "axis", "value", "reference", "stage", "metric", *keys, *PAIRED_VALUES],
+    )
+    expdir.write_csv(
+        out / VERDICTS,
+        verdict_rows,
+        ["claim", "verdict", "experiment", "stage", "metric", *keys, *PAIRED_VALUES[:-2], "note"],
+    )
     figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
     md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
+    md = md.rstrip() + "\n\n" + "\n".join(paired_markdown(verdict_rows, paired_rows, unpaired))
     view_lines, view_figs = draw_views(views, agg, axes, out / "figures", out)
     md = md.rstrip() + "\n\n" + "\n".join(view_lines) if view_lines else md
     figs.update(view_figs)

@@ -34,6 +34,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 # metrics where a smaller value is better (a claim "better" means lower for them)
 LOWER_IS_BETTER = {
@@ -224,4 +225,97 @@ def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict
             row.update(summarize(diffs))
             row["verdict"] = verdict(row["ci_low"], row["ci_high"])
             out.append(row)
+    return out
+
+
+PAIRED, VERDICTS = "paired.csv", "verdicts.csv"
+PAIRED_VALUES = [
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "mean_value",
+    "mean_reference",
+]
+HEADLINE = ("accuracy", "kl", "loss_above_floor")  # the paired differences the report shows
+
+
+def experiment_claims(paths: list[str | Path]) -> tuple[list[dict], dict]:
+    """The claims and paired references of the experiment folders compared (their plans)."""
+    claims, reference = [], {}
+    from cfglab import expdir
+
+    for p in map(Path, paths):
+        plan = expdir.read_plan(p) or {}
+        claims += plan.get("claims") or []
+        reference.update(plan.get("reference") or {})
+    return claims, reference
+
+
+def paired_markdown(verdict_rows: list[dict], paired_rows: list[dict], unpaired: list) -> list:
+    """The report's sections of verdicts (one row per claim: its paired difference, interval,
+    p-value and the rule's word) and of the headline metrics' paired differences."""
+    from cfglab.report.tables import fmt_interval
+
+    out = []
+    if verdict_rows:
+        out += [
+            "## Verdicts",
+            "",
+            "Each claim of the experiment file, by a fixed rule on the "
+            "paired difference across seeds (positive supports the claim): holds if its 95% "
+            "interval excludes 0 on the claim's side, contradicted on the other side, not "
+            "shown otherwise. All: verdicts.csv.",
+            "",
+            "| claim | where | paired difference [95% CI] | p (sign flip) | pairs | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in verdict_rows:
+            where = ", ".join(
+                f"{k}={val}"
+                for k, val in v.items()
+                if k not in ("claim", "verdict", "note", "experiment", "stage", "metric")
+                and k not in PAIRED_VALUES
+                and val is not None
+            )
+            diff = fmt_interval(v.get("mean_diff"), v.get("ci_low"), v.get("ci_high"))
+            p = f"{v['p_value']:.3g}" if v.get("p_value") is not None else "-"
+            out.append(
+                f"| {v['claim']} | {where or '-'} | {diff} | {p} | {v['n_pairs']} | "
+                f"**{v['verdict']}** |"
+            )
+        out.append("")
+    shown = [r for r in paired_rows if r["metric"] in HEADLINE]
+    if shown:
+        out += [
+            "## Paired differences",
+            "",
+            "Each grid value against its axis's reference, "
+            "seed by seed (every seed trains both on the same data): mean difference [95% "
+            "t-interval] and the exact sign-flip p-value. Every metric: paired.csv.",
+            "",
+            "| axis | value - reference | metric | qualifiers | difference [95% CI] | p | pairs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in shown:
+            quals = ", ".join(
+                f"{k}={v}"
+                for k, v in r.items()
+                if k in ("cut", "temperature", "gamma") and v is not None
+            )
+            diff = fmt_interval(r["mean_diff"], r["ci_low"], r["ci_high"])
+            out.append(
+                f"| {r['axis']} | {r['value']} - {r['reference']} | {r['metric']} | "
+                f"{quals or '-'} | {diff} | {r['p_value']:.3g} | {r['n_pairs']} |"
+            )
+        out.append("")
+    if unpaired:
+        out += [
+            "Runs without a partner (left out of the pairs): "
+            + "; ".join(
+                f"{u['axis']}={u['value']} seed {u['seed']} ({u['reason']})" for u in unpaired
+            ),
+            "",
+        ]
     return out

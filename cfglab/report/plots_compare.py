@@ -103,7 +103,7 @@ def plot_metric(agg, rows, axes, metric: str, title: str, path: Path, log: bool 
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     _bars(ax, sel, _select(rows, metric=metric), axes, title, metric)
-    if log:
+    if log and any(a["mean"] and a["mean"] > 0 for a in sel):  # all zero: a linear axis
         ax.set_yscale("log")
     return save_figure(fig, path)
 

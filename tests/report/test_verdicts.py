@@ -1,0 +1,91 @@
+"""`cfglab compare` on an experiment with claims writes paired.csv and verdicts.csv: a planted
+effect (the grammar's exact distribution against a uniform model) holds, no effect (the exact
+model against itself, on other test strings) is not shown, and a reversed claim is
+contradicted; the verdicts are in the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import cfglab.evaluate.adapters as AD
+import cfglab.evaluate.run as R
+from cfglab import cli, rundir
+from cfglab.config import EvalConfig, load_config
+from cfglab.grammar.cfg import Grammar
+
+TINY = Grammar.from_text("""
+S -> A B [0.6] | B [0.4]
+A -> 'a' [0.5] | 'a' 'b' [0.5]
+B -> 'b' [0.3] | 'c' A [0.7]
+""")
+SEEDS = (0, 1, 2, 3)
+
+
+def _model(kind: str):
+    if kind == "uniform":
+        return AD.uniform_logprob_fn(TINY.n_t + 4)
+    return AD.exact_logprob_fn(TINY)
+
+
+def _experiment(tmp_path: Path, kinds: dict[str, str], claims: list[dict]) -> Path:
+    """An experiment folder as a sweep leaves it: the plan and, per grid value and seed, a run
+    with config.json and the eval stage's files (the model given by `kinds`)."""
+    out = tmp_path / "exp"
+    runs = []
+    for value, kind in kinds.items():
+        for seed in SEEDS:
+            name = f"m={value},seed={seed}"
+            run = out / name
+            run.mkdir(parents=True)
+            rundir.write_config(run, load_config(None, [f"train.seed={seed}"]))
+            model = _model(kind)
+            settings = EvalConfig(n_samples=40, n_kl=10, cuts=[0], seed=seed, n_fixed_prompt=0)
+            gen = lambda t, m=model: AD.sampling_generate_fn(m, TINY.n_t + 1, max_new_tokens=8)  # noqa: E731
+            R.write_eval(run, R.evaluate_model(TINY, model, gen, settings))
+            runs.append({"dir": name, "point": {"m": value}, "seed": seed})
+    plan = {
+        "name": "exp",
+        "axes": ["m"],
+        "runs": runs,
+        "claims": claims,
+        "reference": {"m": list(kinds)[-1]},
+    }
+    (out / "experiment.json").write_text(json.dumps(plan))
+    return out
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "kinds, claim, want",
+    [
+        ({"exact": "exact", "uniform": "uniform"}, ("exact", "uniform", "accuracy"), "holds"),
+        ({"exact": "exact", "uniform": "uniform"}, ("exact", "uniform", "kl"), "holds"),
+        (
+            {"exact": "exact", "uniform": "uniform"},
+            ("uniform", "exact", "accuracy"),
+            "contradicted",
+        ),
+        ({"one": "exact", "two": "exact"}, ("one", "two", "kl"), "not shown"),
+    ],
+)
+def test_planted_effects_get_their_verdicts(tmp_path, kinds, claim, want):
+    better, than, metric = claim
+    claims = [{"better": {"m": better}, "than": {"m": than}, "metric": metric}]
+    exp = _experiment(tmp_path, kinds, claims)
+    assert cli.main(["compare", str(exp)]) == 0
+    (verdict,) = [v for v in _csv(exp / "compare" / "verdicts.csv") if v["metric"] == metric]
+    assert verdict["verdict"] == want and verdict["n_pairs"] == str(len(SEEDS))
+    paired = _csv(exp / "compare" / "paired.csv")
+    reference = list(kinds)[-1]
+    rows = [r for r in paired if r["metric"] == metric and r["axis"] == "m"]
+    assert rows and all(r["reference"] == reference for r in rows)
+    md = (exp / "compare" / "report.md").read_text()
+    assert "## Verdicts" in md and f"**{want}**" in md
