@@ -44,6 +44,11 @@ DEFINITIONS: dict[str, str] = {
     "head_score_chance": (
         "what a uniform pattern over each query's keys would score on the same pattern"
     ),
+    "attention_by_distance": (
+        "(Result 6) position-based attention: the mean attention weight from a query to the "
+        "key `distance` tokens before it (0 = itself), averaged over the layer's heads and over "
+        "query positions (Abar of the attention statistics); distances 0..16"
+    ),
     "end_to_end_attention": (
         "(Result 8) the largest, over layers and heads, mean residual attention B = A - "
         "Abar[query - key] over the pairs whose query and key are both level-l NT ends: "
@@ -149,9 +154,13 @@ def _best_heads(res: dict) -> list[tuple[int, int, int]]:
     return out
 
 
+MAX_DISTANCE_ROWS = 16  # attention_by_distance rows: distances 0..16
+
+
 def mechanism_rows(result: dict) -> list[dict]:
-    """Results 7-9 as rows: per level and model, the best head's end-to-end residual, its
-    profile over the key's offset from an NT end, and over the subtree distance r."""
+    """Results 6-9 as rows: per layer the mean attention by distance (heads averaged); per
+    level and model, the best head's end-to-end residual, its profile over the key's offset
+    from an NT end, and over the subtree distance r."""
     rows = []
     n = result["n_strings"]
     for key in ("model", "random_init"):
@@ -159,6 +168,20 @@ def mechanism_rows(result: dict) -> list[dict]:
         if res is None or "end_to_end" not in res:
             continue
         model = "trained" if key == "model" else key
+        mean = np.nanmean(np.array(res["mean_by_distance"], dtype=float), axis=1)  # (L, D)
+        for layer in range(mean.shape[0]):
+            for k, d in enumerate(res["distances"]):
+                if 0 <= d <= MAX_DISTANCE_ROWS and np.isfinite(mean[layer, k]):
+                    rows.append(
+                        {
+                            "metric": "attention_by_distance",
+                            "layer": layer,
+                            "distance": d,
+                            "model": model,
+                            "value": float(mean[layer, k]),
+                            "n": n,
+                        }
+                    )
         offset, rank = _levels(res, "end_offset"), _levels(res, "adjacent_by_rank")
         ranks = res["ranks"]
         for lev, layer, head in _best_heads(res):
@@ -411,6 +434,18 @@ COMPARE = [
         "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "best head's score",
         "caption": "the best head's score per detection pattern (95% CI across seeds)",
+    },
+    {
+        "name": "attention_by_distance",
+        "kind": "lines",
+        "title": "position-based attention: mean weight by distance (dotted: random init)",
+        "metric": "attention_by_distance",
+        "where": {},
+        "x": ["distance"],
+        "panels": ["layer"],
+        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "ylabel": "mean attention",
+        "caption": "Result 6 per layer, heads averaged (95% CI across seeds)",
     },
     {
         "name": "attention_end_to_end",

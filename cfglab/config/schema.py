@@ -196,8 +196,8 @@ class ProbeConfig:
     n_train: int = 768  # fresh strings the probes learn on
     n_test: int = 256  # other fresh strings they are scored on
     windows: list[str] = field(
-        default_factory=lambda: ["all"]
-    )  # keys a probe reads (one table each)
+        default_factory=lambda: ["all", "diagonal"]
+    )  # keys a probe reads (one table each): the paper's all, and at NT ends (diagonal)
     n_heads: int = 4  # H: probe heads (the paper: 16)
     d_probe: int = 32  # d': position embedding size (the paper: 1024)
     steps: int = 600  # optimizer steps (batches of training strings)
