@@ -169,7 +169,7 @@ def _references(ctx: EvalContext, pool: list[np.ndarray], cut: int, gi: int) -> 
 
     gamma = ctx.settings.corrupt[gi]
     seed = ctx.seed("robust_corrupt", gi, cut)
-    key = ("robust_references", gamma, cut, seed, ctx.max_len)
+    key = ("robust_references", gamma, cut, seed, ctx.max_len, len(pool))
     if key not in ctx.memo:
         space_key = ("robust_clean_prompts", cut, ctx.max_len)
         if space_key not in ctx.memo:
