@@ -38,6 +38,8 @@ PURPOSES: dict[str, tuple[int, int]] = {
     # 24 was "random_init" (the twin is now the run's own initialisation, under train.seed);
     # the id is not reused, so no stream of an old run changes meaning
     "per_run": (25, 1),  # a section's seed `per_run`: (section index), keyed by data.seed
+    "robust_control": (26, 2),  # completions of the uncorrupted prompts: (temperature i, cut)
+    "robust_reference": (27, 2),  # exact completions of the references: (gamma index, cut)
 }
 
 

@@ -38,12 +38,6 @@ from cfglab.evaluate.context import EvalContext
 from cfglab.evaluate.stats import proportion
 from cfglab.grammar.cfg import Grammar
 
-# streams of the references, keyed as "robust_generate" (gamma index, temperature index, cut)
-# with a gamma index no eval.corrupt list reaches: the control's generations, and the exact
-# completions an estimated reference samples
-CONTROL_KEY = 2**31 - 1
-REFERENCE_KEY = 2**31 - 2
-
 DEFINITIONS: dict[str, str] = {
     "robust_clean": "share of completions of corrupted cutC prompts for which the clean prompt + "
     "the completion (up to EOS) is in the language; a completion without EOS or with a special "
@@ -175,7 +169,7 @@ def _references(ctx: EvalContext, pool: list[np.ndarray], cut: int, gi: int) -> 
         if space_key not in ctx.memo:
             ctx.memo[space_key] = ctx.exact(repair.clean_prompts, ctx.grammar, cut, ctx.max_len)
         _, noisy = corrupted_prompts(pool, ctx.grammar.n_t, cut, gamma, seed)
-        rng = ctx.rng("robust_generate", REFERENCE_KEY, gi, cut)
+        rng = ctx.rng("robust_reference", gi, cut)
         refs = ctx.exact(
             repair.references, ctx.grammar, ctx.memo[space_key], noisy, gamma, rng, ctx.max_len
         )
@@ -201,9 +195,7 @@ def measure(ctx: EvalContext) -> list[dict] | None:
                 seed = ctx.seed("robust_corrupt", gi, cut)
                 res = _score(ctx, pool, cut, temperature, gamma, seed, ("robust_generate", gi, ti))
                 if (cut, ti) not in controls:  # the same prompts, uncorrupted
-                    control = _score(
-                        ctx, pool, cut, temperature, 0.0, 0, ("robust_generate", CONTROL_KEY, ti)
-                    )
+                    control = _score(ctx, pool, cut, temperature, 0.0, 0, ("robust_control", ti))
                     controls[(cut, ti)] = control["clean"]
                 out.append({**res, "clean_control": controls[(cut, ti)], "references": refs})
     return out

@@ -4,18 +4,24 @@
 folder (its experiment.json names the runs and their grid points) or a run folder. Every run's
 results become tidy rows, one per run x metric:
 
-    experiment, run, <one column per grid axis>, seed, stage, metric,
+    experiment, run, <one column per grid axis>, seed, state, stage, metric,
     <qualifiers: step, cut, temperature, gamma, target, window, level, label, layer, model,
      pattern, and any other a family's rows carry>,
     value, ci_low, ci_high, n
 
-(results.csv, loadable with pandas.read_csv). The rows are read the same way from every result
-file (the eval summary, each analysis family's analyze/<name>.json, the dynamics stage's rows
-with their step), so a new family's rows need no code here. summary.csv aggregates over seeds:
-the mean, the 95% t-interval across seeds, and for proportions the pooled within-run interval
-(Wilson on the seeds' pooled counts). report.md / report.html show the evaluation figures of
-cfglab.report.plots_compare and the families' cross-run views (cfglab.report.views).
-Everything is read through cfglab.rundir; nothing here imports torch.
+(results.csv, loadable with pandas.read_csv; `run` is the run's folder, `state` is
+report.results.run_state's: current, unfinished or stale). The rows are read the same way
+from every result file (the eval summary, each analysis family's analyze/<name>.json, the
+dynamics stage's rows with their step), so a new family's rows need no code here. summary.csv
+aggregates over seeds: the mean, the 95% t-interval across seeds, and for proportions the
+pooled within-run interval (Wilson on the seeds' pooled counts). report.md / report.html show
+the evaluation figures of cfglab.report.plots_compare and the families' cross-run views
+(cfglab.report.views).
+
+Only current runs are aggregated, drawn and paired: an unfinished or stale run (or one not
+started, after `sweep --only`) keeps its rows in results.csv, marked, and is listed with its
+reason in the report, never pooled with the others as if it were a seed. Everything is read
+through cfglab.rundir; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from cfglab.report.paired import (
     experiment_claims,
     paired,
     paired_markdown,
+    t_quantile,
     verdicts,
 )
-from cfglab.report.results import read_checked
+from cfglab.report.results import read_checked, run_state
 
-FIXED = ["experiment", "run", "seed", "stage", "metric"]
+FIXED = ["experiment", "run", "seed", "state", "stage", "metric"]
 REPORT_FILES = [
     "results.csv",
     "summary.csv",
@@ -64,8 +71,23 @@ QUALIFIERS = [
     "pattern",
 ]
 VALUES = ["value", "ci_low", "ci_high", "n"]
-PROPORTIONS = {"accuracy", "robust_clean", "robust_no_new_errors"}  # pooled Wilson intervals
-BOUNDED = PROPORTIONS | {"probe_accuracy", "probe_majority", "distinct_share"}  # within [0, 1]
+# pooled Wilson intervals
+PROPORTIONS = {
+    "accuracy",
+    "robust_clean",
+    "robust_no_new_errors",
+    "robust_clean_control",
+    "prompt_still_viable",
+}
+BOUNDED = PROPORTIONS | {  # within [0, 1]
+    "probe_accuracy",
+    "probe_majority",
+    "probe_ceiling",
+    "distinct_share",
+    "robust_map_repair",
+    "robust_ceiling",
+    "share_in_language",
+}
 # never negative: an interval's lower end stops at 0 (a KL of -0.002 is not a possible value)
 NONNEGATIVE = {
     "kl",
@@ -81,39 +103,6 @@ NONNEGATIVE = {
     "model_entropy_per_token",
     "emergence_step",
 }
-# two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
-T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
 
 
 @dataclass
@@ -122,6 +111,8 @@ class RunEntry:
     experiment: str
     point: dict = field(default_factory=dict)  # grid axis -> value
     seed: int | None = None
+    state: str = "current"  # report.results.run_state: current, unfinished, stale, not started
+    why: str = ""  # its reason, for the report
 
 
 def _scalar(value):
@@ -213,7 +204,8 @@ def _run_rows(run: RunEntry) -> list[dict]:
                 {"stage": "train", "metric": metric, "value": last[-1][key], "n": last[-1]["step"]}
             )
     summary = rundir.read_result(run.dir, f"{rundir.EVAL}/summary")
-    for r in (summary or {}).get("rows", []):
+    summary_path = rundir.result_path(run.dir, f"{rundir.EVAL}/summary")
+    for r in _check_values((summary or {}).get("rows", []), summary_path):
         rows.append({"stage": "eval", **{k: v for k, v in r.items() if k != "family"}})
     floor = [r["value"] for r in rows if r["metric"] == "loss_floor"]
     val = [r for r in rows if r["metric"] == "final_val_loss"]
@@ -221,7 +213,8 @@ def _run_rows(run: RunEntry) -> list[dict]:
         excess = val[0]["value"] - floor[0]
         rows.append({"stage": "eval", "metric": "loss_above_floor", "value": excess, "n": 1})
     for name, body in read_checked(run.dir, rundir.ANALYZE).items():
-        rows += [{"stage": name, **r} for r in body["rows"]]
+        path = rundir.result_path(run.dir, f"{rundir.ANALYZE}/{name}")
+        rows += [{"stage": name, **r} for r in _check_values(body["rows"], path)]
     return rows
 
 
@@ -245,16 +238,38 @@ def qualifier_columns(rows: list[dict], axes: list[str]) -> list[str]:
 
 
 def tidy_rows(runs: list[RunEntry], axes: list[str]) -> list[dict]:
+    """results.csv's rows: `run` names the run (a plain run by its label, the grid point it
+    is alone at; an experiment's run by its folder)."""
     out = []
     for run in runs:
-        base = {"experiment": run.experiment, "run": run.dir.name, "seed": run.seed}
-        base.update({a: run.point.get(a) for a in axes})
+        label = run.point.get("run") if not run.experiment else run.dir.name
+        base = {"experiment": run.experiment, "run": label, "seed": run.seed, "state": run.state}
+        base.update({a: run.point.get(a) for a in axes if a != "run"})
         out += [{**base, **row} for row in run_rows(run)]
     return out
 
 
-def _t95(df: int) -> float:
-    return T95[df - 1] if df <= len(T95) else 1.96
+def point_rows(rows: list[dict], axes: list[str]) -> list[dict]:
+    """The rows keyed by grid point, for the aggregates and figures: with plain runs compared
+    (the `run` axis), an experiment's runs have no `run` value (its seeds pool), a plain run
+    keeps its label (its own point)."""
+    if "run" not in axes:
+        return rows
+    return [r if not r["experiment"] else {**r, "run": ""} for r in rows]
+
+
+def _check_values(rows: list[dict], path: Path) -> list[dict]:
+    """Result rows whose numbers are numbers (or empty): CfglabError naming the file otherwise
+    (a hand-edited value would stop the aggregates with a traceback)."""
+    for row in rows:
+        for key in ("value", "ci_low", "ci_high", "n"):
+            v = row.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise CfglabError(
+                    f"{path}: {key} {v!r} of metric {row.get('metric')!r} is not a number; "
+                    "rerun the stage that wrote the file"
+                )
+    return rows
 
 
 def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = None) -> list[dict]:
@@ -280,7 +295,7 @@ def aggregate(rows: list[dict], axes: list[str], qualifiers: list[str] | None = 
         half = None
         identical = len(values) > 1 and len(set(values)) == 1
         if len(values) > 1 and not identical:
-            half = _t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+            half = t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
         low = row["mean"] - half if half is not None else None
         high = row["mean"] + half if half is not None else None
         if half is not None and row["metric"] in BOUNDED:  # a share's interval stays in [0, 1]
@@ -320,31 +335,59 @@ def _finite(value) -> bool:
 
 
 def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
-    """results.csv, summary.csv, report.md, report.html and figures/ in `out` (default: the
-    one experiment folder given, else ./compare); returns `out`."""
-    from cfglab.report import plots_compare
-    from cfglab.report.html import md_to_html
-    from cfglab.report.views import draw_views
-
+    """results.csv, summary.csv, paired.csv, verdicts.csv, report.md, report.html and figures/
+    in `out` (default: the one experiment folder given, else ./compare); returns `out`. Only
+    current runs are pooled (see the module docstring)."""
     runs, axes = find_runs(paths)
     if out is None:
         out = Path(paths[0]) / "compare" if len(paths) == 1 else Path("compare")
     out = Path(out)
+    _check_out(out)  # before reading anything: the folder can take the report
+    for run in runs:
+        run.state, run.why = run_state(run.dir)
     # every run read and aggregated before anything is written: a bad result file leaves the
     # last good report in place
-    rows = tidy_rows(runs, axes)
+    rows = tidy_rows([r for r in runs if r.state != "not started"], axes)
     quals = qualifier_columns(rows, axes)
-    agg = aggregate(rows, axes, quals)
-    views = run_views(runs)
-    curves = {r.dir: rundir.read_metrics(r.dir) for r in runs}
-    claims, reference = experiment_claims(paths)
-    paired_rows, unpaired = paired(rows, axes, reference)
-    verdict_rows = verdicts(rows, axes, claims)
-    _check_out(out)
-    expdir.write_csv(out / expdir.RESULTS, rows, [*FIXED[:2], *axes, *FIXED[2:], *quals, *VALUES])
+    pooled = point_rows([r for r in rows if r["state"] == "current"], axes)
+    tables = {
+        "agg": aggregate(pooled, axes, quals),
+        "claims": experiment_claims(paths),
+    }
+    try:
+        expdir.make_folder(out)
+        expdir.write_csv(
+            out / expdir.RESULTS,
+            rows,
+            [*FIXED[:2], *(a for a in axes if a != "run"), *FIXED[2:], *quals, *VALUES],
+        )
+        _write_report(out, runs, axes, quals, pooled, tables)
+    except OSError as exc:  # a disk full or made read-only since the check
+        raise CfglabError(
+            f"--out {out}: cannot write the report ({exc.strerror or exc}: {exc.filename}); free "
+            "disk space or give another --out"
+        ) from None
+    return out
+
+
+def _write_report(
+    out: Path, runs: list[RunEntry], axes: list[str], quals: list[str], pooled, tables
+) -> None:
+    """summary.csv, paired.csv, verdicts.csv, figures and report.md / report.html of the
+    current runs' rows (`pooled`); the other runs are listed with their reason."""
+    from cfglab.report import plots_compare
+    from cfglab.report.html import md_to_html
+    from cfglab.report.views import draw_views
+
+    current = [r for r in runs if r.state == "current"]
+    agg, (claims, reference) = tables["agg"], tables["claims"]
+    paired_rows, unpaired = paired(pooled, axes, reference)
+    verdict_rows = verdicts(pooled, axes, claims)
+    curves = {r.dir: rundir.read_metrics(r.dir) for r in current}
     axes = group_axes(runs, axes)  # figures and tables: one group per experiment and point
-    summary_cols = ["experiment", *axes, "stage", "metric", *quals, "n_seeds", "mean"]
-    summary_cols += ["seed_ci_low", "seed_ci_high", "pooled_ci_low", "pooled_ci_high", "interval"]
+    summary_cols = ["experiment", *(a for a in axes if a != "experiment"), "stage", "metric"]
+    summary_cols += [*quals, "n_seeds", "mean", "seed_ci_low", "seed_ci_high"]
+    summary_cols += ["pooled_ci_low", "pooled_ci_high", "interval"]
     expdir.write_csv(out / expdir.SUMMARY, agg, summary_cols)
     keys = [*axes, *quals]
     expdir.write_csv(
@@ -357,19 +400,37 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> Path:
         verdict_rows,
         ["claim", "verdict", "experiment", "stage", "metric", *keys, *PAIRED_VALUES[:-2], "note"],
     )
-    figs = plots_compare.write_figures(rows, agg, axes, runs, curves, out / "figures")
-    md = plots_compare.compare_markdown(runs, axes, agg, figs, out)
+    figs = plots_compare.write_figures(pooled, agg, axes, current, curves, out / "figures")
+    md = plots_compare.compare_markdown(current, axes, agg, figs, out)
+    head, _, rest = md.partition("\n\n")  # the title, then what was compared
+    intro, _, rest = rest.partition("\n\n")
+    md = "\n\n".join([head, intro, *left_out_lines(runs), rest])
     md = md.rstrip() + "\n\n" + "\n".join(paired_markdown(verdict_rows, paired_rows, unpaired))
-    view_lines, view_figs = draw_views(views, agg, axes, out / "figures", out)
+    view_lines, view_figs = draw_views(run_views(current), agg, axes, out / "figures", out)
     md = md.rstrip() + "\n\n" + "\n".join(view_lines) if view_lines else md
     figs.update(view_figs)
     rundir.write_text_atomic(out / "report.md", md.rstrip() + "\n")
     rundir.write_text_atomic(out / "report.html", md_to_html(md, figs, out))
-    return out
+
+
+def left_out_lines(runs: list[RunEntry]) -> list[str]:
+    """The report's account of the runs not pooled: each with its state and reason ([] when
+    every run is current)."""
+    out = [r for r in runs if r.state != "current"]
+    if not out:
+        return []
+    lines = [
+        f"**{len(out)} of {len(runs)} runs left out** of every table, figure and aggregate "
+        "below (their rows in results.csv carry their state): an unfinished or stale run is "
+        "never pooled with the others as a seed.\n"
+    ]
+    lines += [f"- `{r.dir.name}`: {r.state}: {r.why}" for r in out]
+    return ["\n".join(lines)]
 
 
 def _check_out(out: Path) -> None:
-    """The report folder can be written: nothing of the wrong kind where its files go."""
+    """Before any work: the report folder can be written (nothing of the wrong kind where its
+    files go, and a folder that takes files); nothing is made yet."""
     for name, folder in [(n, False) for n in REPORT_FILES] + [("figures", True)]:
         path = out / name
         if path.exists() and path.is_dir() != folder:
@@ -377,10 +438,6 @@ def _check_out(out: Path) -> None:
                 f"--out {out}: {path} is a {'file' if folder else 'folder'} where the report "
                 f"writes its {name}; move it away or give another --out"
             )
-    try:
-        expdir.make_folder(out)
-    except OSError as exc:  # a file in the way, or no permission
-        raise CfglabError(
-            f"--out {out}: cannot make the report folder there ({exc.strerror}); give a folder "
-            "path that is not a file"
-        ) from None
+    rundir.check_writable(
+        out, f"--out {out}: cannot make the report folder there; give a folder you can write"
+    )

@@ -52,10 +52,43 @@ NOT_KEYS = {"experiment", "run", "seed", "value", "ci_low", "ci_high", "n"}
 VERDICTS = ("holds", "contradicted", "not shown")
 
 
+# two-sided 95% Student t quantiles by degrees of freedom (1..30); the normal's 1.96 beyond
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+
+
 def t_quantile(df: int) -> float:
     """Two-sided 95% Student t quantile (df >= 1)."""
-    from cfglab.report.compare import T95
-
     return T95[df - 1] if df <= len(T95) else 1.96
 
 
