@@ -7,7 +7,8 @@
       history.jsonl    accepted changes of training settings on resume (--allow-changes)
       fingerprint.json hashes of config.json, grammar.cfg (and a saved dataset's meta.json)
       stages.json      the stages completed, each with a hash of the settings it ran under
-      ckpt/            checkpoints (their format: cfglab.train.checkpoint)
+      ckpt/            checkpoints: step_XXXXXXX/ folders and the `latest` pointer (their names are
+                       here, torch-free; their files' format is cfglab.train.checkpoint's)
       eval/            <family>.json per metric family and summary.json (cfglab eval)
       analyze/         <family>.json per analysis family (cfglab analyze: probe, attention,
                        ...), dynamics.json (cfglab dynamics: rows per kept checkpoint)
@@ -25,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,69 @@ HISTORY, FINGERPRINT, STAGE_MARKS = "history.jsonl", "fingerprint.json", "stages
 EVAL, ANALYZE, REPORT = "eval", "analyze", "report"
 # result kind -> the command that writes it (named in error messages)
 WRITERS = {EVAL: "cfglab eval", ANALYZE: "cfglab analyze / cfglab dynamics"}
+CKPT, LATEST = "ckpt", "latest"
+# the only names cfglab writes in ckpt/: a checkpoint folder, and one being written (renamed
+# when complete); anything else there is a user's, never read or deleted
+CHECKPOINT_NAME = re.compile(r"step_(\d{7,})")
+CHECKPOINT_TMP_NAME = re.compile(r"step_\d{7,}\.tmp")
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder of a step's checkpoint in ckpt/: step_0000500."""
+    return f"step_{step:07d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a folder name cfglab gives a checkpoint (step_0000500 -> 500), else None
+    (a user's step_0000500.bak, step_old, ...)."""
+    match = CHECKPOINT_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """The step of the checkpoint ckpt/latest names (read from its name: no torch), or None when
+    the run has no checkpoint (no pointer, or one naming no checkpoint folder)."""
+    ckpt = Path(run_dir) / CKPT
+    try:
+        name = (ckpt / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    step = checkpoint_step(name)
+    return step if step is not None and (ckpt / name).is_dir() else None
+
+
+def held_results(run_dir: str | Path) -> list[str]:
+    """What a run folder holds of its stages' results (eval/*.json, analyze/*.json, report/,
+    stages done in stages.json), as relative names: [] for a fresh or half-trained folder."""
+    root = Path(run_dir)
+    held = [
+        p.relative_to(root).as_posix()
+        for folder in (EVAL, ANALYZE)
+        for p in sorted((root / folder).glob("*.json*"))
+    ]
+    if (root / REPORT / "report.md").is_file():
+        held.append(f"{REPORT}/report.md")
+    if read_stage_marks(root):
+        held.append(STAGE_MARKS)
+    return held
+
+
+def check_writable(folder: str | Path, advice: str) -> None:
+    """Before a stage's work: `folder` (or, while it does not exist, the nearest existing folder
+    above it, where it would be made) takes a new file. A file is made and dropped to tell,
+    unnamed (O_TMPFILE where the system has it): permission bits do not tell (root ignores them,
+    a read-only mount or a full quota sets none). CfglabError naming the folder otherwise."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CfglabError(f"{folder}: {existing} is a file, not a folder; {advice}")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".cfglab-write-check-"):
+            pass
+    except OSError as exc:
+        raise CfglabError(f"cannot write in {existing} ({exc.strerror or exc}); {advice}") from None
 
 
 def result_path(run_dir: str | Path, kind: str) -> Path:
@@ -60,8 +125,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -283,9 +352,7 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     if not path.exists():
         return
     keep = [row for row in read_metrics(run_dir) if row["step"] <= step]
-    tmp = path.with_name(f".{METRICS}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def read_stage_marks(run_dir: str | Path) -> dict[str, str]:

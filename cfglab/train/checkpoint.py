@@ -10,6 +10,11 @@ Layout inside a run directory (the only place these file formats are defined)::
 A checkpoint is written into `step_XXXXXXX.tmp/`, each file fsynced, then the folder is renamed;
 `latest` is replaced by `os.replace` only after that. A process killed at any moment leaves
 `latest` naming a complete checkpoint. No pickles: weights are safetensors, metadata JSON.
+
+cfglab reads and deletes only what it writes: the folder names are rundir.CHECKPOINT_NAME's
+(anything else in ckpt/, e.g. a user's step_0000010.bak, is neither listed nor pruned), and a
+pruned checkpoint loses only the files of CHECKPOINT_FILES (a file a user put inside stays, with
+its folder). A write that fails (a full disk) is a CheckpointError, the last checkpoint intact.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import base64
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +31,16 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
+from cfglab import rundir
 from cfglab.errors import CheckpointError
 
-CKPT_DIR = "ckpt"
-LATEST = "latest"
+CKPT_DIR = rundir.CKPT
+LATEST = rundir.LATEST
+CHECKPOINT_FILES = ("model.safetensors", "optim.pt", "state.json")  # all a checkpoint holds
 
 
 def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
+    return rundir.checkpoint_name(step)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,20 +112,16 @@ def save_checkpoint(
     ckpt.mkdir(parents=True, exist_ok=True)
     final = ckpt / step_dir_name(step)
     tmp = ckpt / (final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    # safetensors.save_model handles tied weights (wte / lm_head) that save_file refuses
-    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving a step (e.g. after resume at the same step)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        _write(tmp, model, optimizer, {"step": step, **state})
+    except (OSError, RuntimeError, safetensors.SafetensorError) as exc:  # torch.save: RuntimeError
+        _remove_ours(tmp)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"cannot write the checkpoint of step {step} in {ckpt} ({first}); the earlier "
+            f"checkpoints are intact ({ckpt / LATEST}): free disk space, then --resume"
+        ) from None
+    _move_in(tmp, final)
     _fsync_dir(ckpt)
     latest_tmp = ckpt / (LATEST + ".tmp")
     latest_tmp.write_text(final.name + "\n")
@@ -130,16 +132,62 @@ def save_checkpoint(
     return final
 
 
+def _write(tmp: Path, model: nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """A checkpoint's files into `tmp` (a fresh folder), each fsynced."""
+    _remove_ours(tmp)  # left by a killed writer
+    tmp.mkdir()
+    # safetensors.save_model handles tied weights (wte / lm_head) that save_file refuses
+    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+
+
+def _move_in(tmp: Path, final: Path) -> None:
+    """A written checkpoint folder to its name: a rename, or, when a user's file stays in the
+    folder of that name (a re-saved step), our files one by one, state.json last (a checkpoint
+    counts as complete only once it is there)."""
+    if final.exists():  # re-saving a step (e.g. after resume at the same step)
+        _remove_ours(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    for name in sorted(CHECKPOINT_FILES, key=lambda n: n == "state.json"):
+        if (tmp / name).exists():
+            os.replace(tmp / name, final / name)
+    tmp.rmdir()
+
+
+def _remove_ours(folder: Path) -> None:
+    """Delete a checkpoint folder cfglab wrote: its CHECKPOINT_FILES, then the folder if that
+    left it empty (a file a user put there stays, and so does the folder)."""
+    if not folder.is_dir():
+        return
+    for name in CHECKPOINT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: the user's files
+        pass
+
+
 def _prune(ckpt: Path, keep_last: int, current: str, protected: set[str]) -> None:
     """Keep the last `keep_last` checkpoints (the current one among them) and every protected
-    one; a protected step is not counted among the last."""
-    done = sorted(p for p in ckpt.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    one; a protected step is not counted among the last. Only folders named as cfglab names
+    them are pruned."""
+    done = sorted(
+        p for p in ckpt.iterdir() if p.is_dir() and rundir.checkpoint_step(p.name) is not None
+    )
     regular = [p for p in done if p.name not in protected or p.name == current]
     for old in regular[: max(0, len(regular) - keep_last)]:
         if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt.glob("step_*.tmp"):  # left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
+            _remove_ours(old)
+    for stale in ckpt.iterdir():  # left by a killed writer
+        if rundir.CHECKPOINT_TMP_NAME.fullmatch(stale.name):
+            _remove_ours(stale)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -151,9 +199,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             f"no checkpoint in {run_dir} (missing {pointer}); train first, or "
             "drop --resume to start from scratch"
         )
-    name = pointer.read_text().strip()
+    name = pointer.read_text(errors="replace").strip()
     path = run_dir / CKPT_DIR / name
-    if not name.startswith("step_") or not path.is_dir():
+    if rundir.checkpoint_step(name) is None or not path.is_dir():
         raise CheckpointError(
             f"{pointer} names {name!r}, which is not a checkpoint folder; "
             f"delete {pointer} to start over"
@@ -168,12 +216,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint of a run, by step."""
+    """(step, folder) of every complete checkpoint of a run, by step; anything else in ckpt/
+    (a user's folder or file, a checkpoint being written) is skipped."""
+    ckpt = Path(run_dir) / CKPT_DIR
     out = []
-    for p in (Path(run_dir) / CKPT_DIR).glob("step_*"):
+    for p in ckpt.iterdir() if ckpt.is_dir() else []:
+        step = rundir.checkpoint_step(p.name)
         complete = (p / "model.safetensors").is_file() and (p / "state.json").is_file()
-        if p.is_dir() and not p.name.endswith(".tmp") and complete:
-            out.append((int(p.name.removeprefix("step_")), p))
+        if step is not None and p.is_dir() and complete:
+            out.append((step, p))
     return sorted(out)
 
 
@@ -190,7 +241,7 @@ def read_state(path: Path) -> dict[str, Any]:
         step = state["step"]
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step {step!r}")
-        if path.name.startswith("step_") and step_dir_name(step) != path.name:
+        if rundir.checkpoint_step(path.name) is not None and step_dir_name(step) != path.name:
             raise ValueError(f"step {step} in folder {path.name}")
         if "rng" in state:
             _decode_rng(state["rng"])
@@ -266,7 +317,6 @@ def load_model(
     run's own grammar.cfg, never from the file the run was made from. CheckpointError if the
     run has no usable checkpoint.
     """
-    from cfglab import rundir
     from cfglab.data.vocab import Vocab
     from cfglab.model import build_model, gpt_config
 

@@ -84,6 +84,54 @@ def test_keep_last_and_latest(tmp_path: Path) -> None:
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_0000004"
 
 
+def test_only_cfglab_checkpoints_are_pruned_listed_or_pointed_at(tmp_path: Path) -> None:
+    """A user's files in ckpt/ named like checkpoints survive pruning and are never listed; a
+    pruned checkpoint loses only cfglab's files (a file put inside keeps it and its folder)."""
+    ckpt_dir = tmp_path / "ckpt"
+    planted = {
+        "step_0000010.bak/model.safetensors": b"a user's copy",
+        "step_0000010.bak/state.json": b'{"step": 10}',
+        "step_x/state.json": b"{}",
+        "step_0000001.tmp.mine/x": b"mine",
+        "step_0000099": b"a file, not a folder",
+        "step_0000002/README": b"the user's note in a checkpoint",
+    }
+    for rel, data in planted.items():
+        (ckpt_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / rel).write_bytes(data)
+    m, opt = _trained()
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step, m, opt, {"rng": ckpt.rng_state()}, keep_last=1)
+    for rel, data in planted.items():
+        assert (ckpt_dir / rel).read_bytes() == data, rel
+    assert sorted(p.name for p in (ckpt_dir / "step_0000002").iterdir()) == ["README"]
+    assert not (ckpt_dir / "step_0000001").exists() and not (ckpt_dir / "step_0000003").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4]
+    (ckpt_dir / "latest").write_text("step_0000010.bak\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        ckpt.latest_checkpoint(tmp_path)
+
+
+def test_a_failed_write_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A full disk while writing (torch.save's RuntimeError, as it reports one): a
+    CheckpointError naming the step; `latest` and the earlier checkpoint are untouched, and no
+    half-written folder is left."""
+    m, opt = _trained()
+    ckpt.save_checkpoint(tmp_path, 1, m, opt, {"rng": ckpt.rng_state()})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt" / "step_0000001").iterdir()}
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc] file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint of step 2"):
+        ckpt.save_checkpoint(tmp_path, 2, m, opt, {"rng": ckpt.rng_state()})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_0000001"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000001"
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ckpt" / "step_0000001").iterdir()}
+    assert after == before
+
+
 def test_missing_and_corrupt(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint"):
         ckpt.latest_checkpoint(tmp_path)
