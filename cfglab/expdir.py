@@ -96,33 +96,80 @@ def write_run_status(run_dir: Path, status: dict[str, Any]) -> Path:
 
 
 def clear_run_status(run_dir: Path) -> None:
-    """Forget a run's state (a stale "running" left by a killed sweep is pending again)."""
-    (run_dir / RUN_STATUS).unlink(missing_ok=True)
+    """Forget a run's state (a stale "running" left by a killed sweep is pending again), but
+    keep the wall time its earlier segments took (a resumed run's seconds are their sum)."""
+    seconds = read_run_status(run_dir).get("seconds")
+    if isinstance(seconds, (int, float)) and seconds > 0:
+        write_run_status(run_dir, {**PENDING, "seconds": seconds})
+    else:
+        (run_dir / RUN_STATUS).unlink(missing_ok=True)
+
+
+_HELD: dict[Path, int] = {}  # run folders whose lock this process holds -> nesting depth
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[str | None]:
-    """Hold RUN_LOCK of the run (creating the run folder) for the duration; yields None when
-    held, else the pid of the process that holds it (read from the lock file, "?" if empty)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield None
-        return
-    with open(run_dir / RUN_LOCK, "a+", encoding="utf-8") as f:
+    """Hold RUN_LOCK of the run for the duration (every command that writes into a run, and a
+    sweep's worker around its stages); yields None when held, else the pid of the process that
+    holds it (read from the lock file, "?" if empty). Re-entrant within a process (a sweep's
+    run_one, then the stages it runs). The lock file holds the pid only while held (empty at
+    rest); a run folder made here for the lock is removed again if nothing else was put in it
+    (a command refused after taking the lock leaves nothing behind)."""
+    key = run_dir.resolve()
+    if fcntl is None or key in _HELD:
+        _HELD[key] = _HELD.get(key, 0) + 1
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            yield f.read().strip() or "?"
-            return
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
             yield None
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    made = _missing_parents(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(run_dir / RUN_LOCK, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                yield f.read().strip() or "?"
+                return
+            _HELD[key] = 1
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(str(os.getpid()))
+                f.flush()
+                yield None
+            finally:
+                del _HELD[key]
+                with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                    f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        _remove_if_only_lock(made)
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders from `folder` up that do not exist yet (innermost first)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_only_lock(made: list[Path]) -> None:
+    """Undo run_lock's folders (innermost first) if they hold nothing but the lock file."""
+    if not made:
+        return
+    with contextlib.suppress(OSError):
+        if [p.name for p in made[0].iterdir()] == [RUN_LOCK]:
+            (made[0] / RUN_LOCK).unlink()
+        for folder in made:
+            folder.rmdir()  # OSError once a folder is not empty: the rest stay
 
 
 @contextlib.contextmanager

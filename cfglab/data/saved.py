@@ -12,6 +12,7 @@ dataset.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -48,6 +49,16 @@ def check_memory(grammar: Grammar, n: int, max_len: int | None) -> None:
 def read_meta(path: str | Path) -> dict:
     """A saved dataset's meta.json (OSError / ValueError if missing or not JSON)."""
     return json.loads((Path(path) / META).read_text())
+
+
+def meta_hash(path: str | Path) -> str | None:
+    """The sha256 of a saved dataset's meta.json (what a run's fingerprint.json records of the
+    dataset it trained on), or None where there is no dataset (moved, deleted)."""
+    try:
+        data = (Path(path) / META).read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_dataset(

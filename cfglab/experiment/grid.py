@@ -27,7 +27,7 @@ from typing import Any
 
 from cfglab.config import STAGE_NAMES, ExperimentConfig, flat, load_config
 from cfglab.config.load import read_yaml
-from cfglab.errors import ConfigError, did_you_mean
+from cfglab.errors import CfglabError, ConfigError, did_you_mean
 from cfglab.experiment.claims import check_claims, check_reference
 from cfglab.stages import check_config
 
@@ -368,10 +368,8 @@ def _run_config(
     `configs`)."""
     try:
         cfg = load_config(base, items)
-        check_config(
-            cfg
-        )  # what the stages need (cuts that fit, families, targets): not after training
-    except ConfigError as exc:
+        check_config(cfg)  # what the stages need (cuts that fit, families, targets): not after
+    except CfglabError as exc:  # training (a grammar or sampling error too: named by point)
         raise ConfigError(f"{path}: grid point {point}, seed {seed}: {exc}") from None
     # two points that resolve to one config (1e-3 and 0.001) would train twice
     resolved = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "out_dir")}

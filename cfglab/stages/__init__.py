@@ -17,15 +17,22 @@ experiment runner sit above it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cfglab import rundir
+from cfglab import expdir, rundir
 from cfglab.config import NOT_TRAINING, STAGE_NAMES, ExperimentConfig, flat
-from cfglab.errors import ConfigError
+from cfglab.errors import CfglabError, ConfigError
 from cfglab.stages.analysis import check_probe_targets, run_analyze, run_report
-from cfglab.stages.common import load_run_config, say
+from cfglab.stages.common import (
+    check_dataset,
+    check_results_have_checkpoint,
+    load_run_config,
+    say,
+)
 from cfglab.stages.dynamics import check_dynamics, run_dynamics
 from cfglab.stages.evaluation import check_eval, generate_from_run, run_eval
 
@@ -119,28 +126,81 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
     return rundir.sha256(json.dumps([record, own], sort_keys=True))
 
 
+def check_run_folder(name: str, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Before any work, what the run folder tells about stage `name`: no file where one of its
+    folders goes, every folder it writes takes a file (a read-only or unwritable folder fails
+    now, not after the work), a folder holding results but no checkpoint is not trained over,
+    and a saved dataset the stage reads is still there."""
+    advice = f"the {name} stage writes there: make it writable, or work on a copy of the run"
+    for folder in ("", *STAGE_FOLDERS.get(name, ())):
+        path = run_dir / folder
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file where the {name} stage writes a folder; move it")
+        rundir.check_writable(path, advice)
+    if name == "train":
+        check_results_have_checkpoint(run_dir)
+    if name in ("eval", "dynamics"):
+        check_dataset(cfg, run_dir, name)
+
+
+@contextlib.contextmanager
+def holding_run(run_dir: Path):
+    """The run's lock (expdir.run_lock) for a command that writes into it: CfglabError naming
+    the process that holds it. Under torchrun rank 0 holds it for every rank."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with expdir.run_lock(run_dir) as owner:
+        if owner is not None:
+            raise CfglabError(
+                f"{run_dir} is in use by another cfglab process (pid {owner}: a sweep's worker or "
+                "another command writing into it); wait for it to end, or stop it"
+            )
+        yield
+
+
 def run_stage(
     name: str, cfg: ExperimentConfig, run_dir: Path, *, skip_done: bool = False, **options
 ) -> Path | None:
     """STAGES[name] on a run, recorded in the run's stages.json when it completes; with
     `skip_done`, a stage already completed under the same settings (stage_key) is skipped
     (None). Training resumes from its checkpoint when one exists (and skip_done). Option
-    `only` (analyze): run these analysis families only (the stage is then not recorded)."""
+    `only` (analyze): run these analysis families only (the stage is then not recorded). The
+    run is held (holding_run) while the stage works; a failed read or write (a full disk) is
+    one CfglabError naming it."""
+    run_dir = Path(run_dir)
+    check_config(cfg, [name])
+    check_run_folder(name, cfg, run_dir)
+    with one_line_os_errors(f"the {name} stage", run_dir), holding_run(run_dir):
+        return _run_stage_held(name, cfg, run_dir, skip_done, options)
+
+
+@contextlib.contextmanager
+def one_line_os_errors(what: str, run_dir: Path):
+    """A failed read or write while a stage works (a full disk, a folder made read-only since
+    the check) as one CfglabError naming the file, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise CfglabError(
+            f"{what} on {run_dir} failed: {exc.strerror or exc}{where}; every file is written "
+            "whole or not at all: free disk space or fix the folder's permissions, then run it "
+            "again"
+        ) from None
+
+
+def _run_stage_held(
+    name: str, cfg: ExperimentConfig, run_dir: Path, skip_done: bool, options: dict
+) -> Path | None:
     from cfglab.train import checkpoint as ckpt
 
-    check_config(cfg, [name])
-    for folder in STAGE_FOLDERS.get(name, ()):  # before any work: a file where a folder goes
-        path = Path(run_dir) / folder
-        if path.exists() and not path.is_dir():
-            raise ConfigError(
-                f"{path} is a file where the {name} stage writes a folder; move it away"
-            )
     key = stage_key(cfg, name)
     if skip_done and rundir.read_stage_marks(run_dir).get(name) == key:
         say(f"== {name}: done earlier with these settings, skipped")
         return None
     if name == "train":
-        if skip_done and (Path(run_dir) / ckpt.CKPT_DIR / ckpt.LATEST).exists():
+        if skip_done and (run_dir / ckpt.CKPT_DIR / ckpt.LATEST).exists():
             options["resume"] = True
         wrote = run_train(cfg, run_dir, **options)
     else:
@@ -163,9 +223,24 @@ def run_stages(
 ) -> list[Path | None]:
     """cfg.stages in order on one run directory (`cfglab run`, and each run of a sweep with
     skip_done); under torchrun every rank trains and rank 0 alone runs the later stages."""
+    check_config(cfg)  # before training, not after it
+    for name in cfg.stages:  # and the folder's side, before the lock makes the folder
+        check_run_folder(name, cfg, Path(run_dir))
+    # one process from the first stage to the last
+    with one_line_os_errors("cfglab run", Path(run_dir)), holding_run(Path(run_dir)):
+        return _run_stages_held(cfg, Path(run_dir), resume, allow_changes, progress, skip_done)
+
+
+def _run_stages_held(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    resume: bool,
+    allow_changes: bool,
+    progress: bool,
+    skip_done: bool,
+) -> list[Path | None]:
     from cfglab.train import dist
 
-    check_config(cfg)  # before training, not after it
     wrote: list[Path | None] = []
     for name in cfg.stages:
         if name != "train" and not dist.is_master():

@@ -30,8 +30,9 @@ def check_families(names: Sequence[str], registry: dict, key: str, what: str = "
 
 
 def check_probe_targets(cfg: ExperimentConfig, grammar) -> None:
-    """probe.targets: known names, each one the grammar has (before any work)."""
-    from cfglab.analyze.targets import TARGETS
+    """probe.targets: known names, each one the grammar has, and each restricted window of
+    probe.windows (scored at NT ends) with a target that has NT ends (before any work)."""
+    from cfglab.analyze.targets import TARGETS, default_targets
 
     names = cfg.probe.targets or []
     check_families(names, TARGETS, "probe.targets", "target")
@@ -42,6 +43,34 @@ def check_probe_targets(cfg: ExperimentConfig, grammar) -> None:
                 f"probe.targets: {name!r} needs a layered grammar (like the cfg3 family) and "
                 f"{grammar.name or 'the grammar'} is not one; choose from {', '.join(have)}"
             )
+    if cfg.probe.windows != ["all"]:  # (the default: no window to check, no torch to import)
+        _check_windows(cfg, grammar, names or default_targets(grammar))
+
+
+def _check_windows(cfg: ExperimentConfig, grammar, names: list[str]) -> None:
+    """A restricted probe window scores only at NT ends: some target must have them (whether
+    one does is read off the targets built on a few strings, so a new target needs no entry)."""
+    from cfglab.analyze.probe import SCORED_AT
+    from cfglab.analyze.targets import TARGETS, build_targets
+    from cfglab.data.sampler import sample
+    from cfglab.errors import SamplingError
+
+    restricted = [w for w in cfg.probe.windows if SCORED_AT[w] == "ends"]
+    if not restricted:
+        return
+    try:
+        batch = sample(grammar, 4, 0, max_len=cfg.data.max_len)
+    except SamplingError:  # a grammar the sampler refuses: said by the data checks
+        return
+    if any(t.at_ends is not None for t in build_targets(grammar, batch, names)):
+        return
+    have = [n for n, spec in TARGETS.items() if spec.supports(grammar)]
+    with_ends = {t.target for t in build_targets(grammar, batch, have) if t.at_ends is not None}
+    raise ConfigError(
+        f"probe.windows {restricted}: these windows score a probe at NT ends only, and no target "
+        f"of probe.targets {names} has NT ends; add one that has ({', '.join(sorted(with_ends))}) "
+        "or drop those windows"
+    )
 
 
 def run_analyze(cfg: ExperimentConfig, run_dir: Path, only: Sequence[str] | None = None) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cfglab import rundir
 from cfglab.config import ExperimentConfig, config_from_dict
 from cfglab.config.load import apply_override
-from cfglab.errors import ConfigError
+from cfglab.errors import CfglabError, ConfigError
 
 
 def say(message: str) -> None:
@@ -24,6 +24,45 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         apply_override(data, item)
     return config_from_dict(data)
+
+
+def check_results_have_checkpoint(run_dir: Path, where: str = "") -> None:
+    """A folder with a run's results but no checkpoint (its ckpt/ removed) is not trained
+    afresh: that would replace its config.json and metrics.jsonl under the old results.
+    ConfigError naming what it holds and the fix."""
+    held = rundir.held_results(run_dir)
+    if held and rundir.latest_step(run_dir) is None:
+        more = f" and {len(held) - 2} more" if len(held) > 2 else ""
+        raise ConfigError(
+            f"{where}{run_dir} holds a run's results ({', '.join(held[:2])}{more}) but no "
+            "checkpoint (ckpt/latest): training there would put a new model under the old "
+            "results; move the folder away to train afresh, or restore its ckpt/"
+        )
+
+
+def check_dataset(cfg: ExperimentConfig, run_dir: Path, stage: str) -> None:
+    """Before a stage that reads the run's saved dataset (its strings for seen_in_training, its
+    validation windows): the dataset is still where the run was trained from, and is the one it
+    was trained on (meta.json's hash in fingerprint.json). CfglabError saying what is missing
+    and where it was."""
+    if not cfg.data.dataset:
+        return
+    from cfglab.data.saved import meta_hash
+
+    path = Path(cfg.data.dataset)
+    found = meta_hash(path)
+    if found is None:
+        raise CfglabError(
+            f"{run_dir} was trained on the saved dataset {path} (data.dataset in its "
+            f"{rundir.CONFIG}), which is not there any more: the {stage} stage reads its strings; "
+            f"move the dataset back to {path}"
+        )
+    expected = rundir.read_fingerprint(run_dir).get("dataset_meta")
+    if expected and found != expected:
+        raise CfglabError(
+            f"{path} is not the saved dataset {run_dir} was trained on (its meta.json differs "
+            f"from the hash in {rundir.FINGERPRINT}); put that dataset back at {path}"
+        )
 
 
 def load_run_model(run_dir: Path, cfg: ExperimentConfig, section, checkpoint: Path | None = None):

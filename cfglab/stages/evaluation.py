@@ -12,7 +12,7 @@ from cfglab import rundir
 from cfglab.config import OBJECTIVES, ExperimentConfig
 from cfglab.config.schema import resolved_seeds
 from cfglab.config.validate import check_cuts
-from cfglab.errors import CfglabError
+from cfglab.errors import CfglabError, ConfigError
 from cfglab.stages.common import checkpoint_step, load_run_model
 
 
@@ -56,7 +56,7 @@ def check_eval(cfg: ExperimentConfig) -> None:
     """Before any work: the eval stage needs a model that generates, and prompts that leave room
     to generate in its window."""
     if not OBJECTIVES[cfg.train.objective]:
-        raise CfglabError(
+        raise ConfigError(
             f"train.objective {cfg.train.objective} makes a masked-LM encoder: it does not "
             "generate, so there is nothing to evaluate; leave eval out of the config's stages "
             "and probe it (the analyze stage) instead"

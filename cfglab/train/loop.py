@@ -63,8 +63,6 @@ class DivergedError(CfglabError):
 
 
 # ---- 1. setup ----------------------------------------------------------------------------------
-
-
 @dataclass
 class Setup:
     """Everything `train` resolves before its first step (`setup` builds it)."""
@@ -232,8 +230,6 @@ def start_run_files(s: Setup) -> None:
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-
-
 def train(
     cfg: ExperimentConfig,
     *,
@@ -469,7 +465,9 @@ class Recorder:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(s.run_dir / "tb"))
+                # purge_step: a resumed run logs the steps after its checkpoint again, and
+                # TensorBoard drops the earlier events from there (no step shown twice)
+                self.tb = SummaryWriter(str(s.run_dir / "tb"), purge_step=s.start + 1)
             except ImportError:  # tensorboard not installed: metrics.jsonl is the record anyway
                 self.tb = None
 
@@ -489,11 +487,12 @@ class Recorder:
 
 
 def _progress_bar(s: Setup, progress: bool, stack: ExitStack):
-    """A tqdm bar on the master (closed with `stack`), or None."""
+    """A tqdm bar on the master (closed with `stack`), or None. It draws only on a terminal:
+    in a log or a pipe (disable=None) no carriage-return redraws, bar.write's lines only."""
     if not (progress and s.info.is_master):
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=s.cfg.train.max_steps, initial=s.start, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=s.cfg.train.max_steps, initial=s.start, unit="step", disable=None)
     stack.callback(bar.close)
     return bar
