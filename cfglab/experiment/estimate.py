@@ -220,6 +220,11 @@ def plan_lines(exp: Experiment, todo: list[RunSpec], estimate: bool = True) -> l
     ]
     if estimate and todo:
         lines += _estimate_lines(exp, todo)
+    if exp.executor["kind"] == "slurm" and todo:  # what sbatch will be given, SLURM or not here
+        from cfglab.experiment.launch import sbatch_lines
+
+        lines.append(f"  sbatch settings of the job array (submitit; {len(todo)} runs):")
+        lines += [f"    {line}" for line in sbatch_lines(exp, len(todo))]
     return lines
 
 

@@ -56,6 +56,8 @@ def check_run_folders(exp: Experiment) -> None:
     data, model and train settings). A sweep resumes and skips by folder, so a run trained under
     other settings would be reused or refused mid-sweep, and compare would report its old
     numbers under the new settings: ConfigError naming the first such run and the fix."""
+    from cfglab.stages.common import check_results_have_checkpoint
+
     try:
         recorded = (expdir.read_plan(exp.out) or {}).get("file")
     except CfglabError:  # a corrupt plan is rewritten by this sweep
@@ -68,8 +70,11 @@ def check_run_folders(exp: Experiment) -> None:
     grammars: dict[str, object] = {}
     stale = []
     for spec in exp.all_runs:
-        if not (spec.dir / "ckpt").is_dir() or not (spec.dir / rundir.CONFIG).is_file():
+        if rundir.latest_step(spec.dir) is None:
+            check_results_have_checkpoint(spec.dir, f"{exp.file}: ")  # lost its checkpoints
             continue  # never trained, or killed before its first checkpoint: trained afresh
+        if not (spec.dir / rundir.CONFIG).is_file():
+            continue
         section = json.dumps(spec.config.to_dict()["grammar"], sort_keys=True)
         if section not in grammars:
             grammars[section] = spec.config.grammar.load()
@@ -87,6 +92,39 @@ def check_run_folders(exp: Experiment) -> None:
             "sweep would mix their results with this file's: move or delete those run folders to "
             "retrain them, or give the experiment a new name or out_dir"
         )
+
+
+def check_executor(exp: Experiment, cluster: str | None = None) -> None:
+    """Before any work: a SLURM executor needs SLURM here (submitit would otherwise fall back
+    to running every run locally, all at once). ConfigError naming the fix."""
+    if exp.executor["kind"] != "slurm" or cluster is not None:
+        return
+    from submitit.slurm.slurm import SlurmExecutor
+
+    if SlurmExecutor.affinity() <= 0:  # submitit's own test for SLURM: srun on PATH
+        raise ConfigError(
+            f"{exp.file}: executor slurm, but SLURM is not here (no srun or sbatch on PATH): "
+            "sweep from a SLURM login node, or run here with --executor local (--dry-run shows "
+            "the plan and the sbatch settings anywhere)"
+        )
+
+
+def sbatch_lines(exp: Experiment, n_runs: int) -> list[str]:
+    """The #SBATCH settings submitit will submit the job array of `n_runs` runs with (for the
+    dry run: made by submitit's own script writer, without SLURM)."""
+    from submitit.slurm import slurm
+
+    equivalent = slurm.SlurmExecutor._equivalence_dict()
+    params = {}
+    for key, value in submitit_parameters(exp.executor, f"cfglab-{exp.name}").items():
+        if key == "mem_gb":
+            params["mem"] = slurm._convert_mem(value)
+        else:
+            params[equivalent.get(key, key.removeprefix("slurm_"))] = value
+    script = slurm._make_sbatch_string(
+        command="...", folder=exp.out / "submitit" / "%j", map_count=n_runs, **params
+    )
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
 
 
 def _job(spec: RunSpec) -> dict[str, Any]:
@@ -113,7 +151,9 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
 def _run_locked(
     run_dir: Path, job: dict[str, Any], started: Callable[[], object] | None
 ) -> dict[str, Any]:
-    status = {"state": "running", "seconds": None, "error": None, "pid": os.getpid()}
+    earlier = expdir.read_run_status(run_dir).get("seconds")  # a resumed run's earlier segments
+    earlier = earlier if isinstance(earlier, (int, float)) else 0.0
+    status = {"state": "running", "seconds": earlier or None, "error": None, "pid": os.getpid()}
     expdir.write_run_status(run_dir, status)
     if started is not None:
         started()
@@ -132,7 +172,7 @@ def _run_locked(
         except Exception as exc:  # noqa: BLE001  (a bug in one run must not stop the others)
             log.write(traceback.format_exc())
             status.update(state="failed", error=f"{type(exc).__name__}: {exc} (see log.txt)")
-    status["seconds"] = round(time.perf_counter() - t0, 1)
+    status["seconds"] = round(earlier + time.perf_counter() - t0, 1)
     status.pop("pid")
     expdir.write_run_status(run_dir, status)
     return status
@@ -320,6 +360,7 @@ def run_submitit(exp: Experiment, specs: list[RunSpec], cluster: str | None = No
 def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dict], int]:
     """Run every run of the experiment that has stages left; returns (status.json's content,
     number of runs this call ran)."""
+    check_executor(exp, cluster)
     check_run_folders(exp)
     try:
         expdir.make_folder(exp.out)

@@ -451,3 +451,75 @@ def test_only_runs_a_part_and_keeps_the_whole_plan(tmp_path):
     assert status["model.position=abs,seed=0"]["state"] == "done"
     assert status["model.position=rot,seed=0"]["state"] == "pending"
     assert not (out / "model.position=rot,seed=0").exists()
+    # the comparison says what it left out, rather than "2 runs" and a table of one
+    md = (out / "compare" / "report.md").read_text()
+    assert "**1 of 2 runs left out**" in md
+    assert "- `model.position=rot,seed=0`: not started: no run folder yet" in md
+
+
+def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """srun and an sbatch that records the script submitit writes, first on PATH; returns where
+    the script lands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n"
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tmp_path / "submitted.sh"
+
+
+def test_a_slurm_sweep_without_slurm_is_refused_and_its_dry_run_shows_sbatch(
+    tmp_path, capsys, monkeypatch
+):
+    """No sbatch on PATH: `--executor slurm` is refused before anything is written (not run
+    locally, all at once); the dry run shows the #SBATCH lines, which are exactly those of the
+    script submitit hands to sbatch where SLURM is (a recording sbatch)."""
+    block = {"kind": "slurm", "partition": "short", "cpus_per_run": 3, "array_parallelism": 1}
+    exp = experiment(tmp_path, executor=block)
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    capsys.readouterr()
+    assert cli.main(["sweep", str(exp), "--only", "seed=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cfglab: error: ") and "SLURM is not here" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+    assert cli.main(["sweep", str(exp), "--only", "seed=0", "--dry-run"]) == 0
+    shown = [ln.strip() for ln in capsys.readouterr().out.splitlines() if "#SBATCH" in ln]
+    assert "#SBATCH --array=0-1%1" in shown and "#SBATCH --partition=short" in shown
+
+    from cfglab.experiment.grid import load_experiment
+    from cfglab.experiment.launch import SubmititRun, _job, submitit_executor
+
+    monkeypatch.setenv("PATH", path)
+    script = fake_slurm(tmp_path, monkeypatch)
+    spec = load_experiment(exp, only=["seed=0"])
+    submitit_executor(spec, cluster="slurm").map_array(SubmititRun(), [_job(s) for s in spec.runs])
+    submitted = [ln for ln in script.read_text().splitlines() if ln.startswith("#SBATCH")]
+    assert sorted(shown) == sorted(submitted)
+
+
+def test_a_resumed_runs_wall_time_sums_its_segments(tmp_path):
+    """status.json's seconds of a run resumed by a sweep: the earlier segments' plus this one's
+    (an interrupted run's 100 s are not forgotten when it finishes)."""
+    data = yaml.safe_load(experiment(tmp_path).read_text())
+    data["set"].update({"train.max_steps": 4, "train.log_every": 2, "train.ckpt_every": 4})
+    data.update(grid={"model.position": ["abs"]}, seeds=[0], stages=["train"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(data))
+    assert cli.main(["sweep", str(exp), "--workers", "1"]) == 0
+    out = tmp_path / "runs" / "smoke"
+    run = out / "model.position=abs,seed=0"
+    first = json.loads((run / "run_status.json").read_text())["seconds"]
+    (run / "run_status.json").write_text(json.dumps({"state": "interrupted", "seconds": 100.0}))
+    data["stages"] = ["train", "eval"]  # a stage left: the sweep runs the run again
+    exp.write_text(yaml.safe_dump(data))
+    t0 = time.perf_counter()
+    assert cli.main(["sweep", str(exp), "--workers", "1"]) == 0
+    took = time.perf_counter() - t0
+    status = json.loads((out / "status.json").read_text())["model.position=abs,seed=0"]
+    assert status["state"] == "done" and 100.0 < status["seconds"] <= 100.0 + took + 0.1
+    assert first < 100.0
