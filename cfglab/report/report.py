@@ -18,7 +18,7 @@ from cfglab import rundir
 from cfglab.errors import CfglabError
 from cfglab.report import plots
 from cfglab.report.html import md_to_html
-from cfglab.report.results import RunResults, load_run
+from cfglab.report.results import RunResults, load_run, run_state, stale_results
 from cfglab.report.tables import rows_markdown
 
 
@@ -79,7 +79,7 @@ def _size(cfg: dict) -> str:
 
 def _header(res: RunResults) -> list[str]:
     cfg = res.config
-    out = [f"# cfglab report: {res.name}", ""]
+    out = [f"# cfglab report: {res.name}", "", *state_lines(res.run_dir)]
     if cfg:
         m, t = cfg.get("model", {}), cfg.get("train", {})
         out += [
@@ -90,6 +90,28 @@ def _header(res: RunResults) -> list[str]:
             "",
         ]
     return out
+
+
+def state_lines(run_dir: Path) -> list[str]:
+    """The report's first words when its numbers do not describe the run's final model: an
+    unfinished run, or result files measured on another training record or step (each named,
+    with the command that measures it again). [] for a current run."""
+    state, why = run_state(run_dir)
+    if state == "unfinished":
+        return [
+            f"**Unfinished run: {why}.** Its numbers describe a model in mid-training; resume it "
+            "(`cfglab train CONFIG --resume`, or sweep again) before reading them.",
+            "",
+        ]
+    if state != "stale":
+        return []
+    files = "; ".join(stale_results(run_dir))
+    return [
+        f"**Stale results: {files}.** They were not measured on this run's current model: "
+        f"rerun the stages that wrote them (`cfglab eval {run_dir}`, `cfglab analyze "
+        f"{run_dir}`, `cfglab dynamics {run_dir}`).",
+        "",
+    ]
 
 
 LEARNED_AT = 0.90  # the rule's threshold on cut0 generation accuracy

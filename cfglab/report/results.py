@@ -5,6 +5,11 @@ metrics.jsonl, eval/*.json (one file per metric family, summary.json with the su
 analyze/*.json (one per analysis family, and the dynamics stage's). Everything is optional
 except the directory itself, so a report can be built for a run that has only trained, or only
 been evaluated.
+
+`run_state` ties the results to the training record: a run is unfinished (no checkpoint, or
+its latest one short of train.max_steps) or stale (a result file's provenance, the fingerprint
+and step it was measured on, is not the run's current ones); compare keeps such runs out of
+its seed aggregates and the report says so at the top.
 """
 
 from __future__ import annotations
@@ -167,6 +172,63 @@ def read_checked(run_dir: Path, folder: str) -> dict[str, dict]:
                 f"re-run `{stage} {run_dir}`"
             )
     return bodies
+
+
+def result_provenance(run_dir: Path) -> dict[str, dict | None]:
+    """Every result file's provenance {fingerprint, step} (None: the file carries none), by
+    its name in the run ("eval/accuracy.json"): eval files keep it in their settings, analysis
+    files in their header."""
+    out: dict[str, dict | None] = {}
+    for folder in (rundir.EVAL, rundir.ANALYZE):
+        for name, body in rundir.read_results(run_dir, folder).items():
+            holder = body.get("settings") if folder == rundir.EVAL else body
+            prov = holder.get("provenance") if isinstance(holder, dict) else None
+            out[f"{folder}/{name}.json"] = prov if isinstance(prov, dict) else None
+    return out
+
+
+def stale_results(run_dir: Path) -> list[str]:
+    """The result files not measured on the run's current training record, each with why:
+    another fingerprint (the run was retrained or resumed with changes since), another step
+    (trained on since), or no provenance at all (written by an older cfglab). [] for a run
+    with no training record (fingerprint.json): then there is nothing to hold them to."""
+    fingerprint = rundir.read_fingerprint(run_dir).get("config")
+    if fingerprint is None:
+        return []
+    step = rundir.latest_step(run_dir)
+    out = []
+    for name, prov in result_provenance(run_dir).items():
+        if prov is None:
+            out.append(f"{name} (no provenance: written by an older cfglab)")
+        elif prov.get("fingerprint") != fingerprint:
+            out.append(f"{name} (measured on another training record of this folder)")
+        elif prov.get("step") != step:
+            out.append(f"{name} (measured at step {prov.get('step')}, the run is at {step})")
+    return out
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """(state, why) of a run's results: "current"; "not started" (no config.json);
+    "unfinished" (no checkpoint, or the latest short of train.max_steps); "stale" (a result
+    file measured on another training record or step: stale_results). A folder of results
+    with no training record (no fingerprint.json, which training writes before its first step:
+    results written by other means) is "current": there is nothing to hold it to."""
+    d = Path(run_dir)
+    if not (d / rundir.CONFIG).is_file():
+        return "not started", "no run folder yet" if not d.exists() else "no config.json"
+    if not rundir.read_fingerprint(d):
+        return "current", ""
+    step = rundir.latest_step(d)
+    max_steps = rundir.read_run_config(d).train.max_steps
+    if step is None:
+        return "unfinished", "no checkpoint (killed before its first, or ckpt/ removed)"
+    if step < max_steps:
+        return "unfinished", f"trained to step {step} of {max_steps}"
+    stale = stale_results(d)
+    if stale:
+        more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+        return "stale", f"{stale[0]}{more}"
+    return "current", ""
 
 
 def load_run(run_dir: str | Path) -> RunResults:

@@ -66,9 +66,11 @@ def test_committed_results_are_compare_output_for_every_run_and_seed(name):
         reader = csv.DictReader(f)
         rows = list(reader)
         columns = reader.fieldnames
-    # "label" (the probes of grammars that are not layered) came after these files were written
+    # "label" (the probes of grammars that are not layered) and "state" (every run was current
+    # when compare wrote them) came after these files were written
     usual = [q for q in QUALIFIERS if q != "label"]
-    assert columns == [*FIXED[:2], *exp.axes, *FIXED[2:], *usual, *VALUES]
+    fixed = [f for f in FIXED if f != "state"]
+    assert columns == [*fixed[:2], *exp.axes, *fixed[2:], *usual, *VALUES]
     assert {r["run"] for r in rows} == {r.dir.name for r in exp.runs}
     for run in exp.runs:
         mine = [r for r in rows if r["run"] == run.dir.name]
