@@ -228,6 +228,8 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "model.dropout": 0.1,
         "model.rotary_fraction": 0.5,
         "train.min_lr": 1e-5,
+        "train.beta1": 0.8,  # AdamW's betas are in [0, 1)
+        "train.beta2": 0.99,
         "train.grad_accum": 2,
         "train.batch_size": 6,
         "data.dataset": "some/folder",

@@ -115,8 +115,10 @@ def _yaml_item(text: str) -> str:
 
     import yaml
 
+    from cfglab.config.load import safe_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml(text, f"the value {text[:20]!r}")  # bounded, as every YAML text
     except yaml.YAMLError:
         value = text
     return text if isinstance(value, (int, float, bool)) else json.dumps(text)

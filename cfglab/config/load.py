@@ -11,6 +11,11 @@ in under a second, before any sampling or training: unknown keys raise ConfigErr
 is converted; NaN and infinities are refused); ranges and names: `cfglab.config.validate`.
 Override values are read as YAML (`200` -> int, `true` -> bool, `[1, 3]` -> list, `null`).
 
+Every YAML text (a config, an experiment file, a --set value) is read by `safe_yaml`, which
+first checks on the parser's events, before anything is built, that it expands to at most
+MAX_YAML_NODES values nested at most MAX_YAML_DEPTH deep (aliases counted at every use) and holds
+no NUL byte: a "billion laughs" alias bomb or a 5,000-deep nesting is one line of error.
+
 What is validated where (nothing here imports torch): here, every key, type and range, the stage
 names, the objective and the grammar (loaded through `cfglab.grammar.load`); at the start of
 training, before any sampling: the position variant (by building the model), the batch against
@@ -34,6 +39,13 @@ from cfglab.config.validate import validate
 from cfglab.errors import CfglabError, ConfigError, did_you_mean
 
 PATH_KEYS = (("grammar", "name"), ("data", "dataset"))  # file paths, relative to their config
+# What one YAML text may expand to. A config is ~100 values 5 deep; the bounds stop a few lines
+# of aliases that expand to billions of values (any walk of the result would expand them) and
+# nesting that would overflow PyYAML's recursive composer, before anything is built.
+MAX_YAML_NODES = 100_000  # values, aliases counted at every use
+MAX_YAML_DEPTH = 100  # mappings and lists inside one another, aliases expanded
+MAX_YAML_BYTES = 10 * 2**20  # a config file's size
+_EVENTS_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when installed
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -59,8 +71,13 @@ def read_yaml(p: Path, what: str = "config", example: str = "configs/quickstart.
     if not p.is_file():
         kind = "a folder" if p.is_dir() else "no such file"
         raise ConfigError(f"{what} {p}: {kind}; give a YAML file such as {example}")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{what} {p}: {p.stat().st_size:,} bytes, over the {MAX_YAML_BYTES:,} a config may "
+            f"have; give a YAML file such as {example}"
+        )
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loaded = safe_yaml(p.read_text(encoding="utf-8"), str(p))
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
     except yaml.YAMLError as exc:
@@ -73,6 +90,67 @@ def read_yaml(p: Path, what: str = "config", example: str = "configs/quickstart.
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys (see {example})")
     return loaded
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load(text), once `_check_expansion` has passed (ConfigError naming `where`);
+    a syntax error is PyYAML's YAMLError, as safe_load's."""
+    yaml_expansion(text, where)
+    return yaml.safe_load(text)
+
+
+def yaml_expansion(text: str, where: str) -> tuple[int, int]:
+    """(values, nesting) that `text` expands to, every alias counted where it is used (a merge
+    key `<<: *a` as a mapping of its own: an upper bound); ConfigError beyond MAX_YAML_NODES or
+    MAX_YAML_DEPTH, for an alias inside its own anchor, or a NUL byte. One pass over the
+    parser's events, stopped at the first excess; each anchor's expansion is counted once and
+    looked up at each use (memoised), so a bomb costs no more to count than to read."""
+    done: dict[str, tuple[int, int]] = {}  # anchor -> (values, depth) of its expansion
+    # open mappings and lists: [anchor, height of the tallest child, values before it opened]
+    stack: list[list] = []
+    total = deepest_seen = 0
+    for event in yaml.parse(text, Loader=_EVENTS_LOADER):
+        line = f"{where}:{event.start_mark.line + 1}" if event.start_mark else where
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([event.anchor, 0, total])
+            nodes, depth = 1, len(stack)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, deepest, start = stack.pop()
+            if anchor is not None:  # values added since it opened, itself included
+                done[anchor] = (total - start, deepest + 1)
+            if stack:
+                stack[-1][1] = max(stack[-1][1], deepest + 1)
+            continue
+        elif isinstance(event, yaml.ScalarEvent):
+            if "\x00" in event.value:
+                raise ConfigError(f"{line}: a value holds a NUL byte; remove it")
+            if event.anchor is not None:
+                done[event.anchor] = (1, 0)
+            nodes, depth = 1, len(stack)
+        elif isinstance(event, yaml.AliasEvent):
+            if any(frame[0] == event.anchor for frame in stack):
+                raise ConfigError(f"{line}: alias *{event.anchor} inside its own anchor")
+            if event.anchor not in done:
+                continue  # an undefined alias: safe_load names it
+            nodes, inner = done[event.anchor]
+            depth = len(stack) + inner
+            if stack:
+                stack[-1][1] = max(stack[-1][1], inner)
+        else:
+            continue
+        total += nodes
+        deepest_seen = max(deepest_seen, depth)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: expands to more than {MAX_YAML_NODES:,} values (aliases counted at "
+                "every use); a config is far smaller: remove the aliases that multiply it"
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(
+                f"{line}: nested more than {MAX_YAML_DEPTH} deep (aliases expanded); a config is "
+                "far flatter: remove the nesting"
+            )
+    return total, deepest_seen
 
 
 def _read_chain(p: Path, chain: list[Path]) -> dict[str, Any]:
@@ -118,7 +196,11 @@ def _absolute_paths(data: dict[str, Any], folder: Path) -> None:
         value = node[key]
         if value in BUILTIN_GRAMMARS or Path(value).is_absolute():
             continue
-        if (folder / value).exists():
+        try:
+            beside = (folder / value).exists()
+        except OSError:  # a name the file system refuses: validation names it
+            continue
+        if beside:
             node[key] = str((folder / value).resolve())
 
 
@@ -162,7 +244,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r}: bad key {key!r}; write e.g. train.max_steps=200")
     # the type check in _build validates; str fields take the raw text (see _RawOverride)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override {key}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     node = data

@@ -8,6 +8,8 @@ too, by cfglab.stages.check_config, which the run, sweep and stage commands call
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from cfglab.config.schema import (
@@ -26,16 +28,20 @@ from cfglab.config.schema import (
     SAMPLER_NAMES,
     STAGE_NAMES,
     ExperimentConfig,
+    flat,
     kept_steps,
 )
 from cfglab.errors import ConfigError, did_you_mean
+from cfglab.grammar.implicit import MAX_IMPLICIT_TOKENS
 
 PROBE_LAYERS = ("all", "last")  # probe.layers
 
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that need no torch: names, ranges, and settings that must agree."""
+    _check_paths(cfg)
     _check_names(cfg)
+    _check_keep_steps(cfg)
     _check_ranges(cfg)
     _check_train_and_model(cfg)
     _check_eval_and_probe(cfg)
@@ -73,81 +79,200 @@ def _check_names(cfg: ExperimentConfig) -> None:
     if imp is not None:
         _one_of("grammar.implicit.mode", imp.mode, IMPLICIT_MODE_NAMES)
         _one_of("grammar.implicit.weights", imp.weights, IMPLICIT_WEIGHT_NAMES)
+
+
+# ---- names and paths ---------------------------------------------------------------------------
+MAX_NAME_BYTES = 255  # one file or folder name, in bytes (ext4, XFS, APFS, NTFS: 255)
+MAX_PATH_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
+PATH_KEYS = ("out_dir", "grammar.name", "data.dataset", "report.compare")  # file system paths
+
+
+def check_path_text(key: str, text: str) -> None:
+    """ConfigError for a path (or a name that becomes one) the file system would refuse: a NUL
+    byte, a component over MAX_NAME_BYTES bytes, or over MAX_PATH_BYTES bytes in all."""
+    raw = os.fsencode(text)  # bytes as the file system sees them (argv's undecodable too)
+    if b"\x00" in raw:
+        raise ConfigError(
+            f"{key} {_shown(text)} holds a NUL byte, which no file name may; remove it"
+        )
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{key} {_shown(text)}: a name of {len(longest)} bytes, over the {MAX_NAME_BYTES} a "
+            "file system allows per file or folder name; give a shorter one"
+        )
+    if len(raw) > MAX_PATH_BYTES:
+        raise ConfigError(
+            f"{key} {_shown(text)}: a path of {len(raw)} bytes, over the {MAX_PATH_BYTES} a file "
+            "system allows; give a shorter one"
+        )
+
+
+def _shown(text: str) -> str:
+    """text quoted for a one-line message, cut when long."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(os.fsencode(text))} bytes)"
+
+
+def _check_paths(cfg: ExperimentConfig) -> None:
+    """No string of the config holds a NUL byte; the run folder, its name and every path key
+    are names the file system accepts (before anything touches the file system)."""
+    for key, value in flat(cfg.to_dict()).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and "\x00" in item:
+                raise ConfigError(f"{key} {_shown(item)} holds a NUL byte; remove it")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name {cfg.name!r} must be a plain directory name (no '/')")
+    check_path_text("name", cfg.name)
+    if not cfg.out_dir:
+        raise ConfigError("out_dir is empty: give the folder of run folders, e.g. runs")
+    for key in PATH_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        for item in node if isinstance(node, list) else [node]:
+            if isinstance(item, str):
+                check_path_text(key, item)
+    check_path_text("out_dir/name (the run folder)", str(cfg.run_dir))
 
 
-def _minimums(cfg: ExperimentConfig) -> dict[str, tuple[Any, int]]:
-    """key -> (value, minimum) of every integer setting with a lower bound."""
-    t, m, d, e, p, a = cfg.train, cfg.model, cfg.data, cfg.eval, cfg.probe, cfg.attention
-    at_least = {
-        "train.max_steps": (t.max_steps, 1),
-        "train.batch_size": (t.batch_size, 1),
-        "train.grad_accum": (t.grad_accum, 1),
-        "train.log_every": (t.log_every, 1),
-        "train.eval_batches": (t.eval_batches, 1),
-        "train.ckpt_every": (t.ckpt_every, 1),
-        "train.keep_last": (t.keep_last, 1),
-        "train.warmup_steps": (t.warmup_steps, 0),
-        "train.eval_every": (t.eval_every, 0),
-        "train.grad_clip": (t.grad_clip, 0),
-        "train.weight_decay": (t.weight_decay, 0),
-        "train.seed": (t.seed, 0),
-        "model.block_size": (m.block_size, 2),
-        "model.n_layer": (m.n_layer, 1),
-        "model.n_head": (m.n_head, 1),
-        "model.n_embd": (m.n_embd, 1),
-        "model.rel_max_distance": (m.rel_max_distance, 1),
-        "data.seed": (d.seed, 0),
-        "data.prefetch": (d.prefetch, 0),
-        "eval.n_samples": (e.n_samples, 1),
-        "eval.n_fixed_prompt": (e.n_fixed_prompt, 0),
-        "eval.batch_size": (e.batch_size, 1),
-        "probe.n_train": (p.n_train, 2),
-        "probe.n_test": (p.n_test, 2),
-        "probe.n_heads": (p.n_heads, 1),
-        "probe.d_probe": (p.d_probe, 1),
-        "probe.steps": (p.steps, 1),
-        "probe.batch_size": (p.batch_size, 1),
-        "probe.n_queries": (p.n_queries, 1),
-        "probe.weight_decay": (p.weight_decay, 0),
-        "attention.n_strings": (a.n_strings, 1),
-        "attention.n_examples": (a.n_examples, 0),
-        "attention.example_len": (a.example_len, 1),
-        "dynamics.n_samples": (cfg.dynamics.n_samples, 1),
-        "dynamics.n_kl": (cfg.dynamics.n_kl, 1),
-    }
-    for key, value in (("data.max_len", d.max_len), ("eval.n_kl", e.n_kl)):
-        if value is not None:
-            at_least[key] = (value, 1)
-    imp = cfg.grammar.implicit
-    if imp is not None:
-        if imp.tokens is not None:
-            at_least["grammar.implicit.tokens"] = (imp.tokens, 1)
-        at_least["grammar.implicit.seed"] = (imp.seed, 0)
+@dataclass(frozen=True)
+class Range:
+    """The meaningful values of a numeric setting: lo..hi, each end included unless open. `hi`
+    may name another key (train.min_lr <= train.lr). `why`, in the message of a value
+    outside, says what the setting is or where a bound comes from."""
+
+    lo: float
+    hi: float | str
+    open_lo: bool = False
+    open_hi: bool = False
+    why: str = ""
+
+
+SEED_MAX = 2**63 - 1  # seeds are 63-bit: numpy, torch and JSON hold them exactly
+SEED = Range(0, SEED_MAX, why="seeds are 63-bit")
+STEPS = 10**9  # step counts and periods
+MANY = 10**7  # strings, samples, probe steps: far beyond a day of work
+WIDE = 65_536  # window lengths and widths
+THREADS = Range(1, 1024)
+PROBABILITY = Range(0, 1, why="a probability")
+MAX_KEPT = 10_000  # train.keep_steps log:N
+MAX_LEN = 1_000_000  # cfglab.data.sampler.MAX_SAMPLE_LENGTH (a test keeps the two equal)
+# Every numeric setting (a number, a list of numbers, or the number in `int | str`) and its range,
+# checked at load (`_check_ranges`); a test walks every numeric field of the schema at and beyond
+# these bounds, so a new numeric key without a range here fails it.
+RANGES: dict[str, Range] = {
+    "grammar.implicit.tokens": Range(1, MAX_IMPLICIT_TOKENS, why="the implicit vocabulary"),
+    "grammar.implicit.seed": SEED,
+    "data.seed": SEED,
+    "data.max_len": Range(1, MAX_LEN, why="the longest string the sampler draws"),
+    "data.prefetch": Range(0, 64),
+    "data.noise.fraction": PROBABILITY,
+    "data.noise.rate": PROBABILITY,
+    "model.block_size": Range(2, WIDE),
+    "model.n_layer": Range(1, 1024),
+    "model.n_head": Range(1, 1024),
+    "model.n_embd": Range(2, WIDE),  # a rotated head needs 2 dims
+    "model.dropout": Range(0, 1, open_hi=True),
+    "model.rel_max_distance": Range(1, WIDE),
+    "model.rotary_fraction": Range(0, 1, open_lo=True),
+    "model.rotary_base": Range(0, 1e12, open_lo=True),
+    "train.mlm_prob": Range(0, 1, open_lo=True, open_hi=True),
+    "train.max_steps": Range(1, STEPS),
+    "train.batch_size": Range(1, 10**6),
+    "train.grad_accum": Range(1, "train.batch_size"),
+    "train.lr": Range(0, 1, open_lo=True, why="AdamW's learning rate"),
+    "train.min_lr": Range(0, "train.lr"),
+    # longer than max_steps is allowed: lr_at ramps towards lr and the run ends first (the
+    # quickstart's 30 warmup steps with a test's max_steps=4)
+    "train.warmup_steps": Range(0, STEPS),
+    "train.weight_decay": Range(0, 1, why="AdamW shrinks weights by lr * weight_decay a step"),
+    "train.beta1": Range(0, 1, open_hi=True, why="a moment's decay"),
+    "train.beta2": Range(0, 1, open_hi=True, why="a moment's decay"),
+    "train.grad_clip": Range(0, 1e6),
+    "train.seed": SEED,
+    "train.threads": THREADS,
+    "train.log_every": Range(1, STEPS),
+    "train.eval_every": Range(0, STEPS),
+    "train.eval_batches": Range(1, 10_000),
+    "train.ckpt_every": Range(1, STEPS),
+    "train.keep_last": Range(1, 10_000),
+    "train.keep_steps": Range(1, "train.max_steps"),
+    "eval.n_samples": Range(1, MANY),
+    "eval.n_kl": Range(1, MANY),
+    "eval.cuts": Range(0, WIDE),
+    "eval.temperatures": Range(
+        0.01, 100, why="give one or more temperatures > 0: from 0.01 to 100"
+    ),
+    "eval.corrupt": Range(0, 1, why="each gamma is a probability"),
+    "eval.n_fixed_prompt": Range(0, MANY),
+    "eval.batch_size": Range(1, 100_000),
+    "eval.seed": SEED,
+    "eval.threads": THREADS,
+    "probe.n_train": Range(2, MANY),
+    "probe.n_test": Range(2, MANY),
+    "probe.n_heads": Range(1, 1024),
+    "probe.d_probe": Range(1, WIDE),
+    "probe.steps": Range(1, MANY),
+    "probe.batch_size": Range(1, 100_000),
+    "probe.n_queries": Range(1, WIDE),
+    "probe.lr": Range(0, 1, open_lo=True, why="AdamW's learning rate"),
+    "probe.weight_decay": Range(0, 1),
+    "probe.seed": SEED,
+    "attention.n_strings": Range(1, MANY),
+    "attention.n_examples": Range(0, 1000),
+    "attention.example_len": Range(1, WIDE),
+    "attention.seed": SEED,
+    "analyze.threads": THREADS,
+    "dynamics.n_samples": Range(1, MANY),
+    "dynamics.n_kl": Range(1, MANY),
+}
+
+
+def numbers_of(cfg: ExperimentConfig, key: str) -> list[Any]:
+    """The numbers `key` holds in cfg: [] for None or a name (per_run, auto, log:N), each
+    element of a list."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    values = node if isinstance(node, list) else [node]
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def bound_of(cfg: ExperimentConfig, bound: float | str) -> float:
+    """A Range end as a number (the value of the key it names)."""
+    return numbers_of(cfg, bound)[0] if isinstance(bound, str) else bound
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    for key, r in RANGES.items():
+        for value in numbers_of(cfg, key):
+            lo, hi = r.lo, bound_of(cfg, r.hi)
+            if value < lo or (r.open_lo and value == lo):
+                op, end = (">" if r.open_lo else ">="), _number(lo)
+            elif value > hi or (r.open_hi and value == hi):
+                op = "<" if r.open_hi else "<="
+                end = f"{r.hi} ({_number(hi)})" if isinstance(r.hi, str) else _number(hi)
+            else:
+                continue
+            why = f" ({r.why})" if r.why else ""
+            raise ConfigError(f"{key} must be {op} {end}, got {value!r}{why}")
     for section in PER_RUN_SECTIONS:
         seed = getattr(cfg, section).seed
-        if seed != "per_run":
-            if isinstance(seed, str):
-                raise ConfigError(
-                    f"{section}.seed: {seed!r} is not a seed; give an integer >= 0 or per_run"
-                )
-            at_least[f"{section}.seed"] = (seed, 0)
+        if isinstance(seed, str) and seed != "per_run":
+            raise ConfigError(
+                f"{section}.seed: {seed!r} is not a seed; give an integer >= 0 or per_run"
+            )
     for section in ("train", "eval", "analyze"):
         threads = getattr(cfg, section).threads
         if isinstance(threads, str) and threads != "auto":
             raise ConfigError(
                 f"{section}.threads: {threads!r}; give auto (measured), a number >= 1 or null"
             )
-        if isinstance(threads, int):
-            at_least[f"{section}.threads"] = (threads, 1)
-    return at_least
 
 
-def _check_ranges(cfg: ExperimentConfig) -> None:
-    for key, (value, low) in _minimums(cfg).items():
-        if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}")
+def _number(x: float) -> str:
+    """A bound or a value as a user types it: 1000000000, 0.01, 1e+12, 1.0."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _check_train_and_model(cfg: ExperimentConfig) -> None:
@@ -157,23 +282,35 @@ def _check_train_and_model(cfg: ExperimentConfig) -> None:
             "data.sampler physicslm4 draws the authors' strings as they come; it cannot "
             "resample long ones: set data.max_len to null"
         )
-    try:
-        steps = kept_steps(t.keep_steps, t.max_steps)
-    except ValueError as exc:
-        raise ConfigError(f"train.keep_steps: {exc}; give a list of steps or log:N") from None
-    if steps and not 1 <= steps[0] <= steps[-1] <= t.max_steps:
-        raise ConfigError(
-            f"train.keep_steps {t.keep_steps}: steps must be in 1..train.max_steps ({t.max_steps})"
-        )
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise ConfigError(f"train.lr ({t.lr}) must be > 0 and train.min_lr ({t.min_lr}) in [0, lr]")
-    if not 0 < t.mlm_prob < 1:
-        raise ConfigError(f"train.mlm_prob must be in (0, 1), got {t.mlm_prob}")
     check_model_shape(m, "model.")
     if t.batch_size % t.grad_accum:
         raise ConfigError(
             f"train.batch_size {t.batch_size} is not divisible by train.grad_accum "
             f"{t.grad_accum}; pick a batch that splits evenly"
+        )
+
+
+def _check_keep_steps(cfg: ExperimentConfig) -> None:
+    """train.keep_steps: a list of steps in 1..max_steps, or log:N with N <= MAX_KEPT (the
+    steps are computed here, so N is bounded first)."""
+    t = cfg.train
+    spec = t.keep_steps
+    if t.max_steps < 1:
+        return  # train.max_steps' own range says so
+    if isinstance(spec, str):
+        count = spec.partition(":")[2]
+        if count.isdecimal() and int(count) > MAX_KEPT:
+            raise ConfigError(
+                f"train.keep_steps {spec}: at most log:{MAX_KEPT} (checkpoints kept for the "
+                "dynamics stage); give a smaller N"
+            )
+    try:
+        steps = kept_steps(spec, t.max_steps)
+    except ValueError as exc:
+        raise ConfigError(f"train.keep_steps: {exc}; give a list of steps or log:N") from None
+    if steps and not 1 <= steps[0] <= steps[-1] <= t.max_steps:
+        raise ConfigError(
+            f"train.keep_steps {spec}: steps must be in 1..train.max_steps ({t.max_steps})"
         )
 
 
@@ -220,16 +357,10 @@ def check_model_shape(m, prefix: str = "") -> None:
 
 def _check_eval_and_probe(cfg: ExperimentConfig) -> None:
     e, p = cfg.eval, cfg.probe
-    if p.lr <= 0:
-        raise ConfigError(f"probe.lr must be > 0, got {p.lr}")
-    if not e.cuts or any(c < 0 for c in e.cuts):
-        raise ConfigError(f"eval.cuts {e.cuts}: give one or more prompt lengths >= 0, e.g. [0, 50]")
-    if not e.temperatures or any(x <= 0 for x in e.temperatures):
-        raise ConfigError(
-            f"eval.temperatures {e.temperatures}: give one or more temperatures > 0, e.g. [1.0]"
-        )
-    if any(not 0 <= g <= 1 for g in e.corrupt):
-        raise ConfigError(f"eval.corrupt {e.corrupt}: each gamma is a probability in [0, 1]")
+    if not e.cuts:
+        raise ConfigError("eval.cuts is empty: give one or more prompt lengths >= 0, e.g. [0, 50]")
+    if not e.temperatures:
+        raise ConfigError("eval.temperatures is empty: give one or more, e.g. [1.0]")
     if e.corrupt and not any(c > 0 for c in e.cuts):
         raise ConfigError(
             f"eval.corrupt needs a prompt to corrupt: add a cut > 0 to eval.cuts (now {e.cuts})"

@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cfglab.config.validate import RANGES
 from cfglab.errors import ConfigError
 from cfglab.model.gpt import GPT
+
+# the range configs and `cfglab generate` accept (eval.temperatures); any other T > 0 is safe too
+TEMPERATURES = (RANGES["eval.temperatures"].lo, RANGES["eval.temperatures"].hi)
 
 
 def special_ids(vocab_size: int, eos_id: int) -> list[int]:
@@ -50,7 +54,15 @@ def sample_next(
         logits = logits.masked_fill(banned, float("-inf"))
     if greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if TEMPERATURES[0] <= temperature <= TEMPERATURES[1]:  # the configs' range: as always
+        logits = logits / temperature
+    else:
+        # any other finite T > 0: each row's largest logit shifted to 0 first, and a scale
+        # that stays finite in float32, so no inf (T = 1e-50) and no -inf * 0 (T = 1e300)
+        # reaches softmax as NaN; T -> 0 tends to the argmax, T -> inf to uniform
+        scale = min(max(1.0 / temperature, 1e-30), 1e30)
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) * scale
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -50,6 +50,11 @@ import random
 from cfglab.errors import ConfigError
 from cfglab.grammar.cfg import Grammar, Rule
 
+# The most observable tokens an implicit grammar may have: one rule each, and the model's
+# vocabulary (saved datasets store token ids as uint16). `grammar implicit --tokens 100000000`
+# would otherwise build a hundred million rules until memory runs out.
+MAX_IMPLICIT_TOKENS = 10_000
+
 
 def _disjoint_bags(n_terminals: int, tokens: int, seed: int) -> list[list[int]]:
     """Round robin: token v -> terminal (v - 1) mod n_terminals. `seed` is unused."""
@@ -92,6 +97,14 @@ def implicit_bags(n_terminals: int, mode: str, tokens: int, seed: int = 0) -> li
             f"implicit tokens={tokens!r}: give an integer >= the grammar's {n_terminals} "
             "terminals, so that every terminal's bag holds at least one token"
         )
+    if tokens > MAX_IMPLICIT_TOKENS:
+        raise ConfigError(
+            f"implicit tokens={tokens}: at most {MAX_IMPLICIT_TOKENS:,} observable tokens (one "
+            "rule and one vocabulary entry each); give fewer"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # random.Random(-s) is random.Random(s): a negative seed would silently repeat another
+        raise ConfigError(f"implicit seed={seed!r}: give a seed >= 0")
     return IMPLICIT_MODES[mode](n_terminals, tokens, seed)
 
 
