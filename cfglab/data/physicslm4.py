@@ -25,6 +25,12 @@ Labels are computed from the derivation performed (no re-parse): `spans` for eve
 per-level `ancestors`, `subtree`, `is_boundary` for strictly layered ones, equal to what
 sampler.py gives for the same tree. Uniform grammars only (the authors' draw is uniform); pure
 Python, about as fast as the authors' own code. The fast sampler stays cfglab's default.
+
+The fast sampler's guards hold here too (`check_physicslm4`, before any draw): a weighted
+grammar is refused, and so is one whose strings are astronomically long (sampler.check_length:
+the authors' stream has no length cap); a string whose tree grows past the fast sampler's node
+budget stops with a SamplingError; seeds are >= 0 (Python's `random.Random(-s)` is
+`random.Random(s)`). `sample_physicslm4_parts` streams a long sample in parts.
 """
 
 from __future__ import annotations
@@ -32,17 +38,53 @@ from __future__ import annotations
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from cfglab.data import sampler as fast
 from cfglab.data.noise import TrainingNoise, perturb_fraction
-from cfglab.data.sampler import SampleBatch, strict_levels
+from cfglab.data.sampler import SampleBatch, check_length, strict_levels, strings_per_part
 from cfglab.data.vocab import BOS
 from cfglab.errors import SamplingError
 from cfglab.grammar.cfg import Grammar
 
 STATE_FORMAT = "physicslm4-stream/1"  # tag of getstate()'s dict, checked by setstate()
+# Tree nodes per part of a streamed sample: pure Python draws ~1 node per microsecond, so a
+# part takes a fraction of a second and `cfglab sample --compat physicslm4 | head` prints at once
+_PART_NODES = 200_000
+
+
+def check_physicslm4(grammar: Grammar) -> None:
+    """SamplingError unless the authors' generator can draw `grammar`: uniform rule choices (it
+    draws `randint`), and strings short enough to sample without a length cap (the fast
+    sampler's check_length, since the authors' stream has none)."""
+    name = grammar.name or "the grammar"
+    for a, rs in enumerate(grammar.rules_of):
+        if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):
+            raise SamplingError(
+                f"the physicslm4 sampler draws rules uniformly, like the authors', but "
+                f"nonterminal {grammar.nonterminals[a]!r} of {name} has non-uniform rule "
+                "probabilities: use the fast sampler for weighted grammars"
+            )
+    try:
+        check_length(grammar)
+    except SamplingError:
+        raise SamplingError(
+            f"strings of {name} are too long for the physicslm4 sampler, which has no length "
+            f"cap (mean length {grammar.mean_length:.3g} tokens, sd {grammar.length_sd:.3g}): "
+            "use the fast sampler with a cap (cfglab sample --max-len; config data.sampler fast "
+            "and data.max_len)"
+        ) from None
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SamplingError(
+            f"seed={seed!r}: give a whole number >= 0 (Python's random.Random(-s) is "
+            "random.Random(s), so a negative seed would silently repeat another)"
+        )
+    return int(seed)
 
 
 class _FixedSpans:
@@ -77,15 +119,9 @@ class PhysicsLM4Stream:
     """
 
     def __init__(self, grammar: Grammar, seed: int) -> None:
-        for a, rs in enumerate(grammar.rules_of):
-            if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):
-                raise SamplingError(
-                    f"the physicslm4 sampler draws rules uniformly, like the authors', but "
-                    f"nonterminal {grammar.nonterminals[a]!r} of {grammar.name or 'the grammar'} "
-                    "has non-uniform rule probabilities: use the fast sampler for weighted grammars"
-                )
+        check_physicslm4(grammar)
         self.grammar = grammar
-        self.seed = int(seed)
+        self.seed = _check_seed(seed)
         self._rng = random.Random(self.seed)
         self.n_drawn = 0
         n_nt = grammar.n_nt
@@ -103,20 +139,33 @@ class PhysicsLM4Stream:
         randint, n_nt, last, rhs_rev = self._rng.randint, self._n_nt, self._last, self._rhs_rev
         out: list[int] = []
         stack = [0]  # symbols still to expand, the next one on top (no recursion limit)
+        budget = fast._MAX_BATCH_NODES  # nonterminal nodes (read now: a test may lower it)
         while stack:
             s = stack.pop()
             if s >= n_nt:
                 out.append(s - n_nt + 1)
             else:
+                budget -= 1
+                if budget < 0:
+                    self._runaway()
                 stack.extend(rhs_rev[s][randint(0, last[s])])
         self.n_drawn += 1
         return out
+
+    def _runaway(self) -> None:
+        name = self.grammar.name or "the grammar"
+        raise SamplingError(
+            f"a string of {name} grew past {fast._MAX_BATCH_NODES:,} tree nodes (its strings "
+            f"are long with heavy tails; mean length {self.grammar.mean_length:.3g}): use the "
+            "fast sampler with a cap (cfglab sample --max-len; data.sampler fast, data.max_len)"
+        )
 
     def _next_with_spans(self, rows: list[list[int]]) -> list[int]:
         """The next string; appends its nodes' [nt, start, end] rows in pre-order to `rows`."""
         randint, n_nt, last, rhs_rev = self._rng.randint, self._n_nt, self._last, self._rhs_rev
         out: list[int] = []  # positions in rows are within this string: out starts empty
         stack = [0]
+        budget = fast._MAX_BATCH_NODES  # nonterminal nodes, as next_ids
         while stack:
             s = stack.pop()
             if s < 0:  # end marker ~i: node i's subtree is complete
@@ -124,6 +173,9 @@ class PhysicsLM4Stream:
             elif s >= n_nt:
                 out.append(s - n_nt + 1)
             else:
+                budget -= 1
+                if budget < 0:
+                    self._runaway()
                 rows.append([s, len(out), 0])
                 stack.append(~(len(rows) - 1))  # below the children: popped after them
                 stack.extend(rhs_rev[s][randint(0, last[s])])
@@ -210,6 +262,19 @@ class PhysicsLM4Stream:
 def sample_physicslm4(grammar: Grammar, n: int, seed: int, *, labels: bool = True) -> SampleBatch:
     """The first `n` strings of the authors' stream for `seed` (PhysicsLM4Stream(...).take(n))."""
     return PhysicsLM4Stream(grammar, seed).take(n, labels=labels)
+
+
+def sample_physicslm4_parts(
+    grammar: Grammar, n: int, seed: int, *, labels: bool = True
+) -> Iterator[SampleBatch]:
+    """The strings of `sample_physicslm4(grammar, n, seed)`, the same in the same order, in
+    parts of about _PART_NODES tree nodes, each as soon as it is drawn: output starts at once
+    and memory stays bounded for any n. Everything is checked before the first draw."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise SamplingError(f"cannot sample n={n!r} strings: give a whole number n >= 0")
+    stream = PhysicsLM4Stream(grammar, seed)
+    per_part = strings_per_part(grammar, _PART_NODES)
+    return (stream.take(min(per_part, n - i), labels=labels) for i in range(0, n, per_part))
 
 
 # ---- training windows from the one stream -----------------------------------------------------

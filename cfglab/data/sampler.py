@@ -341,6 +341,12 @@ def check_length(grammar: Grammar, max_len: int | None = None) -> None:
         )
 
 
+def strings_per_part(grammar: Grammar, nodes: int) -> int:
+    """How many strings of `grammar` hold about `nodes` tree nodes (a tree has ~2 nodes per
+    token): the size of one part of a streamed sample (here and in physicslm4.py)."""
+    return max(1, int(nodes / (2.0 * max(grammar.mean_length, 1.0))))
+
+
 def _check_args(n: int, seed, max_len: int | None) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise SamplingError(f"cannot sample n={n!r} strings: give a whole number n >= 0")
@@ -374,7 +380,7 @@ def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[Sample
     name = grammar.name or "the grammar"
     rng = np.random.default_rng(seed)
     levels = strict_levels(grammar)
-    per_batch = max(1, int(_NODES_PER_BATCH / (2.0 * max(grammar.mean_length, 1.0))))
+    per_batch = strings_per_part(grammar, _NODES_PER_BATCH)
     budget = max(1000, max_tries * n)
     got = drawn = 0
     while got < n:
