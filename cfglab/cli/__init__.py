@@ -11,19 +11,26 @@ module per command group, each holding argument definitions and dispatch only:
     cli/common.py       what they share: argument checks naming the flag, --set, line output
 
 Library code raises `CfglabError`; here it becomes `cfglab: error: <message>` on stderr and
-exit 2, with no traceback unless CFGLAB_DEBUG=1; Ctrl-C exits 130. Heavy imports (torch)
-happen inside the commands that need them, so `cfglab grammar list` starts fast.
+exit 2, with no traceback unless CFGLAB_DEBUG=1; Ctrl-C exits 130. Before a command runs, every
+numeric flag is in its range (argparse, `common.Bounded`) and every string argument is a name
+the file system accepts (`common.check_arguments`). Standard output is guarded
+(`data.lines.GuardedOutput`): a full disk or `> /dev/full` is one error line, not a traceback,
+and a file name the file system refuses anywhere (ENAMETOOLONG) is one line too. Heavy imports
+(torch) happen inside the commands that need them, so `cfglab grammar list` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
 from collections.abc import Callable
 
 from cfglab.cli import experiments, grammar, runs, stages, strings
+from cfglab.cli.common import check_arguments
+from cfglab.data.lines import GuardedOutput, discard_output
 from cfglab.errors import CfglabError, GrammarWarning
 
 # name: (help, add_arguments, run), in `cfglab --help`'s order
@@ -69,12 +76,20 @@ _python_showwarning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    stdout = sys.stdout
+    sys.stdout = guarded = GuardedOutput(stdout, "standard output")
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command][2](args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        check_arguments(args, parser)
+        code = COMMANDS[args.command][2](args)
+        sys.stdout.flush()  # a full stdout fails here, as one error line, not at exit
+        return code
     except CfglabError as exc:
         if os.environ.get("CFGLAB_DEBUG") == "1":
             raise
+        if guarded.failed:
+            discard_output(stdout)
         print(f"cfglab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -83,3 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cfglab sample ... | head`
         sys.stderr.close()
         return 0
+    except SystemExit as exc:  # argparse: --help (0) or a usage error, already printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    except OSError as exc:
+        # a name the file system refuses, met where no check could see it first
+        if exc.errno != errno.ENAMETOOLONG or os.environ.get("CFGLAB_DEBUG") == "1":
+            raise
+        print(
+            f"cfglab: error: {_short(exc.filename)}: a file or folder name is longer than the "
+            "file system allows (255 bytes); give a shorter one",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+def _short(name) -> str:
+    text = os.fsdecode(name) if name is not None else "a path"
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(os.fsencode(text))} bytes)"

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cfglab.errors import ConfigError
+from cfglab.cli.common import Bounded
 
 
 def add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment YAML (base x grid x seeds)")
-    p.add_argument("--workers", type=int, help="local processes (default: executor.workers)")
+    p.add_argument(
+        "--workers",
+        type=Bounded(int, 1, 1024),
+        help="local processes (default: executor.workers)",
+    )
     p.add_argument("--executor", choices=["local", "slurm"], help="default: executor.kind")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its cost only")
     p.add_argument(
@@ -22,14 +26,12 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from cfglab.experiment.grid import load_experiment
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: give at least 1")
     exp = load_experiment(
         args.experiment, workers=args.workers, executor=args.executor, only=args.only
     )  # every run config validated: nothing runs before this succeeds
     from cfglab.experiment.sweep import plan_sweep, run_sweep
 
-    print("\n".join(plan_sweep(exp)))
+    print("\n".join(plan_sweep(exp)), flush=True)  # a stdout that cannot be written: say so now
     if args.dry_run:
         return 0
     outcome = run_sweep(exp)
@@ -49,7 +51,7 @@ def add_compare(p: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from cfglab.report.compare import compare
 
-    out = compare(args.dirs, args.out)
+    out = compare(args.dirs, args.out)  # its --out is checked there, before any work
     print(f"wrote {out}/results.csv, summary.csv, report.md, report.html and figures/")
     return 0
 

@@ -7,9 +7,13 @@ import argparse
 import sys
 import warnings
 
-from cfglab.cli.common import write_lines
+from cfglab.cli.common import SEED, Bounded, config_range, write_lines
 from cfglab.config.schema import ImplicitConfig, RandomGrammarDefaults
 from cfglab.errors import GrammarWarning
+
+# grammar random: each number's range (their product is bounded by random_cfg itself)
+LEVEL_SIZE = Bounded(int, 1, 100_000)  # symbols in one level
+RECIPE_COUNT = Bounded(int, 1, 1000)  # rules per nonterminal, symbols per rule
 
 
 def add_grammar(p: argparse.ArgumentParser) -> None:
@@ -32,14 +36,14 @@ def _add_random(rnd: argparse.ArgumentParser) -> None:
     d = RandomGrammarDefaults()
     rnd.add_argument(
         "--levels",
-        type=int,
+        type=LEVEL_SIZE,
         nargs="+",
         default=d.levels,
         help="symbols per level from the root (1) to the terminals",
     )
     rnd.add_argument(
         "--rules",
-        type=int,
+        type=RECIPE_COUNT,
         nargs=2,
         default=d.rules,
         metavar=("MIN", "MAX"),
@@ -47,7 +51,7 @@ def _add_random(rnd: argparse.ArgumentParser) -> None:
     )
     rnd.add_argument(
         "--length",
-        type=int,
+        type=RECIPE_COUNT,
         nargs=2,
         default=d.length,
         metavar=("MIN", "MAX"),
@@ -58,7 +62,7 @@ def _add_random(rnd: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no symbol twice in one rule (the paper's cfg3b)",
     )
-    rnd.add_argument("--seed", type=int, default=d.seed)
+    rnd.add_argument("--seed", type=SEED, default=d.seed)
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
 
 
@@ -66,9 +70,14 @@ def _add_implicit(imp: argparse.ArgumentParser) -> None:
     d = ImplicitConfig()
     imp.add_argument("grammar", help="built-in name or grammar file")
     imp.add_argument("--mode", default=d.mode, help=f"bags: {d.mode} (default) or overlap")
-    imp.add_argument("--tokens", type=int, required=True, help="observable tokens 1..V")
+    imp.add_argument(
+        "--tokens",
+        type=config_range(int, "grammar.implicit.tokens"),
+        required=True,
+        help="observable tokens 1..V",
+    )
     imp.add_argument("--weights", default=d.weights, help="within a bag: uniform or nu1")
-    imp.add_argument("--seed", type=int, default=d.seed, help="seeds the overlap bags")
+    imp.add_argument("--seed", type=SEED, default=d.seed, help="seeds the overlap bags")
     imp.add_argument("-o", "--output", help="write here instead of stdout")
 
 
@@ -143,8 +152,11 @@ def _random(args: argparse.Namespace) -> None:
 
 
 def _implicit(args: argparse.Namespace) -> None:
+    from cfglab.data.lines import check_output_file
     from cfglab.grammar import Grammar, load, make_implicit
 
+    if args.output:
+        check_output_file(args.output)
     g = make_implicit(load(args.grammar), args.mode, args.tokens, args.weights, args.seed)
     text = g.to_text()
     Grammar.from_text(text)  # what we write must read back

@@ -5,11 +5,17 @@ the config schema (GenerateDefaults)."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from cfglab.cli.common import add_config_args, check_float, check_int
+from cfglab.cli.common import (
+    SEED,
+    THREADS,
+    Bounded,
+    add_config_args,
+    check_output_folder,
+    config_range,
+)
 from cfglab.config.schema import GenerateDefaults
 from cfglab.errors import CfglabError, ConfigError
 
@@ -32,13 +38,16 @@ def add_train(p: argparse.ArgumentParser) -> None:
 def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
     from cfglab.config import load_config
 
+    if args.out:
+        check_output_folder("--out", args.out)
     cfg = load_config(args.config, args.overrides)  # fails before torch is even imported
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes only applies with --resume")
+    _check_sampler(cfg)
     from cfglab.stages import run_stage, run_stages
     from cfglab.train import dist
 
     run_dir = Path(args.out) if args.out else cfg.run_dir
-    if args.allow_changes and not args.resume:
-        raise ConfigError("--allow-changes only applies with --resume")
     options = {
         "resume": args.resume,
         "allow_changes": args.allow_changes,
@@ -54,6 +63,18 @@ def _train_or_run(args: argparse.Namespace, only_train: bool) -> int:
     return 0
 
 
+def _check_sampler(cfg) -> None:
+    """Fresh training strings from the authors' sampler: refused now, not at training start,
+    for a grammar it cannot draw (weighted, or astronomically long strings)."""
+    if cfg.data.sampler == "physicslm4" and cfg.data.dataset is None:
+        from cfglab.data.physicslm4 import check_physicslm4
+
+        try:
+            check_physicslm4(cfg.grammar.load())
+        except CfglabError as exc:
+            raise ConfigError(f"data.sampler physicslm4: {exc}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     return _train_or_run(args, only_train=True)
 
@@ -66,41 +87,41 @@ def run_run(args: argparse.Namespace) -> int:
 def add_data(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to write")
-    p.add_argument("-n", type=int, required=True, help="number of strings")
+    p.add_argument("-n", type=Bounded(int, 1, 10**10), required=True, help="number of strings")
 
 
 def run_data(args: argparse.Namespace) -> int:
     from cfglab.config import load_config
 
-    check_int("-n", args.n, 1, "give at least one string")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CfglabError(f"--out {args.out} is a file: give a folder for the dataset")
+    out_dir = check_output_folder("--out", args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise CfglabError(
             f"--out {args.out} already holds files: give a new or empty folder (nothing there "
             "is overwritten)"
         )
     cfg = load_config(args.config, args.overrides)
+    from cfglab.data.lines import new_output_folder
     from cfglab.data.sampler import check_length
     from cfglab.data.saved import check_memory, read_meta, write_dataset
     from cfglab.train.steps import training_noise
 
     grammar = cfg.grammar.load()
     check_length(grammar, cfg.data.max_len)
+    _check_sampler(cfg)
     check_memory(grammar, args.n, cfg.data.max_len)
-    out = write_dataset(
-        grammar,
-        args.out,
-        args.n,
-        seed=cfg.data.seed,
-        max_len=cfg.data.max_len,
-        sampler=cfg.data.sampler,
-        noise=training_noise(cfg),
-    )
+    with new_output_folder(out_dir) as tmp:
+        write_dataset(
+            grammar,
+            tmp,
+            args.n,
+            seed=cfg.data.seed,
+            max_len=cfg.data.max_len,
+            sampler=cfg.data.sampler,
+            noise=training_noise(cfg),
+        )
     print(
-        f"wrote {out}: {args.n} strings, {read_meta(out)['n_tokens']} tokens (tokens.npy, "
-        "offsets.npy, labels, meta.json); train on it with --set data.dataset=" + str(out)
+        f"wrote {out_dir}: {args.n} strings, {read_meta(out_dir)['n_tokens']} tokens (tokens.npy, "
+        "offsets.npy, labels, meta.json); train on it with --set data.dataset=" + str(out_dir)
     )
     return 0
 
@@ -111,26 +132,28 @@ def add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
     p.add_argument(
         "-n",
-        type=int,
+        type=Bounded(int, 1, 10**9, hint="at least one generation"),
         default=d.n,
         help="generations from BOS, or completions per prompt with --prompts",
     )
     p.add_argument(
         "--prompts", metavar="FILE", help="prompts, one per line, terminals separated by spaces"
     )
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--seed", type=int, default=d.seed)
+    temperature = config_range(float, "eval.temperatures")
+    p.add_argument(
+        "--temperature",
+        type=temperature,
+        default=d.temperature,
+        help=f"sampling temperature, in {temperature.interval()}",
+    )
+    p.add_argument("--seed", type=SEED, default=d.seed)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the run's train.device)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads)")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads (default: train.threads)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from cfglab.stages import generate_from_run
 
-    check_int("-n", args.n, 1, "give at least one generation")
-    check_float("--temperature", args.temperature, 0.0, math.inf, open_lo=True)
-    check_int("--seed", args.seed, 0, "give a seed >= 0")
-    check_int("--threads", args.threads, 1, "give at least one thread")
     prompts = labels = None
     if args.prompts:
         from cfglab.data.lines import read_prompts

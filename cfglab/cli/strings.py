@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cfglab.cli.common import check_float, check_int, write_lines
+from cfglab.cli.common import SEED, Bounded, config_range, write_lines
 from cfglab.config import CORRUPTION_NAMES
 from cfglab.config.schema import CorruptDefaults, SampleDefaults
 from cfglab.errors import CfglabError
@@ -20,11 +20,13 @@ from cfglab.exact.startup import one_shot
 def add_sample(p: argparse.ArgumentParser) -> None:
     d = SampleDefaults()
     p.add_argument("grammar", help="built-in name or grammar file")
-    p.add_argument("-n", type=int, default=d.n, help=f"number of strings (default {d.n})")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "-n", type=Bounded(int, 0, 10**12), default=d.n, help=f"number of strings (default {d.n})"
+    )
+    p.add_argument("--seed", type=SEED, default=d.seed)
     p.add_argument(
         "--max-len",
-        type=int,
+        type=config_range(int, "data.max_len"),
         default=d.max_len,
         help="resample strings longer than this many tokens",
     )
@@ -43,24 +45,31 @@ def add_sample(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    if args.compat == "physicslm4":
-        return _run_sample_physicslm4(args)
     import numpy as np
 
+    from cfglab.data.lines import check_output_file, open_output
     from cfglab.grammar import load
 
+    if args.output:
+        check_output_file(args.output)
     g = load(args.grammar)
-    from cfglab.data.lines import open_output
-    from cfglab.data.sampler import check_length, sample_parts
-
-    check_int("-n", args.n, 0, "give a number of strings >= 0")
-    check_int("--seed", args.seed, 0, "give a seed >= 0")
-    check_int("--max-len", args.max_len, 1, "give at least one token (or leave it out: no cap)")
-    check_length(g, args.max_len)  # a grammar with astronomically long strings stops here
     names = np.array(["<bos>", *g.terminals], dtype=object)  # token id -> terminal name
-    # parts of ~10^6 tree nodes, each written as soon as it is drawn: output starts at once,
-    # memory stays constant for any -n, and the strings are those of sample(g, n, seed)
-    parts = sample_parts(g, args.n, args.seed, max_len=args.max_len, labels=args.labels)
+    # parts of bounded size (the fast sampler's ~10^6 tree nodes, the authors' ~10^5), each
+    # written as soon as it is drawn: output starts at once, memory stays constant for any -n.
+    # Every check (a grammar too long to sample, a weighted grammar for physicslm4) comes first.
+    if args.compat == "physicslm4":
+        from cfglab.data.physicslm4 import sample_physicslm4_parts
+
+        if args.max_len is not None:
+            raise CfglabError(
+                "--max-len does not combine with --compat physicslm4 (the authors' stream has "
+                "no length cap): drop one of them"
+            )
+        parts = sample_physicslm4_parts(g, args.n, args.seed, labels=args.labels)
+    else:
+        from cfglab.data.sampler import sample_parts
+
+        parts = sample_parts(g, args.n, args.seed, max_len=args.max_len, labels=args.labels)
     with open_output(args.output) as f:
         for batch in parts:
             f.writelines(line + "\n" for line in _sample_lines(g, batch, names, args.labels))
@@ -93,43 +102,13 @@ def _sample_lines(g, batch, names, labels: bool):
     return lines
 
 
-def _run_sample_physicslm4(args: argparse.Namespace) -> int:
-    """`sample --compat physicslm4`: the first N strings of the authors' stream for --seed."""
-    from cfglab.data.physicslm4 import sample_physicslm4
-    from cfglab.grammar import load
-
-    if args.max_len is not None:
-        raise CfglabError(
-            "--max-len does not combine with --compat physicslm4 (the authors' stream has no "
-            "length cap): drop one of them"
-        )
-    g = load(args.grammar)
-    batch = sample_physicslm4(g, args.n, args.seed, labels=args.labels)
-    lines = []
-    for i, s in enumerate(batch.strings()):
-        toks = [g.terminals[t - 1] for t in s.tolist()]
-        if not args.labels:
-            lines.append(" ".join(toks))
-        elif batch.ancestors is not None:  # layered: the same JSON lines as `sample --labels`
-            lo, hi = batch.offsets[i], batch.offsets[i + 1]
-            anc = [
-                [g.nonterminals[lev[a]] for a in batch.ancestors[k, lo:hi].tolist()]
-                for k, lev in enumerate(g.levels)
-            ]
-            bnd = batch.is_boundary[:, lo:hi].astype(int).tolist()
-            lines.append(json.dumps({"tokens": toks, "ancestors": anc, "boundaries": bnd}))
-        else:
-            rows = [[g.nonterminals[nt], a, b] for nt, a, b in batch.spans[i].tolist()]
-            lines.append(json.dumps({"tokens": toks, "spans": rows}))
-    write_lines(lines, args.output)
-    return 0
-
-
 def add_corrupt(p: argparse.ArgumentParser) -> None:
     d = CorruptDefaults()
     p.add_argument("file", help="strings, one per line, terminals separated by spaces")
-    p.add_argument("--rate", type=float, required=True, help="per-token probability, in [0, 1]")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--rate", type=Bounded(float, 0, 1), required=True, help="per-token probability, in [0, 1]"
+    )
+    p.add_argument("--seed", type=SEED, default=d.seed)
     p.add_argument(
         "--kinds",
         nargs="+",
@@ -154,8 +133,6 @@ def run_corrupt(args: argparse.Namespace) -> int:
     from cfglab.grammar import load
     from cfglab.grammar.syntax import natural_key
 
-    check_float("--rate", args.rate, 0.0, 1.0, open_lo=False)
-    check_int("--seed", args.seed, 0, "give a seed >= 0")
     if args.output:
         check_output_file(args.output)
     lines = read_token_lines(args.file)  # a blank line is an empty string, kept as one
@@ -198,7 +175,12 @@ def add_parse(p: argparse.ArgumentParser) -> None:
         help="strings, one per line, terminals separated by spaces (a blank line is the empty "
         "string: one verdict per line)",
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line; first_error_token counts tokens from 1, as the text "
+        "verdict does (null when accepted or only incomplete)",
+    )
 
 
 @one_shot()  # a command that exits: Numba loads without scipy or garbage collection
@@ -210,12 +192,10 @@ def run_parse(args: argparse.Namespace) -> int:
     out = []
     verdicts = zip(strings, ok.tolist(), err.tolist(), strict=True)
     for line_no, (x, accepted, e) in enumerate(verdicts, 1):
-        if args.json:
-            out.append(
-                json.dumps(
-                    {"line": line_no, "length": len(x), "accepted": accepted, "first_error": e}
-                )
-            )
+        if args.json:  # the text verdict's token number: 1-based, null when there is none
+            first = e + 1 if e >= 0 else None
+            row = {"line": line_no, "length": len(x), "accepted": accepted}
+            out.append(json.dumps({**row, "first_error_token": first}))
         elif accepted:
             out.append("accepted")
         elif len(x) == 0:

@@ -13,13 +13,16 @@ raised before any work and before anything is written:
   real line), but a file with no prompt at all is an error, not a silent generation from BOS.
 
 Output files are written to a temporary file beside the target and renamed into place when
-complete, so a failed or interrupted command leaves an existing file as it was.
+complete, so a failed or interrupted command leaves an existing file as it was. A write that
+fails (a full disk, `/dev/full`, a quota, a file size limit) is a PathError naming the target,
+for files and for standard output alike (`guard_output`); the temporary file is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -138,9 +141,52 @@ def encode_one_char_tokens(text: str, vocab: Vocab) -> list[np.ndarray] | None:
 
 
 # ---- output -----------------------------------------------------------------------------------
+class GuardedOutput:
+    """A text stream whose write failures are PathErrors naming `target` ("standard output",
+    a file), so a command ends with one line `cfglab: error: cannot write ...` instead of an
+    OSError traceback. A closed pipe (BrokenPipeError) passes through unchanged: `cfglab sample
+    | head` ends quietly. `failed` is set once a write has failed."""
+
+    def __init__(self, stream: TextIO, target: str) -> None:
+        self.stream, self.target, self.failed = stream, target, False
+
+    def _guard(self, method: str, *args):
+        try:
+            return getattr(self.stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise write_error(self.target, exc) from None
+
+    def write(self, text: str) -> int:
+        return self._guard("write", text)
+
+    def writelines(self, lines) -> None:
+        self._guard("writelines", lines)
+
+    def flush(self) -> None:
+        self._guard("flush")
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+def write_error(target: str | Path, exc: OSError) -> PathError:
+    """The one message of a failed write: what, why, and what to do."""
+    if target == "standard output":
+        advice = "free some space or redirect the output elsewhere"
+    else:
+        advice = "free some space or give another path; nothing incomplete was kept"
+    return PathError(f"cannot write {target} ({exc.strerror or exc}): {advice}")
+
+
 def check_output_file(path: str | Path) -> Path:
-    """PathError unless `path` can be written as a file: not a folder, in a folder that
-    exists and is writable. Call it before any work."""
+    """PathError unless `path` can be written as a file: a name the file system accepts, not
+    a folder, in a folder that exists and is writable. Call it before any work."""
+    from cfglab.config.validate import check_path_text  # lazily: parse and prob start fast
+
+    check_path_text("output", str(path))
     p = Path(path)
     if str(path).endswith(os.sep) or p.is_dir():
         raise PathError(f"{path} is a folder: give a file name for -o, e.g. {p / 'out.txt'}")
@@ -164,16 +210,20 @@ def open_output(path: str | Path | None) -> Iterator[TextIO]:
     temporary file beside `path` that replaces it only when the block finishes without error,
     so an interrupted or failed command never leaves a half-written or emptied file."""
     if path is None:
-        yield sys.stdout
+        yield (
+            sys.stdout
+            if isinstance(sys.stdout, GuardedOutput)
+            else GuardedOutput(sys.stdout, "standard output")
+        )
         return
     p = check_output_file(path)
-    if p.exists() and not p.is_file():
-        with open(p, "w", encoding="utf-8") as f:
+    if p.exists() and not p.is_file():  # a device (/dev/null, /dev/full): written in place
+        with _closing(open(p, "w", encoding="utf-8"), path) as f:
             yield f
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with _closing(os.fdopen(fd, "w", encoding="utf-8"), path) as f:
             yield f
         if p.exists():  # keep the permissions the user gave the file
             os.chmod(tmp, p.stat().st_mode & 0o7777)
@@ -186,3 +236,53 @@ def open_output(path: str | Path | None) -> Iterator[TextIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _closing(f: TextIO, path: str | Path) -> Iterator[GuardedOutput]:
+    """`f` guarded, closed at the end: the last flush failing (a disk that filled at the end) is
+    a PathError too; after a failure inside the block, close quietly and let that one out."""
+    try:
+        yield GuardedOutput(f, str(path))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    try:
+        f.close()
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+@contextlib.contextmanager
+def new_output_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` (in its nearest existing ancestor) that becomes `out`
+    when the block finishes; on any failure it is removed, so a full disk or an interrupted
+    command leaves nothing behind (a failed write is one PathError). `out` must be missing or
+    an empty folder (the caller checks, before any work)."""
+    anchor = next(a for a in out.absolute().parents if a.is_dir())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=anchor))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; an output folder is not
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)  # onto a missing or an empty folder
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise write_error(out, exc) from None
+        raise
+
+
+def discard_output(stream: TextIO) -> None:
+    """After a failed write to `stream` (stdout), point its file descriptor at /dev/null, so the
+    text still buffered cannot fail a second time, with a second message, when Python exits."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)

@@ -85,7 +85,11 @@ def load(name_or_path: str | Path) -> Grammar:
         text = resources.files("cfglab.grammar").joinpath("files", f"{name}.json").read_text()
         return grammar_from_authors_json(json.loads(text), name=name)
     path = Path(name)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name the file system refuses (over 255 bytes, ...)
+        raise GrammarError(f"cannot use {name[:60]!r} as a grammar file ({exc.strerror})") from None
+    if not exists:
         hint = ", ".join(BUILTIN_GRAMMARS)
         raise GrammarError(
             f"unknown grammar {name!r}: give a built-in name ({hint}) or the path of a grammar file"

@@ -3,6 +3,7 @@ cfglab's tree labelling of the same derivation, and exact resumption from a save
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 
@@ -139,3 +140,108 @@ def test_cli_labels_and_errors(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["spans"][0][0] == "S"
     assert main(["sample", "cfg3b", "--compat", "physicslm4", "--max-len", "9"]) == 2
     assert "drop one of them" in capsys.readouterr().err
+
+
+# ---- the fast sampler's guards (issue 27, class 10) --------------------------------------------
+@functools.cache
+def deep_grammar() -> Grammar:
+    """The paper's recipe with 300 levels: mean length ~1e120 tokens, yet a valid grammar."""
+    from cfglab.grammar import random_cfg
+
+    return random_cfg(sizes=(1, *[3] * 299), seed=0)
+
+
+def test_negative_seeds_are_refused_not_folded():
+    """random.Random(-5) is random.Random(5): a negative seed would silently repeat another."""
+    assert random.Random(-5).random() == random.Random(5).random()  # why it matters
+    for seed in (-5, -1, 1.5, True):
+        with pytest.raises(SamplingError, match=">= 0"):
+            PhysicsLM4Stream(load("cfg3b"), seed)
+    assert len(PhysicsLM4Stream(load("cfg3b"), 0).take(1)) == 1
+
+
+def test_astronomically_long_grammars_and_runaway_strings_stop(monkeypatch):
+    with pytest.raises(SamplingError, match="too long for the physicslm4 sampler"):
+        PhysicsLM4Stream(deep_grammar(), 0)
+    import cfglab.data.sampler as fast
+
+    monkeypatch.setattr(fast, "_MAX_BATCH_NODES", 50)  # the fast sampler's budget, lowered
+    for labels in (False, True):
+        with pytest.raises(SamplingError, match="grew past 50 tree nodes"):
+            PhysicsLM4Stream(load("cfg3f"), 0).take(3, labels=labels)  # ~300 nodes a string
+
+
+def test_parts_are_the_sample_in_order(monkeypatch):
+    from cfglab.data import physicslm4 as P
+
+    monkeypatch.setattr(P, "_PART_NODES", 3000)  # ~5 cfg3f strings a part
+    g = load("cfg3f")
+    parts = list(P.sample_physicslm4_parts(g, 23, 7711))
+    whole = sample_physicslm4(g, 23, 7711)
+    assert len(parts) > 3 and sum(len(p) for p in parts) == 23
+    got = [s.tolist() for p in parts for s in p.strings()]
+    assert got == [s.tolist() for s in whole.strings()]
+    anc = np.concatenate([p.ancestors for p in parts], axis=1)
+    np.testing.assert_array_equal(anc, whole.ancestors)
+    with pytest.raises(SamplingError, match="n >= 0"):
+        P.sample_physicslm4_parts(g, -1, 0)  # checked before the first draw, not lazily
+
+
+def test_cli_streams_and_refuses_in_one_line(tmp_path, capsys):
+    """`-n 100000000 | head` prints at once (in parts) and ends quietly when head closes the
+    pipe; a grammar the authors' sampler cannot draw is one line, before any output."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cfglab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cfglab", "sample", "cfg3f", "--compat", "physicslm4"]
+        + ["-n", "100000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    first = [proc.stdout.readline() for _ in range(3)]
+    proc.stdout.close()  # as head does
+    _, err = proc.communicate(timeout=120)  # unstreamed, 10^8 strings would take hours
+    assert all(len(line.split()) > 10 for line in first) and err == b""
+    deep = tmp_path / "deep.cfg"
+    deep.write_text(deep_grammar().to_text())
+    weighted = tmp_path / "w.cfg"
+    weighted.write_text("S -> 'a' [0.3] | 'b' S [0.7]\n")
+    out = tmp_path / "out.txt"
+    for grammar, phrase in ((deep, "too long"), (weighted, "non-uniform")):
+        argv = ["sample", str(grammar), "--compat", "physicslm4", "-n", "5", "-o", str(out)]
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and phrase in captured.err
+        assert not out.exists()
+    assert main(["sample", "cfg3b", "--compat", "physicslm4", "--seed", "-1"]) == 2
+    assert "argument --seed: -1" in capsys.readouterr().err
+
+
+def test_weighted_grammar_refused_when_the_config_loads(tmp_path, capsys):
+    """data.sampler physicslm4 with a PCFG: one line from train, run and data before any
+    work (no run folder, no dataset), not a failure at training start."""
+    from pathlib import Path
+
+    from cfglab.cli import main
+
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    weighted = tmp_path / "w.cfg"
+    weighted.write_text("S -> 'a' [0.3] | 'b' S [0.7]\n")
+    sets = ["--set", "data.sampler=physicslm4", f"grammar.name={weighted}"]
+    for argv in (
+        ["train", str(quickstart), "--out", str(tmp_path / "run"), *sets],
+        ["run", str(quickstart), "--out", str(tmp_path / "run"), *sets],
+        ["data", str(quickstart), "--out", str(tmp_path / "ds"), "-n", "5", *sets],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "data.sampler physicslm4" in err, err
+        assert "non-uniform" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["w.cfg"]
