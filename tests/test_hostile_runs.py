@@ -290,13 +290,16 @@ def test_ctrl_c_during_eval_exits_130_quickly(base_run, tmp_path):
     shutil.copytree(base_run, run)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cfglab", "eval", str(run), "--n", "100000"],
+        [sys.executable, "-m", "cfglab", "eval", str(run), "--n", "100000", "--threads", "auto"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    time.sleep(6)  # torch imported, the model generating
+    # threads auto says its choice once the model is loaded, right before it generates: a
+    # signal that the eval works, however long the imports took on a busy machine
+    assert proc.stderr.readline().startswith("threads: ")
+    time.sleep(1)  # the model generating
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=30)

@@ -18,6 +18,7 @@ experiment runner sit above it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -178,9 +179,15 @@ def run_stage(
 @contextlib.contextmanager
 def one_line_os_errors(what: str, run_dir: Path):
     """A failed read or write while a stage works (a full disk, a folder made read-only since
-    the check) as one CfglabError naming the file, not a traceback."""
+    the check) as one CfglabError naming the file, not a traceback. Ctrl-C passes through, and
+    freezes the objects alive (gc.freeze): the process ends next, and the interpreter's shutdown
+    then skips collecting torch's and Numba's objects one by one (measured: 0.6 of the 0.85 s
+    an eval takes to exit after Ctrl-C; 2.6 s of it on two busy cores, now 0.6 s)."""
     try:
         yield
+    except KeyboardInterrupt:
+        gc.freeze()
+        raise
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         raise CfglabError(
