@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cfglab import cli
+from tests.chromium import images_loaded
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "experiments" / "smoke.yaml"
@@ -251,36 +252,9 @@ def test_a_killed_sweep_finishes_only_the_missing_work(tmp_path):
 def test_the_html_report_renders_in_a_browser(smoke, tmp_path):
     """Headless Chromium loads report.html; every image decodes (naturalWidth > 0)."""
     page = (smoke / "compare" / "report.html").resolve()
-    probe = tmp_path / "probe.html"
-    probe.write_text(
-        page.read_text().replace(
-            "</body>",
-            "<script>window.onload=()=>{const i=[...document.images];document.title="
-            "'images '+i.length+' loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length}"
-            "</script></body>",
-        )
-    )
-    out = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    title = out.stdout.split("<title>")[1].split("</title>")[0]
+    total, loaded = images_loaded(page, tmp_path / "profile")
     n = page.read_text().count("<img")
-    assert n >= 3 and title == f"images {n} loaded {n}", title
+    assert n >= 3 and (total, loaded) == (n, n)
 
 
 def test_a_sweep_refuses_run_folders_trained_otherwise(tmp_path, capsys):
