@@ -29,6 +29,11 @@ OBJECTIVES: dict[str, bool] = {"next_token": True, "mlm": False}
 # before torch is imported. Each is the source of its registry: the registry is built with
 # `registry(NAMES, {...})`, which refuses, at import, a registry whose names differ from it.
 POSITION_NAMES = ("abs", "rel", "rot", "pos", "uni", "nope", "alibi")  # model.positions.POSITIONS
+# model family -> whether it has attention: position variants, Canon layers and the encoder
+# (train.objective mlm) apply to those that do; cfglab.model.families.FAMILIES implements them
+MODEL_FAMILIES: dict[str, bool] = {"transformer": True, "lstm": False, "ssm": False}
+FAMILY_NAMES = tuple(MODEL_FAMILIES)
+CANON_SITES = "ABCD"  # model.canon: a subset in this order (SPEC.md "Canon layers")
 # name -> shape. "gpt2-small" is the paper's model (12/12/768, ~86M parameters with the cfg3
 # vocabulary). The paper's Part 1 text gives no other sizes for these experiments, so the
 # smaller ones are ours, for CPU work.
@@ -139,11 +144,18 @@ class ModelShape:
     rel_max_distance: int = 512  # rel: |i - j| clipped here (DeBERTa's max_relative_positions)
     rotary_fraction: float = 1.0  # rot: share of each head's dims rotated (HF GPT-NeoX: 0.25)
     rotary_base: float = 10000.0  # rot: frequency base
+    family: str = "transformer"  # transformer, lstm or ssm (cfglab.model.families.FAMILIES)
+    canon: str = ""  # transformer: Canon layers at these sites of each block, e.g. "AC", "ABCD"
+    canon_kernel: int = 4  # Canon: positions each layer mixes (the current and K - 1 before)
+    canon_residual: bool = True  # Canon: output = input + convolution (the authors' default)
 
 
 @dataclass(kw_only=True)
 class ModelConfig(ModelShape):
     preset: str | None = None  # a name in PRESETS (above); sets n_layer/n_head/n_embd
+    # a preset name or a parameter count: n_embd is then chosen (at load, recorded in
+    # config.json) so the parameters besides the token embedding match it (config/sizes.py)
+    match_params_to: int | str | None = None
 
 
 @dataclass

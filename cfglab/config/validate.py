@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfglab.config.schema import (
+    CANON_SITES,
     CORRUPTION_NAMES,
     DECAYS,
     DTYPES,
+    FAMILY_NAMES,
     IMPLICIT_MODE_NAMES,
     IMPLICIT_WEIGHT_NAMES,
+    MODEL_FAMILIES,
     NOISE_KIND_NAMES,
     OBJECTIVES,
     PER_RUN_SECTIONS,
@@ -31,6 +34,7 @@ from cfglab.config.schema import (
     flat,
     kept_steps,
 )
+from cfglab.config.sizes import matched_width, target_params
 from cfglab.errors import ConfigError, did_you_mean
 from cfglab.grammar.implicit import MAX_IMPLICIT_TOKENS
 
@@ -176,6 +180,8 @@ RANGES: dict[str, Range] = {
     "model.rel_max_distance": Range(1, WIDE),
     "model.rotary_fraction": Range(0, 1, open_lo=True),
     "model.rotary_base": Range(0, 1e12, open_lo=True),
+    "model.canon_kernel": Range(2, 4, why="the authors' Canon kernels"),
+    "model.match_params_to": Range(1, 10**12, why="a parameter count"),
     "train.mlm_prob": Range(0, 1, open_lo=True, open_hi=True),
     "train.max_steps": Range(1, STEPS),
     "train.batch_size": Range(1, 10**6),
@@ -282,6 +288,7 @@ def _check_train_and_model(cfg: ExperimentConfig) -> None:
             "data.sampler physicslm4 draws the authors' strings as they come; it cannot "
             "resample long ones: set data.max_len to null"
         )
+    _match_params(m)
     check_model_shape(m, "model.")
     if t.batch_size % t.grad_accum:
         raise ConfigError(
@@ -353,6 +360,54 @@ def check_model_shape(m, prefix: str = "") -> None:
             f"{n_embd // n_head} dims per head (got {m.rotary_fraction}), and "
             f"{prefix}rotary_base > 0 (got {m.rotary_base})"
         )
+    _check_family(m, prefix)
+
+
+def _check_family(m, prefix: str) -> None:
+    """model.family and Canon (SPEC.md "Canon layers"): a family name; canon a subset of ABCD
+    written in that order; Canon, and the encoder, only where the family has attention."""
+    _one_of(f"{prefix}family", m.family, FAMILY_NAMES)
+    canon = m.canon if isinstance(m.canon, str) else None
+    if canon is None or canon != "".join(site for site in CANON_SITES if site in canon):
+        raise ConfigError(
+            f"{prefix}canon {m.canon!r}: give Canon sites as a subset of {CANON_SITES} in that "
+            f'order, e.g. "AC" or "ABCD" ("" for none)'
+        )
+    kernel = RANGES["model.canon_kernel"]
+    if not kernel.lo <= m.canon_kernel <= kernel.hi:
+        raise ConfigError(
+            f"{prefix}canon_kernel must be in {kernel.lo}..{kernel.hi}, got {m.canon_kernel!r}"
+        )
+    if MODEL_FAMILIES[m.family]:
+        return
+    if m.canon:
+        raise ConfigError(
+            f"{prefix}canon {m.canon!r}: Canon layers sit in the transformer's blocks, and "
+            f"{prefix}family {m.family} has none (the ssm has its own short convolution); "
+            f'set {prefix}canon to ""'
+        )
+    if not m.causal:
+        raise ConfigError(
+            f"{prefix}family {m.family} is a causal model; train.objective mlm (the encoder) "
+            "needs the transformer family: set train.objective to next_token"
+        )
+
+
+def _match_params(m) -> None:
+    """model.match_params_to: n_embd chosen now (config.json records it) so the parameters
+    besides the token embedding match the target (cfglab.config.sizes)."""
+    target = m.match_params_to
+    if target is None:
+        return
+    if m.preset is not None:
+        raise ConfigError(
+            f"model.match_params_to picks n_embd, and model.preset {m.preset} sets it too: set "
+            "model.preset to null and give n_layer and n_head"
+        )
+    if isinstance(target, str):
+        _one_of("model.match_params_to", target, PRESET_NAMES)
+    _check_family(m, "model.")  # the count reads family and canon
+    m.n_embd = matched_width(m, target_params(m), int(RANGES["model.n_embd"].hi))
 
 
 def _check_eval_and_probe(cfg: ExperimentConfig) -> None:
