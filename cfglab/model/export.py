@@ -2,7 +2,8 @@
 
 `abs` becomes a GPT-2 (`GPT2LMHeadModel`, the same architecture); `rot` becomes a GPT-NeoX
 (`GPTNeoXForCausalLM`, sequential residual, rotary on the same share of dims). The other variants
-have no standard Hugging Face architecture. A test checks that the exported model's logits equal
+have no standard Hugging Face architecture, and neither have Canon layers and the lstm and ssm
+families. A test checks that the exported model's logits equal
 ours.
 """
 
@@ -126,6 +127,11 @@ EXPORTERS: dict[str, Callable[[GPT], nn.Module]] = {"abs": _to_gpt2, "rot": _to_
 def to_hf(model: GPT) -> nn.Module:
     """The same network as a `transformers` model (eval mode, float32, on the CPU)."""
     cfg = model.config
+    if not isinstance(model, GPT) or cfg.canon:
+        raise ConfigError(
+            f"no Hugging Face export for family {cfg.family!r} with canon {cfg.canon!r}; "
+            'exportable: the transformer without Canon layers (canon "")'
+        )
     if cfg.position not in EXPORTERS:
         raise ConfigError(
             f"no Hugging Face export for position {cfg.position!r}; exportable: "

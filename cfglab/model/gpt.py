@@ -17,6 +17,12 @@ In attention, hook_q/k/v come right after the projection c_attn and before every
 that touches q, k (rot's rotation; rel's and alibi's logit terms are added to the scores, which
 hook_attn_scores sees); abs's embedding is added before the blocks (in hook_resid_pre, after
 hook_embed).
+
+Canon layers (`canon`, a subset of "ABCD"; canon.py) sit at four seams of a block: A after ln_1,
+B on c_attn's q, k, v (before hook_q/k/v and every position seam), C after ln_2, D on c_fc's
+output (after mlp.hook_pre, before GELU); each output passes through blocks.{i}.hook_canon_{a,b,
+c,d}. Without Canon the block runs exactly as before (no extra op). The KV cache keeps each
+causal Canon layer's last K - 1 inputs.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfglab.config.schema import ModelShape
+from cfglab.config.sizes import canon_channels
 from cfglab.config.validate import check_model_shape
 from cfglab.errors import ConfigError
+from cfglab.model.canon import Canon, ConvStates
 from cfglab.model.causal_halves import causal_sdpa_in_halves, split_causal
 from cfglab.model.hooks import HookPoint, hook_points
 from cfglab.model.positions import POSITIONS, NoPosition, Span
@@ -65,6 +73,7 @@ class KVCache:
     k, v: (n_layer, B, H, max_len, D); k is None for position-only variants (no keys).
     Keys are stored after the q/k transform (rotated, for rot), and k, v after their hooks
     (hook_k, hook_v), so a patch applied at every call patches the cached positions once.
+    conv: each Canon layer's last K - 1 inputs, (B, K-1, channels), by the layer's key.
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device=None, dtype=None):
@@ -75,6 +84,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions filled (advanced by GPT.forward after all layers)
+        self.conv: ConvStates = {}  # filled by the Canon layers on their first call
 
     def update(self, layer: int, k: Tensor | None, v: Tensor) -> tuple[Tensor | None, Tensor]:
         """Store the new k, v (B, H, Tn, D) after the cached ones; return all (B, H, Tk, D)."""
@@ -90,6 +100,7 @@ class KVCache:
         self.v = self.v[:, rows]
         if self.k is not None:
             self.k = self.k[:, rows]
+        self.conv = {key: state[rows] for key, state in self.conv.items()}
 
 
 class Attention(nn.Module):
@@ -134,12 +145,15 @@ class Attention(nn.Module):
         position: NoPosition,
         cache: KVCache | None = None,
         manual: bool = False,
+        canon_b: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """x (B, T, C) at the query positions of `span` (its keys: every position, cached ones
-        included)."""
+        included). canon_b: the block's Canon layer B, applied to the projections."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         qkv = self.c_attn(x)  # (B, T, 3C), or (B, T, C): v only
+        if canon_b is not None:
+            qkv = canon_b(qkv)  # same shape, mixed over the last canon_kernel positions
         if self.content:
             # split as nanoGPT does: SDPA returns the gradients of q, k, v in (B, T, H, D) memory
             # order, so the backward of these views is a single cat into (B, T, 3C)
@@ -232,9 +246,12 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # (B, T, 4C) the neurons, after GELU
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.hook_post(self.gelu(self.hook_pre(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C)
-        return self.c_proj(h)  # (B, T, C)
+    def forward(self, x: Tensor, canon_d: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """x (B, T, C); canon_d: the block's Canon layer D, applied before GELU."""
+        h = self.hook_pre(self.c_fc(x))  # (B, T, C) -> (B, T, 4C)
+        if canon_d is not None:
+            h = canon_d(h)
+        return self.c_proj(self.hook_post(self.gelu(h)))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -244,22 +261,50 @@ class Block(nn.Module):
         super().__init__()
         self.hook_resid_pre = HookPoint()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.add_canon(config, layer, "AB")
         self.attn = Attention(config, layer)
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.add_canon(config, layer, "CD")
         self.mlp = MLP(config)
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
         self.resid_dropout = nn.Dropout(config.dropout)
 
+    def add_canon(self, config: GPTConfig, layer: int, sites: str) -> None:
+        """Canon layers canon_{a..d} and their hooks hook_canon_{a..d} for the configured
+        `sites` among these, registered in forward order (hook_points lists them so)."""
+        channels = canon_channels(config)  # site -> channels (B: v only without q, k)
+        for site in sites:
+            if site in config.canon:
+                kernel, causal, residual = config.canon_kernel, config.causal, config.canon_residual
+                key, dense = f"{layer}.{site}", site in "AC"  # A, C feed a Linear
+                canon = Canon(channels[site], kernel, causal, residual, key, dense)
+                setattr(self, f"canon_{site.lower()}", canon)
+                setattr(self, f"hook_canon_{site.lower()}", HookPoint())  # the Canon's output
+
+    def canon(self, site: str, states: ConvStates | None) -> Callable[[Tensor], Tensor] | None:
+        """Canon layer `site` followed by its hook, as a function of its input; None without."""
+        layer = getattr(self, f"canon_{site}", None)
+        if layer is None:
+            return None
+        hook = getattr(self, f"hook_canon_{site}")
+        return lambda h: hook(layer(h, states))
+
     def forward(
         self, x: Tensor, span: Span, position: NoPosition, cache: KVCache | None, manual: bool
     ) -> Tensor:
         x = self.hook_resid_pre(x)
-        a = self.attn(self.ln_1(x), span, position, cache, manual)
+        states = cache.conv if cache is not None else None
+        canon_a, canon_b, canon_c, canon_d = (self.canon(s, states) for s in "abcd")
+        h = self.ln_1(x)
+        h = canon_a(h) if canon_a else h
+        a = self.attn(h, span, position, cache, manual, canon_b)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.resid_dropout(a)))
-        m = self.mlp(self.ln_2(x))
+        h = self.ln_2(x)
+        h = canon_c(h) if canon_c else h
+        m = self.mlp(h, canon_d)
         return self.hook_resid_post(x + self.hook_mlp_out(self.resid_dropout(m)))
 
 

@@ -32,6 +32,16 @@ Names in cfglab's GPT (shapes for a batch (B, T); H heads of D dims, C = H * D):
     blocks.{i}.hook_mlp_out            (B, T, C)      MLP output added to the residual
     blocks.{i}.hook_resid_post         (B, T, C)      residual leaving block i
     ln_final.hook_normalized           (B, T, C)      final LayerNorm output (the unembedding input)
+With Canon layers (model.canon), each present site's output, in forward order:
+    blocks.{i}.hook_canon_a            (B, T, C)      Canon A: ln_1 output mixed, attention's input
+    blocks.{i}.hook_canon_b            (B, T, 3C)     Canon B: q, k, v side by side (v alone, (B, T,
+                                                      C), for pos and uni); hook_q/k/v see its parts
+    blocks.{i}.hook_canon_c            (B, T, C)      Canon C: ln_2's output mixed, the MLP's input
+    blocks.{i}.hook_canon_d            (B, T, 4C)     Canon D: what GELU receives (mlp.hook_pre is
+                                                      c_fc's output before it)
+Other families (cfglab.model.families) share hook_embed, blocks.{i}.hook_resid_post and
+ln_final.hook_normalized: lstm's hook_resid_post is each LSTM layer's output (no residual); ssm
+also has blocks.{i}.hook_resid_pre and blocks.{i}.hook_mixer_out.
 Tk is the number of keys: T, or cached + T with a KV cache. With a cache, hook_q/k/v see only
 the T new positions (as in TransformerLens): the cache keeps what the hooks returned, so a
 patch applied at every call of a generation equals the same patch on one full forward pass.
