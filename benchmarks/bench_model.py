@@ -13,6 +13,9 @@ $CFGLAB_BENCH_ROUNDS sets the rounds per goal variant (half as many for the othe
 average is printed before and after. The whole run takes ~60-90 s on 2 cores.
 Goals (issue 4): abs/rot/nope/alibi >= 1.0x the reference; KV cache >= 5x no-cache when
 generating 512 tokens.
+A second table (issue 25) times each model family (transformer = rot, lstm, ssm) and rot with
+Canon layers ABCD at the same width and depth against the same reference, and Canon's overhead
+as rot + ABCD against rot itself, paired the same way. Goal: Canon ABCD costs <= 20% of a step.
 A third table times causal attention alone (fwd + bwd, the small preset's heads) as one SDPA call
 and as the model's two query halves, across lengths: the range where the halves are faster is
 the model's SPLIT_MIN_T..SPLIT_MAX_T.
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfglab.evaluate.generate import generate
-from cfglab.model import POSITIONS, PRESETS, GPTConfig, build_model
+from cfglab.model import FAMILIES, POSITIONS, PRESETS, GPTConfig, build_model
 from cfglab.model.causal_halves import SPLIT_MAX_T, SPLIT_MIN_T, causal_sdpa_in_halves
 
 T, BATCH, VOCAB = 512, 4, 7
@@ -125,6 +128,33 @@ def paired(ref, var, rounds: int) -> tuple[list[float], list[float]]:
     return t_ref, t_var
 
 
+def families(ref, shape: dict, tokens: int) -> None:
+    """Step time of every family and of rot + Canon ABCD against the reference, then Canon's
+    overhead against rot (ratios per paired round, median and IQR)."""
+    print(f"\nmodel families and Canon, same shape, {ROUNDS} paired rounds each")
+    print(f"{'model':14} {'params':>8} {'tok/s':>7} {'ref tok/s':>9} {'ratio':>6} {'IQR':>11}")
+    models = {f: {"family": f} for f in FAMILIES}
+    models["transformer"]["position"] = "rot"
+    models["rot + ABCD"] = {"position": "rot", "canon": "ABCD"}
+    timers = {}
+    for name, kw in models.items():
+        model = build_model(GPTConfig(vocab_size=VOCAB, block_size=T, **kw, **shape))
+        timers[name] = step_timer(model)
+        t_ref, t_var = paired(ref, timers[name], ROUNDS)
+        q1, ratio, q3 = quartiles([r / v for r, v in zip(t_ref, t_var, strict=True)])
+        print(
+            f"{name:14} {model.num_params():8d} {tokens / statistics.median(t_var):7.0f} "
+            f"{tokens / statistics.median(t_ref):9.0f} {ratio:5.2f}x [{q1:.2f}, {q3:.2f}]"
+        )
+    t_rot, t_canon = paired(timers["transformer"], timers["rot + ABCD"], 2 * ROUNDS)
+    q1, extra, q3 = quartiles([c / r - 1 for r, c in zip(t_rot, t_canon, strict=True)])
+    goal = "ok" if extra <= 0.2 else "ABOVE"
+    print(
+        f"Canon ABCD overhead: +{100 * extra:.1f}% of a rot step [{100 * q1:.1f}, {100 * q3:.1f}]"
+        f" ({2 * ROUNDS} paired rounds; goal <= 20%: {goal})"
+    )
+
+
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
     q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     return q1, q2, q3
@@ -214,6 +244,11 @@ def main() -> None:
     finally:
         gc.enable()
     print(f"load avg after: {' '.join(f'{a:.2f}' for a in os.getloadavg())}")
+    gc.disable()
+    try:
+        families(ref, shape, tokens)
+    finally:
+        gc.enable()
 
     attention_halves(shape)
 
