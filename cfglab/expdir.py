@@ -174,8 +174,9 @@ def _remove_if_only_lock(made: list[Path]) -> None:
 
 @contextlib.contextmanager
 def open_run_log(run_dir: Path) -> Iterator[TextIO]:
-    """The run's log.txt, opened for appending (a resumed run's output follows the earlier)."""
-    with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log:
+    """The run's log.txt, opened for appending (a resumed run's output follows the earlier),
+    line-buffered: a worker killed outright (SIGKILL, a SLURM requeue) leaves its lines."""
+    with open(run_dir / RUN_LOG, "a", encoding="utf-8", buffering=1) as log:
         yield log
 
 

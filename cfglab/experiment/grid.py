@@ -158,21 +158,23 @@ def _executor(path: Path, block: Any, workers: int | None, kind: str | None) -> 
     if not isinstance(block, dict):
         raise ConfigError(f"{path}: executor must be a mapping, e.g. {{kind: local, workers: 2}}")
     block = dict(block)
-    if kind is not None:
-        block["kind"] = kind
     block.setdefault("kind", "local")
     if block["kind"] not in EXECUTORS:
         raise ConfigError(
             f"{path}: executor.kind {block['kind']!r}{did_you_mean(block['kind'], EXECUTORS)}; "
             f"choose from {', '.join(EXECUTORS)}"
         )
-    allowed = EXECUTOR_KEYS[block["kind"]]
+    allowed = EXECUTOR_KEYS[block["kind"]]  # the file's block, checked as written
     for key in block:
         if key not in allowed and not (block["kind"] == "local" and key in EXECUTOR_KEYS["slurm"]):
             raise ConfigError(
                 f"{path}: unknown executor key {key!r}{did_you_mean(key, allowed)}; valid for "
                 f"{block['kind']}: {', '.join(allowed)}"
             )
+    if kind == "slurm" and block["kind"] == "local":  # --executor slurm on a local block: its
+        block.pop("workers", None)  # pool size means nothing there
+    if kind is not None:
+        block["kind"] = kind
     if workers is not None:
         block["workers"] = workers
     block.setdefault("workers", 1)

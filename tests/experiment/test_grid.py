@@ -167,3 +167,15 @@ def test_a_grammar_path_is_read_from_the_experiment_files_folder(tmp_path, monke
     # the shipped positions.yaml names a grammar beside its base config: still found there
     exp = load_experiment(ROOT / "configs" / "experiments" / "positions.yaml")
     assert Path(exp.runs[0].config.grammar.name) == ROOT / "configs" / "grammars" / "deep.cfg"
+
+
+def test_the_executor_flag_switches_the_files_block():
+    """--executor slurm on a file whose block is local (the smoke grid): the local pool's size
+    is dropped, not refused as an unknown SLURM key; --executor local keeps a SLURM block's
+    settings (the dry run on a laptop)."""
+    smoke = ROOT / "configs" / "experiments" / "smoke.yaml"
+    block = load_experiment(smoke, executor="slurm").executor
+    assert block["kind"] == "slurm" and "partition" not in block
+    paper = ROOT / "configs" / "experiments" / "paper_positions.yaml"
+    block = load_experiment(paper, executor="local", workers=2).executor
+    assert block["kind"] == "local" and block["workers"] == 2 and block["partition"] == "gpu"

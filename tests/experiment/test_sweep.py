@@ -37,8 +37,10 @@ def experiment(tmp_path: Path, **changes) -> Path:
 
 
 def results(exp_dir: Path) -> dict:
-    """Every result file of every run, without wall-clock times."""
+    """Every result file of every run, without wall-clock times and what names the run's
+    folder (run_dir; the provenance's fingerprint hashes config.json, which holds out_dir)."""
     volatile = {"seconds", "timing", "tokens_per_s", "elapsed_s", "data_wait_frac", "run_dir"}
+    volatile.add("fingerprint")
 
     def strip(x):
         if isinstance(x, dict):
