@@ -105,29 +105,19 @@ def clear_run_status(run_dir: Path) -> None:
         (run_dir / RUN_STATUS).unlink(missing_ok=True)
 
 
-_HELD: dict[Path, int] = {}  # run folders whose lock this process holds -> nesting depth
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[str | None]:
     """Hold RUN_LOCK of the run for the duration (every command that writes into a run, and a
-    sweep's worker around its stages); yields None when held, else the pid of the process that
-    holds it (read from the lock file, "?" if empty). Re-entrant within a process (a sweep's
-    run_one, then the stages it runs). The lock file holds the pid only while held (empty at
-    rest); a run folder made here for the lock is removed again if nothing else was put in it
-    (a command refused after taking the lock leaves nothing behind)."""
-    key = run_dir.resolve()
-    if fcntl is None or key in _HELD:
-        _HELD[key] = _HELD.get(key, 0) + 1
-        try:
-            yield None
-        finally:
-            _HELD[key] -= 1
-            if not _HELD[key]:
-                del _HELD[key]
-        return
+    sweep's worker around its stages: cfglab.stages.run_held); yields None when held, else the
+    pid of the process that holds it (read from the lock file, "?" if empty). The lock file
+    holds the pid only while held (empty at rest); a run folder made here for the lock is
+    removed again if nothing else was put in it (a command refused after taking the lock
+    leaves nothing behind)."""
     made = _missing_parents(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield None
+        return
     try:
         with open(run_dir / RUN_LOCK, "a+", encoding="utf-8") as f:
             try:
@@ -136,7 +126,6 @@ def run_lock(run_dir: Path) -> Iterator[str | None]:
                 f.seek(0)
                 yield f.read().strip() or "?"
                 return
-            _HELD[key] = 1
             try:
                 f.seek(0)
                 f.truncate()
@@ -144,7 +133,6 @@ def run_lock(run_dir: Path) -> Iterator[str | None]:
                 f.flush()
                 yield None
             finally:
-                del _HELD[key]
                 with contextlib.suppress(OSError):  # a full disk must not hide the real error
                     f.truncate(0)
                 fcntl.flock(f, fcntl.LOCK_UN)

@@ -136,8 +136,10 @@ def run_one(job: dict[str, Any], started: Callable[[], object] | None = None) ->
     """A run's stages in order (done stages skipped, training resumed), in this process;
     `started` is called once the run is marked running. Never raises for a run's own failure:
     returns {state, seconds, error}."""
+    from cfglab.stages import run_held
+
     run_dir = Path(job["dir"])
-    with expdir.run_lock(run_dir) as owner:
+    with run_held(run_dir) as owner:
         if owner is not None:  # e.g. a worker of a killed sweep, still saving its checkpoint
             return {
                 "state": "failed",

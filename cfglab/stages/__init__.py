@@ -21,7 +21,7 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cfglab import expdir, rundir
@@ -136,7 +136,9 @@ def check_run_folder(name: str, cfg: ExperimentConfig, run_dir: Path) -> None:
     for folder in ("", *STAGE_FOLDERS.get(name, ())):
         path = run_dir / folder
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"{path} is a file where the {name} stage writes a folder; move it")
+            raise ConfigError(
+                f"{path} is a file where the {name} stage writes a folder; move it away"
+            )
         rundir.check_writable(path, advice)
     if name == "train":
         check_results_have_checkpoint(run_dir)
@@ -144,14 +146,37 @@ def check_run_folder(name: str, cfg: ExperimentConfig, run_dir: Path) -> None:
         check_dataset(cfg, run_dir, name)
 
 
+_HELD: set[Path] = set()  # the run folders whose lock this process holds
+
+
 @contextlib.contextmanager
-def holding_run(run_dir: Path):
-    """The run's lock (expdir.run_lock) for a command that writes into it: CfglabError naming
-    the process that holds it. Under torchrun rank 0 holds it for every rank."""
+def run_held(run_dir: Path) -> Iterator[str | None]:
+    """The run's lock (expdir.run_lock), taken once per process: yields None when this process
+    holds it (taken now, or already: a sweep's worker holds its run, then runs the stages,
+    which hold it too), else the pid of the process that holds it."""
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        yield None
+        return
+    with expdir.run_lock(Path(run_dir)) as owner:
+        if owner is not None:
+            yield owner
+            return
+        _HELD.add(key)
+        try:
+            yield None
+        finally:
+            _HELD.discard(key)
+
+
+@contextlib.contextmanager
+def holding_run(run_dir: Path) -> Iterator[None]:
+    """The run's lock for a command that writes into it: CfglabError naming the process that
+    holds it. Under torchrun rank 0 holds it for every rank."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    with expdir.run_lock(run_dir) as owner:
+    with run_held(run_dir) as owner:
         if owner is not None:
             raise CfglabError(
                 f"{run_dir} is in use by another cfglab process (pid {owner}: a sweep's worker or "
@@ -269,6 +294,7 @@ __all__ = [
     "check_config",
     "generate_from_run",
     "load_run_config",
+    "run_held",
     "run_stage",
     "run_stages",
     "stage_key",
