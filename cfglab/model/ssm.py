@@ -154,15 +154,20 @@ class Mixer(nn.Module):
         x, Bm, Cm = F.silu(xbc + self.conv_bias.to(xbc.dtype)).split([E, N, N], dim=-1)
         x = x.reshape(B, T, H, E // H)  # (B, T, H, P)
         dt = F.softplus(dt + self.dt_bias.to(dt.dtype))  # (B, T, H)
-        A = -torch.exp(self.A_log.float()).to(x.dtype)  # (H,)
+        # the scan in float32 at least, autocast or not: decays compound over the sequence
+        wide = torch.promote_types(x.dtype, torch.float32)
+        xs, dts, Bs, Cs = (t.to(wide) for t in (x, dt, Bm, Cm))
+        A = -torch.exp(self.A_log.to(wide))  # (H,)
         state = cache.ssm.get(self.layer) if cache is not None else None
-        if T == 1 and state is not None:  # decoding: the recurrence itself
-            y, state = ssd_step(x[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], state)
-            y = y[:, None]  # (B, 1, H, P)
-        else:
-            y, state = ssd_chunked(x, dt, A, Bm, Cm, CHUNK, state)
+        with torch.autocast(u.device.type, enabled=False):
+            if T == 1 and state is not None:  # decoding: the recurrence itself
+                y, state = ssd_step(xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], state)
+                y = y[:, None]  # (B, 1, H, P)
+            else:
+                y, state = ssd_chunked(xs, dts, A, Bs, Cs, CHUNK, state)
         if cache is not None:
             cache.ssm[self.layer] = state
+        y = y.to(x.dtype)
         y = y + x * self.D.to(x.dtype)[:, None]  # (B, T, H, P)
         y = self.norm(y.reshape(B, T, E) * F.silu(z))  # Mamba2's gated RMSNorm
         return self.out_proj(y)  # (B, T, C)
