@@ -18,6 +18,7 @@ experiment runner sit above it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -215,10 +216,11 @@ def one_line_os_errors(what: str, run_dir: Path):
         raise
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+        fix = "free disk space or fix the folder's permissions, then run" if full else "run"
         raise CfglabError(
             f"{what} on {run_dir} failed: {exc.strerror or exc}{where}; every file is written "
-            "whole or not at all: free disk space or fix the folder's permissions, then run it "
-            "again"
+            f"whole or not at all: {fix} it again"
         ) from None
 
 
