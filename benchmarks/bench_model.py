@@ -10,12 +10,17 @@ and one variant step back to back (order alternating), the ratio of the two is t
 and the median of the rounds' ratios is reported with their interquartile range, so load from
 other processes (which drifts over seconds) affects both sides of each ratio alike.
 $CFGLAB_BENCH_ROUNDS sets the rounds per goal variant (half as many for the others). The load
-average is printed before and after. The whole run takes ~60-90 s on 2 cores.
+average is printed before and after. The whole run takes ~90 s on 2 cores.
 Goals (issue 4): abs/rot/nope/alibi >= 1.0x the reference; KV cache >= 5x no-cache when
 generating 512 tokens.
 A second table (issue 25) times each model family (transformer = rot, lstm, ssm) and rot with
 Canon layers ABCD at the same width and depth against the same reference, and Canon's overhead
 as rot + ABCD against rot itself, paired the same way. Goal: Canon ABCD costs <= 20% of a step.
+Measured on 2 shared cores: +26-33% (per site: A, C ~+5%, B ~+11%, D ~+12%), not met. The layers
+are memory-bound: they read and write 9C channels per token and block (A, C: C; B: 3C; D: 4C)
+in the forward pass, the input gradient and the weight gradient, against the block's ~12 C^2
+multiply-adds per token, so the share falls as 1/C (the convolutions themselves run at the speed
+of one elementwise multiply; see cfglab/model/canon.py).
 A third table times causal attention alone (fwd + bwd, the small preset's heads) as one SDPA call
 and as the model's two query halves, across lengths: the range where the halves are faster is
 the model's SPLIT_MIN_T..SPLIT_MAX_T.
