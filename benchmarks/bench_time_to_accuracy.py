@@ -74,7 +74,7 @@ def measure(name: str, overrides: list[str], root: Path) -> dict:
     gap = {}
     for r in probe:
         if r["metric"] == "probe_accuracy" and r["target"] == "ancestor" and r["layer"] == last:
-            gap.setdefault(r["level"], {})[r["model"]] = r["value"]
+            gap.setdefault(r["level"], {})[r["weights"]] = r["value"]
     gaps = {lev: 100 * (v["trained"] - v["random_init"]) for lev, v in gap.items()}
     tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.model.block_size
     ok = a["accuracy"] >= 0.95 and a["ci_low"] >= 0.90 and min(gaps.values()) >= 20

@@ -119,7 +119,7 @@ def summary_rows(result: dict) -> list[dict]:
                 {
                     "metric": "best_head_score",
                     "pattern": pattern,
-                    "model": model,
+                    "weights": model,
                     "value": value,
                     "n": n,
                 }
@@ -177,7 +177,7 @@ def mechanism_rows(result: dict) -> list[dict]:
                             "metric": "attention_by_distance",
                             "layer": layer,
                             "distance": d,
-                            "model": model,
+                            "weights": model,
                             "value": float(mean[layer, k]),
                             "n": n,
                         }
@@ -186,7 +186,7 @@ def mechanism_rows(result: dict) -> list[dict]:
         ranks = res["ranks"]
         for lev, layer, head in _best_heads(res):
             value = float(_levels(res, "end_to_end")[layer, head, lev])
-            at = {"level": lev, "model": model, "n": n}
+            at = {"level": lev, "weights": model, "n": n}
             rows.append({"metric": "end_to_end_attention", **at, "value": value})
             for k, delta in enumerate(res["deltas"]):
                 v = float(offset[layer, head, lev, k])
@@ -257,7 +257,7 @@ def _mechanism_figures(result: dict) -> list[dict]:
                 sel = [
                     r
                     for r in rows
-                    if r["metric"] == metric and r["level"] == lev and r["model"] == model
+                    if r["metric"] == metric and r["level"] == lev and r["weights"] == model
                 ]
                 if sel:
                     series.append(
@@ -431,7 +431,7 @@ COMPARE = [
         "where": {},
         "x": ["pattern"],
         "panels": [],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "best head's score",
         "caption": "the best head's score per detection pattern (95% CI across seeds)",
     },
@@ -443,7 +443,7 @@ COMPARE = [
         "where": {},
         "x": ["distance"],
         "panels": ["layer"],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "mean attention",
         "caption": "Result 6 per layer, heads averaged (95% CI across seeds)",
     },
@@ -455,7 +455,7 @@ COMPARE = [
         "where": {},
         "x": ["level"],
         "panels": [],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "mean residual attention B",
         "caption": "Result 8 per level: the best head's end-to-end residual (95% CI across seeds)",
     },
@@ -467,7 +467,7 @@ COMPARE = [
         "where": {},
         "x": ["delta"],
         "panels": ["level"],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "mean residual attention B",
         "caption": "Result 7 per level, the best end-to-end head (95% CI across seeds)",
     },

@@ -65,8 +65,8 @@ def emergence_table(rows: list[dict]) -> list[dict]:
     for r in probe:
         if r["layer"] != last:
             continue
-        key = _qualifiers(r, drop=("layer", "model"))
-        if r["model"] == "trained":
+        key = _qualifiers(r, drop=("layer", "weights"))
+        if r["weights"] == "trained":
             curves[key][r["step"]] = r["value"]
         else:
             twins[key] = r["value"]
@@ -141,7 +141,7 @@ def _probe_figure(rows: list[dict]) -> dict | None:
     panels = []
     for target in dict.fromkeys(r["target"] for r in probe):
         columns = dict.fromkeys(
-            _qualifiers(r, drop=("layer", "model", "target", "window"))
+            _qualifiers(r, drop=("layer", "weights", "target", "window"))
             for r in probe
             if r["target"] == target
         )
@@ -220,7 +220,7 @@ def _behaviour_figure(rows: list[dict]) -> dict | None:
 
 
 def _grouped_figure(rows: list[dict], metric: str, by: str, name: str, title: str) -> dict | None:
-    sel = [r for r in rows if r["metric"] == metric and r.get("model", "trained") == "trained"]
+    sel = [r for r in rows if r["metric"] == metric and r.get("weights", "trained") == "trained"]
     if not sel:
         return None
     series, hlines = [], []
@@ -270,7 +270,7 @@ COMPARE = [
         "kind": "lines",
         "title": "last-layer probe of the trained model against step",
         "metric": "probe_accuracy",
-        "where": {"layer": "last", "model": "trained", "window": "all"},
+        "where": {"layer": "last", "weights": "trained", "window": "all"},
         "x": ["step"],
         "panels": ["target", "level", "label"],
         "xscale": "log",

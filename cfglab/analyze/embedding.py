@@ -152,7 +152,7 @@ def summary_rows(result: dict) -> list[dict]:
                         {
                             "metric": f"embedding_cos_{stat}",
                             "space": space,
-                            "model": "trained" if key == "model" else key,
+                            "weights": "trained" if key == "model" else key,
                             "value": geo[stat],
                             "n": len(result["tokens"]),
                         }
@@ -171,7 +171,7 @@ def tables(result: dict) -> list[dict]:
     return [
         {
             "title": f"Token geometry: cosine similarity of token representations ({what})",
-            "header": ["space", "model", *(f"cos {s}" for s in stats)],
+            "header": ["space", "weights", *(f"cos {s}" for s in stats)],
             "rows": body,
         }
     ]
@@ -219,7 +219,7 @@ COMPARE = [
         "where": {},
         "x": ["space"],
         "panels": [],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": f"cosine {stat}",
         "caption": DEFINITIONS[f"embedding_cos_{stat}"],
     }

@@ -286,7 +286,7 @@ def summary_rows(result: dict) -> list[dict]:
                             **at,
                             **column,
                             "layer": layer,
-                            "model": "trained" if model == "model" else model,
+                            "weights": "trained" if model == "model" else model,
                             "value": value,
                             "n": result["n_test"],
                         }
@@ -405,7 +405,7 @@ COMPARE = [
         "where": {"layer": "last"},
         "x": ["level", "label"],
         "panels": ["target", "window"],
-        "styles": {"qualifier": "model", "values": {"trained": "-", "random_init": ":"}},
+        "styles": {"qualifier": "weights", "values": {"trained": "-", "random_init": ":"}},
         "ylabel": "probe accuracy",
         "caption": "last-layer probe accuracy per probe (95% CI across seeds)",
     },

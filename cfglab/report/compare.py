@@ -26,7 +26,6 @@ through cfglab.rundir; nothing here imports torch.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -40,6 +39,7 @@ from cfglab.report.paired import (
     PAIRED_VALUES,
     VERDICTS,
     experiment_claims,
+    grid_cell,
     paired,
     paired_markdown,
     t_quantile,
@@ -67,7 +67,7 @@ QUALIFIERS = [
     "level",
     "label",
     "layer",
-    "model",
+    "weights",  # trained, or the random-init twin (not "model": a grid axis may be named so)
     "pattern",
 ]
 VALUES = ["value", "ci_low", "ci_high", "n"]
@@ -115,11 +115,6 @@ class RunEntry:
     why: str = ""  # its reason, for the report
 
 
-def _scalar(value):
-    """A grid value as a table cell: lists and mappings (e.g. eval.cuts) as their JSON text."""
-    return value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value)
-
-
 def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
     """The runs named by experiment folders and run folders, and the grid axes (in order)."""
     runs, axes = [], []
@@ -134,7 +129,7 @@ def find_runs(paths: list[str | Path]) -> tuple[list[RunEntry], list[str]]:
                 ) from None
             axes += [a for a in plan.get("axes", []) if a not in axes]
             for name, point, seed in entries:
-                point = {k: _scalar(v) for k, v in point.items()}
+                point = {k: grid_cell(v) for k, v in point.items()}
                 runs.append(RunEntry(p / name, plan.get("name", p.name), point, seed))
         elif (p / rundir.CONFIG).is_file():  # a plain run: its own grid point, named "run"
             cfg = rundir.read_run_config(p)

@@ -30,6 +30,7 @@ the claim's side, **contradicted** if it excludes 0 on the other side, **not sho
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -122,6 +123,25 @@ def summarize(diffs: Sequence[float]) -> dict:
     }
 
 
+def grid_cell(value):
+    """A grid value as a table cell: lists and mappings (e.g. eval.cuts, a whole `model`
+    section) as their JSON text."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value)
+
+
+def same_value(cell, value) -> bool:
+    """Whether a row's grid cell is the value an experiment file names (a claim's or a
+    reference's, as written in YAML): mappings compare by content, not by key order."""
+    if cell == grid_cell(value):
+        return True
+    if isinstance(value, (dict, list)) and isinstance(cell, str):
+        try:
+            return json.loads(cell) == value
+        except ValueError:
+            return False
+    return False
+
+
 def _values(rows: list[dict], axes: list[str]) -> dict[tuple, dict[tuple, float]]:
     """(experiment, grid point, seed) -> {(stage, metric, qualifiers): value}: the finite values
     about each run's final model."""
@@ -144,7 +164,10 @@ def paired(
     out, unpaired = [], []
     for i, axis in enumerate(axes):
         levels = list(dict.fromkeys(p[i] for (_, p, _) in values))
-        ref = (reference or {}).get(axis, levels[0] if levels else None)
+        ref = levels[0] if levels else None
+        if reference and axis in reference:
+            named = reference[axis]
+            ref = next((lev for lev in levels if same_value(lev, named)), grid_cell(named))
         groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
         for (exp, point, seed), metrics in values.items():
             if point[i] == ref:
@@ -212,6 +235,19 @@ def verdict(low: float | None, high: float | None) -> str:
     return "not shown"
 
 
+def _partner(values: dict, exp, seed, where: dict, axes: list[str], than: dict) -> dict | None:
+    """The metrics of the run at `where` with the axes of `than` set to its values."""
+    for (e, point, s), metrics in values.items():
+        if e != exp or s != seed:
+            continue
+        if all(
+            same_value(p, than[a]) if a in than else p == where.get(a)
+            for a, p in zip(axes, point, strict=True)
+        ):
+            return metrics
+    return None
+
+
 def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict]:
     """verdicts.csv's rows: per claim and per combination of the grid axes the claim leaves
     free, the signed paired difference (positive supports the claim), its interval, p-value
@@ -225,12 +261,9 @@ def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict
         per_rest: dict[tuple, list[float]] = defaultdict(list)
         for (exp, point, seed), metrics in values.items():
             where = dict(zip(axes, point, strict=True))
-            if any(where.get(k) != v for k, v in claim["better"].items()):
+            if not all(same_value(where.get(k), v) for k, v in claim["better"].items()):
                 continue
-            other = tuple(
-                where.get(a) if a not in claim["than"] else claim["than"][a] for a in axes
-            )
-            partner = values.get((exp, other, seed))
+            partner = _partner(values, exp, seed, where, axes, claim["than"])
             if partner is None:
                 continue
             for key, v in metrics.items():

@@ -72,7 +72,7 @@ def test_probe_command_writes_tables_rows_and_figure_specs(tiny_run, capsys, tmp
         t = next(
             t for t in probe["tables"] if (t["target"], t["window"]) == (r["target"], r["window"])
         )
-        key = "model" if r["model"] == "trained" else r["model"]
+        key = "model" if r["weights"] == "trained" else r["weights"]
         assert r["value"] == t["accuracy"][key][r["layer"]][r["level"] - 1]
     out = capsys.readouterr().out
     # the printed tables are the file's numbers: every layer row, model / random-init, majority
@@ -106,7 +106,7 @@ def test_attention_command_and_the_report_draws_its_figures(tiny_run):
         assert res["distances"][0] == 0  # causal: keys at or before the query
         assert mean.shape[:2] == (2, 4) and (np.nan_to_num(mean) >= 0).all()
     best = {
-        (r["pattern"], r["model"]): r["value"]
+        (r["pattern"], r["weights"]): r["value"]
         for r in body["rows"]
         if r["metric"] == "best_head_score"
     }

@@ -133,7 +133,9 @@ def test_the_final_checkpoint_equals_the_eval_and_analyze_stages(run):
     assert compared == 2 * 2 * 2  # (ancestor, boundary) x 2 levels x (trained, twin)
     assert not _at(rows, 40, metric="probe_accuracy", layer=0)  # only the last layer
     # the random-init twin is measured once: the same numbers at every step
-    twin = [r["value"] for r in rows if r.get("model") == "random_init" and r.get("layer") == last]
+    twin = [
+        r["value"] for r in rows if r.get("weights") == "random_init" and r.get("layer") == last
+    ]
     assert len(twin) % 4 == 0 and twin[: len(twin) // 4] * 4 == twin
     what = [row["what"] for row in body["emergence"]]
     assert "probe ancestor L1" in what and what[-1] == "generation accuracy cut0"
@@ -155,7 +157,7 @@ def test_emergence_table_from_rows_by_hand():
                         **base,
                         "level": level,
                         "layer": layer,
-                        "model": "trained",
+                        "weights": "trained",
                         "value": v if layer == 1 else 0.0,
                         "step": step,
                     }
@@ -165,7 +167,7 @@ def test_emergence_table_from_rows_by_hand():
                         **base,
                         "level": level,
                         "layer": layer,
-                        "model": "random_init",
+                        "weights": "random_init",
                         "value": 0.4,
                         "step": step,
                     }

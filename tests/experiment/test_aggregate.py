@@ -161,7 +161,7 @@ def test_each_grid_point_shows_its_own_last_layer(tmp_path):
                     "window": "all",
                     "level": 1,
                     "layer": layer,
-                    "model": "trained",
+                    "weights": "trained",
                     "value": 0.5 + 0.1 * layer,
                 }
             ]

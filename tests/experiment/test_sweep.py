@@ -87,7 +87,7 @@ def test_smoke_sweep_writes_runs_status_and_tidy_results(smoke):
             r["target"],
             r["level"],
             r["layer"],
-            r["model"],
+            r["weights"],
             r["window"],
             r["pattern"],
         )

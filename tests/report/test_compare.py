@@ -70,7 +70,7 @@ def test_compared_report_has_both_runs_numbers_and_figures(tmp_path):
     rep = gpt / "report"
     md = (rep / "report.md").read_text()
     section = md[md.index("## Compared runs") :]
-    assert "| run | target | window | model | level=1 | level=2 | level=3 |" in section
+    assert "| run | target | window | weights | level=1 | level=2 | level=3 |" in section
     for run in (gpt, enc):
         tables = rundir.read_result(run, "analyze/probe")["probe"]["tables"]
         # the last layer's accuracy of each run, trained and twin, every target and level

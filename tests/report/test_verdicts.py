@@ -6,6 +6,7 @@ contradicted; the verdicts are in the report."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ A -> 'a' [0.5] | 'a' 'b' [0.5]
 B -> 'b' [0.3] | 'c' A [0.7]
 """)
 SEEDS = (0, 1, 2, 3)
+EMPTY_VIEWS = {"tables": [], "figures": [], "compare": []}
 
 
 def _model(kind: str):
@@ -89,3 +91,54 @@ def test_planted_effects_get_their_verdicts(tmp_path, kinds, claim, want):
     assert rows and all(r["reference"] == reference for r in rows)
     md = (exp / "compare" / "report.md").read_text()
     assert "## Verdicts" in md and f"**{want}**" in md
+
+
+def test_claims_on_a_mapping_axis_named_like_a_row_qualifier(tmp_path):
+    """A grid axis whose values are whole config sections (the architectures experiment's
+    `model`) is paired and judged: claims and references name the mapping in any key order,
+    and no row qualifier overwrites the axis (the trained-or-twin qualifier is `weights`)."""
+    exact = {"family": "transformer", "position": "rot"}
+    uniform = {"family": "transformer", "position": "abs"}
+    out = tmp_path / "exp"
+    runs = []
+    for i, (value, kind) in enumerate(((exact, "exact"), (uniform, "uniform"))):
+        for seed in SEEDS:
+            name = f"model={i},seed={seed}"
+            rundir.write_config(out / name, load_config(None, [f"train.seed={seed}"]))
+            model = _model(kind)
+            settings = EvalConfig(n_samples=40, n_kl=10, cuts=[0], seed=seed, n_fixed_prompt=0)
+            gen = lambda t, m=model: AD.sampling_generate_fn(m, TINY.n_t + 1, max_new_tokens=8)  # noqa: E731
+            R.write_eval(out / name, R.evaluate_model(TINY, model, gen, settings))
+            # an analysis row qualified by the weights it measured
+            rows = [{"metric": "probe_accuracy", "weights": "trained", "value": 0.9 - 0.3 * i}]
+            rundir.write_result(
+                out / name, f"{rundir.ANALYZE}/probe", {"rows": rows, **EMPTY_VIEWS}
+            )
+            runs.append({"dir": name, "point": {"model": value}, "seed": seed})
+    reordered = [dict(reversed(list(d.items()))) for d in (exact, uniform)]
+    claims = [
+        {"better": {"model": reordered[0]}, "than": {"model": reordered[1]}, "metric": m}
+        for m in ("accuracy", "probe_accuracy")
+    ]
+    plan = {"name": "exp", "axes": ["model"], "runs": runs, "claims": claims}
+    plan["reference"] = {"model": reordered[1]}
+    (out / "experiment.json").write_text(json.dumps(plan))
+    assert cli.main(["compare", str(out)]) == 0
+    verdicts = {v["metric"]: v for v in _csv(out / "compare" / "verdicts.csv")}
+    assert verdicts["accuracy"]["verdict"] == "holds"
+    assert verdicts["probe_accuracy"]["verdict"] == "holds"
+    assert verdicts["probe_accuracy"]["n_pairs"] == str(len(SEEDS))
+    assert verdicts["probe_accuracy"]["weights"] == "trained"
+    results = _csv(out / "compare" / "results.csv")
+    assert {r["model"] for r in results} == {json.dumps(exact), json.dumps(uniform)}
+    paired = [r for r in _csv(out / "compare" / "paired.csv") if r["metric"] == "accuracy"]
+    assert paired and {r["reference"] for r in paired} == {json.dumps(uniform)}
+
+
+def test_no_row_qualifier_is_named_like_a_config_section():
+    """Grid axes are config keys; a qualifier named like a top-level one would overwrite it."""
+    from cfglab.report.compare import FIXED, QUALIFIERS
+
+    sections = set(dataclasses.asdict(load_config(None, [])))
+    assert {"model", "train", "probe"} <= sections
+    assert not sections & set(QUALIFIERS + FIXED)
