@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import sys
 import warnings
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("cfglab: interrupted", file=sys.stderr)
+        gc.freeze()  # interpreter shutdown then skips collecting torch's and Numba's objects
         return 130
     except BrokenPipeError:  # `cfglab sample ... | head`
         sys.stderr.close()

@@ -29,8 +29,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     exp = load_experiment(
         args.experiment, workers=args.workers, executor=args.executor, only=args.only
     )  # every run config validated: nothing runs before this succeeds
+    from cfglab.experiment.launch import check_executor
     from cfglab.experiment.sweep import plan_sweep, run_sweep
 
+    if not args.dry_run:  # a cluster that is not here: refused before the plan and its estimate
+        check_executor(exp)
     print("\n".join(plan_sweep(exp)), flush=True)  # a stdout that cannot be written: say so now
     if args.dry_run:
         return 0
