@@ -20,6 +20,9 @@ from benchmarks import bench_gpu
 from cfglab.model import gpt_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# ~15 s of the default suite's ~3 min: with the slow tests (CI runs them), as the GPU benchmark
+# itself runs on a GPU machine
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

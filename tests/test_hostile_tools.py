@@ -183,7 +183,8 @@ def _interrupt(proc: subprocess.Popen, cpu: float) -> tuple[float, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize("what", ["parse", "sample"])
+# the parse (in a compiled loop) with the slow tests: the default suite keeps the sample and eval
+@pytest.mark.parametrize("what", [pytest.param("parse", marks=pytest.mark.slow), "sample"])
 def test_ctrl_c_exits_130_within_2_seconds(what, tmp_path):
     """Inside a compiled O(n^3) parse of a highly ambiguous grammar (minutes of work), and
     inside `sample -n 100000000 -o FILE` (which must then leave no file behind)."""
