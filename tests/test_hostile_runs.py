@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from cfglab.cli import main
+from tests.processes import cfglab_process
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -288,21 +287,15 @@ def test_an_encoder_is_not_evaluated(base_run, tmp_path, capsys):
 def test_ctrl_c_during_eval_exits_130_quickly(base_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cfglab", "eval", str(run), "--n", "100000", "--threads", "auto"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    # threads auto says its choice once the model is loaded, right before it generates: a
-    # signal that the eval works, however long the imports took on a busy machine
-    assert proc.stderr.readline().startswith("threads: ")
-    time.sleep(1)  # the model generating
-    t0 = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=30)
-    assert code == 130 and time.perf_counter() - t0 < 2.0
-    assert "Traceback" not in proc.stderr.read()
+    argv = ["eval", str(run), "--n", "100000", "--threads", "auto"]
+    with cfglab_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        # threads auto says its choice once the model is loaded, right before it generates: a
+        # signal that the eval works, however long the imports took on a busy machine
+        assert proc.stderr.readline().startswith("threads: ")
+        time.sleep(1)  # the model generating
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        assert code == 130 and time.perf_counter() - t0 < 2.0
+        assert "Traceback" not in proc.stderr.read()
     assert json.loads((run / "eval" / "summary.json").read_text())["settings"]["n_samples"] == 8

@@ -20,6 +20,7 @@ import pytest
 
 from cfglab.cli import main
 from cfglab.grammar import random_cfg
+from tests.processes import cfglab_process
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -188,7 +189,6 @@ def _interrupt(proc: subprocess.Popen, cpu: float) -> tuple[float, str]:
 def test_ctrl_c_exits_130_within_2_seconds(what, tmp_path):
     """Inside a compiled O(n^3) parse of a highly ambiguous grammar (minutes of work), and
     inside `sample -n 100000000 -o FILE` (which must then leave no file behind)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if what == "parse":
         grammar = tmp_path / "amb.cfg"
         grammar.write_text("S -> S S [0.3] | 'a' [0.7]\n")
@@ -197,14 +197,8 @@ def test_ctrl_c_exits_130_within_2_seconds(what, tmp_path):
         argv = ["parse", str(grammar), str(strings)]
     else:
         argv = ["sample", "cfg3f", "-n", "100000000", "-o", str(tmp_path / "out.txt")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cfglab", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    seconds, err = _interrupt(proc, cpu=2.5)
+    with cfglab_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        seconds, err = _interrupt(proc, cpu=2.5)
     assert proc.returncode == 130, err
     assert seconds < 2.0
     assert err == "cfglab: interrupted\n"

@@ -19,6 +19,7 @@ import yaml
 
 from cfglab import cli
 from tests.chromium import images_loaded
+from tests.processes import as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "experiments" / "smoke.yaml"
@@ -315,6 +316,7 @@ def start_long_sweep(tmp_path: Path, workers: int) -> tuple[subprocess.Popen, Pa
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=as_in_a_terminal,  # SIGINT at its default (tests.processes says why)
     )
     out = tmp_path / "runs" / "smoke"
     deadline = time.time() + 120
