@@ -40,6 +40,7 @@ PURPOSES: dict[str, tuple[int, int]] = {
     "per_run": (25, 1),  # a section's seed `per_run`: (section index), keyed by data.seed
     "robust_control": (26, 2),  # completions of the uncorrupted prompts: (temperature i, cut)
     "robust_reference": (27, 2),  # exact completions of the references: (gamma index, cut)
+    "emergence_bootstrap": (28, 0),  # resamples of the emergence step's interval (dynamics)
 }
 
 

@@ -342,6 +342,21 @@ def score_predictions(
     return {"accuracy": np.array(acc), "balanced_accuracy": np.array(bal)}
 
 
+def per_string_counts(
+    pred: np.ndarray, labels: np.ndarray, offsets: np.ndarray, where: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per test string: correct predictions and scored tokens, (G, S) each, for resampling
+    strings (the emergence step's bootstrap interval): a string's tokens are not independent
+    draws, the strings are."""
+    scored = np.ones_like(labels, dtype=bool) if where is None else where.astype(bool)
+    hit = (pred == labels) & scored
+    starts = np.asarray(offsets[:-1])
+    return {
+        "correct": np.add.reduceat(hit, starts, axis=1).astype(np.int64),
+        "tokens": np.add.reduceat(scored, starts, axis=1).astype(np.int64),
+    }
+
+
 def majority_rate(
     train_labels: np.ndarray,
     test_labels: np.ndarray,

@@ -27,7 +27,15 @@ from torch import nn
 
 from cfglab import rundir
 from cfglab.analyze.context import AnalysisContext
-from cfglab.analyze.probe import SCORED_AT, WINDOWS, fit_probe, majority_rate, score_probe
+from cfglab.analyze.probe import (
+    SCORED_AT,
+    WINDOWS,
+    fit_probe,
+    majority_rate,
+    per_string_counts,
+    predict_probe,
+    score_predictions,
+)
 from cfglab.analyze.states import HiddenStore, resid_names
 from cfglab.analyze.targets import Target, build_targets, default_targets
 from cfglab.config import ProbeConfig
@@ -79,7 +87,8 @@ def probe_layers(
     """Probe the layers `names` of a HiddenStore (splits "train" and "test") for every target
     through `window`; offsets = (train, test) string offsets. Returns {"layers", "keys":
     [(target, column)], "accuracy" (layers, G), "balanced_accuracy" (layers, G), "majority"
-    (G,)}. Restricted windows probe the targets that have NT ends only, scored there."""
+    (G,), "per_string": the last layer's correct and scored tokens per test string, (G, S)
+    each}. Restricted windows probe the targets that have NT ends only, scored there."""
     at_ends = SCORED_AT[window] == "ends"
     pairs = [
         (tr, te)
@@ -107,7 +116,10 @@ def probe_layers(
             seed=seed,
             device=device,
         )
-        scores = score_probe(probe, store.load("test", name), offsets[1], y_test, where=w_test)
+        pred = predict_probe(probe, store.load("test", name), offsets[1])
+        scores = score_predictions(pred, y_test, w_test)
+        if name == names[-1]:
+            per_string = per_string_counts(pred, y_test, offsets[1], w_test)
         acc.append(scores["accuracy"])
         bal.append(scores["balanced_accuracy"])
         if log:
@@ -121,6 +133,7 @@ def probe_layers(
         "accuracy": np.array(acc),
         "balanced_accuracy": np.array(bal),
         "majority": majority_rate(y_train, y_test, w_train, w_test),
+        "per_string": per_string,  # the last layer's, per test string (per_string_counts)
     }
 
 
@@ -197,6 +210,14 @@ def probe_tables(result: dict, baseline: dict | None, window: str) -> list[dict]
             table[metric] = {"model": result[metric][:, cols].tolist()}
             if baseline is not None:
                 table[metric]["random_init"] = baseline[metric][:, cols].tolist()
+        # the last layer per test string: the dynamics stage resamples strings with it
+        table["last_layer_per_string"] = {
+            "tokens": result["per_string"]["tokens"][cols].tolist(),
+            "correct": {"model": result["per_string"]["correct"][cols].tolist()},
+        }
+        if baseline is not None:
+            twin = baseline["per_string"]["correct"][cols].tolist()
+            table["last_layer_per_string"]["correct"]["random_init"] = twin
         tables.append(table)
     return tables
 

@@ -11,8 +11,9 @@ distributions, labelled strings, the random-init twin's numbers) is computed onc
 At the final checkpoint the numbers are the eval and analyze stages' for the same sizes and
 seeds. An encoder (masked LM) does not generate: it gets the analysis families only.
 
-Writes analyze/dynamics.json: the rows, the emergence table computed from them
-(cfglab.analyze.dynamics), and the figures, tables and cross-run views as data.
+Writes analyze/dynamics.json: the rows, the emergence table computed from them with its
+bootstrap intervals (cfglab.analyze.dynamics; the probes' per-string counts of every checkpoint
+resampled), and the figures, tables and cross-run views as data.
 """
 
 from __future__ import annotations
@@ -64,8 +65,24 @@ def dynamics_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, eval=evals, probe=probe)
 
 
+def _collect_per_string(result: dict, step: int, per_string: dict) -> None:
+    """The probe family's last-layer counts per test string, keyed as the emergence table
+    keys its curves (cfglab.analyze.dynamics.probe_key), for the bootstrap interval."""
+    for t in result["tables"]:
+        counts = t["last_layer_per_string"]
+        for i, column in enumerate(t["columns"]):
+            key = tuple(sorted({"target": t["target"], "window": t["window"], **column}.items()))
+            twin = counts["correct"].get("random_init")
+            entry = per_string.setdefault(
+                key,
+                {"tokens": counts["tokens"][i], "twin": twin[i] if twin else None, "correct": {}},
+            )
+            entry["correct"][step] = counts["correct"]["model"][i]
+
+
 def _measure_checkpoint(cfg, model, grammar, step: int, shared: dict) -> list[dict]:
-    """Every row of one checkpoint, tagged with its step."""
+    """Every row of one checkpoint, tagged with its step (the probes' per-string counts go to
+    shared["per_string"])."""
     from cfglab.analyze.run import analyze
     from cfglab.evaluate.run import evaluate
     from cfglab.stages.evaluation import eval_context
@@ -82,8 +99,10 @@ def _measure_checkpoint(cfg, model, grammar, step: int, shared: dict) -> list[di
     val = validation_loss(model, cfg, grammar, device=device, windows=shared["windows"])
     rows.append({"metric": "val_loss", "value": val, "n": cfg.train.eval_batches})
     ctx = analysis_context(cfg, model, grammar, memo=shared["memo"], strings=shared["strings"])
-    for part in analyze(ctx, cfg.dynamics.analyses).values():
+    for name, part in analyze(ctx, cfg.dynamics.analyses).items():
         rows += part["rows"]
+        if name == "probe":
+            _collect_per_string(part["result"], step, shared["per_string"])
     return [{**r, "step": step} for r in rows]
 
 
@@ -92,6 +111,7 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
     from cfglab.analyze import dynamics
     from cfglab.analyze.families import ANALYSES
     from cfglab.evaluate.families import FAMILIES
+    from cfglab.seeds import stream_seed
     from cfglab.train import checkpoint as ckpt
     from cfglab.train.steps import validation_windows
 
@@ -102,7 +122,7 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
     cfg = dynamics_config(cfg)
     t_start = time.perf_counter()
     rows: list[dict] = []
-    shared = {"eval": {}, "memo": {}, "strings": {}, "windows": None}
+    shared = {"eval": {}, "memo": {}, "strings": {}, "windows": None, "per_string": {}}
     for step, path in kept:
         t0 = time.perf_counter()
         model, grammar = load_run_model(run_dir, cfg, cfg.eval, checkpoint=path)
@@ -113,7 +133,8 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
         said = {r["metric"]: r["value"] for r in mine if r["metric"] in SHOWN}
         cells = ", ".join(f"{k} {v:.4f}" for k, v in said.items())
         say(f"dynamics: step {step}: {cells} ({time.perf_counter() - t0:.1f} s)")
-    table = dynamics.emergence_table(rows)
+    seed = stream_seed(cfg.probe.seed, "emergence_bootstrap")
+    table = dynamics.emergence_table(rows, shared["per_string"], seed=seed)
     definitions = {}
     for name in cfg.dynamics.eval:
         definitions.update(FAMILIES[name].DEFINITIONS)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from cfglab import cli
-from cfglab.analyze.dynamics import emergence, emergence_table
+from cfglab.analyze.dynamics import (
+    accuracy_step_interval,
+    emergence,
+    emergence_table,
+    probe_step_interval,
+)
+from cfglab.analyze.probe import per_string_counts
 from cfglab.config import kept_steps, load_config
 from cfglab.errors import ConfigError
 from cfglab.evaluate.distribution import kl_by_level, row_levels
@@ -37,6 +43,66 @@ def test_emergence_on_planted_curves():
     assert e["step"] == 100 and e["bracket"] == [10, 100] and e["halfway"] == pytest.approx(0.7)
     assert emergence(steps, [0.9, 0.9, 0.9, 0.95], 0.5)["bracket"] == [None, 1]
     assert emergence(steps, [0.5, 0.45, 0.4, 0.4], 0.5)["step"] is None  # never rises
+
+
+def test_per_string_counts_by_hand():
+    # two probes over three strings of 2, 3 and 1 tokens; the second probe scored at 3 tokens
+    labels = np.array([[0, 1, 1, 0, 2, 1], [1, 1, 0, 0, 1, 1]])
+    pred = np.array([[0, 0, 1, 0, 2, 0], [1, 0, 0, 1, 1, 1]])
+    where = np.array([[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 1]], dtype=bool)
+    out = per_string_counts(pred, labels, np.array([0, 2, 5, 6]), where)
+    assert out["correct"].tolist() == [[1, 3, 0], [0, 1, 1]]
+    assert out["tokens"].tolist() == [[2, 3, 1], [1, 1, 1]]
+
+
+def _planted_strings(rng, p_by_step: list[float], n_strings: int, tokens: int = 20):
+    """correct (K, S) per kept step: each string's tokens right with the step's probability."""
+    correct = np.stack([rng.binomial(tokens, p, size=n_strings) for p in p_by_step])
+    return correct.astype(float), np.full(n_strings, float(tokens))
+
+
+def test_probe_step_interval_collapses_with_many_strings_and_widens_near_the_threshold():
+    rng = np.random.default_rng(0)
+    steps = [1, 10, 100, 1000]
+    twin = np.full(4000, 20.0 * 0.4)  # the twin reads 40% of every string
+    # clear crossing: halfway 0.65, the curve jumps from 0.45 to 0.85 at step 100
+    correct, tokens = _planted_strings(rng, [0.42, 0.45, 0.85, 0.9], 4000)
+    assert probe_step_interval(steps, correct, tokens, twin, rng, n_boot=200) == [100, 100]
+    # borderline: step 10 sits at the halfway mark; 30 strings cannot tell 10 from 100
+    correct, tokens = _planted_strings(rng, [0.42, 0.65, 0.7, 0.9], 30)
+    lo, hi = probe_step_interval(steps, correct, tokens, twin[:30], rng, n_boot=400)
+    assert lo == 10 and hi == 100
+    # no rise above the twin in most resamples: "never" is the upper end
+    correct, tokens = _planted_strings(rng, [0.4, 0.4, 0.4, 0.41], 30)
+    assert probe_step_interval(steps, correct, tokens, twin[:30], rng, n_boot=400)[1] is None
+
+
+def test_probe_step_interval_covers_the_population_step():
+    """Monte Carlo: strings whose own accuracy varies (string effects, so tokens are not
+    independent); the step at which the population curve crosses halfway is inside the 95%
+    interval in at least 85% of 100 replications."""
+    rng = np.random.default_rng(1)
+    steps = [1, 3, 10, 30, 100]
+    means = np.array([0.40, 0.50, 0.62, 0.70, 0.80])  # halfway 0.60 from the twin's 0.40
+    truth = steps[int(np.argmax(means >= 0.6))]
+    hits = 0
+    for _ in range(100):
+        ability = rng.normal(0.0, 0.08, size=40)  # per-string offsets
+        probs = np.clip(means[:, None] + ability[None, :], 0, 1)
+        correct = rng.binomial(10, probs).astype(float)
+        tokens = np.full(40, 10.0)
+        twin = rng.binomial(10, np.clip(0.4 + ability, 0, 1)).astype(float)
+        lo, hi = probe_step_interval(steps, correct, tokens, twin, rng, n_boot=300)
+        hits += lo <= truth <= (hi if hi is not None else steps[-1] + 1)
+    assert hits >= 85
+
+
+def test_accuracy_step_interval():
+    rng = np.random.default_rng(2)
+    steps = [1, 10, 100]
+    assert accuracy_step_interval(steps, [0.0, 0.1, 0.9], [10**6] * 3, rng) == [100, 100]
+    lo, hi = accuracy_step_interval(steps, [0.0, 0.44, 0.9], [25] * 3, rng)  # halfway 0.45
+    assert (lo, hi) == (10, 100)
 
 
 def test_row_levels_and_kl_by_level_by_hand():
@@ -181,11 +247,63 @@ def test_emergence_table_from_rows_by_hand():
         100,
     ]
     assert table["generation accuracy cut0"]["step"] == 1000  # halfway 0.45 from the first 0.0
+    assert (
+        table["probe ancestor L1"]["ties"] == [] and table["probe ancestor L1"]["interval"] is None
+    )
+    # a boundary probe at level 1 crossing at step 100 too: reported as a tie, both ways
+    for step, v in zip([1, 10, 100, 1000], [0.5, 0.55, 0.9, 0.9], strict=True):
+        for weights, value in (("trained", v), ("random_init", 0.5)):
+            rows.append(
+                {
+                    "metric": "probe_accuracy",
+                    "target": "boundary",
+                    "window": "all",
+                    "level": 1,
+                    "layer": 1,
+                    "weights": weights,
+                    "value": value,
+                    "step": step,
+                }
+            )
+    table = {e["what"]: e for e in emergence_table(rows)}
+    assert table["probe boundary L1"]["step"] == 100
+    assert table["probe boundary L1"]["ties"] == ["probe ancestor L1"]
+    assert table["probe ancestor L1"]["ties"] == ["probe boundary L1"]
+    assert table["probe ancestor L2"]["ties"] == []
+
+
+def test_the_emergence_steps_have_bootstrap_intervals(run):
+    body = json.loads((run / "analyze" / "dynamics.json").read_text())
+    steps = body["steps"]
+    for e in body["emergence"]:
+        if e["step"] is None:
+            continue
+        lo, hi = e["interval"]
+        assert lo in steps and (hi is None or hi in steps), e["what"]
+        assert lo <= e["step"] and (hi is None or e["step"] <= hi), e["what"]
+    rows = [r for r in body["rows"] if r["metric"] == "emergence_step"]
+    assert all("ci_low" in r for r in rows) and len(rows) == len(body["emergence"])
+
+
+def test_the_dynamics_figures_draw_every_kept_step(run):
+    """Every line of every dynamics figure has a point per kept step, and the probe panel a
+    dashed random-init line per probe (the twin's level)."""
+    body = json.loads((run / "analyze" / "dynamics.json").read_text())
+    figures = {f["name"]: f for f in body["figures"]}
+    assert {"dynamics_probe", "dynamics_accuracy", "dynamics_kl_level"} <= set(figures)
+    for fig in figures.values():
+        for panel in fig["panels"]:
+            for series in panel["series"]:
+                assert series["x"] == body["steps"], (fig["name"], series["label"])
+    for panel in figures["dynamics_probe"]["panels"]:
+        assert len(panel["hlines"]) == len(panel["series"]) == 2  # levels 1 and 2
+        assert all(0 < h["y"] < 1 for h in panel["hlines"])
 
 
 def test_the_report_draws_the_dynamics(run):
     md = (run / "report" / "report.md").read_text()
     assert "## Training dynamics" in md and "first step at halfway" in md
+    assert "95% interval (bootstrap)" in md
     figs = {p.name for p in (run / "report" / "figures").iterdir()}
     assert {
         "dynamics_probe.png",

@@ -2,7 +2,7 @@
 figures are there (the probes at NT ends, position-based attention, attention between NT
 ends). Runs when Chromium is installed (Debian: `apt-get install chromium`).
 
-`python tests/report/test_html_in_chromium.py runs/quickstart/report/report.html` checks any
+`python -m tests.report.test_html_in_chromium runs/quickstart/report/report.html` checks any
 report the same way."""
 
 from __future__ import annotations
