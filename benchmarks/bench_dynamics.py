@@ -49,7 +49,7 @@ def main() -> None:
         dyn_s = time.perf_counter() - t0
         table = rundir.read_result(run, "analyze/dynamics")["emergence"]
     print(
-        f"dynamics stage: {dyn_s:.1f} s for {n} checkpoints (goal <= 300 s), "
+        f"dynamics stage: {dyn_s:.1f} s for {n} checkpoints (goal <= 60 s within the quickstart), "
         f"{dyn_s / n:.1f} s per checkpoint"
     )
     print(
