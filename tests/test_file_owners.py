@@ -35,7 +35,10 @@ OWNERS: dict[str, tuple[set[str] | None, str]] = {
         {"SummaryWriter"},
         "the TensorBoard view of metrics.jsonl (run_dir/tb), written by torch's SummaryWriter",
     ),
-    "cfglab.model.export": ({"save_pretrained"}, "a Hugging Face export into the user's folder"),
+    "cfglab.model.export": (
+        {"save_pretrained", "safetensors"},
+        "a Hugging Face export into the user's folder (safetensors: its error type, a full disk)",
+    ),
 }
 
 PATH_METHODS = {

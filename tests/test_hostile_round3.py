@@ -110,8 +110,9 @@ OUT_ARGV = {
     "train": [["train", QUICKSTART, "--no-progress", "--out", "{out}", "--set", *TINY]],
     "run": [["run", QUICKSTART, "--no-progress", "--out", "{out}", "--set", *TINY]],
     "compare": [["compare", "{run}", "--out", "{out}"]],
+    "export": [["export", "{run}", "-o", "{out}"]],
 }
-FOLDER_WRITERS = {"data", "train", "run", "compare"}  # --out is a folder
+FOLDER_WRITERS = {"data", "train", "run", "compare", "export"}  # --out is a folder
 
 
 def test_every_command_with_an_output_flag_is_walked():
@@ -143,7 +144,9 @@ def _small_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 
-@pytest.mark.parametrize("name, i", [w for w in WRITES if w[0] not in {"train", "run", "compare"}])
+@pytest.mark.parametrize(
+    "name, i", [w for w in WRITES if w[0] not in {"train", "run", "compare", "export"}]
+)
 def test_a_disk_that_fills_leaves_nothing_behind(name, i, files, tmp_path):
     """On a real file system: the output goes through a temporary file (or folder) that is
     removed, and a file that was there before is unchanged."""
@@ -163,6 +166,26 @@ def test_a_disk_that_fills_leaves_nothing_behind(name, i, files, tmp_path):
         result.stderr.count("\n") == 1
     ), result.stderr
     assert listing(tmp_path) == before
+
+
+def test_an_export_on_a_disk_that_fills_leaves_nothing_behind(trained, tmp_path):
+    """The Hugging Face writers (safetensors, the tokenizer's JSON) fill the disk too: one line,
+    and the folder being written is removed."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    result = subprocess.run(
+        [sys.executable, "-m", "cfglab", "export", str(trained), "-o", str(tmp_path / "new")],
+        capture_output=True,
+        text=True,
+        preexec_fn=_small_disk,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("cfglab: error: cannot write ") and (
+        result.stderr.count("\n") == 1
+    ), result.stderr
+    assert listing(tmp_path) == {}
 
 
 class FullStdout(io.TextIOBase):
@@ -202,6 +225,7 @@ STDOUT_ARGV = {
     "attention": ["attention", "{run}", "--n-strings", "1"],
     "dynamics": ["dynamics", "{run}", "--n", "1", "--n-kl", "1", "--analyses", "attention"],
     "report": ["report", "{run}"],
+    "export": ["export", "{run}", "-o", "{tmp}/hf"],
 }
 NEEDS_RUN = {name for name, argv in STDOUT_ARGV.items() if "{run}" in argv}  # slow: a trained run
 

@@ -1,6 +1,6 @@
-"""`cfglab train`, `run`, `data` and `generate`: a run from a config (its training, or all its
-stages), a saved dataset for a config, and generations from a trained run. Defaults come from
-the config schema (GenerateDefaults)."""
+"""`cfglab train`, `run`, `data`, `generate` and `export`: a run from a config (its training, or
+all its stages), a saved dataset for a config, generations from a trained run, and a trained
+run as a Hugging Face folder. Defaults come from the config schema (GenerateDefaults)."""
 
 from __future__ import annotations
 
@@ -177,6 +177,27 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export -------------------------------------------------------------------------------
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (runs/<name>)")
+    p.add_argument(
+        "--to",
+        choices=["hf"],
+        default="hf",
+        help="hf: a Hugging Face transformers folder (abs -> GPT-2, rot -> GPT-NeoX)",
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="a new or empty folder")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    check_output_folder("-o/--out", args.out)
+    from cfglab.stages.export import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained and AutoTokenizer read it")
+    return 0
+
+
 # name: (help, add its arguments, run it), in `cfglab --help`'s order
 COMMANDS = {
     "train": (
@@ -198,5 +219,10 @@ COMMANDS = {
         "generate strings from a trained run (one per line, prompt included)",
         add_generate,
         run_generate,
+    ),
+    "export": (
+        "a trained run as a Hugging Face folder: model, tokenizer, grammar, model card",
+        add_export,
+        run_export,
     ),
 }

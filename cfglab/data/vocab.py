@@ -33,6 +33,11 @@ class Vocab:
     def from_grammar(cls, grammar: Grammar) -> Vocab:
         return cls(grammar.terminals)
 
+    @staticmethod
+    def special_ids(size: int) -> dict[str, int]:
+        """The special tokens' ids in a vocabulary of `size` ids (the layout above)."""
+        return {"bos": BOS, "eos": size - 3, "mask": size - 2, "pad": size - 1}
+
     @property
     def bos(self) -> int:
         return BOS

@@ -3,18 +3,29 @@
 `abs` becomes a GPT-2 (`GPT2LMHeadModel`, the same architecture); `rot` becomes a GPT-NeoX
 (`GPTNeoXForCausalLM`, sequential residual, rotary on the same share of dims). The other variants
 have no standard Hugging Face architecture, and neither have Canon layers and the lstm and ssm
-families. A test checks that the exported model's logits equal
-ours.
+families. A test checks that the exported model's logits equal ours.
+
+The model's config carries cfglab's special-token ids (BOS 0, EOS, MASK and PAD after the
+terminals: cfglab.data.vocab), not the architectures' defaults (GPT-2's 50256 lies outside a
+grammar's vocabulary), so `generate()` stops at EOS with no extra argument. `export_folder`
+writes a folder `from_pretrained` reads: the model, a word-level tokenizer of the grammar's
+terminals (a string is its terminals separated by spaces; BOS is prepended), the grammar and a
+model card (cfglab.stages.export: `cfglab export RUN -o DIR`).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from cfglab.data.vocab import Vocab
 from cfglab.errors import ConfigError
 from cfglab.model.gpt import GPT
 
@@ -125,7 +136,8 @@ EXPORTERS: dict[str, Callable[[GPT], nn.Module]] = {"abs": _to_gpt2, "rot": _to_
 
 @torch.no_grad()
 def to_hf(model: GPT) -> nn.Module:
-    """The same network as a `transformers` model (eval mode, float32, on the CPU)."""
+    """The same network as a `transformers` model (eval mode, float32, on the CPU), with
+    cfglab's special-token ids in its config and generation config."""
     cfg = model.config
     if not isinstance(model, GPT) or cfg.canon:
         raise ConfigError(
@@ -141,7 +153,39 @@ def to_hf(model: GPT) -> nn.Module:
         raise ConfigError(
             "Hugging Face export needs a causal model with biases (causal=True, bias=True)"
         )
-    return EXPORTERS[cfg.position](model).eval()  # copy_ converts dtype and device
+    hf = EXPORTERS[cfg.position](model).eval()  # copy_ converts dtype and device
+    ids = Vocab.special_ids(cfg.vocab_size)
+    for target in (hf.config, hf.generation_config):
+        target.bos_token_id, target.eos_token_id = ids["bos"], ids["eos"]
+        target.pad_token_id = ids["pad"]
+    return hf
+
+
+def hf_tokenizer(vocab: Vocab):
+    """A `transformers` fast tokenizer for the grammar's tokens: one id per terminal name, the
+    names separated by whitespace, BOS prepended (cfglab's strings start with it)."""
+    tf = _require_transformers()
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    except ImportError:
+        raise ConfigError(
+            "exporting a tokenizer needs the tokenizers package: pip install 'cfglab[hf]'"
+        ) from None
+    names = vocab.token_names()
+    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab.bos)]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins the names with spaces
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        mask_token="<mask>",
+        pad_token="<pad>",
+        unk_token="<pad>",
+    )
 
 
 def export_hf(model: GPT, out_dir: str | Path) -> Path:
@@ -149,3 +193,41 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     to_hf(model).save_pretrained(out)
     return out
+
+
+def export_folder(model: GPT, grammar, out_dir: str | Path, card: str) -> Path:
+    """The exported model, its tokenizer, the grammar (grammar.cfg) and a model card
+    (README.md) as a folder `from_pretrained` reads. Refused before any write: a variant
+    without an export, or an `out_dir` that exists and is not an empty folder; a failed write
+    (a full disk) leaves nothing (one PathError)."""
+    from cfglab import rundir
+    from cfglab.data.lines import new_output_folder
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; give a new one")
+    hf = to_hf(model)  # refuses the variants without an export
+    tokenizer = hf_tokenizer(Vocab.from_grammar(grammar))
+    bars = _require_transformers().utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # a bar per one-shard write is noise (and breaks one-line errors)
+    try:
+        with new_output_folder(out) as tmp:  # out appears whole or not at all
+            try:
+                hf.save_pretrained(tmp)
+            except SafetensorError as exc:  # safetensors' I/O errors are not OSErrors
+                raise _as_os_error(exc) from None
+            tokenizer.save_pretrained(tmp)
+            rundir.write_text_atomic(tmp / "grammar.cfg", grammar.to_text())
+            rundir.write_text_atomic(tmp / "README.md", card)
+    finally:
+        if shown:
+            bars.enable_progress_bar()
+    return out
+
+
+def _as_os_error(exc: Exception) -> OSError:
+    """safetensors' "I/O error: File too large (os error 27)" as the OSError it reports."""
+    found = re.search(r"os error (\d+)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code))
