@@ -2,7 +2,7 @@
 against 1, on this machine.
 
 The grid is configs/experiments/smoke.yaml (2 position variants x 2 seeds, the quickstart
-grammar, a tiny model) with 400 training steps per run, so a run's work outweighs a worker's
+grammar, a tiny model) with 2000 training steps per run, so a run's work outweighs a worker's
 start; each sweep starts from empty folders, after a warm-up sweep of one 5-step run that
 leaves the exact algorithms' compiled kernels in Numba's cache (a first use on a fresh checkout
 compiles them once, ~40 s per process, which no estimate includes). Reported: wall time of each
@@ -27,7 +27,7 @@ import yaml
 from cfglab import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = int(os.environ.get("CFGLAB_BENCH_SWEEP_STEPS", "400"))
+STEPS = int(os.environ.get("CFGLAB_BENCH_SWEEP_STEPS", "2000"))
 ESTIMATE = re.compile(r"estimated time ([\d,.]+) (s|min)")
 
 
