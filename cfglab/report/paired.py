@@ -251,7 +251,8 @@ def _partner(values: dict, exp, seed, where: dict, axes: list[str], than: dict) 
 def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict]:
     """verdicts.csv's rows: per claim and per combination of the grid axes the claim leaves
     free, the signed paired difference (positive supports the claim), its interval, p-value
-    and verdict."""
+    and verdict. A claim is about the trained models: the random-init twins' rows are judged
+    only when the claim names them (`weights: random_init`)."""
     values = _values(rows, axes)
     out = []
     for claim in expand_claims(claims):
@@ -274,6 +275,8 @@ def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict
                     continue
                 if any(k.get(q) != val for q, val in quals.items()) or key not in partner:
                     continue
+                if "weights" not in quals and k.get("weights", "trained") != "trained":
+                    continue  # a claim is about the trained model unless it names the twin
                 rest = tuple((a, where[a]) for a in axes if a not in claim["better"])
                 per_rest[(exp, rest, key)].append(sign * (v - partner[key]))
         if not per_rest:

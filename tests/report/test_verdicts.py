@@ -110,7 +110,10 @@ def test_claims_on_a_mapping_axis_named_like_a_row_qualifier(tmp_path):
             gen = lambda t, m=model: AD.sampling_generate_fn(m, TINY.n_t + 1, max_new_tokens=8)  # noqa: E731
             R.write_eval(out / name, R.evaluate_model(TINY, model, gen, settings))
             # an analysis row qualified by the weights it measured
-            rows = [{"metric": "probe_accuracy", "weights": "trained", "value": 0.9 - 0.3 * i}]
+            rows = [
+                {"metric": "probe_accuracy", "weights": "trained", "value": 0.9 - 0.3 * i},
+                {"metric": "probe_accuracy", "weights": "random_init", "value": 0.5 + 0.01 * seed},
+            ]
             rundir.write_result(
                 out / name, f"{rundir.ANALYZE}/probe", {"rows": rows, **EMPTY_VIEWS}
             )
@@ -120,11 +123,18 @@ def test_claims_on_a_mapping_axis_named_like_a_row_qualifier(tmp_path):
         {"better": {"model": reordered[0]}, "than": {"model": reordered[1]}, "metric": m}
         for m in ("accuracy", "probe_accuracy")
     ]
+    twin_claim = {**claims[1], "weights": "random_init"}  # named: the twins are judged too
+    claims.append(twin_claim)
     plan = {"name": "exp", "axes": ["model"], "runs": runs, "claims": claims}
     plan["reference"] = {"model": reordered[1]}
     (out / "experiment.json").write_text(json.dumps(plan))
     assert cli.main(["compare", str(out)]) == 0
-    verdicts = {v["metric"]: v for v in _csv(out / "compare" / "verdicts.csv")}
+    rows = _csv(out / "compare" / "verdicts.csv")
+    twins = [v for v in rows if v["weights"] == "random_init"]
+    assert len(twins) == 1 and twins[0]["verdict"] == "not shown"  # only where the claim asks
+    assert twins[0]["claim"].endswith("weights=random_init)")
+    verdicts = {v["metric"]: v for v in rows if v["weights"] != "random_init"}
+    assert len(rows) == 3  # a claim that does not name the weights judges the trained models
     assert verdicts["accuracy"]["verdict"] == "holds"
     assert verdicts["probe_accuracy"]["verdict"] == "holds"
     assert verdicts["probe_accuracy"]["n_pairs"] == str(len(SEEDS))
