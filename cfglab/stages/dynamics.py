@@ -68,10 +68,12 @@ def dynamics_config(cfg: ExperimentConfig) -> ExperimentConfig:
 def _collect_per_string(result: dict, step: int, per_string: dict) -> None:
     """The probe family's last-layer counts per test string, keyed as the emergence table
     keys its curves (cfglab.analyze.dynamics.probe_key), for the bootstrap interval."""
+    from cfglab.analyze.dynamics import probe_key
+
     for t in result["tables"]:
         counts = t["last_layer_per_string"]
         for i, column in enumerate(t["columns"]):
-            key = tuple(sorted({"target": t["target"], "window": t["window"], **column}.items()))
+            key = probe_key({"target": t["target"], "window": t["window"], **column})
             twin = counts["correct"].get("random_init")
             entry = per_string.setdefault(
                 key,
