@@ -319,6 +319,17 @@ class FinalNorm(nn.LayerNorm):
         return self.hook_normalized(super().forward(x))
 
 
+def check_room(config: GPTConfig, end: int, limit: int | None) -> None:
+    """ConfigError before a forward pass would reach position `end` past the block size or
+    past `limit`, a cache's room (every family's forward checks the same way)."""
+    if end > (limit or config.block_size):
+        raise ConfigError(
+            f"sequence reaches position {end} but the model's block_size is "
+            f"{config.block_size} (cache room {limit}); shorten the input or build the model "
+            "with a larger block_size"
+        )
+
+
 class GPT(nn.Module):
     """Token embedding -> position variant -> n_layer blocks -> LayerNorm -> tied unembedding."""
 
@@ -382,12 +393,7 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         end = pos_offset + past + T
         limit = min(self.config.block_size, pos_offset + cache.max_len) if cache else None
-        if end > (limit or self.config.block_size):
-            raise ConfigError(
-                f"sequence reaches position {end} but the model's block_size is "
-                f"{self.config.block_size} (cache room {limit}); shorten the input "
-                "or build the model with a larger block_size"
-            )
+        check_room(self.config, end, limit)
         pos_k = torch.arange(pos_offset, end, device=idx.device)  # (Tk,) every key position
         span = Span(q=pos_k[past:], k=pos_k, key=(pos_offset, past, T))
         x = self.position.embed(self.hook_embed(self.embed(idx)), span.q)  # (B, T, C)

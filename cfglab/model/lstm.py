@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cfglab.errors import ConfigError
-from cfglab.model.gpt import FinalNorm, GPTConfig
+from cfglab.model.gpt import FinalNorm, GPTConfig, check_room
 from cfglab.model.hooks import HookPoint, hook_points
 
 
@@ -96,12 +95,7 @@ class LSTMModel(nn.Module):
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         limit = min(self.config.block_size, cache.max_len) if cache else self.config.block_size
-        if past + T > limit:
-            raise ConfigError(
-                f"sequence reaches position {past + T} but the model's block_size is "
-                f"{self.config.block_size} (cache room {limit}); shorten the input or build "
-                "the model with a larger block_size"
-            )
+        check_room(self.config, past + T, limit)
         x = self.hook_embed(self.embed(idx))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = self.drop(x)

@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfglab.config.sizes import SSM_CONV, SSM_EXPAND, SSM_STATE
-from cfglab.errors import ConfigError
 from cfglab.model.canon import short_conv
-from cfglab.model.gpt import FinalNorm, GPTConfig
+from cfglab.model.gpt import FinalNorm, GPTConfig, check_room
 from cfglab.model.hooks import HookPoint, hook_points
 
 CHUNK = 64  # Q: positions per chunk of the training form (a Q x Q product per chunk and head)
@@ -232,12 +231,7 @@ class SSMModel(nn.Module):
         T = idx.shape[1]
         past = cache.length if cache is not None else 0
         limit = min(self.config.block_size, cache.max_len) if cache else self.config.block_size
-        if past + T > limit:
-            raise ConfigError(
-                f"sequence reaches position {past + T} but the model's block_size is "
-                f"{self.config.block_size} (cache room {limit}); shorten the input or build "
-                "the model with a larger block_size"
-            )
+        check_room(self.config, past + T, limit)
         x = self.drop(self.hook_embed(self.embed(idx)))  # (B, T, C)
         for block in self.blocks:
             x = block(x, cache)
