@@ -15,6 +15,9 @@ and it resumes inside the same end. Measured on cfg3f: breaking a rule costs +12
 keeping them makes the sweep ~2x faster than the single 200-line function it replaced, whose
 growing chart arrays paid that toll on every cell.
 
+The entry points called from Python (`advance`, `batch`, `new_state`, `grow_chart`) release
+the GIL (`nogil=True`), so `sweep.py` can sweep different strings in threads at once.
+
 Everything compiled lives in this one file because Numba's cache notices only a change of the
 file that holds the cached function: a helper edited in another file would leave stale
 machine code behind.
@@ -26,7 +29,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def advance(x, j0, budget, max_entries, is_prob, want_rows, state, grammar):
     """Sweep span ends j = j0, j0+1, ... of the string x (n,) of token ids 1..T until the end,
     or until more than `budget` inner steps were taken or more than `max_entries` chart entries
@@ -270,7 +273,7 @@ def _token_weight(j, t, out, lex_off, lex_sym, lex_p):
 
 
 # ---- the tables of one string, many strings ---------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def new_state(n, n_sym, n_t, want_rows):
     """The arrays `advance` keeps between calls for one string of n tokens, in this order:
     log_c (n,) = log c_m (0 in boolean mode, -inf from the first error on); eos (n+1,) scaled
@@ -298,7 +301,7 @@ def new_state(n, n_sym, n_t, want_rows):
     return (log_c, eos, rows, out, acc, acc_sym, acc_cnt, end_off, count) + chart
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def grow_chart(cell_start, ent_off, ent_sym, ent_val, count, n_sym):
     """The chart arrays with room for at least one more cell of up to n_sym entries (sizes
     doubled, so a string's growth costs amortised O(1) per entry)."""
@@ -311,7 +314,7 @@ def grow_chart(cell_start, ent_off, ent_sym, ent_val, count, n_sym):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def batch(ids, offsets, s0, budget, max_entries, is_prob, res_err, res_end, res_logc, grammar):
     """Whole strings s0, s0+1, ... of the concatenation ids / offsets in one compiled call, until
     `budget` steps are spent. Per string s: res_err[s] = first error, res_end[s] = scaled EOS

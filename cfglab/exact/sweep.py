@@ -29,6 +29,12 @@ overhead is paid once per chunk, not once per string. A chart that outgrows
 `MAX_TABLE_BYTES` stop with an ExactError that says what to shorten, instead of exhausting
 memory.
 
+**Threads.** The compiled calls release the GIL, and strings are independent: a batch with
+enough work (`MIN_TOKENS_PER_THREAD` tokens per thread) is cut into one contiguous range of
+strings per usable core (`threads`), each swept by its own thread through the same chunked,
+budgeted calls, and every string's numbers are the ones a single thread computes. Ctrl-C
+reaches the main thread, which tells the workers to stop after their current call.
+
 Only the touched symbols of a cell or a row are visited (short symbol lists beside the dense
 tables), always in increasing symbol order, so the floating-point sums happen in exactly the
 order of a dense loop over all symbols.
@@ -36,7 +42,12 @@ order of a dense loop over all symbols.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from itertools import pairwise
 
 import numpy as np
 
@@ -52,6 +63,16 @@ MAX_CHART_ENTRIES = 100_000_000
 # The dense per-string tables: out (n+1, N) and acc (n, N) float64 plus acc lists (n, N) int32,
 # and rows (n+1, T+1) float64 when the next-token rows are wanted.
 MAX_TABLE_BYTES = 2 * 1024**3
+# Below this many tokens per thread, starting a thread costs more than it saves (a cfg3f string
+# of 250 tokens sweeps in ~0.1 ms; a thread starts in ~0.1 ms).
+MIN_TOKENS_PER_THREAD = 20_000
+
+
+def threads(n_tokens: int) -> int:
+    """Threads for sweeping n_tokens in all: one per core this process may run on (its CPU
+    affinity: a SLURM task or `taskset` limits it), fewer when there is too little work."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, n_tokens // MIN_TOKENS_PER_THREAD))
 
 
 def call_compiled(fn, *args):
@@ -149,7 +170,8 @@ def run(
 
 def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
     """(first_error, end weight, sum log c) per string: chunks of whole strings per compiled
-    call, a string that does not fit in one call's budget swept alone by `run`."""
+    call, a string that does not fit in one call's budget swept alone by `run`; contiguous
+    ranges of strings in threads when there is enough work."""
     if is_prob and nf.underflow:
         raise ExactError(nf.underflow)
     b = len(strings)
@@ -163,17 +185,42 @@ def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
     end = np.zeros(b)
     logc = np.zeros(b)
     g = _grammar_args(nf)
-    s = 0
-    while s < b:
-        args = (ids, offsets, s, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob, err, end, logc, g)
-        nxt = call_compiled(kernels.batch, *args)
-        if nxt == s:  # string s alone needs more than one call
-            log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=f"string {s}: ")
-            err[s], end[s] = e, eos[len(strings[s])]
-            logc[s] = sum_log_c(log_c) if e == -1 else 0.0
-            nxt = s + 1
-        s = nxt
+
+    def sweep_range(lo: int, hi: int, stop: threading.Event) -> None:
+        s = lo
+        while s < hi and not stop.is_set():
+            # offsets[: hi + 1]: the compiled call sees strings up to hi only
+            args = (ids, offsets[: hi + 1], s, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob)
+            nxt = call_compiled(kernels.batch, *args, err, end, logc, g)
+            if nxt == s:  # string s alone needs more than one call
+                log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=f"string {s}: ")
+                err[s], end[s] = e, eos[len(strings[s])]
+                logc[s] = sum_log_c(log_c) if e == -1 else 0.0
+                nxt = s + 1
+            s = nxt
+
+    # cut where the running token count passes each thread's share: ranges of equal work
+    n_threads = threads(int(offsets[-1]))
+    cuts = np.searchsorted(offsets, np.arange(1, n_threads) * offsets[-1] / n_threads)
+    bounds = [0, *cuts.tolist(), b]
+    _in_threads([partial(sweep_range, lo, hi) for lo, hi in pairwise(bounds)])
     return err, end, logc
+
+
+def _in_threads(jobs: list[Callable[[threading.Event], None]]) -> None:
+    """Run each job(stop) in a thread of its own (the first in this one when it is alone); on
+    an exception or Ctrl-C here, set `stop`, wait for the others to see it, and re-raise."""
+    stop = threading.Event()
+    if len(jobs) == 1:
+        jobs[0](stop)
+        return
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(job, stop) for job in jobs]
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            stop.set()
 
 
 def sum_log_c(log_c: np.ndarray) -> float:

@@ -111,3 +111,33 @@ def test_grammars_too_large_to_binarise_are_refused():
     assert len(sample(g, 1, seed=0).strings()[0]) == 4000
     with pytest.raises(ExactError, match="binarises to"):  # ... the dense closures are not
         normal_form.normal_form(g)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 40])
+@pytest.mark.parametrize("budget", [None, 7])
+def test_threads_change_no_answer(n_threads, budget, monkeypatch):
+    """Strings cut into one range per thread (more threads than strings included; with a tiny
+    work budget, strings that resume inside a thread's range): the same answers, bit for bit,
+    as one thread, and rejected strings keep their first error."""
+    g = GRAMMARS["recursive"]
+    xs = _strings(g, seed=3) + _strings(g, seed=4)
+    monkeypatch.setattr(sweep, "threads", lambda n_tokens: 1)
+    want = (*cyk.judge(g, xs), inside.log_prob(g, xs))
+    assert not want[0].all() and want[0].any()
+    if budget:
+        monkeypatch.setattr(sweep, "WORK_PER_CALL", budget)
+    used = []
+    monkeypatch.setattr(sweep, "threads", lambda n_tokens: used.append(n_tokens) or n_threads)
+    got = (*cyk.judge(g, xs), inside.log_prob(g, xs))
+    assert used  # the threaded path ran
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_threads_follow_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert sweep.threads(10**9) == 4
+    assert sweep.threads(2 * sweep.MIN_TOKENS_PER_THREAD) == 2  # too little work for four
+    assert sweep.threads(100) == 1
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert sweep.threads(10**9) == 1  # a SLURM task or taskset pinned to one core
