@@ -132,10 +132,21 @@ def _check_chart(count: np.ndarray, n: int, where: str) -> None:
         )
 
 
+class Stopped(Exception):
+    """A sweep in a worker thread saw its `stop` event (the caller is gone: Ctrl-C, an error)."""
+
+
 def run(
-    nf: NormalForm, x: np.ndarray, *, is_prob: bool, want_rows: bool = False, where: str = ""
+    nf: NormalForm,
+    x: np.ndarray,
+    *,
+    is_prob: bool,
+    want_rows: bool = False,
+    where: str = "",
+    stop: threading.Event | None = None,
 ) -> tuple:
-    """Sweep one string (token ids 1..T), returning to Python every WORK_PER_CALL steps.
+    """Sweep one string (token ids 1..T), returning to Python every WORK_PER_CALL steps (and
+    raising Stopped there once `stop` is set).
 
     Returns (log_c (n,), eos (n+1,), rows (n+1 or 0, T+1), first_error, cell_start, end_off,
     ent_off, ent_sym, ent_val) as documented in `kernels.new_state`."""
@@ -148,6 +159,8 @@ def run(
     g = _grammar_args(nf)
     j = 0
     while j <= n:  # each call returns within ~WORK_PER_CALL steps: Ctrl-C is seen between them
+        if stop is not None and stop.is_set():
+            raise Stopped
         args = (x, j, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob, want_rows, tuple(st), g)
         j = call_compiled(kernels.advance, *args)
         if st[8][4]:  # it stopped inside end j: no room in the chart arrays for one more cell
@@ -193,7 +206,8 @@ def _many(nf: NormalForm, strings: Sequence[np.ndarray], is_prob: bool):
             args = (ids, offsets[: hi + 1], s, WORK_PER_CALL, MAX_CHART_ENTRIES, is_prob)
             nxt = call_compiled(kernels.batch, *args, err, end, logc, g)
             if nxt == s:  # string s alone needs more than one call
-                log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=f"string {s}: ")
+                where = f"string {s}: "
+                log_c, eos, _, e, *_ = run(nf, strings[s], is_prob=is_prob, where=where, stop=stop)
                 err[s], end[s] = e, eos[len(strings[s])]
                 logc[s] = sum_log_c(log_c) if e == -1 else 0.0
                 nxt = s + 1

@@ -141,3 +141,20 @@ def test_threads_follow_the_cores_this_process_may_use(monkeypatch):
     assert sweep.threads(100) == 1
     monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {5}, raising=False)
     assert sweep.threads(10**9) == 1  # a SLURM task or taskset pinned to one core
+
+
+def test_an_error_in_one_thread_stops_the_others(monkeypatch):
+    """A string whose chart outgrows the limit, first in the first of two threads' ranges,
+    while the second has ~100 resumable strings: the caller gets the same ExactError as with
+    one thread, and the second thread quits at its next call instead of finishing its range."""
+    x_big = np.ones(60, np.int64)
+    xs = [x_big] + [np.ones(40, np.int64)] * 200
+    monkeypatch.setattr(sweep, "WORK_PER_CALL", 300)
+    monkeypatch.setattr(sweep, "MAX_CHART_ENTRIES", 1500)  # a^40 fits, a^60 does not
+    calls = []
+    real_run = sweep.run
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: calls.append(1) or real_run(*a, **k))
+    monkeypatch.setattr(sweep, "threads", lambda n_tokens: 2)
+    with pytest.raises(ExactError, match="string 0:"):
+        cyk.recognize(AMBIGUOUS, xs)
+    assert len(calls) < 100  # the second thread quit before the end of its 100 strings
