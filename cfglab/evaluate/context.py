@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +54,10 @@ class EvalContext:
     settings: EvalConfig
     max_len: int | None = None  # true strings longer than this are redrawn (block_size - 1)
     training: set[bytes] | None = None  # the saved training strings, for 'seen_in_training'
+    run_dir: Path | None = None  # the run whose training stream memorisation replays (None: a
+    # model without a run: the oracle, a baseline)
+    step: int | None = None  # the checkpoint's training step: strings seen before it count
+    # (None: the run's latest checkpoint)
     clock: Clock = field(default_factory=Clock)
     judged: dict = field(default_factory=dict)  # (cut, temperature index) -> generations,
     # judged once by the accuracy family and shared (diversity reads the cut0 ones)

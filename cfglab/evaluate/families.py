@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from cfglab.evaluate import accuracy, distribution, diversity, loss_floor, robustness
+from cfglab.evaluate import accuracy, distribution, diversity, loss_floor, memorisation, robustness
 
 FAMILIES: dict[str, ModuleType] = {
     "accuracy": accuracy,  # generations in the language, per cut and temperature
@@ -20,4 +20,5 @@ FAMILIES: dict[str, ModuleType] = {
     "loss_floor": loss_floor,  # a perfect model's training loss
     "diversity": diversity,  # distinct strings, entropy, reverse KL, subtree yields
     "robustness": robustness,  # completions of corrupted prompts (eval.corrupt)
+    "memorisation": memorisation,  # generations and test strings seen in training, novelty
 }
