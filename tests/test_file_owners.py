@@ -37,7 +37,8 @@ OWNERS: dict[str, tuple[set[str] | None, str]] = {
     ),
     "cfglab.model.export": (
         {"save_pretrained", "safetensors"},
-        "a Hugging Face export into the user's folder (safetensors: its error type, a full disk)",
+        "a Hugging Face or TransformerLens export into the user's folder (safetensors: the "
+        "TransformerLens weights, its error type, a full disk)",
     ),
 }
 

@@ -1,6 +1,7 @@
 """`cfglab train`, `run`, `data`, `generate` and `export`: a run from a config (its training, or
 all its stages), a saved dataset for a config, generations from a trained run, and a trained
-run as a Hugging Face folder. Defaults come from the config schema (GenerateDefaults)."""
+run as a Hugging Face or TransformerLens folder. Defaults come from the config schema
+(GenerateDefaults)."""
 
 from __future__ import annotations
 
@@ -182,9 +183,11 @@ def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (runs/<name>)")
     p.add_argument(
         "--to",
-        choices=["hf"],
+        choices=["hf", "transformer-lens"],
         default="hf",
-        help="hf: a Hugging Face transformers folder (abs -> GPT-2, rot -> GPT-NeoX)",
+        help="hf (default): a Hugging Face transformers folder (abs -> GPT-2, rot -> GPT-NeoX; "
+        "the hf extra); transformer-lens: a HookedTransformer's weights (safetensors) and config "
+        "(JSON) for abs, rot, nope and alibi (the interp extra)",
     )
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="a new or empty folder")
 
@@ -193,8 +196,11 @@ def run_export(args: argparse.Namespace) -> int:
     check_output_folder("-o/--out", args.out)
     from cfglab.stages.export import export_run
 
-    out = export_run(args.run_dir, args.out)
-    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained and AutoTokenizer read it")
+    out = export_run(args.run_dir, args.out, args.to)
+    if args.to == "hf":
+        print(f"wrote {out}: AutoModelForCausalLM.from_pretrained and AutoTokenizer read it")
+    else:
+        print(f"wrote {out}: HookedTransformer weights and config; its README.md shows the load")
     return 0
 
 
@@ -221,7 +227,7 @@ COMMANDS = {
         run_generate,
     ),
     "export": (
-        "a trained run as a Hugging Face folder: model, tokenizer, grammar, model card",
+        "a trained run as a Hugging Face or TransformerLens folder, with its grammar and a card",
         add_export,
         run_export,
     ),

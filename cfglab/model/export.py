@@ -10,7 +10,13 @@ terminals: cfglab.data.vocab), not the architectures' defaults (GPT-2's 50256 li
 grammar's vocabulary), so `generate()` stops at EOS with no extra argument. `export_folder`
 writes a folder `from_pretrained` reads: the model, a word-level tokenizer of the grammar's
 terminals (a string is its terminals separated by spaces; BOS is prepended), the grammar and a
-model card (cfglab.stages.export: `cfglab export RUN -o DIR`).
+model card (cfglab.stages.export: `cfglab export RUN -o DIR`). The tokenizer has no unknown
+token: the model has no id for one, so a word that is not a terminal is refused (tokenizers
+raises "Missing [UNK] token") rather than read as another token.
+
+TransformerLens (the `interp` extra) is export_tl.py: `to_transformer_lens(model)`, and
+`export_tl_folder` here writes its weights and config (`cfglab export RUN --to
+transformer-lens -o DIR`).
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
 from cfglab.data.vocab import Vocab
 from cfglab.errors import ConfigError
+from cfglab.model.export_tl import tl_config, to_transformer_lens
 from cfglab.model.gpt import GPT
 
 
@@ -172,7 +180,8 @@ def hf_tokenizer(vocab: Vocab):
             "exporting a tokenizer needs the tokenizers package: pip install 'cfglab[hf]'"
         ) from None
     names = vocab.token_names()
-    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<pad>"))
+    # no unk_token: a word that is not a terminal is an error, never silently another id
+    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", vocab.bos)]
@@ -184,7 +193,6 @@ def hf_tokenizer(vocab: Vocab):
         eos_token="<eos>",
         mask_token="<mask>",
         pad_token="<pad>",
-        unk_token="<pad>",
     )
 
 
@@ -203,9 +211,7 @@ def export_folder(model: GPT, grammar, out_dir: str | Path, card: str) -> Path:
     from cfglab import rundir
     from cfglab.data.lines import new_output_folder
 
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; give a new one")
+    out = _new_folder(out_dir)
     hf = to_hf(model)  # refuses the variants without an export
     tokenizer = hf_tokenizer(Vocab.from_grammar(grammar))
     bars = _require_transformers().utils.logging
@@ -223,6 +229,36 @@ def export_folder(model: GPT, grammar, out_dir: str | Path, card: str) -> Path:
     finally:
         if shown:
             bars.enable_progress_bar()
+    return out
+
+
+def export_tl_folder(model: GPT, grammar, out_dir: str | Path, card: str) -> Path:
+    """The TransformerLens export as a folder: model.safetensors (the HookedTransformer's state
+    dict), config.json (its HookedTransformerConfig arguments), grammar.cfg and README.md (the
+    card). No pickle: `HookedTransformer(HookedTransformerConfig(**json.load(config)))` and
+    `load_state_dict(safetensors.torch.load_file(...))` read it back (README "From Python").
+    Refused before any write as export_folder is; a failed write leaves nothing."""
+    from cfglab import rundir
+    from cfglab.data.lines import new_output_folder
+
+    out = _new_folder(out_dir)
+    ht = to_transformer_lens(model)  # refuses what TransformerLens cannot express
+    state = {k: v.contiguous() for k, v in ht.state_dict().items()}
+    with new_output_folder(out) as tmp:
+        try:
+            safetensors.torch.save_file(state, tmp / "model.safetensors")
+        except SafetensorError as exc:
+            raise _as_os_error(exc) from None
+        rundir.write_json_atomic(tmp / "config.json", tl_config(model))
+        rundir.write_text_atomic(tmp / "grammar.cfg", grammar.to_text())
+        rundir.write_text_atomic(tmp / "README.md", card)
+    return out
+
+
+def _new_folder(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; give a new one")
     return out
 
 

@@ -123,3 +123,17 @@ def test_cfglab_export_refuses_before_any_write(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cfglab: error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_tokenizer_refuses_a_word_that_is_not_a_terminal():
+    """No unknown-token id (the model has none): an unknown word is an error, not <pad> or any
+    other id the model would read as a real token."""
+    from cfglab.data.vocab import Vocab
+    from cfglab.model.export import hf_tokenizer
+
+    vocab = Vocab(("a", "b"))
+    tok = hf_tokenizer(vocab)
+    assert tok("a b a")["input_ids"] == [vocab.bos, 1, 2, 1]
+    assert tok.unk_token is None
+    with pytest.raises(Exception, match="Missing \\[UNK\\] token"):
+        tok("a zz b")
