@@ -41,6 +41,13 @@ PURPOSES: dict[str, tuple[int, int]] = {
     "robust_control": (26, 2),  # completions of the uncorrupted prompts: (temperature i, cut)
     "robust_reference": (27, 2),  # exact completions of the references: (gamma index, cut)
     "emergence_bootstrap": (28, 0),  # resamples of the emergence step's interval (dynamics)
+    # the interventions family (cfglab.analyze.interventions); ids from 40, clear of others'
+    "intervene_fit": (40, 0),  # strings the erasers are fitted on (and head means taken over)
+    "intervene_test": (41, 0),  # strings whose next-token KL is measured under an intervention
+    "intervene_pairs": (42, 0),  # the pool of strings activation-patching pairs are drawn from
+    "intervene_random": (43, 3),  # a random eraser of the control: (concept, layer, draw)
+    "intervene_bootstrap": (44, 0),  # resamples of strings / pairs behind the intervals
+    "intervene_pick": (45, 0),  # the order in which patching pairs are picked from the pool
 }
 
 

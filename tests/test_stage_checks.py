@@ -40,6 +40,13 @@ TINY = [
     "attention.n_strings=2",
     "dynamics.n_samples=4",
     "dynamics.n_kl=4",
+    "intervene.n_fit=8",
+    "intervene.n_strings=4",
+    "intervene.random_draws=1",
+    "intervene.n_pool=32",
+    "intervene.n_pairs=2",
+    "intervene.window=2",
+    "intervene.n_bootstrap=10",
 ]
 GRAMMARS = {"layered": "grammars/quickstart.cfg", "not_layered": "grammars/english.cfg"}
 # the stage's own output, seen when it ran
@@ -47,10 +54,12 @@ WROTE = {
     "train": "ckpt/latest",
     "eval": "eval/summary.json",
     "analyze": "analyze/probe.json",
+    "intervene": "analyze/interventions.json",
     "dynamics": "analyze/dynamics.json",
     "report": "report/report.md",
 }
-CANNOT_RUN = {("eval", "mlm"), ("dynamics", "mlm")}  # an encoder does not generate
+# an encoder does not generate, nor predict a next token for intervene to score
+CANNOT_RUN = {("eval", "mlm"), ("dynamics", "mlm"), ("intervene", "mlm")}
 
 
 def run_or_refused(capsys, out: Path, sets: list[str]) -> tuple[int, str]:

@@ -17,16 +17,24 @@ A family is a module with
   as panels and line styles), drawn by `cfglab compare` over the runs' rows.
 The analyze stage writes each family's result to analyze/<name>.json; the dynamics stage runs
 the same families at every kept checkpoint. A new family is one new module and one line here.
+
+`OPT_IN_ANALYSES` keeps the same protocol for families too costly to run by default: each has a
+stage and a command of its own (`interventions`: the `intervene` stage, `cfglab intervene RUN`,
+some hundreds of hooked forward passes); `cfglab analyze` and the dynamics stage do not run
+them, and their files sit in analyze/ beside the others, after them in the report.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from cfglab.analyze import attention, embedding, probe_tree
+from cfglab.analyze import attention, embedding, interventions, probe_tree
 
 ANALYSES: dict[str, ModuleType] = {
     "probe": probe_tree,  # linear probes for the parse tree per layer
     "attention": attention,  # position- and boundary-based attention, head scores
     "embedding": embedding,  # token geometry: cosine within and across bags
+}
+OPT_IN_ANALYSES: dict[str, ModuleType] = {
+    "interventions": interventions,  # erasure, activation patching, head ablation (intervene)
 }

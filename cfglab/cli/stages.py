@@ -1,4 +1,5 @@
-"""The stage commands: `cfglab eval`, `analyze`, `probe`, `attention`, `dynamics`, `report`.
+"""The stage commands: `cfglab eval`, `analyze`, `probe`, `attention`, `intervene`, `dynamics`,
+`report`.
 
 Each runs `cfglab.stages.STAGES[name]` on a run directory's saved config; its flags are
 shorthands for `--set KEY=VALUE` overrides of that stage's config sections (STAGE_FLAGS), so a
@@ -50,6 +51,18 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
         ("--n-strings", "attention.n_strings", None, "fresh labelled strings"),
         ("--seed", "attention.seed", None, "attention strings"),
         ("--no-baseline", "attention.baseline", 0, "skip the random-init twin"),
+        ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),
+        ("--threads", "analyze.threads", None, "torch CPU threads"),
+    ],
+    "intervene": [
+        ("--parts", "intervene.parts", "+", "erasure, patching, heads"),
+        ("--target", "intervene.targets", "+", "probe targets erased: ancestor, boundary, ..."),
+        ("--n-fit", "intervene.n_fit", None, "fresh strings the erasers are fitted on"),
+        ("--n-strings", "intervene.n_strings", None, "other fresh strings scored by KL"),
+        ("--draws", "intervene.random_draws", None, "random erasers of equal rank per layer"),
+        ("--n-pairs", "intervene.n_pairs", None, "patching pairs per level"),
+        ("--window", "intervene.window", None, "positions up to the NT end patched"),
+        ("--seed", "intervene.seed", None, "intervention strings"),
         ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),
         ("--threads", "analyze.threads", None, "torch CPU threads"),
     ],
@@ -168,6 +181,12 @@ COMMANDS = {
         "the attention family alone: position bias, boundary heads -> analyze/attention.json",
         add_stage("attention"),
         run_stage("attention"),
+    ),
+    "intervene": (
+        "erase each level's probe information, patch activations, ablate heads: does the model "
+        "use the tree? -> analyze/interventions.json",
+        add_stage("intervene"),
+        run_stage("intervene"),
     ),
     "dynamics": (
         "every kept checkpoint measured: probes per level, accuracy, KL -> analyze/dynamics.json",

@@ -1,10 +1,10 @@
 """Every setting of every stage: one typed dataclass per config section, one default each.
 
 An experiment is one `ExperimentConfig`; its sections are the stages' settings (grammar, data,
-model, train, eval, probe, attention, report). The comment beside a field is its documentation
-(`configs/quickstart.yaml` repeats them). Values are names and numbers only, never classes, so a
-config round-trips through YAML and JSON; names are resolved by the stage that uses them.
-Nothing here imports torch.
+model, train, eval, probe, attention, intervene, report). The comment beside a field is its
+documentation (`configs/quickstart.yaml` repeats them). Values are names and numbers only,
+never classes, so a config round-trips through YAML and JSON; names are resolved by the stage
+that uses them. Nothing here imports torch.
 
 `ModelShape` is the network's shape and position variant. It is shared, field for field, with
 `cfglab.model.GPTConfig` (which subclasses it and adds `vocab_size`), so a setting of the model
@@ -48,9 +48,10 @@ DECAYS = ("linear", "cosine", "constant")  # learning-rate decay after warmup
 DTYPES = ("auto", "float32", "bfloat16")  # auto = bf16 autocast on CUDA, float32 on CPU
 # the stages `cfglab run` can run, in their natural order; the torch-free registry of the names
 # that `cfglab.stages.STAGES` implements (a test keeps the two equal)
-STAGE_NAMES = ("train", "eval", "analyze", "dynamics", "report")
-DEFAULT_STAGES = ("train", "eval", "analyze", "report")  # `stages` unless set
+STAGE_NAMES = ("train", "eval", "analyze", "intervene", "dynamics", "report")
+DEFAULT_STAGES = ("train", "eval", "analyze", "report")  # `stages` unless set (intervene: opt-in)
 PROBE_WINDOWS = ("all", "causal", "diagonal", "tridiagonal")  # cfglab.analyze.probe.WINDOWS
+INTERVENTION_PARTS = ("erasure", "patching", "heads")  # cfglab.analyze.interventions.PARTS
 SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
 NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
 CORRUPTION_NAMES = ("substitute", "insert", "delete")  # cfglab.data.noise.KINDS
@@ -233,6 +234,22 @@ class AttentionConfig:
 
 
 @dataclass
+class InterveneConfig:  # the intervene stage (cfglab intervene): does the model use the tree?
+    parts: list[str] = field(
+        default_factory=lambda: list(INTERVENTION_PARTS)
+    )  # erasure (LEACE per level and layer), patching (layer x position), heads (mean-ablated)
+    targets: list[str] | None = None  # erased probe targets (None: ancestor, boundary if layered)
+    n_fit: int = 256  # fresh labelled strings the erasers are fitted on (and head means taken)
+    n_strings: int = 64  # other fresh strings whose next-token KL to the exact one is measured
+    random_draws: int = 3  # random erasers of equal rank per target and layer (the control)
+    n_pool: int = 512  # fresh strings the patching pairs are found among
+    n_pairs: int = 32  # patching pairs per level, at most
+    window: int = 8  # patching: positions up to the NT end (included), patched one at a time
+    n_bootstrap: int = 1000  # resamples of the strings (pairs) behind each 95% interval
+    seed: int | str = 4  # every intervention stream, keyed by purpose; per_run: the run's
+
+
+@dataclass
 class AnalyzeConfig:
     device: str | None = None  # where every analysis family runs (None: the run's train.device)
     threads: int | str | None = None  # torch CPU threads: auto, a number; None: train.threads
@@ -264,6 +281,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -277,7 +295,7 @@ class ExperimentConfig:
 
 
 # the sections whose seed may be "per_run" (test data drawn from the run's own seed)
-PER_RUN_SECTIONS = ("eval", "probe", "attention")
+PER_RUN_SECTIONS = ("eval", "probe", "attention", "intervene")
 
 
 def resolved_seeds(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -20,6 +20,7 @@ from cfglab.config.schema import (
     FAMILY_NAMES,
     IMPLICIT_MODE_NAMES,
     IMPLICIT_WEIGHT_NAMES,
+    INTERVENTION_PARTS,
     MODEL_FAMILIES,
     NOISE_KIND_NAMES,
     OBJECTIVES,
@@ -76,6 +77,8 @@ def _check_names(cfg: ExperimentConfig) -> None:
     for window in p.windows:
         _one_of("probe.windows", window, PROBE_WINDOWS)
     _one_of("probe.layers", p.layers, PROBE_LAYERS)
+    for part in cfg.intervene.parts:
+        _one_of("intervene.parts", part, INTERVENTION_PARTS)
     _one_of("dynamics.probe_layers", cfg.dynamics.probe_layers, PROBE_LAYERS)
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     check_noise(d.noise)
@@ -228,6 +231,14 @@ RANGES: dict[str, Range] = {
     "attention.n_examples": Range(0, 1000),
     "attention.example_len": Range(1, WIDE),
     "attention.seed": SEED,
+    "intervene.n_fit": Range(2, MANY),
+    "intervene.n_strings": Range(1, MANY),
+    "intervene.random_draws": Range(0, 1000),
+    "intervene.n_pool": Range(2, MANY),
+    "intervene.n_pairs": Range(1, MANY),
+    "intervene.window": Range(1, WIDE),
+    "intervene.n_bootstrap": Range(10, 10**6, why="resamples behind a 95% interval"),
+    "intervene.seed": SEED,
     "analyze.threads": THREADS,
     "dynamics.n_samples": Range(1, MANY),
     "dynamics.n_kl": Range(1, MANY),
@@ -422,12 +433,16 @@ def _check_eval_and_probe(cfg: ExperimentConfig) -> None:
         )
     if not p.windows:
         raise ConfigError("probe.windows is empty; give at least one, e.g. [all]")
+    if not cfg.intervene.parts:
+        raise ConfigError("intervene.parts is empty; give one or more of erasure, patching, heads")
     for key, values in (
         ("eval.cuts", e.cuts),
         ("eval.temperatures", e.temperatures),
         ("eval.corrupt", e.corrupt),
         ("probe.windows", p.windows),
         ("probe.targets", p.targets or []),
+        ("intervene.parts", cfg.intervene.parts),
+        ("intervene.targets", cfg.intervene.targets or []),
         ("dynamics.eval", cfg.dynamics.eval),
         ("dynamics.analyses", cfg.dynamics.analyses),
     ):

@@ -37,6 +37,7 @@ from cfglab.stages.common import (
 )
 from cfglab.stages.dynamics import check_dynamics, run_dynamics
 from cfglab.stages.evaluation import check_eval, generate_from_run, run_eval
+from cfglab.stages.interventions import check_intervene, run_intervene
 
 
 def run_train(
@@ -60,6 +61,7 @@ STAGES: dict[str, Callable[[ExperimentConfig, Path], Path]] = {
     "train": run_train,
     "eval": run_eval,
     "analyze": run_analyze,
+    "intervene": run_intervene,  # opt-in: never in config.DEFAULT_STAGES
     "dynamics": run_dynamics,
     "report": run_report,
 }
@@ -72,6 +74,7 @@ STAGE_FOLDERS = {
     "train": ("ckpt",),  # train/checkpoint.py's CKPT_DIR (a torch module: not imported here)
     "eval": (rundir.EVAL,),
     "analyze": (rundir.ANALYZE,),
+    "intervene": (rundir.ANALYZE,),
     "dynamics": (rundir.ANALYZE,),
     "report": (rundir.REPORT, f"{rundir.REPORT}/figures"),
 }
@@ -80,8 +83,8 @@ STAGE_FOLDERS = {
 def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None:
     """Everything about the stages that the config alone tells, before any work: an encoder
     asked to generate, prompts that do not fit the window, probe targets the grammar does not
-    have, unknown family names, noise the grammar cannot take. `stages`: those to check
-    (default cfg.stages)."""
+    have, unknown family names, noise the grammar cannot take, an encoder asked to intervene.
+    `stages`: those to check (default cfg.stages)."""
     import dataclasses
 
     from cfglab.data.noise import TrainingNoise
@@ -96,6 +99,8 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
         check_probe_targets(cfg, grammar)
     if "dynamics" in stages:
         check_dynamics(cfg)
+    if "intervene" in stages:
+        check_intervene(cfg, grammar)
 
 
 # the config sections a stage's results depend on, beside the training record
@@ -103,6 +108,7 @@ STAGE_SECTIONS = {
     "train": (),
     "eval": ("eval",),
     "analyze": ("analyze", "probe", "attention"),
+    "intervene": ("analyze", "intervene"),
     "dynamics": ("dynamics", "eval", "probe", "attention"),
     "report": ("report",),
 }

@@ -134,7 +134,8 @@ def test_cfglab_run_analyzes_before_the_report():
     names = list(STAGES)
     assert names.index("eval") < names.index("analyze") < names.index("report")
     assert names.index("dynamics") < names.index("report")
-    assert load_config(None).stages == [n for n in names if n != "dynamics"]  # opt-in
+    opt_in = ("dynamics", "intervene")
+    assert load_config(None).stages == [n for n in names if n not in opt_in]
 
 
 def test_old_stage_names_are_one_clear_error():

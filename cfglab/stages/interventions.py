@@ -1,0 +1,77 @@
+"""The intervene stage: the interventions family (cfglab.analyze.interventions: erasure, activation
+patching, head ablation) on a run's model -> analyze/interventions.json.
+
+`cfglab intervene RUN` runs it on a trained run; `stages: [..., intervene]` runs it in `cfglab
+run`. It is never a default stage (hundreds of hooked forward passes: about a minute on the
+quickstart on 2 cores). Everything it can refuse (an encoder, probe targets the grammar lacks)
+is refused by `check_intervene` before any work; the file has the shape of every analysis
+family's (cfglab.analyze.run.write_analyses), so `cfglab report` and `cfglab compare` render it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cfglab import rundir
+from cfglab.config import ExperimentConfig
+from cfglab.errors import ConfigError
+from cfglab.stages.common import analysis_context, checkpoint_step, load_run_model, run_header
+
+NAME = "interventions"  # the family (cfglab.analyze.families.OPT_IN_ANALYSES) and its file
+
+
+def check_intervene(cfg: ExperimentConfig, grammar) -> None:
+    """Before any work: a causal model (an encoder has no next-token distribution), and
+    intervene.targets known probe targets the grammar has."""
+    from cfglab.analyze.targets import TARGETS
+    from cfglab.stages.analysis import check_families
+
+    if cfg.train.objective == "mlm":
+        raise ConfigError(
+            "the intervene stage scores next-token predictions against the exact distribution, "
+            "and a masked-LM encoder (train.objective mlm) makes none; drop intervene from stages"
+        )
+    names = cfg.intervene.targets or []
+    check_families(names, TARGETS, "intervene.targets", "target")
+    for name in names:
+        if not TARGETS[name].supports(grammar):
+            have = [n for n, spec in TARGETS.items() if spec.supports(grammar)]
+            raise ConfigError(
+                f"intervene.targets: {name!r} needs a layered grammar (like the cfg3 family) and "
+                f"{grammar.name or 'the grammar'} is not one; choose from {', '.join(have)}"
+            )
+
+
+def run_intervene(cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """The interventions family on the run's latest model -> analyze/interventions.json;
+    prints its tables."""
+    from cfglab.analyze.families import ANALYSES, OPT_IN_ANALYSES
+    from cfglab.report.tables import table_markdown
+
+    model, grammar = load_run_model(run_dir, cfg, cfg.analyze)
+    check_intervene(cfg, grammar)
+    ctx = analysis_context(cfg, model, grammar)
+    family = OPT_IN_ANALYSES[NAME]
+    why_not = family.supports(ctx)
+    if why_not:
+        raise ConfigError(f"cfglab intervene {run_dir}: {why_not}")
+    t0 = time.perf_counter()
+    result = family.measure(ctx)
+    body = {
+        **run_header(run_dir, cfg, model, checkpoint_step(run_dir)),
+        "order": len(ANALYSES) + list(OPT_IN_ANALYSES).index(NAME),  # after analyze's families
+        NAME: result,
+        "title": family.TITLE,
+        "rows": family.summary_rows(result),
+        "tables": family.tables(result),
+        "figures": family.figures(result),
+        "compare": family.COMPARE,
+        "definitions": family.DEFINITIONS,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    path = rundir.write_result(run_dir, f"{rundir.ANALYZE}/{NAME}", body)
+    for table in body["tables"]:
+        print("\n".join(table_markdown(table)))
+    print(f"wrote {path} ({body['seconds']} s)")
+    return Path(run_dir) / rundir.ANALYZE
