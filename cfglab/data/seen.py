@@ -164,11 +164,12 @@ class SeenSet:
     steps: int  # data steps replayed: 0 .. steps - 1
     n_strings: int  # complete strings in the windows, repeats counted
     n_cut: int  # strings cut at a window's end (never seen)
+    sizes: list[int]  # entries per part
 
     @property
     def n_distinct(self) -> int:
         """Distinct seen strings (with spilled parts, an upper bound: a string may be in two)."""
-        return sum(len(_load(p)[0]) if isinstance(p, Path) else len(p[0]) for p in self.parts)
+        return sum(self.sizes)
 
     def first_seen(self, strings: Sequence[np.ndarray]) -> np.ndarray:
         """(n,) int64: the first data step whose windows held `BOS x EOS`, -1 if none."""
@@ -208,6 +209,7 @@ class SeenBuilder:
         self.n_pending = 0
         self.runs: list[Part] = []  # sorted parts in memory, sizes falling (a binary counter)
         self.parts: list[Part | Path] = []  # spilled parts
+        self.sizes: list[int] = []  # their entries
         self.steps = self.n_strings = self.n_cut = 0
 
     def add(self, windows: np.ndarray, step: int) -> None:
@@ -244,6 +246,7 @@ class SeenBuilder:
         path = self.folder / f"part_{len(self.parts):04d}.npy"
         save_part(path, part)
         self.parts.append(path)
+        self.sizes.append(len(part[0]))
 
     def finish(self) -> SeenSet:
         """The set; with a folder, every part is also saved there (the run's cache)."""
@@ -254,7 +257,8 @@ class SeenBuilder:
             self.parts[-1] = last  # the last part stays in memory as well
         else:
             self.parts.append(last)
-        return SeenSet(self.parts, self.eos, self.steps, self.n_strings, self.n_cut)
+            self.sizes.append(len(last[0]))
+        return SeenSet(self.parts, self.eos, self.steps, self.n_strings, self.n_cut, self.sizes)
 
 
 def _empty() -> Part:
@@ -362,17 +366,19 @@ def read_cache(run_dir: Path, fingerprint: dict, memory_bound: int = MEMORY_BOUN
     if not meta or meta.get("fingerprint") != fingerprint:
         return None
     folder = Path(run_dir) / CACHE
-    paths = [folder / f"part_{i:04d}.npy" for i in range(meta["n_parts"])]
-    if not all(p.is_file() for p in paths):
-        return None
-    in_memory = sum(meta["entries"]) * PART_DTYPE.itemsize <= memory_bound
     try:
+        paths = [folder / f"part_{i:04d}.npy" for i in range(meta["n_parts"])]
+        sizes = [int(n) for n in meta["entries"]]
+        if not all(p.is_file() for p in paths) or len(sizes) != len(paths):
+            return None
+        in_memory = sum(sizes) * PART_DTYPE.itemsize <= memory_bound
         parts = [load_part(p) if in_memory else p for p in paths]
-    except (OSError, ValueError, KeyError):
+        if in_memory and [len(p[0]) for p in parts] != sizes:
+            return None
+        counts = [int(meta[k]) for k in ("eos", "steps", "n_strings", "n_cut")]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if in_memory and [len(p[0]) for p in parts] != meta["entries"]:
-        return None
-    return SeenSet(parts, meta["eos"], meta["steps"], meta["n_strings"], meta["n_cut"])
+    return SeenSet(parts, *counts, sizes)
 
 
 def run_seen_set(
@@ -410,7 +416,7 @@ def run_seen_set(
     meta = {
         "fingerprint": fingerprint,
         "n_parts": len(seen.parts),
-        "entries": [len(_load(p)[0]) for p in seen.parts],
+        "entries": seen.sizes,
         "eos": eos,
         "steps": seen.steps,
         "n_strings": seen.n_strings,

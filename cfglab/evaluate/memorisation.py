@@ -6,10 +6,11 @@ A string is *seen in training* when a window the run trained on held it whole, `
 in eval/seen/). Measured on the cut0 generations of each temperature (shared with the accuracy
 family) and on the fresh true strings of the KL (stream 'eval_kl', shared with the distribution
 family). The true strings give the reference: a model that samples the grammar exactly writes
-seen strings at the grammar's own overlap rate with the training stream, `seen_test`, however
-small the grammar; a model that memorises writes more of them, and a model that generalises
-beyond its data as many. Without a run (the oracle, a baseline) the caller's `training` strings
-stand in; with neither the family does not apply.
+seen strings at the grammar's own overlap rate with the training stream, `seen_test` (large
+for a small grammar, whose strings repeat in training: 0.7 on the quickstart's); a model that
+memorises writes seen strings more often than that, and new grammatical ones less often than
+1 - seen_test. Without a run (the oracle, a baseline) the caller's `training` strings stand in;
+with neither the family does not apply.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cfglab.data.seen import MEMORY_BOUND, SeenSet, run_seen_set
+from cfglab.errors import CfglabError
 from cfglab.evaluate.accuracy import judged_generations
 from cfglab.evaluate.context import EvalContext
 from cfglab.evaluate.stats import proportion
@@ -66,15 +68,21 @@ def seen_set(run_dir: str | Path, *, memory_bound: int = MEMORY_BOUND) -> SeenSe
     return run_seen_set(run_dir, make_source, memory_bound=memory_bound)
 
 
-def _seen_fn(ctx: EvalContext) -> tuple[SeenFn, dict] | None:
+def _seen_fn(ctx: EvalContext) -> tuple[SeenFn | None, dict] | None:
     """Which strings count as seen, and what that was measured on: the run's replayed stream
     (loaded once per memo, so the dynamics stage shares it between checkpoints), else the
-    caller's training strings; None without either."""
+    caller's training strings; None without either. (None, {"unavailable": why}) for a run
+    whose stream cannot be replayed (cfglab.data.seen.training_segments)."""
     if ctx.run_dir is not None:
         key = ("seen_set", str(ctx.run_dir))
         if key not in ctx.memo:
-            ctx.memo[key] = ctx.clock.wrap("sample", seen_set)(ctx.run_dir)
-        s: SeenSet = ctx.memo[key]
+            try:
+                ctx.memo[key] = ctx.clock.wrap("sample", seen_set)(ctx.run_dir)
+            except CfglabError as exc:  # a stream no replay rebuilds: say why, measure the rest
+                ctx.memo[key] = str(exc)
+        s: SeenSet | str = ctx.memo[key]
+        if isinstance(s, str):
+            return None, {"source": "training stream", "unavailable": s}
         steps = s.steps if ctx.step is None else ctx.step
         source = {
             "source": "training stream",
@@ -102,6 +110,8 @@ def measure(ctx: EvalContext) -> dict | None:
     if found is None:
         return None
     is_seen, source = found
+    if is_seen is None:
+        return source  # the reason, in eval/memorisation.json; no rows
     per_temperature = []
     for ti, temperature in enumerate(ctx.settings.temperatures):
         _, (correct, _, strings, ended, bad) = judged_generations(ctx, 0, ti)
@@ -138,6 +148,8 @@ def _row(metric: str, p: dict, **qualifiers) -> dict:
 
 
 def summary_rows(result: dict) -> list[dict]:
+    if "unavailable" in result:
+        return []
     rows = [_row("seen_test", result["seen_test"])]
     for g in result["generations"]:
         where = {"cut": g["cut"], "temperature": g["temperature"]}

@@ -205,6 +205,13 @@ def test_the_cache_is_reused_and_rebuilt_when_the_record_changes(tmp_path):
     again = S.run_seen_set(run, no_replay)
     probes = sample(GRAMMAR, 100, seed=1, labels=False).strings()
     assert (again.first_seen(probes) == first.first_seen(probes)).all()
+    on_disk = S.run_seen_set(run, no_replay, memory_bound=1)  # parts read when looked up
+    assert isinstance(on_disk.parts[0], Path)
+    assert (on_disk.first_seen(probes) == first.first_seen(probes)).all()
+    # a damaged part is not an error: the set is replayed again
+    (run / S.CACHE / "part_0000.npy").write_bytes(b"not a part")
+    mended = S.run_seen_set(run, make_source)
+    assert (mended.first_seen(probes) == first.first_seen(probes)).all()
     # trained on to step 8: the cache is stale and the replay covers the new steps
     name = rundir.checkpoint_name(8)
     (run / rundir.CKPT / name).mkdir()

@@ -151,3 +151,16 @@ def test_without_a_run_the_training_strings_stand_in_and_without_either_nothing(
     assert res["generations"][0]["seen_generated"]["share"] == 1.0
     assert M.measure(EvalContext(GRAMMAR, logprob, gen, settings)) is None
     assert FAMILIES["memorisation"] is M
+
+
+def test_a_stream_no_replay_rebuilds_gives_its_reason_and_no_rows(tmp_path):
+    from tests.data.test_seen import fake_run
+
+    history = [{"step": 2, "changed": {"data.seed": [0, 1]}}]
+    run = fake_run(tmp_path, ["data.sampler=physicslm4", "data.seed=1"], 5, history)
+    settings = EvalConfig(n_samples=4, n_kl=4, cuts=[0], seed=4)
+    logprob = uniform_logprob_fn(GRAMMAR.n_t + 4)
+    ctx = EvalContext(GRAMMAR, logprob, lambda t: None, settings, run_dir=run)
+    res = M.measure(ctx)
+    assert "physicslm4 stream and resumed with changed data" in res["unavailable"]
+    assert M.summary_rows(res) == []
