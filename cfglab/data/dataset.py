@@ -21,7 +21,10 @@ stream, packed into the same BOS-aligned windows, so a resumed run restores the 
 saved with its checkpoint (`FreshStream.stream_state` / `restore_stream_state`). Perturbed
 pretraining (`noise`, a TrainingNoise of noise.py) perturbs a fraction rho of the strings before
 packing, with seeds keyed by (seed, split, step, ..., NOISE_PURPOSE), so the clean strings'
-randomness never changes and rho = 0 is today's stream bit for bit.
+randomness never changes and rho = 0 is today's stream bit for bit. Held-out compositions
+(`exclude`, data.exclude; fast sampler only): strings whose sampled tree contains a named rule
+combination are rejected and redrawn inside the sampler (cfglab.data.exclude), so a step's
+windows stay a function of (seed, split, step) and an empty list is today's stream bit for bit.
 
 Saved datasets (`write_dataset`, the `cfglab data` command): a folder with `tokens.npy` (the
 packed stream, uint16), `offsets.npy` (where each string's BOS sits), the sampler's labels
@@ -36,13 +39,14 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from cfglab.config import SAMPLER_NAMES
 from cfglab.config.schema import registry
+from cfglab.data.exclude import check_combinations
 from cfglab.data.noise import NOISE_PURPOSE, TrainingNoise, perturb_fraction
 from cfglab.data.physicslm4 import PhysicsLM4Windows
 from cfglab.data.sampler import SampleBatch, sample
@@ -111,9 +115,12 @@ def bos_aligned_windows(
     return _bos_aligned(grammar, n_windows, length, key, eos, max_len, noise)[0]
 
 
-def _bos_aligned(grammar, n_windows, length, key, eos, max_len, noise, want_strings=False):
+def _bos_aligned(
+    grammar, n_windows, length, key, eos, max_len, noise, want_strings=False, exclude=()
+):
     """bos_aligned_windows, and with `want_strings` what it drew: (windows, the strings whose
-    BOS falls in a window as a SampleBatch without labels, their (n,) perturbed mask)."""
+    BOS falls in a window as a SampleBatch without labels, their (n,) perturbed mask).
+    `exclude`: combinations (cfglab.data.exclude) no drawn string's tree contains."""
     active = noise is not None and noise.is_active
     per_string = grammar.mean_length + 2
     n = math.ceil(n_windows * (length + per_string) / per_string * 1.1) + 2
@@ -123,7 +130,12 @@ def _bos_aligned(grammar, n_windows, length, key, eos, max_len, noise, want_stri
     i = 0
     while True:
         b = sample(
-            grammar, n, key_seed(*key, i), max_len=max_len, labels=active and noise.needs_labels
+            grammar,
+            n,
+            key_seed(*key, i),
+            max_len=max_len,
+            labels=active and noise.needs_labels,
+            exclude=exclude,
         )
         hit = np.zeros(len(b), dtype=bool)
         if active:
@@ -202,6 +214,9 @@ class FreshStream(_Batches):
     the same windows, slower). `noise` (a TrainingNoise): perturbed pretraining strings, keyed by
     (seed, split, step, ..., NOISE_PURPOSE); None or fraction 0 leaves the stream bit-identical.
     `step_strings(step)` gives the strings a step trains on and which were perturbed.
+    `exclude` (data.exclude, fast sampler only): rule combinations (cfglab.data.exclude) no
+    training string's tree contains; such trees are rejected and redrawn, so the stream stays a
+    function of (seed, split, step), and `()` leaves it bit-identical.
     """
 
     def __init__(
@@ -217,6 +232,7 @@ class FreshStream(_Batches):
         split: int = TRAIN,
         sampler: str = "fast",
         noise: TrainingNoise | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         self._shard(global_batch, rank, world_size)
         self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
@@ -229,6 +245,14 @@ class FreshStream(_Batches):
             )
         if noise is not None:
             noise.check(grammar)
+        if exclude and sampler != "fast":
+            raise ConfigError(
+                f"data.exclude needs the fast sampler (data.sampler {sampler} replays the authors'"
+                " strings, which cannot be filtered by their trees): set data.sampler=fast or "
+                "data.exclude=[]"
+            )
+        # the held-out combinations, checked here too (names, each rule still used on its own)
+        self.exclude = check_combinations(grammar, exclude, max_len) if exclude else ()
         self.sampler = sampler
         self._steps = FRESH_SAMPLERS[sampler](self, noise)
 
@@ -271,6 +295,7 @@ class _FastSteps:
             fs.max_len,
             self.noise,
             want_strings,
+            fs.exclude,
         )
 
     def windows(self, step: int) -> np.ndarray:

@@ -40,6 +40,14 @@ known and a fresh one is drawn in its place, so the batch follows the grammar's 
 conditioned on length <= max_len. After `max_tries * n` draws (at least 1000) without `n`
 accepted strings, a SamplingError says how many were accepted and what to change.
 
+Tree filters (held-out compositions, cfglab.data.exclude): with `exclude`, a string whose tree
+contains one of the given rule combinations is abandoned as soon as the node that completes it
+draws its rule, and redrawn, as a too-long one is; so the batch follows the grammar conditioned
+on trees without them. With `require`, only strings whose tree contains at least one are kept
+(the held-out strings an evaluation scores). Each rule combination is checked generation by
+generation from the rule every nonterminal node draws, its parent's rule and whether a node
+above it drew a given rule. No filter: the draws are those of a sampler without the feature.
+
 Bounded memory and time, whatever the grammar or n: `sample_parts` yields the batch in parts
 (each at most ~_NODES_PER_BATCH tree nodes; `sample` concatenates them, so both give the same
 strings), which is what lets `cfglab sample -n 100000000` stream in constant memory. Before
@@ -53,12 +61,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from cfglab.data.batch import SampleBatch, _concat, _SpanSource
+from cfglab.data.exclude import Combination, TreeWatch
 from cfglab.errors import SamplingError
 from cfglab.grammar.cfg import Grammar
 
@@ -187,20 +196,26 @@ def _derive(
     max_len: int | None,
     grammar_name: str = "the grammar",
     mean_length: float = 0.0,
+    exclude: Sequence[Combination] = (),
+    require: Sequence[Combination] = (),
 ):
     """Expand `m` roots to full trees. Returns (generations, alive): alive[i] is False for
-    strings abandoned because they exceed max_len (their nodes may linger in early generations
-    and are filtered out by the caller)."""
+    strings abandoned because they exceed max_len or their tree contains a combination of
+    `exclude` (their nodes may linger in early generations and are filtered out by the
+    caller), and, with `require`, for strings whose finished tree contains none of them."""
     sym = np.zeros(m, dtype=np.int64)  # the roots: nonterminal 0
     string = np.arange(m, dtype=np.int64)
     alive = np.ones(m, dtype=bool)
     emitted = np.zeros(m, dtype=np.int64)  # terminals placed so far, per string
+    watch = TreeWatch(exclude or require, m) if exclude or require else None
     gens: list[_Generation] = []
     total = 0
     while True:
         nt_pos = np.flatnonzero(sym < t.n_nt)
         if nt_pos.size == 0:
             gens.append(_Generation(sym, string, nt_pos, nt_pos))
+            if require:
+                alive &= watch.hits
             return gens, alive
         nts = sym[nt_pos]
         # inverse CDF with a guide table: start at the bucket's first candidate rule, then
@@ -221,6 +236,8 @@ def _derive(
         k = np.arange(int(first[-1] + n_children[-1])) - np.repeat(first, n_children)
         child = t.rhs_flat[np.repeat(t.rhs_off[rule], n_children) + k]
         child_string = np.repeat(string[nt_pos], n_children)
+        if watch is not None:
+            watch.expand(string, nt_pos, rule, n_children)
         total += child.size
         if total > _MAX_BATCH_NODES:
             raise SamplingError(
@@ -229,15 +246,19 @@ def _derive(
                 f"{mean_length:.3g}): cap the length with max_len (cfglab sample --max-len, "
                 "config data.max_len)"
             )
+        dead = watch.hits & alive if exclude else None  # abandoned at once, as too long ones
         if max_len is not None:
             is_t = child >= t.n_nt
             emitted += np.bincount(child_string[is_t], minlength=m)
             pending = np.bincount(child_string[~is_t], weights=t.min_len[child[~is_t]], minlength=m)
             too_long = (emitted + pending > max_len) & alive
-            if too_long.any():
-                alive &= ~too_long
-                keep = alive[child_string]
-                child, child_string = child[keep], child_string[keep]
+            dead = too_long if dead is None else dead | too_long
+        if dead is not None and dead.any():
+            alive &= ~dead
+            keep = alive[child_string]
+            child, child_string = child[keep], child_string[keep]
+            if watch is not None:
+                watch.keep(keep)
         sym, string = child, child_string
 
 
@@ -366,16 +387,22 @@ def sample_parts(
     max_len: int | None = None,
     labels: bool = True,
     max_tries: int = 100,
+    exclude: Sequence[Combination] = (),
+    require: Sequence[Combination] = (),
 ) -> Iterator[SampleBatch]:
     """The batch of `sample(grammar, n, seed, ...)` in parts, each as soon as it is drawn (at
     most ~_NODES_PER_BATCH tree nodes): the same strings, in the same order, in constant
     memory. Every argument is checked before the first draw."""
     _check_args(n, seed, max_len)
     check_length(grammar, max_len)
-    return _draw_parts(grammar, n, seed, max_len, labels, max_tries)
+    if exclude and require:
+        raise SamplingError("give exclude or require, not both: a tree filter keeps one kind")
+    return _draw_parts(grammar, n, seed, max_len, labels, max_tries, exclude, require)
 
 
-def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[SampleBatch]:
+def _draw_parts(
+    grammar, n, seed, max_len, labels, max_tries, exclude=(), require=()
+) -> Iterator[SampleBatch]:
     t = _tables(grammar)
     name = grammar.name or "the grammar"
     rng = np.random.default_rng(seed)
@@ -384,6 +411,13 @@ def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[Sample
     budget = max(1000, max_tries * n)
     got = drawn = 0
     while got < n:
+        if drawn >= budget and (exclude or require):
+            raise SamplingError(
+                f"only {got} of {n} strings of {name} were kept after {drawn} draws (acceptance "
+                f"{got / drawn:.2%}; length <= {max_len}, trees with"
+                f"{'out' if exclude else ''} the combinations): "
+                + ("exclude rarer combinations" if exclude else "require commoner combinations")
+            )
         if drawn >= budget:
             raise SamplingError(
                 f"only {got} of {n} strings of {name} had length <= {max_len} after {drawn} "
@@ -394,7 +428,7 @@ def _draw_parts(grammar, n, seed, max_len, labels, max_tries) -> Iterator[Sample
         # draw enough for the acceptance rate seen so far, within the batch size and budget
         rate = max((got + 1) / (drawn + 1), 0.01) if drawn else 1.0
         m = min(per_batch, budget - drawn, max(need, math.ceil(need / rate * 1.1)))
-        gens, alive = _derive(t, m, rng, max_len, name, grammar.mean_length)
+        gens, alive = _derive(t, m, rng, max_len, name, grammar.mean_length, exclude, require)
         drawn += m
         accept = alive.copy()
         accept[np.flatnonzero(alive)[need:]] = False  # keep the first `need` survivors
@@ -411,16 +445,28 @@ def sample(
     max_len: int | None = None,
     labels: bool = True,
     max_tries: int = 100,
+    exclude: Sequence[Combination] = (),
+    require: Sequence[Combination] = (),
 ) -> SampleBatch:
-    """`n` strings from `grammar` (see the module docstring for labels and the max_len policy).
+    """`n` strings from `grammar` (see the module docstring for labels, the max_len policy and
+    the tree filters `exclude` / `require`).
 
     Raises SamplingError for n < 0, a negative seed, strings too long to sample without
     max_len (`check_length`), max_len below the grammar's shortest string, a runaway
-    derivation, or when fewer than `n` strings of length <= max_len turn up in
-    `max_tries * n` (>= 1000) draws.
+    derivation, or when fewer than `n` strings of length <= max_len (whose trees pass the
+    filter) turn up in `max_tries * n` (>= 1000) draws.
     """
     parts = list(
-        sample_parts(grammar, n, seed, max_len=max_len, labels=labels, max_tries=max_tries)
+        sample_parts(
+            grammar,
+            n,
+            seed,
+            max_len=max_len,
+            labels=labels,
+            max_tries=max_tries,
+            exclude=exclude,
+            require=require,
+        )
     )
     if not parts:  # n == 0
         return SampleBatch(ids=np.empty(0, np.int64), offsets=np.zeros(1, np.int64))
