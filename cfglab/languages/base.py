@@ -211,9 +211,6 @@ class Language:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)]
         return " ".join([self.name, *parts])
 
-    def __repr__(self) -> str:
-        return f"Language({self.spec})"
-
     @cached_property
     def _shape_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._shapes()  # built on first use and kept

@@ -15,7 +15,8 @@ x_<=k inside the first w, S(k) s^-k in all; an m with k/2 <= m < k needs x_<=k t
 period m (x_{m+j} = x_j), P(M = m) s^-m each. The next token splits the same terms: m > k gives
 each letter S(k+1) s^-(k+1); an m with k/2 < m <= k whose period holds gives the letter x_{k-m}
 its P(M = m) s^-m; m = k/2 gives EOS. The periods are read off the longest common prefix of x
-and each of its shifts (an (n, n) comparison), so a string costs O(n^2) and a prefix O(n).
+and each of its shifts (the Z-function, O(n)); a prefix costs O(n), a string O(n^2) time in
+blocks of bounded memory.
 Every string is a prefix of some ww (take w = x), so nothing is ever a first error.
 """
 
@@ -38,6 +39,8 @@ from cfglab.languages.base import (
     token_positions,
 )
 
+CHUNK_CELLS = 1 << 20  # (prefix, |w|) cells weighed at once: ~50 MB, whatever the length
+
 
 def _labels(pos: np.ndarray, half: np.ndarray) -> dict[str, np.ndarray]:
     """Labels of tokens at positions `pos` of strings whose w has length `half` (per token)."""
@@ -51,17 +54,20 @@ def _labels(pos: np.ndarray, half: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _periods(x: np.ndarray) -> np.ndarray:
-    """(n+1,) lcp[m] = length of the longest common prefix of x and x[m:] (lcp[0] = n)."""
-    n = len(x)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    shift = np.arange(1, n + 1)[:, None]  # (n, 1) m = 1..n
-    j = np.arange(n)[None, :]  # (1, n)
-    inside = shift + j < n  # (n, n) x[m + j] exists
-    eq = np.zeros((n, n), dtype=bool)
-    eq[inside] = x[(shift + j)[inside]] == x[np.broadcast_to(j, (n, n))[inside]]
-    # the first False: a mismatch, or the end of x[m:] (outside counts as a mismatch)
-    return np.concatenate([[n], np.argmax(~eq, axis=1)]).astype(np.int64)
+    """(n+1,) lcp[m] = length of the longest common prefix of x and x[m:] (lcp[0] = n,
+    lcp[n] = 0): the Z-function, O(n) by reusing the rightmost match found so far."""
+    n, xs = len(x), x.tolist()
+    z = [0] * (n + 1)
+    z[0] = n
+    left = right = 0  # x[left:right] matches x[:right-left], right as far as seen
+    for i in range(1, n):
+        if i < right:
+            z[i] = min(right - i, z[i - left])
+        while i + z[i] < n and xs[z[i]] == xs[i + z[i]]:
+            z[i] += 1
+        if i + z[i] > right:
+            left, right = i, i + z[i]
+    return np.array(z, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -121,27 +127,38 @@ class Copy(Language):
         return float(math.log(c.pmf[m]) - m * math.log(self.alphabet))
 
     def _prefix_table(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, c = len(x), self._count
-        log_s = math.log(self.alphabet)
+        n = len(x)
         lcp = _periods(x)
-        k = np.arange(n + 1)[:, None]  # (n+1, 1) prefix length
-        m = np.arange(n + 1)[None, :]  # (1, n+1) |w|
+        rows = np.zeros((n + 1, self.n_t + 1))  # unnormalised, row k scaled by exp(-scale[k])
+        scale = np.zeros(n + 1)
+        step = max(1, CHUNK_CELLS // (n + 1))  # prefixes per block: bounded memory
+        for k0 in range(0, n + 1, step):
+            k1 = min(n + 1, k0 + step)
+            scale[k0:k1] = self._weigh(x, lcp, k0, k1, rows[k0:k1])
+        return normalised_rows(rows, scale)
+
+    def _weigh(self, x: np.ndarray, lcp: np.ndarray, k0: int, k1: int, out: np.ndarray):
+        """The next-symbol weights after the prefixes of lengths k0..k1-1 (module docstring)
+        into out (k1-k0, T+1), each row scaled by exp(-scale); returns scale (k1-k0,)."""
+        c, log_s = self._count, math.log(self.alphabet)
+        k = np.arange(k0, k1)[:, None]  # (R, 1) prefix length
+        m = np.arange(max(1, k0 // 2), k1)[None, :]  # (1, M) |w|: only k/2 <= m <= k count
         with np.errstate(divide="ignore"):
-            log_pm = np.log(c.at(c.pmf, m)) - m * log_s  # (1, n+1) log P(M = m) s^-m
-            fresh = np.log(c.at(c.tail, k[:, 0] + 1)) - (k[:, 0] + 1) * log_s  # (n+1,)
-        periodic = (m >= 1) & (lcp[m] >= k - m)  # (n+1, n+1) x_<=k repeats with period m
+            log_w = np.log(c.at(c.pmf, m)) - m * log_s  # (1, M) log P(M = m) s^-m
+            fresh = np.log(c.at(c.tail, k[:, 0] + 1)) - (k[:, 0] + 1) * log_s  # (R,)
+        periodic = lcp[m] >= k - m  # (R, M) x_<=k repeats with period m
         copy = periodic & (m <= k) & (2 * m >= k + 1)  # the next token copies x_{k-m}
         end = periodic & (2 * m == k)  # x_<=k is ww with |w| = m
-        log_w = np.broadcast_to(log_pm, copy.shape)
-        scale = np.maximum(fresh, np.where(copy | end, log_w, -np.inf).max(axis=1))
-        scale = np.where(np.isfinite(scale), scale, 0.0)  # (n+1,) keeps exp() in range
-        rows = np.zeros((n + 1, self.n_t + 1))
-        rows[:, 1:] = np.exp(fresh - scale)[:, None]  # every letter, m > k
-        kk, mm = np.nonzero(copy)
-        np.add.at(rows, (kk, x[kk - mm]), np.exp(log_w[kk, mm] - scale[kk]))
-        kk, mm = np.nonzero(end)
-        np.add.at(rows[:, 0], kk, np.exp(log_w[kk, mm] - scale[kk]))
-        return normalised_rows(rows, scale)
+        log_w = np.broadcast_to(log_w, copy.shape)
+        top = np.where(copy | end, log_w, -np.inf).max(axis=1, initial=-np.inf)
+        scale = np.maximum(fresh, top)
+        scale = np.where(np.isfinite(scale), scale, 0.0)  # (R,) keeps exp() in range
+        out[:, 1:] = np.exp(fresh - scale)[:, None]  # every letter: m > k
+        r, j = np.nonzero(copy)
+        np.add.at(out, (r, x[k[r, 0] - m[0, j]]), np.exp(log_w[r, j] - scale[r]))
+        r, j = np.nonzero(end)
+        np.add.at(out[:, 0], r, np.exp(log_w[r, j] - scale[r]))
+        return scale
 
     def _labels_of(self, x: np.ndarray) -> dict[str, np.ndarray]:
         pos = np.arange(len(x))

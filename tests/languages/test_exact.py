@@ -155,3 +155,34 @@ def test_bad_token_ids_are_refused_with_the_range(name):
             lang.next_token_dist([np.array([bad])])
     with pytest.raises(VocabError, match="1-D array"):
         lang.log_prob([np.ones((2, 2), dtype=np.int64)])
+
+
+def test_copy_rows_of_long_strings_do_not_depend_on_the_block_size(monkeypatch):
+    """Long strings are weighed in blocks of prefixes (bounded memory): tiny blocks give the
+    same rows, which obey the chain rule against the closed-form log P."""
+    import cfglab.languages.copy as copy_module
+
+    lang = load_language("copy m_max=300 ratio=0.99 alphabet=3")
+    w = np.random.default_rng(0).integers(1, 4, size=260)
+    near = np.concatenate([w, w[:200], [w[200] % 3 + 1], w[201:]])  # one letter off
+    strings = [np.concatenate([w, w]), near, w[:7]]
+    whole = lang.next_token_dist(strings)
+    monkeypatch.setattr(copy_module, "CHUNK_CELLS", 50)
+    blocks = lang.next_token_dist(strings)
+    for a, b in zip(whole, blocks, strict=True):
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(a, b, equal_nan=True)
+    x, rows = strings[0], blocks[0]
+    chain = np.log(rows[np.arange(len(x) + 1), np.append(x, 0)]).sum()
+    assert math.isclose(chain, lang.log_prob([x])[0], rel_tol=1e-9)
+    assert lang.log_prob([near])[0] == -np.inf and not lang.recognize([near])[0]
+
+
+def test_the_z_function_equals_the_longest_common_prefixes():
+    from cfglab.languages.copy import _periods
+
+    rng = np.random.default_rng(1)
+    for n in [0, 1, 2, 5, 30]:
+        for _ in range(20):
+            x = rng.integers(1, 3, size=n)
+            lcp = [next((j for j in range(n - m) if x[m + j] != x[j]), n - m) for m in range(n + 1)]
+            assert _periods(x).tolist() == lcp  # (m = 0: n; m = n: 0)
