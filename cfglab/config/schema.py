@@ -130,6 +130,10 @@ class DataConfig:
     prefetch: int = 4  # batches sampled ahead by a background thread (0: sample inline)
     sampler: str = "fast"  # fast, or physicslm4 (the authors' generator, their strings)
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # perturbed pretraining data
+    # held-out compositions (cfglab.data.exclude): training strings whose sampled tree holds one
+    # of these rule combinations are redrawn, e.g. "7 -> '3' '2' under 10 -> 8 7" (a rule under
+    # a parent rule) or "... below ..." (anywhere in its subtree); the fast sampler only
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -202,6 +206,9 @@ class EvalConfig:
     seed: int | str = 1  # every eval stream is keyed by (seed, purpose); per_run: the run's
     device: str | None = None  # None: the run's train.device
     threads: int | str | None = None  # torch CPU threads: auto, a number; None: train.threads
+    # rule combinations the composition family scores (None: data.exclude; set it on a run
+    # trained without exclusions to score the same combinations on a full model)
+    compositions: list[str] | None = None
 
 
 @dataclass

@@ -82,6 +82,7 @@ def _check_names(cfg: ExperimentConfig) -> None:
     _one_of("dynamics.probe_layers", cfg.dynamics.probe_layers, PROBE_LAYERS)
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     check_noise(d.noise)
+    _check_exclude(cfg)
     imp = cfg.grammar.implicit
     if imp is not None:
         _one_of("grammar.implicit.mode", imp.mode, IMPLICIT_MODE_NAMES)
@@ -448,6 +449,28 @@ def _check_eval_and_probe(cfg: ExperimentConfig) -> None:
     ):
         if len(set(values)) != len(values):  # 1 and 1.0 too: each value is measured once
             raise ConfigError(f"{key} {values} lists a value twice; give each once")
+
+
+def _check_exclude(cfg: ExperimentConfig) -> None:
+    """data.exclude and eval.compositions: lists of distinct texts (their rules are checked
+    against the grammar, cfglab.data.exclude, where the training stream and the composition
+    family start); exclusion filters fresh fast-sampler trees only. eval.compositions None
+    becomes data.exclude."""
+    d, e = cfg.data, cfg.eval
+    for key, texts in (("data.exclude", d.exclude), ("eval.compositions", e.compositions or [])):
+        blank = any(not isinstance(t, str) or not t.strip() for t in texts)
+        if blank or len(set(texts)) < len(texts):
+            raise ConfigError(
+                f"{key} {texts}: give distinct texts such as \"A -> 'a' under S -> A B\""
+            )
+    if d.exclude and (d.sampler != "fast" or d.dataset):
+        why = f"data.dataset {d.dataset}" if d.dataset else f"data.sampler {d.sampler}"
+        raise ConfigError(
+            f"data.exclude filters the fast sampler's fresh trees; {why} has none to filter: "
+            "set data.dataset=null and data.sampler=fast, or data.exclude=[]"
+        )
+    if e.compositions is None and d.exclude:
+        e.compositions = list(d.exclude)  # derived: the family scores what training held out
 
 
 def check_cuts(cfg: ExperimentConfig) -> None:

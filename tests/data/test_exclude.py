@@ -274,3 +274,29 @@ def test_empty_exclude_keeps_the_stream_and_exclusion_is_keyed_by_step() -> None
 def test_the_authors_sampler_is_refused() -> None:
     with pytest.raises(ConfigError, match="fast sampler"):
         FreshStream(QUICKSTART, 65, 6, sampler="physicslm4", exclude=[QS_COMBO])
+
+
+# ---- the config keys ------------------------------------------------------------------------
+def test_config_keys_reach_config_json_and_refuse_other_samplers(tmp_path) -> None:
+    import json
+
+    from cfglab import rundir
+    from cfglab.config import load_config
+
+    items = [f"data.exclude={json.dumps([QS_COMBO])}"]
+    cfg = load_config(None, items)
+    assert cfg.data.exclude == [QS_COMBO] and cfg.eval.compositions == [QS_COMBO]  # derived
+    rundir.write_config(tmp_path, cfg)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["exclude"] == saved["eval"]["compositions"] == [QS_COMBO]
+    assert load_config(None).eval.compositions is None  # nothing held out, nothing scored
+    full = load_config(None, [f"eval.compositions={json.dumps([QS_COMBO])}"])
+    assert full.data.exclude == [] and full.eval.compositions == [QS_COMBO]
+    for bad, says in (
+        (["data.sampler=physicslm4"], "data.sampler physicslm4"),
+        (["data.dataset=some/folder"], "data.dataset some/folder"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            load_config(None, items + bad)
+    with pytest.raises(ConfigError, match="distinct"):
+        load_config(None, [f"data.exclude={json.dumps([QS_COMBO, QS_COMBO])}"])
