@@ -19,14 +19,15 @@ A spec names one with its parameters; `load_language` reads it, `lang.spec` writ
 Grammar facts: `name`, `terminals` (token id j is terminals[j-1]; cfglab.data.vocab's layout,
 so `Vocab.from_grammar(lang)` works: BOS 0, EOS T+1, MASK T+2, PAD T+3), `n_t`, `mean_length`,
 `length_sd`, `levels` (None: no tree levels), `to_text()` (the run file's text), equality by
-parameters. Sampling: `sample(n, seed, *, max_len=None, labels=True)` with the grammar
-sampler's signature and determinism; labels per token in `batch.labels` ("block", "offset",
-"dependent", each (N_total,) int64; LanguageBatch's docstring), class counts in
-`label_classes`. Exact, the same names and return shapes as cfglab.exact's functions with the
-grammar argument dropped: `judge`, `recognize`, `first_error`, `log_prob`, `log_prefix_prob`,
-`next_token_dist`, `log_prob_and_next`, and `parse` (per sentence, its labels). Membership is the
-formal language (any count); probabilities are the sampling distribution's (zero past the
-counts it draws). cfglab.languages.adapters: the oracle as an evaluation model (LogProbFn).
+parameters. Sampling: `sample(n, seed, *, max_len=None, labels=True)` and `sample_parts` (the
+same strings in parts of bounded memory), the grammar sampler's signatures; labels per token in
+`batch.labels` ("block", "offset", "dependent", each (N_total,) int64; LanguageBatch's
+docstring), class counts in `label_classes`. Exact, the same names and return shapes as
+cfglab.exact's functions with the grammar argument dropped: `judge`, `recognize`,
+`first_error`, `log_prob`, `log_prefix_prob`, `next_token_dist`, `log_prob_and_next`, and
+`parse` (per sentence, its labels). Membership is the formal language (any count);
+probabilities are the sampling distribution's (zero past the counts it draws).
+cfglab.languages.adapters: the oracle as an evaluation model (LogProbFn).
 
 ## How the languages plug into the rest (design note; those modules are not changed here)
 What reads a grammar, and what each needs from a language so the stage runs unchanged:
@@ -38,9 +39,9 @@ What reads a grammar, and what each needs from a language so the stage runs unch
 - Data (data/dataset.py, evaluate/context.py, analyze/context.py, stages/analysis.py, cli
   `sample`): everything draws through `data.sampler.sample(grammar, n, seed, max_len=,
   labels=)` / `sample_parts`, then uses the batch's ids, offsets, lengths, strings();
-  dataset.py sizes its draws with `grammar.mean_length`. Needs: `lang.sample` (same signature)
-  behind one dispatch in sample/sample_parts. CFG only: the physicslm4 sampler, rule noise
-  (data/noise.py), the saved datasets' tree labels (data/saved.py).
+  dataset.py sizes its draws with `grammar.mean_length`. Needs: `lang.sample` and
+  `lang.sample_parts` (same signatures) behind one dispatch in sample / sample_parts. CFG
+  only: the physicslm4 sampler, rule noise (data/noise.py), saved datasets' tree labels.
 - Exact (evaluate accuracy, distribution, loss_floor, diversity's log P; train/steps.py's
   noise check; cli `parse` and `prob --next`): cyk.judge / recognize / first_error and
   inside.log_prob / next_token_dist / log_prob_and_next. Needs: the same-named methods behind

@@ -37,6 +37,7 @@ from cfglab.errors import GrammarError, SamplingError, VocabError
 BOS = 0  # cfglab.data.vocab.BOS (that module is a later stage; a test keeps the two equal)
 TEXT_PREFIX = "%language"  # the first word of a language's run file text (to_text)
 MAX_SHAPES = 10_000_000  # shape tables beyond this are refused (memory: 8 bytes per cell)
+PART_TOKENS = 2_000_000  # tokens per part of a streamed sample (about; bounds its memory)
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,27 @@ class Language:
     def sample(
         self, n: int, seed: int, *, max_len: int | None = None, labels: bool = True
     ) -> LanguageBatch:
-        """`n` strings drawn with `np.random.default_rng(seed)`; the same (language, n, seed,
-        max_len) gives the same batch. With max_len, the distribution conditioned on length <=
-        max_len (exactly: shapes longer than max_len get probability 0), as the grammar
-        sampler's rejection gives."""
+        """`n` strings: the parts of `sample_parts` joined (the same strings). The same
+        (language, n, seed, max_len) gives the same batch (strings depend on n, as the grammar
+        sampler's do). With max_len, the distribution conditioned on length <= max_len (exactly:
+        longer shapes get probability 0), as the grammar sampler's rejection gives."""
+        parts = list(self.sample_parts(n, seed, max_len=max_len, labels=labels))
+        if len(parts) == 1:
+            return parts[0]
+        lengths = np.concatenate([p.lengths for p in parts])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        joined = None
+        if labels:
+            joined = {k: np.concatenate([p.labels[k] for p in parts]) for k in parts[0].labels}
+        return LanguageBatch(np.concatenate([p.ids for p in parts]), offsets, joined)
+
+    def sample_parts(
+        self, n: int, seed: int, *, max_len: int | None = None, labels: bool = True
+    ) -> Iterator[LanguageBatch]:
+        """The batch of `sample` in parts of about PART_TOKENS tokens (at least one part, so
+        n = 0 gives one empty part), in constant memory whatever n: part i of a seed is drawn
+        with np.random.default_rng([seed, i]). Arguments are checked before the first draw."""
         _check_sample_args(n, seed, max_len)
         params, probs, lengths = self._shape_table
         if max_len is not None:
@@ -232,12 +250,18 @@ class Language:
                     f"max_len={max_len} is below the shortest string of {self.name} "
                     f"({int(lengths[self._shape_table[1] > 0].min())} tokens): raise max_len"
                 )
-        rng = np.random.default_rng(seed)
         cdf = np.cumsum(probs / probs.sum())
-        # inverse CDF; a zero-probability shape is never picked, rounding at 1 takes the last
         last = int(np.flatnonzero(probs > 0)[-1])
-        pick = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), last)
-        return self._build(params[pick], rng, labels)
+        per_part = max(1, int(PART_TOKENS / max(self.mean_length, 1.0)))
+        return self._draw_parts(n, seed, labels, params, cdf, last, per_part)
+
+    def _draw_parts(self, n, seed, labels, params, cdf, last, per_part) -> Iterator[LanguageBatch]:
+        for i, start in enumerate(range(0, max(n, 1), per_part)):
+            rng = np.random.default_rng([int(seed), i])
+            # inverse CDF; a zero-probability shape is never picked, rounding at 1 the last one
+            u = rng.random(min(per_part, n - start))
+            pick = np.minimum(np.searchsorted(cdf, u, side="right"), last)
+            yield self._build(params[pick], rng, labels)
 
     # ---- exact: the interface of cfglab.exact.cyk and cfglab.exact.inside --------------------
     def check_strings(self, strings: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -79,6 +79,24 @@ def test_same_seed_same_strings_and_labels(name):
 
 
 @pytest.mark.parametrize("name", list(LANGUAGES))
+def test_sample_is_its_parts_joined(name, monkeypatch):
+    import cfglab.languages.base as base
+
+    lang = LANGUAGES[name]()
+    monkeypatch.setattr(base, "PART_TOKENS", 200)  # ~10 strings a part
+    parts = list(lang.sample_parts(95, 3))
+    whole = lang.sample(95, 3)
+    assert len(parts) > 5 and sum(len(p) for p in parts) == len(whole) == 95
+    assert [x.tolist() for p in parts for x in p.strings()] == [x.tolist() for x in whole.strings()]
+    for k in whole.labels:
+        assert np.array_equal(np.concatenate([p.labels[k] for p in parts]), whole.labels[k])
+    assert lang.recognize(whole.strings()).all()
+    assert len({tuple(x) for x in whole.strings()}) > 10  # parts are not copies of each other
+    with pytest.raises(SamplingError, match="n=-1"):
+        lang.sample_parts(-1, 0)  # refused before the first draw
+
+
+@pytest.mark.parametrize("name", list(LANGUAGES))
 def test_max_len_conditions_on_length(name):
     lang = LANGUAGES[name]()
     oracle = ORACLES[name]()
