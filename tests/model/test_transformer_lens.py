@@ -6,6 +6,10 @@ TransformerLens loads back (no pickle). Needs the `interp` extra; skipped withou
 from __future__ import annotations
 
 import json
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +205,27 @@ def test_cfglab_export_refuses_before_any_write(trained_run, tmp_path, capsys):
     assert err.startswith("cfglab: error: no TransformerLens export for position 'rel'")
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "z").exists()
+
+
+def _small_disk() -> None:
+    """In the child: files may not grow past 4 KB (EFBIG, as a full disk gives ENOSPC)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.mark.slow  # a fresh process that imports TransformerLens (~5 s)
+def test_an_export_on_a_disk_that_fills_leaves_nothing_behind(trained_run, tmp_path):
+    out = tmp_path / "exports"
+    out.mkdir()
+    argv = ["export", str(trained_run), "--to", "transformer-lens", "-o", str(out / "tl")]
+    result = subprocess.run(
+        [sys.executable, "-m", "cfglab", *argv],
+        capture_output=True,
+        text=True,
+        preexec_fn=_small_disk,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("cfglab: error: cannot write "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert list(out.iterdir()) == []  # the folder being written is removed
