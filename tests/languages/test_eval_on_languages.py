@@ -1,8 +1,9 @@
-"""The evaluation code runs on a language as on a grammar, given the two dispatches the
-languages' design note proposes (cfglab/languages/__init__.py): cfglab.exact's functions and
-the sampler hand a Language to its same-named method. The fixture below plants exactly those
-dispatches (the modules themselves are not changed here); the accuracy family, the KL and the
-model adapters then run unchanged, on the oracle and on a tiny untrained GPT."""
+"""The evaluation and training-data code runs on a language as on a grammar, given the two
+dispatches the languages' design note proposes (cfglab/languages/__init__.py): cfglab.exact's
+functions and the sampler hand a Language to its same-named method. The fixture below plants
+exactly those dispatches (the modules themselves are not changed here); the accuracy family,
+the KL, the model adapters and the training windows then run unchanged, on the oracle and on
+a tiny untrained GPT."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cfglab.config import EvalConfig, ModelConfig  # noqa: E402
+from cfglab.data import dataset, sampler  # noqa: E402
 from cfglab.data.vocab import BOS, Vocab  # noqa: E402
 from cfglab.evaluate import accuracy, distribution  # noqa: E402
 from cfglab.evaluate import context as eval_context  # noqa: E402
@@ -48,15 +50,16 @@ def dispatch(monkeypatch):
                 return _original(grammar, strings)
 
             monkeypatch.setattr(module, name, exact)
-    original_sample = eval_context.sample
+    original_sample = sampler.sample  # what both modules imported by name
 
-    def sample(grammar, n, seed, **kwargs):
-        if isinstance(grammar, Language):
-            kwargs.pop("max_tries", None)
-            return grammar.sample(n, seed, **kwargs)
-        return original_sample(grammar, n, seed, **kwargs)
+    def sample(grammar, n, seed, *, max_len=None, labels=True, **rest):
+        if isinstance(grammar, Language):  # max_tries means nothing; tree filters are CFG only
+            assert not rest.get("exclude") and not rest.get("require")
+            return grammar.sample(n, seed, max_len=max_len, labels=labels)
+        return original_sample(grammar, n, seed, max_len=max_len, labels=labels, **rest)
 
     monkeypatch.setattr(eval_context, "sample", sample)
+    monkeypatch.setattr(dataset, "sample", sample)
 
 
 def lang_of(name: str) -> Language:
@@ -134,3 +137,25 @@ def test_tiny_gpt_generations_are_judged_as_the_regex_oracle_judges_them(dispatc
         assert ok == (e and not b and oracle.member(text))
         if not ok and err >= 0 and err < len(clean):
             assert not oracle.viable(text[: err + 1]) and oracle.viable(text[:err])
+
+
+@pytest.mark.parametrize("name", list(LANGUAGES))
+def test_training_windows_pack_sentences_of_the_language(dispatch, name):
+    """data.dataset's BOS-aligned windows (the training stream) from a language: each window
+    starts at a BOS, and every string in it that ends before the window does is a sentence."""
+    lang = lang_of(name)
+    oracle = ORACLES[name]()
+    windows = dataset.bos_aligned_windows(lang, 6, 65, (0, 0, 3), lang.eos)
+    assert windows.shape == (6, 65) and (windows[:, 0] == BOS).all()
+    again = dataset.bos_aligned_windows(lang, 6, 65, (0, 0, 3), lang.eos)
+    assert np.array_equal(windows, again)
+    n_whole = 0
+    for w in windows:
+        text = " ".join(map(str, w.tolist()))
+        for chunk in text.split(str(BOS))[1:]:
+            ids = [int(t) for t in chunk.split()]
+            if lang.eos in ids:  # a whole string: BOS x EOS
+                x = np.array(ids[: ids.index(lang.eos)])
+                assert oracle.member(letters(lang, x))
+                n_whole += 1
+    assert n_whole > 6
