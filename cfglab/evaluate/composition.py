@@ -75,7 +75,7 @@ DEFINITIONS: dict[str, str] = {
     "heldout_mass": (
         "exact probability that the tree of a string of the grammar contains a combination (no "
         "length cap): the grammar's share of held-out strings, the heldout_share of a model "
-        "that samples the grammar exactly."
+        "that samples the grammar exactly. Exact: one number (n = 1), no interval."
     ),
     "heldout_share_train": (
         "the mean of the same posterior over the control strings (drawn from the training "
@@ -199,7 +199,7 @@ def summary_rows(result: dict) -> list[dict]:
          "n": h["logprob_exact"]["n"]},
         {"metric": "heldout_gap", **h["gap"]},
         {"metric": "control_gap", **c["gap"]},
-        {"metric": "heldout_mass", "value": result["heldout_mass"]},
+        {"metric": "heldout_mass", "value": result["heldout_mass"], "n": 1},  # exact
         {"metric": "heldout_share_train", **result["share_train"]},
     ]  # fmt: skip
     for g in result["generations"]:

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from cfglab.evaluate import accuracy, distribution, diversity, loss_floor, memorisation, robustness
+from cfglab.evaluate import (
+    accuracy,
+    composition,
+    distribution,
+    diversity,
+    loss_floor,
+    memorisation,
+    robustness,
+)
 
 FAMILIES: dict[str, ModuleType] = {
     "accuracy": accuracy,  # generations in the language, per cut and temperature
@@ -21,4 +29,5 @@ FAMILIES: dict[str, ModuleType] = {
     "diversity": diversity,  # distinct strings, entropy, reverse KL, subtree yields
     "robustness": robustness,  # completions of corrupted prompts (eval.corrupt)
     "memorisation": memorisation,  # generations and test strings seen in training, novelty
+    "composition": composition,  # held-out rule combinations (eval.compositions, data.exclude)
 }

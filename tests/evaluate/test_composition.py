@@ -88,3 +88,33 @@ def test_posterior_of_an_ambiguous_string_is_its_share_of_parses() -> None:
     want = np.array([held.get(y, 0.0) / total[y] for y in total])
     np.testing.assert_allclose(got, want, atol=1e-12)
     assert ((got > 0) & (got < 1)).any()  # some string is truly ambiguous
+
+
+def test_cfglab_eval_writes_the_family_and_the_report_shows_it(tmp_path) -> None:
+    """`cfglab eval` on a run (an untrained checkpoint) whose config names a combination."""
+    pytest.importorskip("torch")
+    from cfglab import rundir
+    from cfglab.cli import main
+    from cfglab.config import load_config
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model, gpt_config
+    from cfglab.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "qs"
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        ["model.block_size=64", "train.threads=1", f"data.exclude={json.dumps([QS_COMBO])}"],
+    )
+    assert cfg.eval.compositions == [QS_COMBO]
+    model = build_model(gpt_config(cfg.model, Vocab.from_grammar(QUICKSTART).size))
+    rundir.write_run_record(run, cfg, cfg.grammar.load())
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 1.5}) + "\n")
+    save_checkpoint(run, 10, model, None, {})
+    assert main(["eval", str(run), "--n", "12", "--n-kl", "10", "--cut", "0"]) == 0
+    body = json.loads((run / "eval" / "composition.json").read_text())
+    got = body["composition"]
+    assert got["combinations"] == [QS_COMBO] and got["heldout"]["gap"]["n"] == 10
+    assert got["heldout"]["gap"]["value"] < 0  # an untrained model is far below the truth
+    assert set(body["definitions"]) == set(C.DEFINITIONS)
+    assert main(["report", str(run)]) == 0
+    assert "heldout_gap" in (run / "report" / "report.md").read_text()
