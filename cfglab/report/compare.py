@@ -78,6 +78,9 @@ PROPORTIONS = {
     "robust_no_new_errors",
     "robust_clean_control",
     "prompt_still_viable",
+    "seen_test",  # memorisation: shares of strings
+    "seen_generated",
+    "novelty",
 }
 BOUNDED = PROPORTIONS | {  # within [0, 1]
     "probe_accuracy",

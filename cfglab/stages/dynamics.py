@@ -92,7 +92,9 @@ def _measure_checkpoint(cfg, model, grammar, step: int, shared: dict) -> list[di
 
     rows = []
     if cfg.dynamics.eval and cfg.model.causal:
-        ctx = eval_context(cfg, model, grammar, cfg.eval, memo=shared["eval"])
+        ctx = eval_context(
+            cfg, model, grammar, cfg.eval, memo=shared["eval"], run_dir=shared["run_dir"], step=step
+        )
         rows += [
             {k: v for k, v in r.items() if k != "family"}
             for r in evaluate(ctx, cfg.dynamics.eval)["rows"]
@@ -125,6 +127,7 @@ def run_dynamics(cfg: ExperimentConfig, run_dir: Path) -> Path:
     t_start = time.perf_counter()
     rows: list[dict] = []
     shared = {"eval": {}, "memo": {}, "strings": {}, "windows": None, "per_string": {}}
+    shared["run_dir"] = run_dir  # memorisation (if in dynamics.eval): seen before each step
     for step, path in kept:
         t0 = time.perf_counter()
         model, grammar = load_run_model(run_dir, cfg, cfg.eval, checkpoint=path)

@@ -16,11 +16,14 @@ from cfglab.errors import CfglabError, ConfigError
 from cfglab.stages.common import checkpoint_step, load_run_model
 
 
-def eval_context(cfg: ExperimentConfig, model, grammar, settings, *, memo=None):
+def eval_context(
+    cfg: ExperimentConfig, model, grammar, settings, *, memo=None, run_dir=None, step=None
+):
     """The EvalContext of a run's model: its log-probabilities, its sampler (completions fit the
     model's window: BOS + prompt + completion <= block_size), eval.* `settings`, the saved
     training strings when the run trained on a saved dataset; `memo` is shared by the dynamics
-    stage between checkpoints."""
+    stage between checkpoints; `run_dir` and the checkpoint's `step` let the memorisation family
+    replay the training stream up to that step (None: it is skipped)."""
     from cfglab.data.saved import read_training_strings
     from cfglab.data.vocab import Vocab
     from cfglab.evaluate.adapters import torch_generate_fn, torch_logprob_fn
@@ -49,6 +52,8 @@ def eval_context(cfg: ExperimentConfig, model, grammar, settings, *, memo=None):
         max_len=block - 1,
         training=training,
         memo={} if memo is None else memo,
+        run_dir=run_dir,
+        step=step,
     )
 
 
@@ -73,11 +78,12 @@ def run_eval(cfg: ExperimentConfig, run_dir: Path) -> Path:
     check_eval(cfg)
     model, grammar = load_run_model(run_dir, cfg, cfg.eval)
     cfg = resolved_seeds(cfg)  # eval.seed per_run: the run's own test data
-    out = evaluate(eval_context(cfg, model, grammar, cfg.eval))
+    step = checkpoint_step(run_dir)
+    out = evaluate(eval_context(cfg, model, grammar, cfg.eval, run_dir=run_dir, step=step))
     out["settings"]["run_dir"] = str(run_dir)
     out["settings"]["provenance"] = {
         "fingerprint": rundir.read_fingerprint(run_dir).get("config"),
-        "step": checkpoint_step(run_dir),
+        "step": step,
     }
     path = write_eval(run_dir, out)
     print(rows_text(out["rows"]))

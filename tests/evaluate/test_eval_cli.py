@@ -105,6 +105,9 @@ def test_eval_writes_results_and_report_builds(run_dir, capsys):
     assert dist["seq_kl"] == pytest.approx(dist["cross_entropy"] - dist["entropy_rate"])
     rob = json.loads((run_dir / "eval" / "robustness.json").read_text())["robustness"]
     assert [(r["cut"], r["gamma"], r["clean"]["n"]) for r in rob] == [(4, 0.2, 12)]
+    # the stage hands memorisation the run and its step: the 50 trained steps are replayed
+    assert "seen_test" in out and "seen_generated cut=0 temperature=1" in out
+    assert (run_dir / "eval" / "memorisation.json").exists()
     assert main(["report", str(run_dir)]) == 0
     figs = {p.name for p in (run_dir / "report" / "figures").iterdir()}
     assert {"loss.png", "accuracy.png", "kl_by_position.png"} <= figs
