@@ -183,7 +183,6 @@ class BlockLanguage(Language):
                 at = np.arange(free_end + 1, last + 1)
                 lpp[at] = done[-1]
                 nxt = np.append(self._determined(runs), 0)
-                rows[at] = 0.0
                 rows[at, nxt[at - free_end]] = 1.0
         rows[~(lpp > -np.inf)] = np.nan
         return lpp, rows
