@@ -100,17 +100,23 @@ def check_strings(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.nd
 def judge(grammar: Grammar, strings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """((B,) bool accepted, (B,) int64 first error) from one boolean sweep per string: what
     `recognize` and `first_error` return, for half the work of calling both."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.judge(strings)
     return sweep.judge_many(normal_form(grammar), check_strings(grammar, strings))
 
 
 def recognize(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) bool: is each string a sentence of the grammar?"""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.recognize(strings)
     return judge(grammar, strings)[0]
 
 
 def first_error(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) int64: index of the first token at which the prefix stops being a prefix of any
     sentence; -1 if every prefix is viable (a sentence, or an unfinished one)."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.first_error(strings)
     return judge(grammar, strings)[1]
 
 

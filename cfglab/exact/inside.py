@@ -29,12 +29,16 @@ from cfglab.grammar.cfg import Grammar
 
 def log_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> np.ndarray:
     """(B,) float64: natural-log probability of each string; -inf if it is not a sentence."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.log_prob(strings)
     return sweep.log_prob_many(normal_form(grammar), check_strings(grammar, strings))
 
 
 def log_prefix_prob(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per string, (n+1,) float64: log P(a sentence starts with x_1..x_k), k = 0..n (k = 0 gives
     0); -inf from the first token no sentence can have there."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.log_prefix_prob(strings)
     return [lpp for lpp, _ in _prefix_and_rows(grammar, strings)]
 
 
@@ -42,6 +46,8 @@ def next_token_dist(grammar: Grammar, strings: Sequence[np.ndarray]) -> list[np.
     """Per string, (n+1, T+1) float64: row k = distribution of the next symbol after the first
     k tokens, column 0 = EOS, column j = token id j. Rows sum to 1. Rows after a prefix that no
     sentence starts with (k > first_error) are NaN."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        return grammar.next_token_dist(strings)
     return [rows for _, rows in _prefix_and_rows(grammar, strings)]
 
 
@@ -52,6 +58,9 @@ def log_prob_and_next(
     `next_token_dist`, from one sweep per string instead of two, computed as the iteration
     reaches the string (one string's rows in memory at a time). Every string is checked, and
     the tables of the longest sized, before the first is swept."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own closed form
+        yield from grammar.log_prob_and_next(strings)
+        return
     nf = normal_form(grammar)
     xs = check_strings(grammar, strings)
     if xs:

@@ -23,6 +23,7 @@ import numpy as np
 
 from cfglab.errors import GrammarError
 from cfglab.grammar.cfg import Grammar, Rule
+from cfglab.languages import is_language_spec, load_language
 
 # random_cfg draws at most this many right-hand-side symbols (a few seconds of Python)
 MAX_RANDOM_SYMBOLS = 5_000_000
@@ -79,8 +80,12 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
 
 
 def load(name_or_path: str | Path) -> Grammar:
-    """A built-in grammar by name, or a grammar file (NLTK text syntax, or the authors' JSON)."""
+    """A built-in grammar by name, a grammar file (NLTK text syntax, or the authors' JSON), or a
+    language beyond context-free by its spec ('copy alphabet=3': cfglab.languages), which
+    stands where a grammar does wherever a stage needs only sampling and exact probabilities."""
     name = str(name_or_path)
+    if is_language_spec(name):
+        return load_language(name)
     if name in BUILTIN_GRAMMARS:
         text = resources.files("cfglab.grammar").joinpath("files", f"{name}.json").read_text()
         return grammar_from_authors_json(json.loads(text), name=name)
