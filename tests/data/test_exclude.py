@@ -160,6 +160,25 @@ def test_conditioned_grammar_is_the_avoiding_trees_renormalised() -> None:
     assert inside.log_prob(cond, [np.array([1, 1, 1, 1])])[0] == -np.inf
 
 
+def test_uncapped_recursive_grammar_conditioned_exactly() -> None:
+    """POLISH is recursive and uncapped: every parse of a string of <= 8 tokens is enumerated,
+    so P_train(x) * P(avoid) must be exactly its avoiding trees' probability, and P(avoid)
+    lies between the enumerated avoiding mass and that plus the unenumerated tail."""
+    combos = ex.parse_combinations(POLISH, ["A -> 'a' below B -> 'r' A"])
+    all_trees = enumerate_all(POLISH, 8)
+    kept: dict[tuple, float] = {}
+    for t, y, p in all_trees:
+        if not contains(t, combos[0]):
+            kept[y] = kept.get(y, 0.0) + p
+    z = ex.avoid_prob(POLISH, combos)
+    tail = 1.0 - sum(p for _, _, p in all_trees)
+    assert sum(kept.values()) <= z <= sum(kept.values()) + tail
+    cond = ex.conditioned_grammar(POLISH, combos)
+    strings = [np.array([s - POLISH.n_nt + 1 for s in y]) for y in kept]
+    got = np.exp(inside.log_prob(cond, strings)) * z
+    np.testing.assert_allclose(got, [kept[y] for y in kept], rtol=1e-9)
+
+
 def test_refusals_name_the_fix() -> None:
     with pytest.raises(ConfigError, match="never occurs"):
         ex.check_combinations(QUICKSTART, ["7 -> '3' '2' under 10 -> 9 8 9"])
