@@ -20,6 +20,12 @@ def _fmt(cell: dict | None, digits: int = 4) -> str:
     return text
 
 
+def _moved(cell: dict) -> str:
+    """The share of the states' variance an eraser moves: LEACE / random."""
+    rand = cell.get("random_displacement")
+    return f"{100 * cell['displacement']:.1f}% / " + ("-" if rand is None else f"{100 * rand:.1f}%")
+
+
 def _layer(name: str) -> int:
     """blocks.{i}.<anything> -> i."""
     return int(name.split(".")[1])
@@ -109,6 +115,7 @@ def erasure_tables(result: dict) -> list[dict]:
                 _fmt(c["leace"]["all"]),
                 _fmt((c["random"] or {}).get("all")),
                 _fmt((c["excess"] or {}).get("all")),
+                _moved(c),
                 *(_fmt(c["leace"].get(g), 3) for g in groups),
             ]
             for c in cells
@@ -119,11 +126,13 @@ def erasure_tables(result: dict) -> list[dict]:
                 f"subspace of equal rank: next-token KL rise, nats per row [95% CI over "
                 f"{result['n_strings']} strings]",
                 "header": ["probe", "layer", "rank", "LEACE", "random", "LEACE - random"]
+                + ["variance moved"]
                 + [f"LEACE, rows {g}" for g in groups],
                 "rows": rows,
                 "note": "The unmodified model's KL on these strings: "
                 f"{_fmt(result['clean']['all'])} nats per row; rows L<l>: after a token that ends "
-                "a level-l NT.",
+                "a level-l NT. Variance moved: mean squared change of the fit strings' states "
+                "over their total variance (LEACE / random).",
             }
         )
     return out

@@ -90,7 +90,7 @@ def supports(ctx: AnalysisContext) -> str | None:
 
 def measure(ctx: AnalysisContext) -> dict:
     """Every part of intervene.parts on the context's model."""
-    from cfglab.analyze.ablation import ablate_heads
+    from cfglab.analyze.ablation import ablate_heads, z_names
     from cfglab.analyze.erasure import erase_layers
     from cfglab.analyze.kl_rows import pooled, resample_weights, score_strings
     from cfglab.analyze.patching import find_pairs, patch_pairs
@@ -120,10 +120,12 @@ def measure(ctx: AnalysisContext) -> dict:
             ctx.model, ctx.grammar, fit, scored, targets,
             draws=s.random_draws, seed=s.seed, weights=weights, log=ctx.log,
         )  # fmt: skip
-    if "heads" in s.parts:
+    if "heads" in s.parts and z_names(ctx.model):
         out["heads"] = ablate_heads(
             ctx.model, ctx.grammar, fit, scored, weights=weights, log=ctx.log
         )
+    elif "heads" in s.parts:
+        ctx.log("heads: skipped: the model has no attention heads (no blocks.{i}.attn.hook_z)")
     if "patching" in s.parts:
         pool = ctx.labelled("intervene_pairs", s.n_pool, s.seed)
         pairs = find_pairs(ctx.grammar, pool, s.n_pairs, rng(s.seed, "intervene_pick"))

@@ -172,9 +172,10 @@ def _interval(boot: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def ratio(num: np.ndarray, den: np.ndarray, weights: np.ndarray) -> dict:
-    """sum(num) / sum(den) over units (U,), with its bootstrap interval: {mean, lo, hi, n}."""
+    """sum(num) / sum(den) over units (U,), with its bootstrap interval: {mean, lo, hi, n};
+    mean None when sum(den) <= 0 (nothing to recover: a ratio would be noise)."""
     total = float(den.sum())
-    mean = float(num.sum()) / total if total else None
+    mean = float(num.sum()) / total if total > 0 else None
     with np.errstate(divide="ignore", invalid="ignore"):
         lo, hi = _interval((weights @ num) / (weights @ den))
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(len(num))}

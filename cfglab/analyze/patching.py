@@ -23,9 +23,11 @@ cfglab.analyze.kl_rows). 0: the patch moved nothing towards the source; 1: as fa
 source itself does (patching every position at one layer gives exactly 1, patching none 0).
 The yardstick is the model's own reach, not KL(p* || q_clean) alone, so a model that predicts
 the source imperfectly can still score 1 where all of its information flows. Positions at or
-before x_s hold the shared prefix (equal activations): their cells are 0 by construction. The
-ratio of sums weighs each pair by how much it can move; the interval is a 95% bootstrap over
-pairs.
+before x_s hold the shared prefix (equal activations): their cells are 0 by construction. A cell
+can be negative: one patched cell inside the span makes a state that is neither string's (the
+target's other tokens with one of the source's), which may move the prediction away from both.
+The ratio of sums weighs each pair by how much it can move (None where that is <= 0: nothing to
+recover); the interval is a 95% bootstrap over pairs.
 """
 
 from __future__ import annotations

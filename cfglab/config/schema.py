@@ -247,10 +247,10 @@ class InterveneConfig:  # the intervene stage (cfglab intervene): does the model
     )  # erasure (LEACE per level and layer), patching (layer x position), heads (mean-ablated)
     targets: list[str] | None = None  # erased probe targets (None: ancestor, boundary if layered)
     n_fit: int = 256  # fresh labelled strings the erasers are fitted on (and head means taken)
-    n_strings: int = 64  # other fresh strings whose next-token KL to the exact one is measured
+    n_strings: int = 128  # other fresh strings whose next-token KL to the exact one is measured
     random_draws: int = 3  # random erasers of equal rank per target and layer (the control)
     n_pool: int = 512  # fresh strings the patching pairs are found among
-    n_pairs: int = 32  # patching pairs per level, at most
+    n_pairs: int = 64  # patching pairs per level, at most
     window: int = 8  # patching: positions up to the NT end (included), patched one at a time
     n_bootstrap: int = 1000  # resamples of the strings (pairs) behind each 95% interval
     seed: int | str = 4  # every intervention stream, keyed by purpose; per_run: the run's

@@ -236,11 +236,18 @@ def test_pairs_are_true_strings_differing_in_one_span(tiny_gpt):
 def test_patching_identities(tiny_gpt):
     """Every position of the last layer patched: the source's own row (recovered 1); none: the
     target's (0); at the last layer only the NT end's cell moves the row after it."""
-    model, g = tiny_gpt
-    pairs = find_pairs(g, sample(g, 200, 5, max_len=40), 6, np.random.default_rng(0))
+    import dataclasses
+
+    from cfglab.analyze.kl_rows import model_rows
     from cfglab.analyze.patching import _inputs
 
+    model, g = tiny_gpt
+    pairs = find_pairs(g, sample(g, 200, 5, max_len=40), 6, np.random.default_rng(0))
     target, source = _inputs(model, g, pairs)
+    # an untrained model is no nearer the source's exact rows on the source than on the target
+    # (nothing to recover); its own source rows stand in for them, so every pair can move
+    own = model_rows(model, source, np.arange(len(pairs)), pairs.end, n_terminals=g.n_t)
+    pairs = dataclasses.replace(pairs, exact=own / own.sum(1, keepdims=True))
     last = f"blocks.{model.config.n_layer - 1}.hook_resid_post"
     _, cache = run_with_cache(model, source, [last, "blocks.0.hook_resid_post"])
     clean, src = pair_kls(model, target, pairs), pair_kls(model, source, pairs)
