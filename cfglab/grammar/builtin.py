@@ -23,7 +23,6 @@ import numpy as np
 
 from cfglab.errors import GrammarError
 from cfglab.grammar.cfg import Grammar, Rule
-from cfglab.languages import is_language_spec, load_language
 
 # random_cfg draws at most this many right-hand-side symbols (a few seconds of Python)
 MAX_RANDOM_SYMBOLS = 5_000_000
@@ -80,12 +79,11 @@ def grammar_from_authors_json(data: dict, name: str = "") -> Grammar:
 
 
 def load(name_or_path: str | Path) -> Grammar:
-    """A built-in grammar by name, a grammar file (NLTK text syntax, or the authors' JSON), or a
-    language beyond context-free by its spec ('copy alphabet=3': cfglab.languages), which
-    stands where a grammar does wherever a stage needs only sampling and exact probabilities."""
+    """A built-in grammar by name, a grammar file (NLTK text syntax, or the authors' JSON), or
+    else a language beyond context-free by its spec ('copy alphabet=3': cfglab.languages),
+    which stands where a grammar does wherever a stage needs only sampling and exact
+    probabilities."""
     name = str(name_or_path)
-    if is_language_spec(name):
-        return load_language(name)
     if name in BUILTIN_GRAMMARS:
         text = resources.files("cfglab.grammar").joinpath("files", f"{name}.json").read_text()
         return grammar_from_authors_json(json.loads(text), name=name)
@@ -95,9 +93,15 @@ def load(name_or_path: str | Path) -> Grammar:
     except OSError as exc:  # a name the file system refuses (over 255 bytes, ...)
         raise GrammarError(f"cannot use {name[:60]!r} as a grammar file ({exc.strerror})") from None
     if not exists:
+        # imported here: the languages cost ~10 ms of start-up to commands that never use them
+        from cfglab.languages import LANGUAGES, is_language_spec, load_language
+
+        if is_language_spec(name):
+            return load_language(name)
         hint = ", ".join(BUILTIN_GRAMMARS)
         raise GrammarError(
-            f"unknown grammar {name!r}: give a built-in name ({hint}) or the path of a grammar file"
+            f"unknown grammar {name!r}: give a built-in name ({hint}), the path of a grammar "
+            f"file, or a language ({', '.join(LANGUAGES)}, e.g. 'copy alphabet=3')"
         )
     if path.is_dir():
         raise GrammarError(f"{name} is a directory: give a grammar file (NLTK CFG/PCFG text)")
