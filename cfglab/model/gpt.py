@@ -309,14 +309,17 @@ class Block(nn.Module):
 
 
 class FinalNorm(nn.LayerNorm):
-    """The last LayerNorm, with a hook on its output (TransformerLens' ln_final.hook_normalized)."""
+    """The last LayerNorm. Its hook sees what TransformerLens's ln_final.hook_normalized sees:
+    (x - mean) / std, before the LayerNorm's weight and bias are applied."""
 
     def __init__(self, n_embd: int, bias: bool) -> None:
         super().__init__(n_embd, bias=bias)
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.hook_normalized(super().forward(x))
+        normalized = F.layer_norm(x, self.normalized_shape, None, None, self.eps)  # (B, T, C)
+        out = self.hook_normalized(normalized) * self.weight
+        return out + self.bias if self.bias is not None else out
 
 
 def check_room(config: GPTConfig, end: int, limit: int | None) -> None:

@@ -31,7 +31,8 @@ Names in cfglab's GPT (shapes for a batch (B, T); H heads of D dims, C = H * D):
     blocks.{i}.mlp.hook_post           (B, T, 4C)     MLP neurons after GELU (c_proj input)
     blocks.{i}.hook_mlp_out            (B, T, C)      MLP output added to the residual
     blocks.{i}.hook_resid_post         (B, T, C)      residual leaving block i
-    ln_final.hook_normalized           (B, T, C)      final LayerNorm output (the unembedding input)
+    ln_final.hook_normalized           (B, T, C)      final LayerNorm's (x - mean) / std, before its
+                                                      weight and bias (as in TransformerLens)
 With Canon layers (model.canon), each present site's output, in forward order:
     blocks.{i}.hook_canon_a            (B, T, C)      Canon A: ln_1 output mixed, attention's input
     blocks.{i}.hook_canon_b            (B, T, 3C)     Canon B: q, k, v side by side (v alone, (B, T,
@@ -47,8 +48,9 @@ the T new positions (as in TransformerLens): the cache keeps what the hooks retu
 patch applied at every call of a generation equals the same patch on one full forward pass.
 The position-only variants (`pos`, `uni`: no W_q, W_k) have no hook_q and hook_k.
 TransformerLens names cfglab lacks: ln1/ln2/ln_final.hook_scale and ln1/ln2.hook_normalized
-(cfglab uses torch's fused LayerNorm), attn.hook_result and the optional hook_attn_in,
-hook_q/k/v_input, hook_mlp_in (off by default in TransformerLens too), and hook_pos_embed.
+(cfglab uses torch's fused LayerNorm inside the blocks), attn.hook_result and the optional
+hook_attn_in, hook_q/k/v_input, hook_mlp_in (off by default in TransformerLens too), and
+hook_pos_embed.
 For `rel`, hook_q/k hold the tokens' q, k (in q.k and in DeBERTa's c2p and p2c terms); the
 relative table's own projections through W_q, W_k are not hooked.
 Hooking hook_attn_scores or hook_pattern switches that layer to the manual attention path (SDPA

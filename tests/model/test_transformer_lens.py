@@ -44,9 +44,7 @@ def compare(model, ht, x) -> tuple[list[str], dict]:
     theirs, tl_cache = ht.run_with_cache(x)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
     assert set(names) <= set(tl_cache.keys()), "cfglab's hook names are TransformerLens names"
-    for name in names:
-        if name == "ln_final.hook_normalized":
-            continue  # see test_ln_final_hook_normalized_differs_by_the_affine
+    for name in names:  # ln_final.hook_normalized included: both before the LayerNorm's affine
         torch.testing.assert_close(tl_cache[name], cache[name], rtol=0, atol=1e-5, msg=name)
     return names, (cache, tl_cache)
 
@@ -78,19 +76,6 @@ def test_a_wrong_weight_is_caught():
     _, tl_cache = ht.run_with_cache(x)
     torch.testing.assert_close(tl_cache["blocks.1.attn.hook_z"], cache["blocks.1.attn.hook_z"])
     assert not torch.allclose(tl_cache["blocks.1.hook_attn_out"], cache["blocks.1.hook_attn_out"])
-
-
-def test_ln_final_hook_normalized_differs_by_the_affine():
-    """TransformerLens's ln_final.hook_normalized is (x - mean) / scale before the LayerNorm's
-    weight and bias; cfglab's is after them (the unembedding's input): equal once w, b apply."""
-    model = tiny("abs")
-    ht = to_transformer_lens(model)
-    x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(2))
-    _, cache = run_with_cache(model, x, ["ln_final.hook_normalized"])
-    _, tl_cache = ht.run_with_cache(x)
-    ln = model.ln_final
-    theirs = tl_cache["ln_final.hook_normalized"] * ln.weight + ln.bias
-    torch.testing.assert_close(theirs, cache["ln_final.hook_normalized"], rtol=0, atol=1e-5)
 
 
 def test_rotary_tables_are_cfglabs():
