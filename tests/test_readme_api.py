@@ -89,3 +89,33 @@ def test_every_block_runs(tiny_run, tmp_path, capsys):
         torch.set_num_threads(before)
     if skipped:
         pytest.skip("; ".join(skipped))
+
+
+def test_the_languages_section_runs(tmp_path, monkeypatch, capsys):
+    """ "Beyond context-free": its shell lines (run in a fresh folder) and its Python block."""
+    import subprocess
+
+    from cfglab import cli
+
+    blocks = section_blocks(
+        (ROOT / "README.md").read_text(),
+        "## Beyond context-free: languages and metadata (under way)",
+    )
+    assert [language for language, _ in blocks] == ["bash", "python"]
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for line in blocks[0][1].strip().splitlines():
+        if line.startswith("cfglab "):
+            assert cli.main(shlex.split(line.split("  #")[0])[1:]) == 0
+            outputs.append(capsys.readouterr().out)
+        else:
+            subprocess.run(line, shell=True, check=True)
+    assert outputs[0].splitlines() == [
+        "accepted",
+        "rejected: a prefix of a sentence, but incomplete",
+        "accepted 1 of 2",
+    ]
+    assert "# line 1: log P = -2.772588722" in outputs[1]  # 1/4 for |w| = 2, then 1/4 for w
+    namespace: dict = {}
+    exec(blocks[1][1], namespace)
+    assert namespace["ok"].all() and len(namespace["rows"]) == 1000
