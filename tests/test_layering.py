@@ -31,7 +31,7 @@ STAGE_ORDER = [
 ]
 RANK = {name: i for i, name in enumerate(STAGE_ORDER)}
 RANK["analyze"] = RANK["evaluate"]  # 6a and 6b: siblings, neither imports the other
-ALWAYS_ALLOWED = {"errors", "config", "rundir", "expdir", "seeds"}
+ALWAYS_ALLOWED = {"errors", "paths", "config", "rundir", "expdir", "seeds"}
 ABOVE_ALL = {"stages", "experiment", "cli", "__main__"}  # may import any stage
 TORCH_FREE_EDGES = {"cfglab.data.dataset", "cfglab.data.saved"}  # data/'s tensor edge
 MAX_LINES = 500
@@ -145,7 +145,18 @@ TORCH_FREE = [
     m
     for m, _ in modules()
     if stage_of(m)
-    in {"languages", "grammar", "data", "exact", "report", "config", "rundir", "expdir", "seeds"}
+    in {
+        "languages",
+        "grammar",
+        "data",
+        "exact",
+        "report",
+        "config",
+        "paths",
+        "rundir",
+        "expdir",
+        "seeds",
+    }
     and m not in TORCH_FREE_EDGES
 ]
 

@@ -51,7 +51,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"cfglab: error: {message}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; or, for a known `command`, the parser of that command alone (its flags'
+    defaults import the config schema: `cfglab parse` need not pay for `cfglab sample`'s)."""
     parser = _Parser(
         prog="cfglab",
         description="Physics-of-language-models experiments on synthetic context-free grammars. "
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        if command in (None, name) or command not in COMMANDS:
+            add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = guarded = GuardedOutput(stdout, "standard output")
     try:
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser(argv[0] if argv else None)
         args = parser.parse_args(argv)
         check_arguments(args, parser)
         code = COMMANDS[args.command][2](args)

@@ -17,8 +17,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from cfglab.config.validate import RANGES, check_path_text
 from cfglab.errors import PathError
+from cfglab.paths import check_path_text
 
 
 class Bounded:
@@ -46,6 +46,33 @@ class Bounded:
         return value
 
 
+class ConfigRange(Bounded):
+    """Bounded by a config key's range (cfglab.config.validate.RANGES), looked up at first use:
+    the flags of every command are defined at import, and `cfglab parse` should not import the
+    config machinery for the flags of other commands."""
+
+    def __init__(self, kind: type, key: str) -> None:
+        self.kind, self.key, self.hint = kind, key, ""
+        self.__name__ = kind.__name__
+
+    def _range(self):
+        from cfglab.config.validate import RANGES
+
+        return RANGES[self.key]
+
+    @property
+    def lo(self) -> float:
+        return self._range().lo
+
+    @property
+    def hi(self) -> float:
+        return self._range().hi
+
+    @property
+    def open_lo(self) -> bool:
+        return self._range().open_lo
+
+
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
@@ -53,8 +80,7 @@ def _number(x: float) -> str:
 def config_range(kind: type, key: str) -> Bounded:
     """The range of config key `key` (cfglab.config.validate.RANGES) for a flag that means the
     same thing, so the flag and the key accept the same values."""
-    r = RANGES[key]
-    return Bounded(kind, r.lo, r.hi, open_lo=r.open_lo)
+    return ConfigRange(kind, key)
 
 
 SEED = config_range(int, "train.seed")  # every --seed: 63-bit, as a config's seeds

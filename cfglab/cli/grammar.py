@@ -8,7 +8,6 @@ import sys
 import warnings
 
 from cfglab.cli.common import SEED, Bounded, config_range, write_lines
-from cfglab.config.schema import ImplicitConfig, RandomGrammarDefaults
 from cfglab.errors import GrammarWarning
 
 # grammar random: each number's range (their product is bounded by random_cfg itself)
@@ -33,6 +32,8 @@ def add_grammar(p: argparse.ArgumentParser) -> None:
 
 
 def _add_random(rnd: argparse.ArgumentParser) -> None:
+    from cfglab.config.schema import RandomGrammarDefaults  # here: only this command loads it
+
     d = RandomGrammarDefaults()
     rnd.add_argument(
         "--levels",
@@ -67,6 +68,8 @@ def _add_random(rnd: argparse.ArgumentParser) -> None:
 
 
 def _add_implicit(imp: argparse.ArgumentParser) -> None:
+    from cfglab.config.schema import ImplicitConfig
+
     d = ImplicitConfig()
     imp.add_argument("grammar", help="built-in name or grammar file")
     imp.add_argument("--mode", default=d.mode, help=f"bags: {d.mode} (default) or overlap")

@@ -17,7 +17,6 @@ from cfglab.cli.common import (
     check_output_folder,
     config_range,
 )
-from cfglab.config.schema import GenerateDefaults
 from cfglab.errors import CfglabError, ConfigError
 
 
@@ -129,6 +128,8 @@ def run_data(args: argparse.Namespace) -> int:
 
 # ---- generate ----------------------------------------------------------------------------------
 def add_generate(p: argparse.ArgumentParser) -> None:
+    from cfglab.config.schema import GenerateDefaults  # here: only this command loads it
+
     d = GenerateDefaults()
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>)")
     p.add_argument(

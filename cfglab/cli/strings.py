@@ -11,13 +11,13 @@ import argparse
 import json
 
 from cfglab.cli.common import SEED, Bounded, config_range, write_lines
-from cfglab.config import CORRUPTION_NAMES
-from cfglab.config.schema import CorruptDefaults, SampleDefaults
 from cfglab.errors import CfglabError
 from cfglab.exact.startup import one_shot
 
 
 def add_sample(p: argparse.ArgumentParser) -> None:
+    from cfglab.config.schema import SampleDefaults  # here: parse and prob never load it
+
     d = SampleDefaults()
     p.add_argument("grammar", help="built-in name or grammar file")
     p.add_argument(
@@ -103,6 +103,9 @@ def _sample_lines(g, batch, names, labels: bool):
 
 
 def add_corrupt(p: argparse.ArgumentParser) -> None:
+    from cfglab.config import CORRUPTION_NAMES
+    from cfglab.config.schema import CorruptDefaults
+
     d = CorruptDefaults()
     p.add_argument("file", help="strings, one per line, terminals separated by spaces")
     p.add_argument(

@@ -8,7 +8,6 @@ too, by cfglab.stages.check_config, which the run, sweep and stage commands call
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,7 @@ from cfglab.config.schema import (
 from cfglab.config.sizes import matched_width, target_params
 from cfglab.errors import ConfigError, did_you_mean
 from cfglab.grammar.implicit import MAX_IMPLICIT_TOKENS
+from cfglab.paths import check_path_text, shown_name
 
 PROBE_LAYERS = ("all", "last")  # probe.layers
 
@@ -90,35 +90,7 @@ def _check_names(cfg: ExperimentConfig) -> None:
 
 
 # ---- names and paths ---------------------------------------------------------------------------
-MAX_NAME_BYTES = 255  # one file or folder name, in bytes (ext4, XFS, APFS, NTFS: 255)
-MAX_PATH_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
 PATH_KEYS = ("out_dir", "grammar.name", "data.dataset", "report.compare")  # file system paths
-
-
-def check_path_text(key: str, text: str) -> None:
-    """ConfigError for a path (or a name that becomes one) the file system would refuse: a NUL
-    byte, a component over MAX_NAME_BYTES bytes, or over MAX_PATH_BYTES bytes in all."""
-    raw = os.fsencode(text)  # bytes as the file system sees them (argv's undecodable too)
-    if b"\x00" in raw:
-        raise ConfigError(
-            f"{key} {_shown(text)} holds a NUL byte, which no file name may; remove it"
-        )
-    longest = max(raw.split(b"/"), key=len)
-    if len(longest) > MAX_NAME_BYTES:
-        raise ConfigError(
-            f"{key} {_shown(text)}: a name of {len(longest)} bytes, over the {MAX_NAME_BYTES} a "
-            "file system allows per file or folder name; give a shorter one"
-        )
-    if len(raw) > MAX_PATH_BYTES:
-        raise ConfigError(
-            f"{key} {_shown(text)}: a path of {len(raw)} bytes, over the {MAX_PATH_BYTES} a file "
-            "system allows; give a shorter one"
-        )
-
-
-def _shown(text: str) -> str:
-    """text quoted for a one-line message, cut when long."""
-    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(os.fsencode(text))} bytes)"
 
 
 def _check_paths(cfg: ExperimentConfig) -> None:
@@ -127,7 +99,7 @@ def _check_paths(cfg: ExperimentConfig) -> None:
     for key, value in flat(cfg.to_dict()).items():
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str) and "\x00" in item:
-                raise ConfigError(f"{key} {_shown(item)} holds a NUL byte; remove it")
+                raise ConfigError(f"{key} {shown_name(item)} holds a NUL byte; remove it")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name {cfg.name!r} must be a plain directory name (no '/')")
     check_path_text("name", cfg.name)

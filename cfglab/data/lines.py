@@ -34,6 +34,7 @@ import numpy as np
 from cfglab.data.vocab import Vocab
 from cfglab.errors import PathError
 from cfglab.grammar.syntax import physical_lines
+from cfglab.paths import check_path_text
 
 
 def read_text(path: str | Path, what: str = "a text file with one string per line") -> str:
@@ -184,8 +185,6 @@ def write_error(target: str | Path, exc: OSError) -> PathError:
 def check_output_file(path: str | Path) -> Path:
     """PathError unless `path` can be written as a file: a name the file system accepts, not
     a folder, in a folder that exists and is writable. Call it before any work."""
-    from cfglab.config.validate import check_path_text  # lazily: parse and prob start fast
-
     check_path_text("output", str(path))
     p = Path(path)
     if str(path).endswith(os.sep) or p.is_dir():

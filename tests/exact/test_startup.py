@@ -1,5 +1,5 @@
-"""`cfglab parse` and `cfglab prob` start light (exact/startup.py): no torch, matplotlib or
-scipy.linalg in the process, the garbage collector back on after the command, and the
+"""`cfglab parse` and `cfglab prob` start light (exact/startup.py): no torch, matplotlib,
+scipy.linalg or cfglab.config in the process, the garbage collector back on after the command, and the
 answers those of the library."""
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ PROBE = """
 import gc, json, sys
 from cfglab.cli import main
 rc = [main(["parse", "cfg3f", sys.argv[1]]), main(["prob", "cfg3f", sys.argv[1], "--next"])]
-heavy = sorted({m for m in sys.modules if m in ("torch", "matplotlib", "scipy.linalg")})
+heavy = sorted(
+    {m for m in sys.modules if m in ("torch", "matplotlib", "scipy.linalg", "cfglab.config")}
+)  # the config machinery too: only other commands' flags need its defaults
 # numba imports the scipy package (not scipy.linalg): it must stay importable, not hidden
 scipy = [type(sys.modules.get("scipy")).__name__, any(m.startswith("scipy.") for m in sys.modules)]
 print(json.dumps({"rc": rc, "heavy": heavy, "gc": gc.isenabled(), "scipy": scipy}))
