@@ -220,6 +220,7 @@ STDOUT_ARGV = {
     "dynamics": ["dynamics", "{run}", "--n", "1", "--n-kl", "1", "--analyses", "attention"],
     "report": ["report", "{run}"],
     "export": ["export", "{run}", "-o", "{tmp}/hf"],
+    "intervene": ["intervene", "{run}", "--n-fit", "8", "--n-strings", "4", "--n-pairs", "2"],
 }
 NEEDS_RUN = {name for name, argv in STDOUT_ARGV.items() if "{run}" in argv}  # slow: a trained run
 
