@@ -1,6 +1,7 @@
 """One analysis: every analysis family on one model, then its files in the run directory.
 
-`analyze(ctx, names)` runs the families of `ANALYSES` (all, or the named ones) on an
+`analyze(ctx, names)` runs the families of `ANALYSES` (all, or the named ones, which may also
+be opt-in families of `OPT_IN_ANALYSES`: the intervene stage names its one) on an
 AnalysisContext and returns {name: {"result", "rows", "tables", "figures", "compare",
 "definitions"}}, skipping (with one line) the families that do not support the model;
 `write_analyses(run_dir, out, header)` writes analyze/<name>.json through cfglab.rundir. The
@@ -16,14 +17,16 @@ from pathlib import Path
 
 from cfglab import rundir
 from cfglab.analyze.context import AnalysisContext
-from cfglab.analyze.families import ANALYSES
+from cfglab.analyze.families import ANALYSES, OPT_IN_ANALYSES
+
+EVERY = {**ANALYSES, **OPT_IN_ANALYSES}  # the report's order: the default ones first
 
 
 def analyze(ctx: AnalysisContext, names: Sequence[str] | None = None) -> dict[str, dict]:
     """Every (named) family's result, rows, tables, figures and cross-run views."""
     out = {}
     for name in names if names is not None else list(ANALYSES):
-        family = ANALYSES[name]
+        family = EVERY[name]
         why_not = family.supports(ctx)
         if why_not:
             ctx.log(f"{name}: skipped: {why_not}")
@@ -50,7 +53,7 @@ def write_analyses(run_dir: str | Path, out: dict[str, dict], header: dict) -> l
     for name, part in out.items():
         body = {
             **header,
-            "order": list(ANALYSES).index(name),
+            "order": list(EVERY).index(name),
             name: part["result"],
             **{
                 k: part[k] for k in ("title", "rows", "tables", "figures", "compare", "definitions")

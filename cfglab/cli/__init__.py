@@ -7,7 +7,8 @@ module per command group, each holding argument definitions and dispatch only:
     cli/strings.py      parse, prob, sample, corrupt
     cli/runs.py         train, run, data, generate
     cli/experiments.py  sweep, compare (the sweep's policy: cfglab.experiment.sweep)
-    cli/stages.py       eval, analyze, probe, attention, dynamics, report (flags as --set)
+    cli/stages.py       eval, analyze, probe, attention, intervene, dynamics, report (flags as
+                        --set)
     cli/common.py       what they share: argument checks naming the flag, --set, line output
 
 Library code raises `CfglabError`; here it becomes `cfglab: error: <message>` on stderr and

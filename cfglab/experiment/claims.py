@@ -28,11 +28,11 @@ CLAIM_FIELDS = {"better", "than", "order", "metric", "stage", "higher"}
 
 def known_metrics() -> list[str]:
     """Every metric name a run's rows can carry."""
-    from cfglab.analyze.families import ANALYSES
+    from cfglab.analyze.families import ANALYSES, OPT_IN_ANALYSES
     from cfglab.evaluate.families import FAMILIES
 
     names = list(RECORD_METRICS)
-    for family in [*FAMILIES.values(), *ANALYSES.values()]:
+    for family in [*FAMILIES.values(), *ANALYSES.values(), *OPT_IN_ANALYSES.values()]:
         names += [m for m in family.DEFINITIONS if m not in names]
     return names
 

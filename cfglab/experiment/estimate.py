@@ -42,9 +42,12 @@ H100_BF16_FLOPS, ASSUMED_MFU = 989e12, 0.4  # for GPU-sized runs' cost, stated a
 # smoke grid's model (2 layers of 32) and the quickstart's (4 of 96): a stage's first call in a
 # process (imports, loading the exact algorithms' compiled kernels, matplotlib) apart from its
 # later calls, which for small models take a fraction of that.
-STAGE_START_S = {"eval": 0.7, "analyze": 0.5, "dynamics": 0.7, "report": 0.2}  # once a process
+STAGE_START_S = {"eval": 0.7, "analyze": 0.5, "intervene": 0.5, "dynamics": 0.7, "report": 0.2}
 EVAL_PER_STRING_S = 1e-3  # per generated or scored string, 2 layers of <= 64 (scaled by size)
 ANALYZE_PER_UNIT_S = 1.5e-3  # per probe step x (layers + 1) x (1 + twin) x (1 + n_embd / 128)
+INTERVENE_PER_UNIT_S = (
+    4.3e-4  # per hooked string-pass unit (intervene_seconds) x (1 + n_embd / 128)
+)
 REPORT_S, REPORT_ANALYSES_S = 0.3, 1.8  # the report; more with the analyses' figures
 DYNAMICS_ANALYSES_SHARE = 0.56  # a checkpoint's analyses / one analyze stage (bench dynamics)
 WORKER_START_S = 3.0  # rough, when not measured: a spawned worker importing torch + stages
@@ -86,6 +89,18 @@ def analyze_seconds(cfg: ExperimentConfig) -> float:
     return ANALYZE_PER_UNIT_S * units
 
 
+def intervene_seconds(cfg: ExperimentConfig) -> float:
+    """Rough: the intervene stage, by its hooked forward passes (erasers per layer and target
+    with their random controls, patched cells per pair, ablated heads) and the width. Measured
+    on the quickstart (4 x 96, defaults): 13 CPU seconds."""
+    iv, m = cfg.intervene, cfg.model
+    layers = m.n_layer + 1
+    units = iv.n_strings * layers * (1 + iv.random_draws) * 4  # ~4 targets x levels
+    units += iv.n_pairs * layers * iv.window * 2  # per level, ~2 levels
+    units += iv.n_strings * m.n_layer * m.n_head
+    return INTERVENE_PER_UNIT_S * units * (1 + m.n_embd / 128)
+
+
 def later_seconds(cfg: ExperimentConfig, stages: list[str]) -> float:
     """Rough seconds of the stages after training among `stages`, once each has been called in
     the process (STAGE_START_S apart)."""
@@ -99,6 +114,8 @@ def later_seconds(cfg: ExperimentConfig, stages: list[str]) -> float:
         per_ckpt = _eval_strings_seconds(cfg, d.n_samples + d.n_kl)
         per_ckpt += DYNAMICS_ANALYSES_SHARE * analyze_seconds(cfg) * bool(d.analyses)
         total += per_ckpt * len(kept_steps(cfg.train.keep_steps, cfg.train.max_steps))
+    if "intervene" in stages:
+        total += intervene_seconds(cfg)
     if "report" in stages:
         has_analyses = "analyze" in cfg.stages or "dynamics" in cfg.stages
         total += REPORT_S + REPORT_ANALYSES_S * has_analyses

@@ -167,6 +167,7 @@ def read_checked(run_dir: Path, folder: str) -> dict[str, dict]:
         if bad:
             stage = "cfglab eval" if folder == rundir.EVAL else "cfglab analyze"
             stage = "cfglab dynamics" if name == "dynamics" else stage
+            stage = "cfglab intervene" if name == "interventions" else stage
             raise CfglabError(
                 f"{run_dir / folder / (name + '.json')}: not the shape cfglab writes ({bad}); "
                 f"re-run `{stage} {run_dir}`"

@@ -10,7 +10,6 @@ family's (cfglab.analyze.run.write_analyses), so `cfglab report` and `cfglab com
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from cfglab import rundir
@@ -46,32 +45,21 @@ def check_intervene(cfg: ExperimentConfig, grammar) -> None:
 def run_intervene(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """The interventions family on the run's latest model -> analyze/interventions.json;
     prints its tables."""
-    from cfglab.analyze.families import ANALYSES, OPT_IN_ANALYSES
+    from cfglab.analyze.families import OPT_IN_ANALYSES
+    from cfglab.analyze.run import analyze, write_analyses
     from cfglab.report.tables import table_markdown
 
     model, grammar = load_run_model(run_dir, cfg, cfg.analyze)
     check_intervene(cfg, grammar)
     ctx = analysis_context(cfg, model, grammar)
-    family = OPT_IN_ANALYSES[NAME]
-    why_not = family.supports(ctx)
+    why_not = OPT_IN_ANALYSES[NAME].supports(ctx)
     if why_not:
         raise ConfigError(f"cfglab intervene {run_dir}: {why_not}")
-    t0 = time.perf_counter()
-    result = family.measure(ctx)
-    body = {
-        **run_header(run_dir, cfg, model, checkpoint_step(run_dir)),
-        "order": len(ANALYSES) + list(OPT_IN_ANALYSES).index(NAME),  # after analyze's families
-        NAME: result,
-        "title": family.TITLE,
-        "rows": family.summary_rows(result),
-        "tables": family.tables(result),
-        "figures": family.figures(result),
-        "compare": family.COMPARE,
-        "definitions": family.DEFINITIONS,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    path = rundir.write_result(run_dir, f"{rundir.ANALYZE}/{NAME}", body)
-    for table in body["tables"]:
+    out = analyze(ctx, [NAME])  # the analyze stage's own measure and write, for this family
+    (path,) = write_analyses(
+        run_dir, out, run_header(run_dir, cfg, model, checkpoint_step(run_dir))
+    )
+    for table in out[NAME]["tables"]:
         print("\n".join(table_markdown(table)))
-    print(f"wrote {path} ({body['seconds']} s)")
+    print(f"wrote {path} ({out[NAME]['seconds']} s)")
     return Path(run_dir) / rundir.ANALYZE

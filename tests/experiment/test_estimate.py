@@ -130,3 +130,19 @@ def test_the_sweeps_exit_code_and_summary(states, code):
     assert outcome.exit_code == code
     assert outcome.summary().startswith("sweep t: ")
     assert len(outcome.problems()) == sum(s != "done" for s in states)
+
+
+def test_the_intervene_stage_is_counted_by_its_own_settings():
+    """A sweep that lists intervene estimates its passes (0 s before it was counted); the
+    estimate grows with the strings scored and the control draws."""
+    from cfglab.experiment.estimate import later_seconds
+
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    base = later_seconds(cfg, ["eval"])
+    with_it = later_seconds(cfg, ["eval", "intervene"])
+    assert with_it - base == pytest.approx(13.1, rel=0.05)  # calibrated on the quickstart
+    more = load_config(
+        ROOT / "configs" / "quickstart.yaml",
+        ["intervene.n_strings=256", "intervene.random_draws=6"],
+    )
+    assert later_seconds(more, ["intervene"]) > 2 * (with_it - base) * 0.9
