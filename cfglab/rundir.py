@@ -296,6 +296,10 @@ def read_run_grammar(run_dir: str | Path, name: str = ""):
                 f"{FINGERPRINT}); the run's results describe the grammar it was trained on: "
                 "restore that file, or train a new run on the new grammar"
             )
+    if text.startswith("%language"):  # a language beyond context-free (cfglab.languages)
+        from cfglab.languages import load_language
+
+        return load_language(text)
     return Grammar.from_text(text, name=name, source=str(path))
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from cfglab.analyze.attention_stats import attention_model
 from cfglab.analyze.context import AnalysisContext
+from cfglab.grammar.cfg import Grammar
 
 # ---- the family protocol ---------------------------------------------------------------------
 TITLE = "Attention: position-based and boundary-based heads"  # the report section's heading
@@ -73,6 +74,11 @@ def supports(ctx: AnalysisContext) -> str | None:
 
     if not any(n.endswith("attn.hook_pattern") for n in hook_names(ctx.model)):
         return "the model has no attention (no blocks.{i}.attn.hook_pattern)"
+    if not isinstance(ctx.grammar, Grammar):
+        return (
+            "its boundary statistics need a grammar's parse trees, and a language beyond "
+            "context-free has none (a score for attending to the dependent token is not built yet)"
+        )
     return None
 
 

@@ -42,7 +42,10 @@ MAX_FIGURE_TOKENS = 64  # the cosine heatmaps show at most this many tokens
 
 
 def bags(grammar: Grammar) -> list[list[int]]:
-    """Token ids (1..T) of each preterminal's bag, in nonterminal order; [] if none."""
+    """Token ids (1..T) of each preterminal's bag, in nonterminal order; [] if none (also for a
+    language beyond context-free: no rules)."""
+    if not isinstance(grammar, Grammar):
+        return []
     out = []
     for rules in grammar.rules_of:
         rhs = [grammar.rules[r].rhs for r in rules]

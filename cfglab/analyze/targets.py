@@ -11,7 +11,11 @@ a restricted-window probe (the paper's diagonal probes, scored at NT ends only) 
   and whether the token ends its level-l subtree, one probe per level below the root;
 - end_label / ends / depth (any grammar): the label of the smallest constituent ending at each
   token ("none" where none ends), "a constituent of label A ends here" (one probe per label),
-  and the number of constituents above each token.
+  and the number of constituents above each token;
+- block / offset (a language beyond context-free, cfglab.languages, which has no tree): the
+  segment a token is in (aⁿbⁿcⁿ: a, b or c; ww: the first or the second w) and its position
+  within the segment, from the language's own labels; block's restricted windows are scored at
+  each segment's last token, the language's analogue of an NT end.
 """
 
 from __future__ import annotations
@@ -73,25 +77,41 @@ def _depth(grammar: Grammar, tl: TreeLabels) -> list[Target]:
     return [Target("depth", {}, y, MAX_DEPTH_CLASS, None)]
 
 
+def _block(lang, batch) -> list[Target]:
+    block = batch.labels["block"]
+    last = np.ones(len(block), bool)  # a segment's last token: the next differs or a string ends
+    last[:-1] = block[:-1] != block[1:]
+    last[batch.offsets[1:-1] - 1] = True
+    return [Target("block", {}, block, lang.label_classes["block"], last)]
+
+
+def _offset(lang, batch) -> list[Target]:
+    return [Target("offset", {}, batch.labels["offset"], lang.label_classes["offset"], None)]
+
+
+def _is_cfg(grammar) -> bool:
+    return isinstance(grammar, Grammar)
+
+
+def _is_language(grammar) -> bool:
+    return not isinstance(grammar, Grammar)
+
+
 def _layered(grammar: Grammar) -> bool:
     """Every token has an ancestor at every level (the sampler's per-level labels exist)."""
-    return strict_levels(grammar) is not None
+    return _is_cfg(grammar) and strict_levels(grammar) is not None
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    build: Callable[[Grammar, TreeLabels], list[Target]]
+    build: Callable[[Grammar, TreeLabels], list[Target]]  # a language's: (language, its batch)
     supports: Callable[[Grammar], bool]  # the grammar has this target
     default: Callable[[Grammar], bool]  # probed when probe.targets is null
     about: str  # one line for the report
 
 
-def _any(grammar: Grammar) -> bool:
-    return True
-
-
 def _not_layered(grammar: Grammar) -> bool:
-    return not _layered(grammar)
+    return _is_cfg(grammar) and not _layered(grammar)
 
 
 # name -> spec; a new target is one function above and one line here
@@ -99,10 +119,12 @@ TARGETS: dict[str, TargetSpec] = {
     "ancestor": TargetSpec(_ancestor, _layered, _layered, "the level-l NT ancestor of each token"),
     "boundary": TargetSpec(_boundary, _layered, _layered, "the token ends its level-l subtree"),
     "end_label": TargetSpec(
-        _end_label, _any, _not_layered, "the label of the smallest constituent ending here"
+        _end_label, _is_cfg, _not_layered, "the label of the smallest constituent ending here"
     ),
-    "ends": TargetSpec(_ends, _any, _not_layered, "a constituent of label A ends here"),
-    "depth": TargetSpec(_depth, _any, _not_layered, "the number of constituents above a token"),
+    "ends": TargetSpec(_ends, _is_cfg, _not_layered, "a constituent of label A ends here"),
+    "depth": TargetSpec(_depth, _is_cfg, _not_layered, "the number of constituents above a token"),
+    "block": TargetSpec(_block, _is_language, _is_language, "the segment a token is in"),
+    "offset": TargetSpec(_offset, _is_language, _is_language, "its position in the segment"),
 }
 
 
@@ -113,5 +135,7 @@ def default_targets(grammar: Grammar) -> list[str]:
 
 def build_targets(grammar: Grammar, batch, names: list[str]) -> list[Target]:
     """Every probe of the named targets on a labelled batch, in TARGETS order per name."""
+    if _is_language(grammar):  # no tree: the language's own labels
+        return [t for name in names for t in TARGETS[name].build(grammar, batch)]
     tl = tree_labels(grammar, batch)
     return [t for name in names for t in TARGETS[name].build(grammar, tl)]

@@ -86,7 +86,12 @@ def _sample_lines(g, batch, names, labels: bool):
     if not labels:
         return [" ".join(toks) for toks in strings]
     lines = []
-    if batch.ancestors is not None:  # layered: per-level labels
+    if getattr(batch, "labels", None) is not None:  # a language: its own per-token labels
+        for i, toks in enumerate(strings):
+            a, b = off[i], off[i + 1]
+            own = {name: v[a:b].tolist() for name, v in batch.labels.items()}
+            lines.append(json.dumps({"tokens": toks, **own}))
+    elif batch.ancestors is not None:  # layered: per-level labels
         level_names = [np.array([g.nonterminals[a] for a in lev], dtype=object) for lev in g.levels]
         for i, toks in enumerate(strings):
             a, b = off[i], off[i + 1]

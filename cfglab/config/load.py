@@ -374,16 +374,25 @@ def _resolve_grammar_path(cfg: ExperimentConfig, folder: Path) -> None:
 
     name = cfg.grammar.name
     if name not in BUILTIN_GRAMMARS:
+        from cfglab.languages import LANGUAGES, is_language_spec
+
         for candidate in (folder / name, Path(name)):
             if candidate.is_file():
                 cfg.grammar.name = str(candidate.resolve())
                 break
         else:
-            raise ConfigError(
-                f"grammar.name: unknown grammar {name!r}"
-                f"{did_you_mean(name, BUILTIN_GRAMMARS)}; give a built-in name "
-                f"({', '.join(BUILTIN_GRAMMARS)}) or the path of a grammar file"
-            )
+            if is_language_spec(name) and cfg.grammar.implicit is not None:
+                raise ConfigError(
+                    "grammar.implicit: an implicit version needs a grammar's terminal rules, and "
+                    f"{name!r} is a language beyond context-free; drop grammar.implicit"
+                )
+            if not is_language_spec(name):  # a language's spec ('copy alphabet=3') stays as is
+                raise ConfigError(
+                    f"grammar.name: unknown grammar {name!r}"
+                    f"{did_you_mean(name, BUILTIN_GRAMMARS)}; give a built-in name "
+                    f"({', '.join(BUILTIN_GRAMMARS)}), the path of a grammar file or a language "
+                    f"({', '.join(LANGUAGES)}, e.g. 'copy alphabet=3')"
+                )
     try:
         cfg.grammar.load()
     except CfglabError as exc:

@@ -60,6 +60,11 @@ def check_physicslm4(grammar: Grammar) -> None:
     draws `randint`), and strings short enough to sample without a length cap (the fast
     sampler's check_length, since the authors' stream has none)."""
     name = grammar.name or "the grammar"
+    if not isinstance(grammar, Grammar):
+        raise SamplingError(
+            f"the physicslm4 sampler draws a grammar's derivations, and {name!r} is a language "
+            "beyond context-free: use data.sampler fast"
+        )
     for a, rs in enumerate(grammar.rules_of):
         if any(abs(grammar.rules[r].prob - 1.0 / len(rs)) > 1e-12 for r in rs):
             raise SamplingError(

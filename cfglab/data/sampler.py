@@ -379,6 +379,14 @@ def _check_args(n: int, seed, max_len: int | None) -> None:
         raise SamplingError(f"max_len={max_len!r}: give a whole number of tokens >= 1, or None")
 
 
+def _no_tree_filters(exclude, require) -> None:
+    if exclude or require:
+        raise SamplingError(
+            "held-out rule combinations (data.exclude, eval.compositions) need a grammar's trees; "
+            "a language beyond context-free has none: drop them"
+        )
+
+
 def sample_parts(
     grammar: Grammar,
     n: int,
@@ -393,6 +401,9 @@ def sample_parts(
     """The batch of `sample(grammar, n, seed, ...)` in parts, each as soon as it is drawn (at
     most ~_NODES_PER_BATCH tree nodes): the same strings, in the same order, in constant
     memory. Every argument is checked before the first draw."""
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own sampler
+        _no_tree_filters(exclude, require)
+        return grammar.sample_parts(n, seed, max_len=max_len, labels=labels)
     _check_args(n, seed, max_len)
     check_length(grammar, max_len)
     if exclude and require:
@@ -456,6 +467,9 @@ def sample(
     derivation, or when fewer than `n` strings of length <= max_len (whose trees pass the
     filter) turn up in `max_tries * n` (>= 1000) draws.
     """
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): its own sampler
+        _no_tree_filters(exclude, require)
+        return grammar.sample(n, seed, max_len=max_len, labels=labels)
     parts = list(
         sample_parts(
             grammar,

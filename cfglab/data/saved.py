@@ -164,7 +164,13 @@ class SavedDataset(_Batches):
             meta = read_meta(path)
             self.tokens = np.load(path / "tokens.npy", mmap_mode="r")
             self.offsets = np.load(path / "offsets.npy", mmap_mode="r")
-            written = Grammar.from_text(meta["grammar_text"], name=str(meta["grammar"]))
+            text = meta["grammar_text"]
+            if text.startswith("%language"):  # a language beyond context-free
+                from cfglab.languages import load_language
+
+                written = load_language(text)
+            else:
+                written = Grammar.from_text(text, name=str(meta["grammar"]))
             eos, size = int(meta["eos"]), int(meta["vocab_size"])
         except (OSError, ValueError, KeyError, TypeError, CfglabError) as exc:
             raise ConfigError(

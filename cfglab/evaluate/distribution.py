@@ -238,9 +238,16 @@ def _exact_rows(ctx: EvalContext) -> tuple[list[np.ndarray], list[np.ndarray], l
         batch = ctx.true_batch(ctx.n_kl, "eval_kl")
         strings = batch.strings()
         p_true = list(ctx.exact(inside.next_token_dist, ctx.grammar, strings))
-        ends = tree_labels(ctx.grammar, batch).is_boundary
         off = batch.offsets
-        groups = [row_levels(ends[:, off[i] : off[i + 1]]) for i in range(len(strings))]
+        if isinstance(ctx.grammar, Grammar):
+            ends = tree_labels(ctx.grammar, batch).is_boundary
+            groups = [row_levels(ends[:, off[i] : off[i + 1]]) for i in range(len(strings))]
+        else:  # a language (cfglab.languages): the row after a token, by the token's segment
+            block = batch.labels["block"]
+            groups = [
+                ["start"] + [f"block{b}" for b in block[off[i] : off[i + 1]].tolist()]
+                for i in range(len(strings))
+            ]
         ctx.memo[key] = (strings, p_true, groups)
     return ctx.memo[key]
 

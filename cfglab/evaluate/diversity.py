@@ -231,7 +231,9 @@ def measure(ctx: EvalContext) -> dict | None:
     out["temperature"] = temperature
     grammatical = [x for x, c in zip(strings, correct, strict=True) if c]
     reference = ctx.true_strings(len(grammatical), "eval_reference")
-    out["subtree"] = ctx.exact(subtree_diversity, ctx.grammar, grammatical, reference)
+    out["subtree"] = None  # a language beyond context-free has no subtrees
+    if isinstance(ctx.grammar, Grammar):
+        out["subtree"] = ctx.exact(subtree_diversity, ctx.grammar, grammatical, reference)
     out["n_dropped"] = int(np.sum(bad | ~ended))
     return out
 

@@ -91,6 +91,7 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
 
     stages = cfg.stages if stages is None else stages
     grammar = cfg.grammar.load()
+    check_language(cfg, grammar, stages)
     if "train" in stages and cfg.data.noise.fraction > 0:
         TrainingNoise(**dataclasses.asdict(cfg.data.noise)).check(grammar)
     if "eval" in stages:
@@ -101,6 +102,35 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
         check_dynamics(cfg)
     if "intervene" in stages:
         check_intervene(cfg, grammar)
+
+
+def check_language(cfg: ExperimentConfig, grammar, stages: list[str]) -> None:
+    """A language beyond context-free (cfglab.languages) has no trees and no rules: refuse,
+    before any work, every setting that needs them."""
+    from cfglab.grammar.cfg import Grammar
+
+    if isinstance(grammar, Grammar):
+        return
+    needs_trees = {
+        "data.sampler physicslm4 (the authors' generator of CFG strings)": (
+            cfg.data.sampler != "fast"
+        ),
+        "data.noise (perturbed pretraining edits strings by the grammar)": (
+            cfg.data.noise.fraction > 0
+        ),
+        "data.exclude (held-out rule combinations)": bool(cfg.data.exclude),
+        "eval.compositions (held-out rule combinations)": bool(cfg.eval.compositions),
+        "eval.corrupt (robustness references repair strings by the grammar)": (
+            "eval" in stages and bool(cfg.eval.corrupt)
+        ),
+        "the intervene stage (it erases tree labels)": "intervene" in stages,
+    }
+    for what, asked in needs_trees.items():
+        if asked:
+            raise ConfigError(
+                f"{what} needs a context-free grammar, and {grammar.name!r} is a language beyond "
+                "context-free (no trees, no rules): drop it for this run"
+            )
 
 
 # the config sections a stage's results depend on, beside the training record

@@ -452,7 +452,15 @@ def test_every_summary_row_metric_is_defined():
         TINY,
         oracle,
         lambda temp: AD.sampling_generate_fn(oracle, TINY.n_t + 1, max_new_tokens=8),
-        EvalConfig(n_samples=8, n_kl=6, cuts=[0, 1], corrupt=[0.3], seed=2, n_fixed_prompt=4),
+        EvalConfig(
+            n_samples=8,
+            n_kl=6,
+            cuts=[0, 1],
+            corrupt=[0.3],
+            seed=2,
+            n_fixed_prompt=4,
+            compositions=["A -> 'a' under S -> A B"],  # the composition family measures too
+        ),
         training=set(),  # memorisation measures against these when there is no run
     )
     assert set(out["results"]) == set(FAMILIES)  # every family measured

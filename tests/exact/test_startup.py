@@ -1,6 +1,6 @@
 """`cfglab parse` and `cfglab prob` start light (exact/startup.py): no torch, matplotlib,
-scipy.linalg or cfglab.config in the process, the garbage collector back on after the command, and the
-answers those of the library."""
+scipy.linalg or cfglab.config in the process, the garbage collector back on after the command,
+and the answers those of the library."""
 
 from __future__ import annotations
 
