@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from cfglab.config import ExperimentConfig
@@ -36,6 +37,10 @@ class AnalysisContext:
     log: Callable[[str], None] = _quiet
     memo: dict[str, Any] = field(default_factory=dict)  # results that do not depend on the model
     strings: dict[tuple, Any] = field(default_factory=dict)  # (purpose, n, seed) -> SampleBatch
+    # (model, n, seed) -> n cut0 generations at temperature 1 (BOS + completion, EOS included
+    # when produced), the eval accuracy family's sampler (cfglab.stages.common builds it from
+    # cfglab.evaluate, which analyze may not import); None: families skip what needs it
+    generate: Callable[[nn.Module, int, int], list[np.ndarray]] | None = None
 
     @property
     def device(self) -> str:

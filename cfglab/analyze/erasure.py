@@ -26,11 +26,19 @@ ancestor and boundary of a layered grammar), the LEACE eraser and `draws` random
 rank are applied through a writable hook at every token position (not BOS) of other, fresh true
 strings, and each next-token row's KL to the exact distribution is compared with the clean
 model's (cfglab.analyze.kl_rows).
+
+Generation under erasure (`generation_scorer`): the model samples cut0 strings (from BOS, at
+temperature 1) with the eraser active, and the exact recognizer judges them, as the eval
+accuracy family does; LEACE beside the first random draw, beside the clean model sampled under
+the same seed. The eraser must act at every generated position: with a KV cache each forward
+call feeds one new position, so `erasing` tells positions by their token (BOS or not), never by
+their index within the call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from cfglab import rundir
-from cfglab.analyze.kl_rows import ScoredStrings, pooled, row_kls
+from cfglab.analyze.kl_rows import ScoredStrings, pooled, ratio, resample_weights, row_kls
 from cfglab.analyze.states import HiddenStore, resid_names
 from cfglab.analyze.targets import build_targets
+from cfglab.data.vocab import BOS
 from cfglab.grammar.cfg import Grammar
 from cfglab.seeds import rng
 
@@ -90,8 +99,9 @@ class Eraser:
         """Erase states x (N, C)."""
         return x - ((x - self.mean) @ self.down) @ self.up.T
 
-    def hook(self) -> Callable[[Tensor, object], Tensor]:
-        """A writable hook (cfglab.model.hooks) erasing every position but BOS (position 0)."""
+    def hook(self, is_bos: Callable[[], Tensor]) -> Callable[[Tensor, object], Tensor]:
+        """A writable hook (cfglab.model.hooks) erasing every position whose token is not BOS;
+        is_bos() gives the current forward call's (B, T) mask (see `erasing`)."""
         cache: dict = {}
 
         def fn(act: Tensor, hook) -> Tensor:  # act (B, T, C)
@@ -101,11 +111,33 @@ class Eraser:
                     for a in (self.mean, self.down, self.up)
                 ]
             mean, down, up = cache[act.device]
-            out = act.clone()
-            out[:, 1:] = act[:, 1:] - ((act[:, 1:] - mean) @ down) @ up.T
-            return out
+            erased = act - ((act - mean) @ down) @ up.T  # (B, T, C)
+            return torch.where(is_bos()[..., None], act, erased)
 
         return fn
+
+
+@contextmanager
+def erasing(model: nn.Module, name: str, eraser: Eraser) -> Iterator[None]:
+    """Within the block, every forward call of `model` erases hook `name` at every position
+    whose input token is not BOS. The positions are told by the tokens, not by their index in
+    the call: a full sequence keeps position 0 alone, and generation with a KV cache, which
+    feeds one new position per call (index 0 of its chunk), has each of them erased, so a
+    sampled string sees the eraser at every position but its BOS. The tokens (B, T) are read
+    by a forward pre-hook on the model (its first positional argument)."""
+    from cfglab.model.hooks import using_hooks
+
+    seen: dict[str, Tensor] = {}
+
+    def read_tokens(module: nn.Module, args: tuple) -> None:
+        seen["is_bos"] = args[0] == BOS  # (B, T)
+
+    handle = model.register_forward_pre_hook(read_tokens)
+    try:
+        with using_hooks(model, [(name, eraser.hook(lambda: seen["is_bos"]))]):
+            yield
+    finally:
+        handle.remove()
 
 
 def _eraser(w: Whitening, u: np.ndarray) -> Eraser:
@@ -154,33 +186,53 @@ def erase_layers(
     seed: int,
     weights: np.ndarray,
     log: Callable[[str], None],
+    score_generation: ScoreFn | None = None,
 ) -> dict:
-    """LEACE and random erasers per (layer, probe target) -> {"layers", "cells": [{target,
-    column, layer, rank, displacement, random_displacement, leace, random, excess}]}: leace,
-    random (mean over draws) and excess (leace - random) are `pooled` KL rises by row group."""
+    """LEACE and random erasers per (layer, probe target) -> {"layers", "generation_clean",
+    "cells": [{target, column, layer, rank, displacement, random_displacement, leace, random,
+    excess, generation}]}: leace, random (mean over draws) and excess (leace - random) are
+    `pooled` KL rises by row group; with `score_generation` (`generation_scorer`), generation
+    holds {leace, random (the first draw)}, each {accuracy, drop} cells of cut0 generations, and
+    generation_clean the clean model's accuracy cell (else both None)."""
     names = resid_names(model.config.n_layer)
     concepts = build_targets(grammar, fit, targets)
     cells = []
+    clean = score_generation(None, None)["accuracy"] if score_generation else None
+    if clean:
+        log(f"cut0 generation accuracy, clean: {clean['mean']:.3f} ({clean['k']}/{clean['n']})")
     with rundir.scratch_folder("cfglab-erase-") as tmp:
         store = fit_states(model, grammar, fit, names, tmp)
         for layer, name in enumerate(names):
             x = store.load("fit", name).astype(np.float64)  # (N, C)
             w = Whitening.fit(x)
             for ci, t in enumerate(concepts):
-                cell = _erase_one(model, scored, name, w, x, t, (ci, layer), draws, seed, weights)
+                cell = _erase_one(
+                    model, scored, name, w, x, t, (ci, layer), draws, seed, weights,
+                    score_generation,
+                )  # fmt: skip
                 cells.append({"target": t.target, "column": t.column, "layer": layer, **cell})
-                log(
-                    f"erase {t.target} {t.column} at layer {layer} (rank {cell['rank']}): KL "
-                    f"+{cell['leace']['all']['mean']:.4f} vs random "
-                    f"+{(cell['random'] or {}).get('all', {}).get('mean', float('nan')):.4f}"
-                )
-    return {"layers": names, "cells": cells}
+                log(f"erase {t.target} {t.column} at layer {layer}: {_said(cell)}")
+    return {"layers": names, "cells": cells, "generation_clean": clean}
 
 
-def _erase_one(model, scored, name, w, x, target, key, draws, seed, weights) -> dict:
+def _said(cell: dict) -> str:
+    """The log line of one cell: KL rises (and accuracies), LEACE vs random."""
+    text = (
+        f"(rank {cell['rank']}): KL +{cell['leace']['all']['mean']:.4f} vs random "
+        f"+{(cell['random'] or {}).get('all', {}).get('mean', float('nan')):.4f}"
+    )
+    gen = cell["generation"]
+    if gen:
+        rand = gen["random"]["accuracy"]["mean"] if gen["random"] else float("nan")
+        text += f"; accuracy {gen['leace']['accuracy']['mean']:.3f} vs random {rand:.3f}"
+    return text
+
+
+def _erase_one(model, scored, name, w, x, target, key, draws, seed, weights, score) -> dict:
     """One (target, layer) cell of erase_layers."""
     leace = fit_leace(w, x, target.y, target.n_classes)
-    rise = row_kls(model, scored, lambda rows: [(name, leace.hook())]) - scored.clean
+    with erasing(model, name, leace):
+        rise = row_kls(model, scored) - scored.clean
     cell = {
         "rank": leace.rank,
         "displacement": displacement(leace, x),
@@ -188,17 +240,84 @@ def _erase_one(model, scored, name, w, x, target, key, draws, seed, weights) -> 
         "random": None,
         "excess": None,
         "random_displacement": None,
+        "generation": None,
     }
+    controls = []
     if draws and leace.rank:
         controls = [random_eraser(w, leace.rank, rng(seed, "intervene_random", *key, d)) for d in
                     range(draws)]  # fmt: skip
-        rand = (
-            np.mean(
-                [row_kls(model, scored, lambda rows, e=e: [(name, e.hook())]) for e in controls], 0
-            )
-            - scored.clean
-        )
+        kls = []
+        for e in controls:
+            with erasing(model, name, e):
+                kls.append(row_kls(model, scored))
+        rand = np.mean(kls, 0) - scored.clean
         cell["random"] = pooled(rand, scored, weights)
         cell["excess"] = pooled(rise - rand, scored, weights)
         cell["random_displacement"] = float(np.mean([displacement(e, x) for e in controls]))
+    if score is not None:
+        cell["generation"] = {
+            "leace": score(name, leace),
+            "random": score(name, controls[0]) if controls else None,
+        }
     return cell
+
+
+# ---- generation under erasure ----------------------------------------------------------------
+# (model, n, seed) -> n cut0 generations (BOS + completion, EOS included when produced): the
+# stages layer builds it from cfglab.evaluate (AnalysisContext.generate), which analyze may not
+# import
+GenerateFn = Callable[[nn.Module, int, int], list[np.ndarray]]
+# (hook name, eraser), both None for the clean model -> {"accuracy", "drop"} (generation_scorer)
+ScoreFn = Callable[[str | None, Eraser | None], dict]
+
+
+def cut0_correct(grammar: Grammar, sequences: list[np.ndarray]) -> np.ndarray:
+    """(N,) bool: the eval accuracy family's verdict on generated sequences (BOS + completion):
+    an EOS was produced, every token before the first EOS is a terminal, and those terminals
+    are a sentence of the language (exact CYK, cfglab.exact.cyk)."""
+    from cfglab.exact.cyk import recognize
+
+    eos = grammar.n_t + 1
+    ok = np.zeros(len(sequences), dtype=bool)
+    judged, strings = [], []
+    for i, seq in enumerate(sequences):
+        seq = np.asarray(seq, dtype=np.int64)[1:]  # BOS dropped
+        ends = np.flatnonzero(seq == eos)
+        string = seq[: ends[0]] if len(ends) else seq
+        if len(ends) and ((string >= 1) & (string <= grammar.n_t)).all():
+            judged.append(i)
+            strings.append(string)
+    if strings:
+        ok[judged] = np.asarray(recognize(grammar, strings), dtype=bool)
+    return ok
+
+
+def generation_scorer(
+    model: nn.Module, grammar: Grammar, generate: GenerateFn, n: int, seed: int, n_boot: int
+) -> ScoreFn:
+    """score(name, eraser) -> {"accuracy", "drop"}: accuracy, the share of n cut0 generations
+    `generate(model, n, seed)` (with the eraser on hook `name` at every generated position:
+    `erasing`) that are sentences, and drop, the clean model's accuracy minus it (None for the
+    clean model itself), each a `ratio` cell {mean, lo, hi, n} with k (the count correct) on
+    accuracy. Every call samples under the same seed, so the clean model and each eraser get
+    the same sampling draws (they part once a token differs); the intervals are 95% percentile
+    bootstraps over generation indices, common to every call (the drop's resamples pairs)."""
+    weights = resample_weights(n, n_boot, seed)
+    ones = np.ones(n)
+    clean: list[np.ndarray] = []  # the clean model's verdicts, sampled once
+
+    def verdicts(name: str | None, eraser: Eraser | None) -> np.ndarray:
+        if eraser is None:
+            return cut0_correct(grammar, generate(model, n, seed)).astype(np.float64)
+        with erasing(model, name, eraser):
+            return cut0_correct(grammar, generate(model, n, seed)).astype(np.float64)
+
+    def score(name: str | None, eraser: Eraser | None) -> dict:
+        if not clean:
+            clean.append(verdicts(None, None))
+        ok = clean[0] if eraser is None else verdicts(name, eraser)
+        accuracy = {**ratio(ok, ones, weights), "k": int(ok.sum())}
+        drop = None if eraser is None else ratio(clean[0] - ok, ones, weights)
+        return {"accuracy": accuracy, "drop": drop}
+
+    return score

@@ -62,6 +62,31 @@ def erasure_rows(erasure: dict | None, n: int) -> list[dict]:
     return out
 
 
+def _cell_row(base: dict, cell: dict | None) -> list[dict]:
+    """One tidy row of a {mean, lo, hi, n} cell ([] when it has no value)."""
+    if not cell or cell.get("mean") is None:
+        return []
+    return [{**base, "value": cell["mean"], "ci_low": cell["lo"], "ci_high": cell["hi"],
+             "n": cell["n"]}]  # fmt: skip
+
+
+def generation_rows(erasure: dict | None) -> list[dict]:
+    """erase_accuracy_clean; erase_accuracy and erase_accuracy_drop per (target, column, layer,
+    eraser)."""
+    if not erasure or not erasure.get("generation_clean"):
+        return []
+    out = _cell_row({"metric": "erase_accuracy_clean"}, erasure["generation_clean"])
+    for cell in erasure["cells"]:
+        base = {"target": cell["target"], **cell["column"], "layer": cell["layer"]}
+        for eraser, got in (cell["generation"] or {}).items():
+            if got:
+                out += _cell_row({"metric": "erase_accuracy", **base, "eraser": eraser},
+                                 got["accuracy"])  # fmt: skip
+                out += _cell_row({"metric": "erase_accuracy_drop", **base, "eraser": eraser},
+                                 got["drop"])  # fmt: skip
+    return out
+
+
 def head_rows(heads: dict | None, n: int) -> list[dict]:
     out = []
     heads = heads or {"layers": [], "kl_rise": []}
@@ -94,6 +119,12 @@ def patching_rows(patching: dict | None) -> list[dict]:
                         "n": cell["n"],
                     }
                 )
+    for level in patching["levels"]:
+        heads = patching.get("heads", {}).get(str(level), [])
+        for name, row in zip(patching.get("head_layers", []), heads, strict=True):
+            for h, cell in enumerate(row):
+                base = {"metric": "patch_head_recovered", "level": level, "layer": _layer(name)}
+                out += _cell_row({**base, "head": h}, cell)
     return out
 
 
@@ -136,6 +167,63 @@ def erasure_tables(result: dict) -> list[dict]:
             }
         )
     return out
+
+
+def generation_table(result: dict) -> list[dict]:
+    """Cut0 accuracy per erased (target, column, layer): LEACE, random, and their drops."""
+    erasure = result["erasure"]
+    if not erasure or not erasure.get("generation_clean"):
+        return []
+
+    def both(got: dict | None) -> list[str]:
+        if not got:
+            return ["-", "-"]
+        return [_fmt(got["accuracy"], 3), _fmt(got["drop"], 3)]
+
+    rows = [
+        [c["target"], _column_name(c["column"]), str(c["layer"]),
+         *both(c["generation"]["leace"]), *both(c["generation"]["random"])]
+        for c in erasure["cells"]
+        if c["generation"]
+    ]  # fmt: skip
+    clean = erasure["generation_clean"]
+    return [
+        {
+            "title": "cut0 generation accuracy with a layer's probe information erased (LEACE) vs"
+            f" a random subspace of equal rank [95% CI over {clean['n']} generations]",
+            "header": ["target", "probe", "layer", "LEACE", "LEACE drop", "random"]
+            + ["random drop"],
+            "rows": rows,
+            "note": f"The unmodified model on the same sampling seed: {_fmt(clean, 3)} "
+            f"({clean['k']}/{clean['n']} sentences). Generations start at BOS, temperature 1, "
+            "the eraser acting at every generated position; judged by exact CYK recognition.",
+        }
+    ]
+
+
+def head_patching_table(patching: dict | None) -> list[dict]:
+    """Share recovered by patching one head's output at the NT end: rows layer.head, columns
+    the pooled levels and each level."""
+    if not patching or not patching.get("head_layers"):
+        return []
+    keys = ["all", *map(str, patching["levels"])]
+    rows = [
+        [f"{_layer(name)}.{h}", *(_fmt(patching["heads"][k][li][h], 2) for k in keys)]
+        for li, name in enumerate(patching["head_layers"])
+        for h in range(len(patching["heads"]["all"][li]))
+    ]
+    return [
+        {
+            "title": "activation patching of one head's output (hook_z) at the NT's last token: "
+            "share of the way to the source recovered [95% CI over pairs]",
+            "header": ["layer.head"]
+            + [
+                f"{'all levels' if k == 'all' else 'level ' + k} ({patching['n_pairs'][k]})"
+                for k in keys
+            ],  # fmt: skip
+            "rows": rows,
+        }
+    ]
 
 
 def patching_tables(patching: dict | None) -> list[dict]:
@@ -259,6 +347,65 @@ def patching_figure(patching: dict | None) -> list[dict]:
             "title": "activation patching: share recovered (%)",
             "caption": "share of the way to the source string's prediction after an NT recovered "
             "by patching one layer's residual stream at one position (0: the NT's last token)",
+            "panels": panels,
+        }
+    ]
+
+
+def generation_figure(result: dict) -> list[dict]:
+    """Cut0 accuracy per layer x probe column, a LEACE and a random panel per target."""
+    erasure = result["erasure"]
+    if not erasure or not erasure.get("generation_clean"):
+        return []
+    panels = []
+    for target in dict.fromkeys(c["target"] for c in erasure["cells"]):
+        cells = [c for c in erasure["cells"] if c["target"] == target and c["generation"]]
+        columns = list(dict.fromkeys(_column_name(c["column"]) for c in cells))
+        layers = sorted({c["layer"] for c in cells})
+        at = {(c["layer"], _column_name(c["column"])): c["generation"] for c in cells}
+        for key, name in (("leace", "LEACE"), ("random", "random")):
+            values = [
+                [((at[lay, col][key] or {}).get("accuracy") or {}).get("mean") for col in columns]
+                for lay in layers
+            ]
+            panels.append(
+                _heat(f"{target}, {name}", values, columns, [str(x) for x in layers], "probe",
+                      vmin=0, vmax=1, annotate="percent")
+            )  # fmt: skip
+    clean = erasure["generation_clean"]
+    return [
+        {
+            "name": "erasure_generation",
+            "kind": "heatmaps",
+            "title": f"cut0 generation accuracy under erasure (unmodified: {clean['mean']:.0%})",
+            "caption": "share of cut0 generations in the language with a layer's probe "
+            "information erased (LEACE) or a random subspace of equal rank, at every generated "
+            "position",
+            "panels": panels,
+        }
+    ]
+
+
+def head_patching_figure(patching: dict | None) -> list[dict]:
+    """Share recovered per layer x head, a panel per level (and pooled)."""
+    if not patching or not patching.get("head_layers"):
+        return []
+    layers = [str(_layer(n)) for n in patching["head_layers"]]
+    panels = []
+    for key in ["all", *map(str, patching["levels"])]:
+        values = [[c["mean"] for c in row] for row in patching["heads"][key]]
+        heads = [str(h) for h in range(len(values[0]))]
+        what = "all levels" if key == "all" else f"level {key}"
+        title = f"{what} ({patching['n_pairs'][key]})"
+        panels.append(_heat(title, values, heads, layers, "head", vmin=0, vmax=1,
+                            annotate="percent"))  # fmt: skip
+    return [
+        {
+            "name": "patching_heads",
+            "kind": "heatmaps",
+            "title": "activation patching of one head's output at the NT end: share recovered (%)",
+            "caption": "share of the way to the source string's prediction after an NT recovered "
+            "by patching one head's output (hook_z) at the NT's last token",
             "panels": panels,
         }
     ]

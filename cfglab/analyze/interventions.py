@@ -17,9 +17,14 @@ sample-based studies do not:
 Strings: streams (intervene.seed, "intervene_fit" / "intervene_test" / "intervene_pairs"):
 n_fit labelled strings fit the erasers and the head means, n_strings others are scored, and
 patching pairs come from a pool of n_pool. Intervals: 95% percentile bootstrap over the scored
-strings (patching: over pairs), n_bootstrap resamples. Not measured: the drop in generation
-accuracy under erasure (generation and its judge live in cfglab.evaluate, which analyze does not
-import; the KL already covers every row of every string).
+strings (patching: over pairs; generation accuracy: over generations), n_bootstrap resamples.
+
+Erasure also costs generation accuracy: intervene.n_generate cut0 strings sampled with the
+eraser active at every generated position (cfglab.analyze.erasure.erasing), judged by the exact
+recognizer, beside the clean model's on the same sampling seed. The sampler is the eval family's
+(AnalysisContext.generate, built by the stages layer: analyze does not import cfglab.evaluate);
+a context without one skips this with one line. Patching also moves single heads: each head's
+output (blocks.{L}.attn.hook_z[:, e, h]) at the NT end, scored by the same share recovered.
 """
 
 from __future__ import annotations
@@ -56,6 +61,25 @@ DEFINITIONS: dict[str, str] = {
         "hook_z output replaced by its mean over the fit strings' positions) - KL(exact || "
         "model); 95% CI: bootstrap over strings. " + ROWS
     ),
+    "erase_accuracy_clean": (
+        "share of intervene.n_generate cut0 generations of the unmodified model (BOS only, "
+        "temperature 1: the eval family's sampler on the stream (intervene.seed, "
+        "'eval_generate', 0, 0), so it equals the eval family's cut0 accuracy at eval.seed = "
+        "intervene.seed, eval.n_samples = intervene.n_generate when eval.temperatures starts "
+        "with 1.0) that are sentences by exact CYK recognition (an EOS produced, only terminals "
+        "before it); 95% CI: percentile bootstrap over generations"
+    ),
+    "erase_accuracy": (
+        "erase_accuracy_clean's measure with an eraser on blocks.{layer}.hook_resid_post at every"
+        " position but BOS (the KV cache's one-token steps included), sampling under the same "
+        "seed; eraser leace: erase_kl_rise's LEACE eraser of (target, level), random: its first "
+        "random draw of equal rank"
+    ),
+    "erase_accuracy_drop": (
+        "erase_accuracy_clean - erase_accuracy(eraser), eraser leace or random: the accuracy the "
+        "eraser costs; 95% CI: percentile bootstrap over generation indices, resampled jointly "
+        "(generation i of both samples under the same seed)"
+    ),
     "patch_recovered": (
         "pairs of true strings that share a prefix and differ in one level-l subtree of equal "
         "span (next-token rows after it differing by >= 0.05 total variation): sum over pairs of"
@@ -63,6 +87,12 @@ DEFINITIONS: dict[str, str] = {
         "q_source)], at the row right after the subtree, p* the source's exact row, patching the"
         " source's blocks.{layer}.hook_resid_post at position NT end + offset into the target "
         "run; 1 = as far towards the source as running the source; 95% CI: bootstrap over pairs"
+    ),
+    "patch_head_recovered": (
+        "patch_recovered with one head's output patched instead of the residual stream: the "
+        "source's blocks.{layer}.attn.hook_z[:, e, head, :] (what the output projection receives "
+        "from head `head`) at the NT's last position e, on the same pairs; 1 = the head carries "
+        "all of the way to the source, 0 = nothing"
     ),
 }
 
@@ -108,6 +138,7 @@ def measure(ctx: AnalysisContext) -> dict:
         "n_fit": s.n_fit,
         "n_strings": s.n_strings,
         "random_draws": s.random_draws,
+        "n_generate": s.n_generate,
         "groups": scored.groups,
         "clean": pooled(scored.clean, scored, weights),
         "erasure": None,
@@ -119,6 +150,7 @@ def measure(ctx: AnalysisContext) -> dict:
         out["erasure"] = erase_layers(
             ctx.model, ctx.grammar, fit, scored, targets,
             draws=s.random_draws, seed=s.seed, weights=weights, log=ctx.log,
+            score_generation=_scorer(ctx),
         )  # fmt: skip
     if "heads" in s.parts and z_names(ctx.model):
         out["heads"] = ablate_heads(
@@ -137,10 +169,27 @@ def measure(ctx: AnalysisContext) -> dict:
     return out
 
 
+def _scorer(ctx: AnalysisContext):
+    """The erasure part's generation scorer, or None (intervene.n_generate 0, or a context
+    without a sampler: one line says so)."""
+    from cfglab.analyze.erasure import generation_scorer
+
+    s = ctx.cfg.intervene
+    if not s.n_generate:
+        return None
+    if ctx.generate is None:
+        ctx.log("erasure: generation accuracy skipped: the context has no sampler (generate)")
+        return None
+    return generation_scorer(
+        ctx.model, ctx.grammar, ctx.generate, s.n_generate, s.seed, s.n_bootstrap
+    )
+
+
 def summary_rows(result: dict) -> list[dict]:
     """Tidy rows of every part measured (the metrics of DEFINITIONS)."""
     from cfglab.analyze.intervention_views import (
         erasure_rows,
+        generation_rows,
         group_rows,
         head_rows,
         patching_rows,
@@ -149,17 +198,26 @@ def summary_rows(result: dict) -> list[dict]:
     n = result["n_strings"]
     rows = group_rows({"metric": "intervene_kl_clean"}, result["clean"], n)
     rows += erasure_rows(result["erasure"], n)
+    rows += generation_rows(result["erasure"])
     rows += head_rows(result["heads"], n)
     rows += patching_rows(result["patching"])
     return rows
 
 
 def tables(result: dict) -> list[dict]:
-    from cfglab.analyze.intervention_views import erasure_tables, head_table, patching_tables
+    from cfglab.analyze.intervention_views import (
+        erasure_tables,
+        generation_table,
+        head_patching_table,
+        head_table,
+        patching_tables,
+    )
 
     return [
         *erasure_tables(result),
+        *generation_table(result),
         *patching_tables(result["patching"]),
+        *head_patching_table(result["patching"]),
         *head_table(result),
     ]
 
@@ -167,13 +225,17 @@ def tables(result: dict) -> list[dict]:
 def figures(result: dict) -> list[dict]:
     from cfglab.analyze.intervention_views import (
         erasure_figures,
+        generation_figure,
         head_figure,
+        head_patching_figure,
         patching_figure,
     )
 
     return [
         *erasure_figures(result),
+        *generation_figure(result),
         *patching_figure(result["patching"]),
+        *head_patching_figure(result["patching"]),
         *head_figure(result),
     ]
 
@@ -203,6 +265,31 @@ COMPARE = [
         "panels": ["level"],
         "ylabel": "recovered share",
         "caption": "activation patching at the NT's last token: share of the way to the source",
+    },
+    {
+        "name": "erasure_generation",
+        "kind": "lines",
+        "title": "cut0 generation accuracy when a layer's probe information is erased (dotted: "
+        "random)",
+        "metric": "erase_accuracy",
+        "where": {},
+        "x": ["layer"],
+        "panels": ["target", "level", "label"],
+        "styles": {"qualifier": "eraser", "values": {"leace": "-", "random": ":"}},
+        "ylabel": "accuracy",
+        "caption": "share of cut0 generations in the language with LEACE erasing a probe target"
+        " at every generated position (dotted: a random subspace of equal rank)",
+    },
+    {
+        "name": "patching_heads",
+        "kind": "lines",
+        "title": "share recovered by patching one head's output at the NT end",
+        "metric": "patch_head_recovered",
+        "where": {},
+        "x": ["head"],
+        "panels": ["level", "layer"],
+        "ylabel": "recovered share",
+        "caption": "activation patching of one head's output (hook_z) at the NT's last token",
     },
     {
         "name": "heads",

@@ -28,6 +28,11 @@ can be negative: one patched cell inside the span makes a state that is neither 
 target's other tokens with one of the source's), which may move the prediction away from both.
 The ratio of sums weighs each pair by how much it can move (None where that is <= 0: nothing to
 recover); the interval is a 95% bootstrap over pairs.
+
+Heads: the same measure with one head's output patched instead of a residual-stream cell: the
+source's blocks.{L}.attn.hook_z[:, e, h, :] (what the output projection receives from head h) at
+the NT's last position e. A head whose output at e carries what the subtree tells scores near 1
+at the last layer it matters; a head the output projection ignores scores exactly 0.
 """
 
 from __future__ import annotations
@@ -134,9 +139,11 @@ def _inputs(model: nn.Module, grammar: Grammar, pairs: Pairs):
     )
 
 
-def patch_hooks(name: str, source: Tensor, positions: np.ndarray) -> HookMaker:
+def patch_hooks(name: str, source: Tensor, positions: np.ndarray, head: int | None = None):
     """Hooks (for model_rows) replacing layer `name`'s activation at positions[b] (P, k) of
-    batch row b (-1: none) with the source run's activation there, source (P, T, C)."""
+    batch row b (-1: none) with the source run's activation there, source (P, T, C); with
+    `head`, only that head's slice of a per-head activation (hook_z: source (P, T, H, D))."""
+    part_index = slice(None) if head is None else head
 
     def make(rows: slice) -> list:
         part = positions[rows]  # (b, k)
@@ -144,10 +151,10 @@ def patch_hooks(name: str, source: Tensor, positions: np.ndarray) -> HookMaker:
         local = torch.as_tensor(b)
         at = torch.as_tensor(part[b, k])
 
-        def fn(act: Tensor, hook) -> Tensor:  # act (b, T, C)
+        def fn(act: Tensor, hook) -> Tensor:  # act (b, T, C) or (b, T, H, D)
             out = act.clone()
             i, t = local.to(act.device), at.to(act.device)
-            out[i, t] = source[i + rows.start, t].to(act.dtype)
+            out[i, t, part_index] = source[i + rows.start, t, part_index].to(act.dtype)
             return out
 
         return [(name, fn)]
@@ -172,14 +179,17 @@ def patch_pairs(
     seed: int,
 ) -> dict:
     """recovered(L, d) per level ("all" too) -> {"layers", "offsets", "levels", "n_pairs",
-    "same_nt", "kl_clean", "kl_source", "recovered": {level: [[cell per offset] per layer]}}
-    with cells {mean, lo, hi, n} (module docstring)."""
+    "same_nt", "kl_clean", "kl_source", "recovered": {level: [[cell per offset] per layer]},
+    "head_layers", "heads": {level: [[cell per head] per layer]}} with cells {mean, lo, hi, n}
+    (module docstring); heads: one head's hook_z patched at the NT end (offset 0), empty for a
+    model without per-head outputs."""
+    from cfglab.analyze.ablation import z_names
     from cfglab.model.hooks import run_with_cache
 
-    names = resid_names(model.config.n_layer)
+    names, z_layers = resid_names(model.config.n_layer), z_names(model)
     offsets = list(range(-(window - 1), 1))
     target, source = _inputs(model, grammar, pairs)
-    _, cache = run_with_cache(model, source, names)  # (P, T, C) each
+    _, cache = run_with_cache(model, source, names + z_layers)  # (P, T, C), (P, T, H, D)
     kl_clean = pair_kls(model, target, pairs)
     kl_source = pair_kls(model, source, pairs)
     gain = {}  # (layer, offset) -> (P,) KL(p* || q_clean) - KL(p* || q_patched)
@@ -188,9 +198,15 @@ def patch_pairs(
             at = np.where(pairs.end + d >= 1, pairs.end + d, -1)  # position 0 (BOS) is shared
             hooks = patch_hooks(name, cache[name], at[:, None])
             gain[layer, d] = kl_clean - pair_kls(model, target, pairs, hooks)
+    head_gain = {}  # (layer, head) -> (P,), the same with one head's output at the NT end
+    for layer, name in enumerate(z_layers):
+        for h in range(cache[name].shape[2]):
+            hooks = patch_hooks(name, cache[name], pairs.end[:, None], head=h)
+            head_gain[layer, h] = kl_clean - pair_kls(model, target, pairs, hooks)
     levels = sorted(set(pairs.level.tolist()))
-    out = {"layers": names, "offsets": offsets, "levels": levels, "recovered": {}}
-    out.update(n_pairs={}, same_nt={}, kl_clean={}, kl_source={})
+    out = {"layers": names, "offsets": offsets, "levels": levels, "head_layers": z_layers}
+    out.update(recovered={}, heads={}, n_pairs={}, same_nt={}, kl_clean={}, kl_source={})
+    n_heads = cache[z_layers[0]].shape[2] if z_layers else 0
     for level in ["all", *levels]:
         sel = np.ones(len(pairs), bool) if level == "all" else pairs.level == level
         w = resample_weights(int(sel.sum()), n_boot, seed)
@@ -198,6 +214,10 @@ def patch_pairs(
         key = str(level)
         out["recovered"][key] = [
             [ratio(gain[layer, d][sel], den, w) for d in offsets] for layer in range(len(names))
+        ]
+        out["heads"][key] = [
+            [ratio(head_gain[layer, h][sel], den, w) for h in range(n_heads)]
+            for layer in range(len(z_layers))
         ]
         out["n_pairs"][key] = int(sel.sum())
         out["same_nt"][key] = float(pairs.same_nt[sel].mean())

@@ -249,6 +249,7 @@ class InterveneConfig:  # the intervene stage (cfglab intervene): does the model
     n_fit: int = 256  # fresh labelled strings the erasers are fitted on (and head means taken)
     n_strings: int = 128  # other fresh strings whose next-token KL to the exact one is measured
     random_draws: int = 3  # random erasers of equal rank per target and layer (the control)
+    n_generate: int = 64  # cut0 generations per eraser and cell, judged exactly (0: none)
     n_pool: int = 512  # fresh strings the patching pairs are found among
     n_pairs: int = 64  # patching pairs per level, at most
     window: int = 8  # patching: positions up to the NT end (included), patched one at a time

@@ -207,6 +207,7 @@ RANGES: dict[str, Range] = {
     "intervene.n_fit": Range(2, MANY),
     "intervene.n_strings": Range(1, MANY),
     "intervene.random_draws": Range(0, 1000),
+    "intervene.n_generate": Range(0, MANY),
     "intervene.n_pool": Range(2, MANY),
     "intervene.n_pairs": Range(1, MANY),
     "intervene.window": Range(1, WIDE),

@@ -149,17 +149,42 @@ def run_header(run_dir: Path, cfg: ExperimentConfig, model, step: int) -> dict:
 
 def analysis_context(cfg: ExperimentConfig, model, grammar, *, memo=None, strings=None):
     """An AnalysisContext for a run's model; its twin (built once, when a family first asks
-    for a baseline) is the run's own initialisation."""
+    for a baseline) is the run's own initialisation; its generate(model, n, seed) gives exactly
+    the eval accuracy family's cut0 generations at its first temperature when that is 1.0, with
+    eval.seed = seed and eval.n_samples = n (the stream (seed, "eval_generate", 0, 0), batches
+    of eval.batch_size, the same window); hooks active around a call act on every generated
+    position (the KV cache feeds them one per forward call)."""
+    import dataclasses
+
     from cfglab.analyze.context import AnalysisContext
     from cfglab.config.schema import resolved_seeds
+    from cfglab.data.vocab import Vocab
+    from cfglab.evaluate.adapters import torch_generate_fn, torch_logprob_fn
+    from cfglab.evaluate.context import EvalContext
 
     cfg = resolved_seeds(cfg)  # probe/attention seed per_run: the run's own strings
+    vocab = Vocab.from_grammar(grammar)
     built = []
 
     def twin():
         if not built:
             built.append(random_init_twin(model, cfg))
         return built[0]
+
+    def generate(net, n: int, seed: int) -> list:
+        device = str(next(net.parameters()).device)
+        block = net.config.block_size
+
+        def make_generate(temperature: float):  # BOS + completion fit the window, as eval's
+            return torch_generate_fn(
+                net, eos_id=vocab.eos, max_new_tokens=block - 1, temperature=temperature,
+                device=device,
+            )  # fmt: skip
+
+        settings = dataclasses.replace(cfg.eval, seed=seed, n_samples=n)
+        logprob = torch_logprob_fn(net, pad_id=vocab.pad, device=device)
+        ectx = EvalContext(grammar, logprob, make_generate, settings, max_len=block - 1)
+        return ectx.generate(1.0, ectx.prompts(n, 0), ectx.rng("eval_generate", 0, 0))
 
     return AnalysisContext(
         model,
@@ -169,4 +194,5 @@ def analysis_context(cfg: ExperimentConfig, model, grammar, *, memo=None, string
         log=say,
         memo={} if memo is None else memo,
         strings={} if strings is None else strings,
+        generate=generate,
     )

@@ -19,6 +19,7 @@ from cfglab.analyze.erasure import (
     Eraser,
     Whitening,
     erase_layers,
+    erasing,
     fit_leace,
     random_eraser,
 )
@@ -123,7 +124,8 @@ def test_erasing_the_known_direction_destroys_the_dependence(tmp_path):
     assert cell["leace"]["all"]["lo"] > 0.2
     e3 = np.eye(C)[:, 3:4]
     orthogonal = Eraser(np.zeros(C), e3, e3)  # project out e3
-    rise = row_kls(model, scored, lambda rows: [("blocks.0.hook_resid_post", orthogonal.hook())])
+    with erasing(model, "blocks.0.hook_resid_post", orthogonal):
+        rise = row_kls(model, scored)
     assert np.abs(rise - scored.clean).max() < 1e-6
     assert cell["leace"]["all"]["mean"] > 1000 * max(np.abs(rise - scored.clean).mean(), 1e-9)
     # the eraser found u itself: from the token states, its one raw direction is e0
@@ -276,3 +278,227 @@ def test_mean_ablating_the_planted_head(tmp_path):
     used, unused = out["kl_rise"][0]
     assert used["all"]["mean"] > 1.0 and used["all"]["lo"] > 0.5
     assert abs(unused["all"]["mean"]) < 1e-6
+
+
+def _one_token_sampler(model, steps: int = 4):
+    """generate(model, n, seed) feeding one new position per forward call, as a KV cache does
+    (the planted model has no attention, so it needs no cache): the prompt BOS first, then each
+    sampled token alone, index 0 of its call."""
+
+    def generate(net, n: int, seed: int) -> list[np.ndarray]:
+        gen = torch.Generator().manual_seed(seed)
+        seqs = torch.zeros(n, 1, dtype=torch.long)  # BOS
+        step = seqs
+        for _ in range(steps):
+            with torch.no_grad():
+                probs = torch.softmax(net(step)[:, -1], -1)  # (n, V)
+            probs[:, 0] = 0  # never BOS
+            step = torch.multinomial(probs, 1, generator=gen)  # (n, 1)
+            seqs = torch.cat([seqs, step], 1)
+        return list(seqs.numpy())
+
+    return generate
+
+
+def test_erasure_acts_at_every_generated_position(tmp_path):
+    """One token per forward call: LEACE on the level-1 ancestor removes u from the states of
+    the generated tokens, so the token after 'a' / 'b' is the erased readout's guess; the
+    accuracy is the one the eraser's own output predicts, position by position (an eraser that
+    left index 0 of each call alone would change nothing: accuracy 1)."""
+    from cfglab.analyze.erasure import cut0_correct, generation_scorer
+
+    g = _ab(tmp_path)
+    model = Planted(g)
+    fit, test = sample(g, 60, 2), sample(g, 10, 3)
+    scored = score_strings(model, g, test)
+    w = resample_weights(len(test), 20, 0)
+    n = 400
+    score = generation_scorer(model, g, _one_token_sampler(model), n, 0, 50)
+    out = erase_layers(
+        model, g, fit, scored, ["ancestor"], draws=1, seed=0, weights=w, log=print,
+        score_generation=score,
+    )  # fmt: skip
+    assert out["generation_clean"]["mean"] == 1.0 and out["generation_clean"]["k"] == n
+    (cell,) = out["cells"]
+    leace = cell["generation"]["leace"]
+    # the oracle: P(BOS -> first -> second -> EOS) with the erased states of the generated
+    # tokens through the planted readout (one-token calls: position noise sin(0) = 0)
+    ids, table = _ids(g), _embedding(g).numpy().astype(np.float64)
+    states = _fit_states(model, fit)
+    eraser = fit_leace(Whitening.fit(states), states, _labels(g, fit), 2)
+
+    def probs(state: np.ndarray, erase: bool) -> np.ndarray:
+        logits = (eraser(state[None])[0] if erase else state) @ _readout(g).numpy().astype(float)
+        p = np.exp(logits - logits.max())
+        p[0] = 0.0  # BOS is never sampled
+        return p / p.sum()
+
+    predicted = sum(
+        probs(table[0], False)[ids[first]]
+        * probs(table[ids[first]], True)[ids[second]]
+        * probs(table[ids[second]], True)[ids["EOS"]]
+        for first, second in (("a", "x"), ("b", "y"))
+    )
+    assert predicted < 0.5  # the eraser destroys the dependence
+    assert abs(leace["accuracy"]["mean"] - predicted) < 4 * np.sqrt(0.25 / n)
+    assert leace["drop"]["mean"] == pytest.approx(1.0 - leace["accuracy"]["mean"])
+    assert leace["drop"]["lo"] > 0.2
+    # the judge: the eval accuracy family's verdicts
+    seqs = [np.r_[0, ids["a"], ids["x"], ids["EOS"]], np.r_[0, ids["a"], ids["y"], ids["EOS"]],
+            np.r_[0, ids["a"], ids["x"]], np.r_[0, ids["a"], 0, ids["EOS"]]]  # fmt: skip
+    assert cut0_correct(g, seqs).tolist() == [True, False, False, False]
+
+
+def _fit_states(model, batch) -> np.ndarray:
+    """blocks.0.hook_resid_post at the token positions of batch's strings, (N, C) float64."""
+    from cfglab.analyze.states import string_windows
+
+    xs = batch.strings()
+    tokens = string_windows(xs, eos=5, pad=6, block_size=16, causal=True)
+    _, cache = run_with_cache(model, tokens, ["blocks.0.hook_resid_post"])
+    h = cache["blocks.0.hook_resid_post"]
+    return torch.cat([h[j, 1 : len(x) + 1] for j, x in enumerate(xs)]).double().numpy()
+
+
+def _labels(grammar, batch) -> np.ndarray:
+    from cfglab.analyze.targets import build_targets
+
+    (target,) = build_targets(grammar, batch, ["ancestor"])
+    return target.y
+
+
+def test_erasure_under_the_kv_cache_equals_erasure_on_the_whole_prefix(tiny_gpt):
+    """cfglab's sampler with a KV cache (one new position per call) and without (the whole
+    prefix each step) give the same greedy strings under an eraser, and not the clean ones:
+    the eraser acts at every generated position in both."""
+    from cfglab.evaluate.generate import generate
+
+    model, g = tiny_gpt
+    name = "blocks.0.hook_resid_post"
+    fit = sample(g, 40, 8, max_len=40)
+    w = Whitening.fit(_gpt_states(model, fit, name))
+    eraser = random_eraser(w, 8, np.random.default_rng(0))
+    prompts = [torch.tensor([0, int(x[0])]) for x in sample(g, 6, 9).strings()] + [
+        torch.tensor([0])
+    ]
+
+    def greedy(use_cache: bool) -> list[list[int]]:
+        outs = generate(model, prompts, 20, eos_id=g.n_t + 1, greedy=True, use_cache=use_cache)
+        return [o.tolist() for o in outs]
+
+    clean = greedy(True)
+    with erasing(model, name, eraser):
+        cached, whole = greedy(True), greedy(False)
+    assert cached == whole
+    assert cached != clean
+
+
+def _gpt_states(model, batch, name: str) -> np.ndarray:
+    from cfglab.analyze.states import string_windows
+    from cfglab.data.vocab import Vocab
+
+    v, xs = Vocab.from_grammar(_quick()), batch.strings()
+    tokens = string_windows(xs, eos=v.eos, pad=v.pad, block_size=48, causal=True)
+    _, cache = run_with_cache(model, tokens, [name])
+    h = cache[name]
+    return torch.cat([h[j, 1 : len(x) + 1] for j, x in enumerate(xs)]).double().numpy()
+
+
+def _quick():
+    return load(str(ROOT / "configs/grammars/quickstart.cfg"))
+
+
+def test_the_clean_generations_are_the_eval_family_s(tiny_gpt):
+    """AnalysisContext.generate (the stages layer's) samples exactly the eval accuracy family's
+    cut0 generations for the same model, seed and n, and the scorer's clean accuracy is the
+    family's number."""
+    import dataclasses
+
+    from cfglab.analyze.erasure import cut0_correct, generation_scorer
+    from cfglab.config import load_config
+    from cfglab.evaluate.accuracy import judge_generations, judged_generations
+    from cfglab.stages.common import analysis_context
+    from cfglab.stages.evaluation import eval_context
+
+    model, g = tiny_gpt
+    cfg = load_config(None, ["model.preset=tiny", "model.block_size=48", "eval.batch_size=7"])
+    ctx = analysis_context(cfg, model, g)
+    n, seed = 20, 11
+    ours = ctx.generate(model, n, seed)
+    settings = dataclasses.replace(cfg.eval, seed=seed, n_samples=n, cuts=[0], temperatures=[1.0])
+    ectx = eval_context(cfg, model, g, settings)
+    result, judged = judged_generations(ectx, 0, 0)
+    theirs = ectx.judged[(0, 0)]
+    assert len(ours) == n and len(set(map(bytes, ours))) > 1
+    generated = [np.asarray(s) for s in _eval_sequences(ectx, n)]
+    assert [s.tolist() for s in ours] == [s.tolist() for s in generated]
+    assert cut0_correct(g, ours).tolist() == judged[0].tolist()
+    clean = generation_scorer(model, g, ctx.generate, n, seed, 20)(None, None)["accuracy"]
+    assert clean["mean"] == result.accuracy and theirs[0].n == n
+    # the judge on true strings, wrong ones, an unfinished one and a special token
+    xs = sample(g, 12, 3, max_len=40).strings()
+    eos = g.n_t + 1
+    seqs = [np.r_[0, x, eos] for x in xs] + [np.r_[0, x[::-1], eos] for x in xs]
+    seqs += [np.r_[0, xs[0]], np.r_[0, xs[1][:2], 0, eos], np.r_[0, eos]]
+    assert cut0_correct(g, seqs).tolist() == judge_generations(g, seqs)[0].tolist()
+
+
+def _eval_sequences(ectx, n: int) -> list[np.ndarray]:
+    """The eval family's cut0 generations (temperature index 0), drawn again as it draws them."""
+    return ectx.generate(1.0, ectx.prompts(n, 0), ectx.rng("eval_generate", 0, 0))
+
+
+def test_patching_one_head_of_a_one_layer_model(tiny_gpt):
+    """One layer, head 1 cut from the output projection: where the NT's last token is the same
+    in both strings, the row after it depends on the prefix only through head 0's output at
+    that position, so patching head 0 there gives the source's row (recovered 1) and head 1
+    changes nothing (recovered 0), through patch_pairs' own tables too."""
+    import dataclasses
+
+    from cfglab.analyze.kl_rows import model_rows
+    from cfglab.analyze.patching import _inputs
+    from cfglab.config import load_config
+    from cfglab.data.vocab import Vocab
+    from cfglab.model import build_model, gpt_config
+
+    _, g = tiny_gpt
+    cfg = load_config(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                             "model.block_size=48"])  # fmt: skip
+    model = build_model(gpt_config(cfg.model, Vocab.from_grammar(g).size), seed=1).eval()
+    d = model.config.n_embd // 2
+    with torch.no_grad():
+        model.blocks[0].attn.c_proj.weight[:, d:] = 0.0  # head 1's output is never read
+    pairs = find_pairs(g, sample(g, 400, 5, max_len=40), 40, np.random.default_rng(0))
+    keep = [i for i in range(len(pairs)) if pairs.target[i][pairs.end[i] - 1] ==
+            pairs.source[i][pairs.end[i] - 1]]  # fmt: skip
+    assert len(keep) >= 5
+    pairs = _subset(pairs, keep)
+
+    target, source = _inputs(model, g, pairs)
+    own = model_rows(model, source, np.arange(len(pairs)), pairs.end, n_terminals=g.n_t)
+    pairs = dataclasses.replace(pairs, exact=own / own.sum(1, keepdims=True))
+    _, cache = run_with_cache(model, source, ["blocks.0.attn.hook_z"])
+    z = cache["blocks.0.attn.hook_z"]  # (P, T, H, D)
+    clean, src = pair_kls(model, target, pairs), pair_kls(model, source, pairs)
+    at = pairs.end[:, None]
+    head0 = pair_kls(model, target, pairs, patch_hooks("blocks.0.attn.hook_z", z, at, head=0))
+    head1 = pair_kls(model, target, pairs, patch_hooks("blocks.0.attn.hook_z", z, at, head=1))
+    np.testing.assert_allclose(head0, src, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(head1, clean, rtol=0, atol=1e-12)
+    assert np.median(clean) > 1e4 * np.median(src)  # an untrained model, yet the pairs differ
+    out = patch_pairs(model, g, pairs, window=2, n_boot=20, seed=0)
+    assert out["head_layers"] == ["blocks.0.attn.hook_z"]
+    (row,) = out["heads"]["all"]
+    assert row[0]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(row[1]["mean"]) < 1e-9
+
+
+def _subset(pairs, keep: list[int]):
+    import dataclasses
+
+    return dataclasses.replace(
+        pairs,
+        target=[pairs.target[i] for i in keep],
+        source=[pairs.source[i] for i in keep],
+        **{k: getattr(pairs, k)[keep] for k in ("start", "end", "level", "same_nt", "exact")},
+    )

@@ -19,6 +19,7 @@ QUICK_GRAMMAR = str(ROOT / "configs" / "grammars" / "quickstart.cfg")
 SMALL = [
     "--n-fit", "24", "--n-strings", "8", "--draws", "1", "--n-pairs", "3", "--window", "3",
     "--threads", "1", "--set", "intervene.n_pool=64", "intervene.n_bootstrap=20",
+    "intervene.n_generate=6",
 ]  # fmt: skip
 
 
@@ -67,14 +68,29 @@ def test_intervene_writes_the_family_file_report_and_compare(tiny_run, capsys, t
     assert result["heads"]["n_head"] == 4 and len(result["heads"]["kl_rise"]) == 2
     assert result["patching"]["offsets"] == [-2, -1, 0]
     metrics = {r["metric"] for r in body["rows"]}
-    # (patch_recovered needs a model nearer the source on the source: 3 steps may not be)
-    assert set(body["definitions"]) - {"patch_recovered"} <= metrics <= set(body["definitions"])
+    # (patch_*recovered needs a model nearer the source on the source: 3 steps may not be)
+    patched = {"patch_recovered", "patch_head_recovered"}
+    assert set(body["definitions"]) - patched <= metrics <= set(body["definitions"])
     assert "erasing the ancestor probe's information" in out and "wrote" in out
+    # generation under erasure: the clean model and both erasers on 6 generations per cell
+    assert result["erasure"]["generation_clean"]["n"] == 6
+    for c in cells:
+        for eraser in ("leace", "random"):
+            got = c["generation"][eraser]
+            assert got["accuracy"]["n"] == 6 and 0 <= got["accuracy"]["mean"] <= 1
+            clean = result["erasure"]["generation_clean"]["mean"]
+            assert got["drop"]["mean"] == pytest.approx(clean - got["accuracy"]["mean"])
+    assert "cut0 generation accuracy with a layer's probe information erased" in out
+    # head patching: layers x heads per level
+    assert result["patching"]["head_layers"] == [f"blocks.{i}.attn.hook_z" for i in (0, 1)]
+    assert [len(r) for r in result["patching"]["heads"]["all"]] == [4, 4]
+    assert "patching of one head's output" in out
     # the report renders it from the file alone
     assert cli.main(["report", str(tiny_run)]) == 0
     md = (tiny_run / "report" / "report.md").read_text()
     assert "## Interventions: does the model use what the probe reads?" in md
-    for name in ("erasure_ancestor", "erasure_boundary", "patching", "head_ablation"):
+    names = ("erasure_ancestor", "erasure_boundary", "erasure_generation", "patching")
+    for name in (*names, "patching_heads", "head_ablation"):
         assert f"figures/{name}.png" in md
         assert (tiny_run / "report" / "figures" / f"{name}.png").stat().st_size > 1000
     # compare: the rows with their qualifiers, and the family's cross-run views
@@ -87,6 +103,10 @@ def test_intervene_writes_the_family_file_report_and_compare(tiny_run, capsys, t
         "L1",
     }
     assert "figures/erasure.png" in (cmp / "report.md").read_text()
+    with open(cmp / "results.csv") as f:
+        acc = [r for r in csv.DictReader(f) if r["metric"] == "erase_accuracy"]
+    assert {r["eraser"] for r in acc} == {"leace", "random"} and len(acc) == 2 * len(cells)
+    assert "figures/erasure_generation.png" in (cmp / "report.md").read_text()
 
 
 def test_intervene_reads_its_section_and_records_the_stage(tiny_run):
