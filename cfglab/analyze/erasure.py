@@ -140,6 +140,14 @@ def erasing(model: nn.Module, name: str, eraser: Eraser) -> Iterator[None]:
         handle.remove()
 
 
+# (model, n, seed) -> n cut0 generations (BOS + completion, EOS included when produced): the
+# stages layer builds it from cfglab.evaluate (AnalysisContext.generate), which analyze may not
+# import
+GenerateFn = Callable[[nn.Module, int, int], list[np.ndarray]]
+# (hook name, eraser), both None for the clean model -> {"accuracy", "drop"} (generation_scorer)
+ScoreFn = Callable[[str | None, Eraser | None], dict]
+
+
 def _eraser(w: Whitening, u: np.ndarray) -> Eraser:
     return Eraser(w.mean, w.whiten(u), w.unwhiten(u))
 
@@ -263,14 +271,6 @@ def _erase_one(model, scored, name, w, x, target, key, draws, seed, weights, sco
 
 
 # ---- generation under erasure ----------------------------------------------------------------
-# (model, n, seed) -> n cut0 generations (BOS + completion, EOS included when produced): the
-# stages layer builds it from cfglab.evaluate (AnalysisContext.generate), which analyze may not
-# import
-GenerateFn = Callable[[nn.Module, int, int], list[np.ndarray]]
-# (hook name, eraser), both None for the clean model -> {"accuracy", "drop"} (generation_scorer)
-ScoreFn = Callable[[str | None, Eraser | None], dict]
-
-
 def cut0_correct(grammar: Grammar, sequences: list[np.ndarray]) -> np.ndarray:
     """(N,) bool: the eval accuracy family's verdict on generated sequences (BOS + completion):
     an EOS was produced, every token before the first EOS is a terminal, and those terminals
