@@ -16,17 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cfglab import rundir
+from cfglab.analyze import families
 from cfglab.analyze.context import AnalysisContext
-from cfglab.analyze.families import ANALYSES, OPT_IN_ANALYSES
-
-EVERY = {**ANALYSES, **OPT_IN_ANALYSES}  # the report's order: the default ones first
 
 
 def analyze(ctx: AnalysisContext, names: Sequence[str] | None = None) -> dict[str, dict]:
     """Every (named) family's result, rows, tables, figures and cross-run views."""
     out = {}
-    for name in names if names is not None else list(ANALYSES):
-        family = EVERY[name]
+    every = _every()
+    for name in names if names is not None else list(families.ANALYSES):
+        family = every[name]
         why_not = family.supports(ctx)
         if why_not:
             ctx.log(f"{name}: skipped: {why_not}")
@@ -46,6 +45,12 @@ def analyze(ctx: AnalysisContext, names: Sequence[str] | None = None) -> dict[st
     return out
 
 
+def _every() -> dict:
+    """Every family by name, the report's order: the default ones, then the opt-in ones (read
+    at each call: a test may plant a family in the registry)."""
+    return {**families.ANALYSES, **families.OPT_IN_ANALYSES}
+
+
 def write_analyses(run_dir: str | Path, out: dict[str, dict], header: dict) -> list[Path]:
     """analyze/<name>.json per family measured: the header (run, model, provenance, settings),
     the result under the family's name, and its rows, tables, figures, views, definitions."""
@@ -53,7 +58,7 @@ def write_analyses(run_dir: str | Path, out: dict[str, dict], header: dict) -> l
     for name, part in out.items():
         body = {
             **header,
-            "order": list(EVERY).index(name),
+            "order": list(_every()).index(name),
             name: part["result"],
             **{
                 k: part[k] for k in ("title", "rows", "tables", "figures", "compare", "definitions")
