@@ -106,6 +106,11 @@ def run_data(args: argparse.Namespace) -> int:
     from cfglab.train.steps import training_noise
 
     grammar = cfg.grammar.load()
+    if cfg.data.exclude:
+        raise CfglabError(
+            "data.exclude: cfglab data writes the grammar's strings unfiltered; train on fresh "
+            "samples (data.dataset=null) to hold combinations out, or drop data.exclude here"
+        )
     check_length(grammar, cfg.data.max_len)
     _check_sampler(cfg)
     check_memory(grammar, args.n, cfg.data.max_len)

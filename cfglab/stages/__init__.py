@@ -92,6 +92,14 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
     stages = cfg.stages if stages is None else stages
     grammar = cfg.grammar.load()
     check_language(cfg, grammar, stages)
+    if "train" in stages and cfg.data.exclude:  # rule names, each part still seen on its own
+        from cfglab.data.exclude import check_combinations
+
+        check_combinations(grammar, cfg.data.exclude, cfg.data.max_len)
+    if "eval" in stages and cfg.eval.compositions:
+        from cfglab.data.exclude import parse_combinations
+
+        parse_combinations(grammar, cfg.eval.compositions, "eval.compositions")
     if "train" in stages and cfg.data.noise.fraction > 0:
         TrainingNoise(**dataclasses.asdict(cfg.data.noise)).check(grammar)
     if "eval" in stages:

@@ -85,7 +85,8 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
     """The batch source for a split: fresh samples, or a saved dataset if data.dataset is set.
     Noise (data.noise) perturbs the fresh training split only, so validation measures clean
     strings; a saved dataset carries the noise it was written with (checked against data.noise),
-    and both splits read it."""
+    and both splits read it. Held-out rule combinations (data.exclude) are rejected from the
+    fresh training split only: validation, like evaluation, draws the full grammar."""
     kw = {"seed": cfg.data.seed, "rank": info.rank, "world_size": info.world_size, "split": split}
     batch = cfg.train.batch_size
     if cfg.data.dataset:
@@ -93,6 +94,7 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
             cfg.data.dataset, grammar, window, batch, noise=training_noise(cfg), **kw
         )
     noise = training_noise(cfg) if split == TRAIN else None
+    exclude = cfg.data.exclude if split == TRAIN else ()
     return FreshStream(
         grammar,
         window,
@@ -100,6 +102,7 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
         max_len=cfg.data.max_len,
         sampler=cfg.data.sampler,
         noise=noise,
+        exclude=exclude,
         **kw,
     )
 

@@ -319,3 +319,56 @@ def test_config_keys_reach_config_json_and_refuse_other_samplers(tmp_path) -> No
             load_config(None, items + bad)
     with pytest.raises(ConfigError, match="distinct"):
         load_config(None, [f"data.exclude={json.dumps([QS_COMBO, QS_COMBO])}"])
+
+
+def test_the_training_loops_data_holds_out_the_combination_and_validation_does_not() -> None:
+    """train.steps.make_data, what the loop (and the memorisation replay) draws from: the
+    training split is the excluding stream, step for step; validation is the full grammar's."""
+    import torch
+
+    from cfglab.config import load_config
+    from cfglab.data.dataset import TRAIN, VAL
+    from cfglab.train.dist import DistInfo
+    from cfglab.train.steps import make_data
+
+    cfg = load_config(
+        None,
+        [
+            "grammar.name=configs/grammars/quickstart.cfg",
+            f"data.exclude={[QS_COMBO]}",
+            "data.seed=5",
+            "train.batch_size=4",
+        ],
+    )
+    info = DistInfo(0, 0, 1, torch.device("cpu"))
+    train, val = (make_data(cfg, QUICKSTART, 65, info, split) for split in (TRAIN, VAL))
+    excluding = FreshStream(QUICKSTART, 65, 4, seed=5, exclude=[QS_COMBO])
+    full = FreshStream(QUICKSTART, 65, 4, seed=5, split=VAL)
+    for step in (0, 1, 9):
+        assert np.array_equal(train.batch_np(step), excluding.batch_np(step))
+        assert np.array_equal(val.batch_np(step), full.batch_np(step))
+    assert not np.array_equal(
+        train.batch_np(0), FreshStream(QUICKSTART, 65, 4, seed=5).batch_np(0)
+    )  # the combination (15.7% of strings) was drawn and rejected in step 0's windows
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["run", "{cfg}", "--set", "data.exclude=[\"8 -> '9' '9'\"]"], "8 ->"),
+        (["run", "{cfg}", "--set", "eval.compositions=[\"7 -> '3' under 13 -> 10 12\"]"], "7 ->"),
+        (["data", "{cfg}", "-n", "5", "--set", f"data.exclude={[QS_COMBO]}"], "unfiltered"),
+    ],
+)
+def test_bad_combinations_and_unfiltered_datasets_are_refused_before_any_work(
+    argv, says, tmp_path, capsys
+) -> None:
+    from cfglab.cli import main
+
+    out = tmp_path / "out"
+    cfg = "configs/quickstart.yaml"
+    argv = [a.format(cfg=cfg) for a in argv] + ["--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cfglab: error:") and says in err[0], err
+    assert not out.exists()
