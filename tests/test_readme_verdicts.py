@@ -44,7 +44,8 @@ def verdict_tables(readme: str) -> list[tuple[str, list[list[str]]]]:
 def parse_row(cells: list[str]) -> tuple[str, tuple[float, float, float]]:
     """(verdict word, (difference, low, high)) of a row `claim | verdict | d [low, high] ...`."""
     verdict = cells[1].strip("* ")
-    m = re.search(rf"({NUMBER}) \[({NUMBER}), ({NUMBER})\]", cells[2])
+    text = cells[2].replace("\u2212", "-")  # the typographic minus reads as one
+    m = re.search(rf"({NUMBER}) \[({NUMBER}), ({NUMBER})\]", text)
     assert m, f"no 'difference [low, high]' in {cells[2]!r}"
     return verdict, tuple(float(g) for g in m.groups())
 
