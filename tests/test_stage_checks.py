@@ -47,6 +47,7 @@ TINY = [
     "intervene.n_pairs=2",
     "intervene.window=2",
     "intervene.n_bootstrap=10",
+    "intervene.n_generate=4",
 ]
 GRAMMARS = {"layered": "grammars/quickstart.cfg", "not_layered": "grammars/english.cfg"}
 # the stage's own output, seen when it ran

@@ -61,6 +61,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, int | str | None, str]]] = {
         ("--n-strings", "intervene.n_strings", None, "other fresh strings scored by KL"),
         ("--draws", "intervene.random_draws", None, "random erasers of equal rank per layer"),
         ("--n-pairs", "intervene.n_pairs", None, "patching pairs per level"),
+        ("--n-generate", "intervene.n_generate", None, "cut0 generations per eraser (0: none)"),
         ("--window", "intervene.window", None, "positions up to the NT end patched"),
         ("--seed", "intervene.seed", None, "intervention strings"),
         ("--device", "analyze.device", None, "cpu, cuda, cuda:1, ..."),

@@ -45,9 +45,7 @@ H100_BF16_FLOPS, ASSUMED_MFU = 989e12, 0.4  # for GPU-sized runs' cost, stated a
 STAGE_START_S = {"eval": 0.7, "analyze": 0.5, "intervene": 0.5, "dynamics": 0.7, "report": 0.2}
 EVAL_PER_STRING_S = 1e-3  # per generated or scored string, 2 layers of <= 64 (scaled by size)
 ANALYZE_PER_UNIT_S = 1.5e-3  # per probe step x (layers + 1) x (1 + twin) x (1 + n_embd / 128)
-INTERVENE_PER_UNIT_S = (
-    4.3e-4  # per hooked string-pass unit (intervene_seconds) x (1 + n_embd / 128)
-)
+INTERVENE_PER_UNIT_S = 5.3e-4  # per hooked string-pass unit (intervene_seconds), scaled by size
 REPORT_S, REPORT_ANALYSES_S = 0.3, 1.8  # the report; more with the analyses' figures
 DYNAMICS_ANALYSES_SHARE = 0.56  # a checkpoint's analyses / one analyze stage (bench dynamics)
 WORKER_START_S = 3.0  # rough, when not measured: a spawned worker importing torch + stages
@@ -92,12 +90,14 @@ def analyze_seconds(cfg: ExperimentConfig) -> float:
 def intervene_seconds(cfg: ExperimentConfig) -> float:
     """Rough: the intervene stage, by its hooked forward passes (erasers per layer and target
     with their random controls, patched cells per pair, ablated heads) and the width. Measured
-    on the quickstart (4 x 96, defaults): 13 CPU seconds."""
+    on the quickstart (4 x 96, defaults): 23 CPU seconds."""
     iv, m = cfg.intervene, cfg.model
     layers = m.n_layer + 1
     units = iv.n_strings * layers * (1 + iv.random_draws) * 4  # ~4 targets x levels
     units += iv.n_pairs * layers * iv.window * 2  # per level, ~2 levels
     units += iv.n_strings * m.n_layer * m.n_head
+    units += iv.n_pairs * 2 * m.n_layer * m.n_head  # patched heads
+    units += iv.n_generate * layers * 4 * 2 * 2  # generations per cell: LEACE and random
     return INTERVENE_PER_UNIT_S * units * (1 + m.n_embd / 128)
 
 
