@@ -29,20 +29,33 @@ def check_families(names: Sequence[str], registry: dict, key: str, what: str = "
             )
 
 
-def check_probe_targets(cfg: ExperimentConfig, grammar) -> None:
-    """probe.targets: known names, each one the grammar has, and each restricted window of
-    probe.windows (scored at NT ends) with a target that has NT ends (before any work)."""
-    from cfglab.analyze.targets import TARGETS, default_targets
+def check_target_names(names: list[str], grammar, key: str) -> None:
+    """Known probe target names (cfglab.analyze.targets), each one the grammar has."""
+    from cfglab.analyze.targets import TARGETS
 
-    names = cfg.probe.targets or []
-    check_families(names, TARGETS, "probe.targets", "target")
+    check_families(names, TARGETS, key, "target")
     for name in names:
         if not TARGETS[name].supports(grammar):
             have = [n for n, spec in TARGETS.items() if spec.supports(grammar)]
+            needs = {
+                "ancestor": "a layered grammar (like the cfg3 family)",
+                "boundary": "a layered grammar (like the cfg3 family)",
+                "block": "a language beyond context-free (cfglab.languages)",
+                "offset": "a language beyond context-free (cfglab.languages)",
+            }.get(name, "a context-free grammar")
             raise ConfigError(
-                f"probe.targets: {name!r} needs a layered grammar (like the cfg3 family) and "
-                f"{grammar.name or 'the grammar'} is not one; choose from {', '.join(have)}"
+                f"{key}: {name!r} needs {needs} and {grammar.name or 'the grammar'} is not one; "
+                f"choose from {', '.join(have)}"
             )
+
+
+def check_probe_targets(cfg: ExperimentConfig, grammar) -> None:
+    """probe.targets: known names, each one the grammar has, and each restricted window of
+    probe.windows (scored at NT ends) with a target that has NT ends (before any work)."""
+    from cfglab.analyze.targets import default_targets
+
+    names = cfg.probe.targets or []
+    check_target_names(names, grammar, "probe.targets")
     if cfg.probe.windows != ["all"]:  # (the default: no window to check, no torch to import)
         _check_windows(cfg, grammar, names or default_targets(grammar))
 

@@ -26,23 +26,14 @@ NAME = "interventions"  # the family (cfglab.analyze.families.OPT_IN_ANALYSES) a
 def check_intervene(cfg: ExperimentConfig, grammar) -> None:
     """Before any work: a causal model (an encoder has no next-token distribution), and
     intervene.targets known probe targets the grammar has."""
-    from cfglab.analyze.targets import TARGETS
-    from cfglab.stages.analysis import check_families
+    from cfglab.stages.analysis import check_target_names
 
     if cfg.train.objective == "mlm":
         raise ConfigError(
             "the intervene stage scores next-token predictions against the exact distribution, "
             "and a masked-LM encoder (train.objective mlm) makes none; drop intervene from stages"
         )
-    names = cfg.intervene.targets or []
-    check_families(names, TARGETS, "intervene.targets", "target")
-    for name in names:
-        if not TARGETS[name].supports(grammar):
-            have = [n for n, spec in TARGETS.items() if spec.supports(grammar)]
-            raise ConfigError(
-                f"intervene.targets: {name!r} needs a layered grammar (like the cfg3 family) and "
-                f"{grammar.name or 'the grammar'} is not one; choose from {', '.join(have)}"
-            )
+    check_target_names(cfg.intervene.targets or [], grammar, "intervene.targets")
 
 
 def run_intervene(cfg: ExperimentConfig, run_dir: Path) -> Path:
