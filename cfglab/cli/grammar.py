@@ -115,7 +115,7 @@ def _show(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from cfglab.data.sampler import check_length
     from cfglab.errors import SamplingError
-    from cfglab.grammar import BUILTIN_GRAMMARS, load
+    from cfglab.grammar import BUILTIN_GRAMMARS, Grammar, load
 
     if args.grammar in BUILTIN_GRAMMARS:
         g = load(args.grammar)
@@ -125,6 +125,12 @@ def _check(args: argparse.Namespace) -> None:
             g = load(args.grammar)
         for w in caught:
             print(f"cfglab: warning: {w.message}", file=sys.stderr)
+    if not isinstance(g, Grammar):  # a language beyond context-free (cfglab.languages)
+        print(
+            f"{args.grammar}: ok (a language beyond context-free: {g.spec}; {g.n_t} terminals, "
+            f"length mean {g.mean_length:.4g} sd {g.length_sd:.4g})"
+        )
+        return
     layered = f"layered, {len(g.levels) + 1} levels" if g.levels else "not layered"
     print(
         f"{args.grammar}: ok ({g.n_nt} nonterminals, {g.n_t} terminals, {len(g.rules)} "

@@ -121,6 +121,11 @@ def make_implicit(
     are P(token string) = sum over the hidden terminal strings it can be read as of
     P_base(terminal string) * the product of the tokens' emission probabilities.
     """
+    if not isinstance(grammar, Grammar):  # a language (cfglab.languages): no terminal rules
+        raise ConfigError(
+            f"an implicit version rewrites a grammar's terminal rules, and {grammar.name!r} is a "
+            "language beyond context-free: give a grammar"
+        )
     if weights not in IMPLICIT_WEIGHTS:
         raise ConfigError(
             f"implicit weights {weights!r} are unknown: choose from {', '.join(IMPLICIT_WEIGHTS)}"

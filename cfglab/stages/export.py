@@ -53,11 +53,16 @@ def model_card(run_dir: Path, cfg, vocab, step: int | None, to: str = "hf") -> s
     m = cfg.model
     t = len(vocab.terminals)
     _, name, load = FORMATS[to]
+    from cfglab.languages import is_language_spec
+
+    language = "context-free grammar", "NLTK syntax"
+    if is_language_spec(cfg.grammar.name):
+        language = "language beyond context-free", "cfglab.languages spec"
     return (
         f"# {run_dir.name}: a cfglab run exported to {name}\n\n"
         f"A `{m.position}` GPT ({m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims) trained "
-        f"by cfglab for {step} steps on the context-free grammar `{cfg.grammar.name}` "
-        f"(`grammar.cfg`, NLTK syntax; {t} terminals), from the run `{run_dir}`.\n\n"
+        f"by cfglab for {step} steps on the {language[0]} `{cfg.grammar.name}` "
+        f"(`grammar.cfg`, {language[1]}; {t} terminals), from the run `{run_dir}`.\n\n"
         f"Token ids: 0 `<bos>`; 1..{t} the terminals, in `grammar.cfg`'s order; {vocab.eos} "
         f"`<eos>`; {vocab.mask} `<mask>`; {vocab.pad} `<pad>`.\n\n"
         f"{load}\n\n"

@@ -76,3 +76,12 @@ def test_next_token_rows_of_a_language_sum_the_oracles_prefix_masses(tmp_path, c
         eos = oracle.prob(prefix) / mass[prefix] if prefix else 0.0
         nxt = [mass.get(prefix + t, 0.0) / mass[prefix] for t in "abc"]
         np.testing.assert_allclose([float(v) for v in row[2:]], [eos, *nxt], atol=1e-6)
+
+
+def test_the_grammar_commands_take_a_language_or_refuse_it_in_one_line(capsys):
+    assert main(["grammar", "check", "copy m_max=4"]) == 0
+    out = capsys.readouterr().out
+    assert "a language beyond context-free" in out and "length mean 5 " in out  # (1+4)/2 * 2
+    assert main(["grammar", "implicit", "copy", "--tokens", "6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "language beyond context-free" in err[0]
