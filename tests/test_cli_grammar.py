@@ -83,3 +83,45 @@ def test_a_grammar_warning_is_one_line_in_every_command(tmp_path, command):
         f"cfglab: warning: {g}:2: nonterminal 'U' is not reachable from the start symbol 'S'; "
         "its rules are never used"
     ]
+
+
+GRAMMAR_DIR = Path(__file__).parents[1] / "configs" / "grammars"
+
+
+def test_grammar_list_adds_the_files_of_a_folder_with_their_facts(tmp_path, capsys):
+    made = tmp_path / "mine.cfg"
+    made.write_text("# my own grammar: two rules\n%start S\nS -> 'a' S | 'b'\n")
+    (tmp_path / "notes.txt").write_text("not a grammar")
+    assert main(["grammar", "list", str(tmp_path), str(GRAMMAR_DIR / "deep3.cfg")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(BUILTIN_GRAMMARS) | {str(made), str(GRAMMAR_DIR / "deep3.cfg")}
+    g = load(str(made))  # recursive, not layered: no level count
+    assert rows[str(made)].split()[1:6] == ["-", "1", "2", "2", f"{g.mean_length:.1f}"]
+    assert rows[str(made)].endswith("my own grammar: two rules")
+    deep = load(str(GRAMMAR_DIR / "deep3.cfg"))
+    assert rows[str(GRAMMAR_DIR / "deep3.cfg")].split()[1:6] == [
+        "5", "10", "20", "3", f"{deep.mean_length:.1f}"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("what", ["missing", "empty folder", "bad file"])
+def test_grammar_list_refuses_a_bad_path_before_printing(tmp_path, capsys, what):
+    path = {"missing": tmp_path / "nope", "empty folder": tmp_path, "bad file": tmp_path / "b.cfg"}
+    if what == "bad file":
+        path[what].write_text("S -> -> 'a'\n")
+    assert main(["grammar", "list", str(path[what])]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("cfglab: error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(GRAMMAR_DIR.glob("*.cfg")), ids=lambda p: p.name)
+def test_a_shipped_grammar_is_what_its_recorded_recipe_draws(path, tmp_path):
+    """A grammar file that names the `cfglab grammar random` line it came from must be exactly
+    that line's grammar (its selection record is about this grammar, not a hand-edited one)."""
+    recipe = [line for line in path.read_text().splitlines() if "cfglab grammar random" in line]
+    if not recipe:
+        pytest.skip("not drawn by the random recipe")
+    args = recipe[0].split("cfglab grammar random", 1)[1].split(" -o ")[0].split()
+    assert main(["grammar", "random", *args, "-o", str(tmp_path / "g.cfg")]) == 0
+    assert load(str(tmp_path / "g.cfg")).rules == load(str(path)).rules

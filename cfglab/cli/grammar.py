@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from cfglab.cli.common import SEED, Bounded, config_range, write_lines
 from cfglab.errors import GrammarWarning
@@ -17,7 +18,15 @@ RECIPE_COUNT = Bounded(int, 1, 1000)  # rules per nonterminal, symbols per rule
 
 def add_grammar(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="the built-in grammars: name, levels, NTs, rules, mean length")
+    lst = sub.add_parser(
+        "list", help="the built-in grammars (and files under PATH): levels, NTs, rules, mean length"
+    )
+    lst.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="also list these grammar files, or every *.cfg in these folders (configs/grammars)",
+    )
     show = sub.add_parser("show", help="print a grammar in NLTK syntax")
     show.add_argument("grammar", help="built-in name or grammar file")
     check = sub.add_parser("check", help="validate a grammar file")
@@ -94,16 +103,50 @@ def run_grammar(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> None:
     from cfglab.grammar import BUILTIN_GRAMMARS, load
 
+    # every file is loaded before the first line is printed: a bad one is an error, not a
+    # half-printed table
+    rows = [(name, load(name), desc) for name, desc in BUILTIN_GRAMMARS.items()]
+    rows += [(str(f), load(str(f)), _description(f)) for f in _grammar_files(args.paths)]
+    width = max(8, *(len(name) for name, _, _ in rows))
     print(
-        f"{'name':8} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
+        f"{'name':{width}} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
         "  description"
     )
-    for name, desc in BUILTIN_GRAMMARS.items():
-        g = load(name)
+    for name, g, desc in rows:
+        levels = "-" if g.levels is None else str(len(g.levels) + 1)
         print(
-            f"{name:8} {len(g.levels) + 1:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
+            f"{name:{width}} {levels:>6} {g.n_nt:>5} {len(g.rules):>6} {g.n_t:>9} "
             f"{g.mean_length:>9.1f}  {desc}"
         )
+
+
+def _grammar_files(paths: list[str]) -> list[Path]:
+    """The grammar files PATHs name: a file itself, a folder's *.cfg sorted by name."""
+    from cfglab.errors import GrammarError
+
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.cfg"))
+            if not found:
+                raise GrammarError(f"{p} holds no *.cfg grammar file: give a folder that does")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise GrammarError(f"{p} does not exist: give a grammar file or a folder of them")
+    return files
+
+
+def _description(path: Path) -> str:
+    """A grammar file's description: its first comment line (`# ...`), as the built-ins'."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip().startswith("#"):
+                return line.strip().lstrip("#").strip()
+            if line.strip():
+                break
+    return ""
 
 
 def _show(args: argparse.Namespace) -> None:
