@@ -7,6 +7,8 @@
       - {order: {model.position: [rel, rot, abs]}, metric: kl}   # each better than the next
       - {better: {...}, than: {...}, metric: emergence_step, target: ancestor, level: 1,
          higher: false}                       # `higher` overrides the metric's direction
+      - {better: {level: 3}, than: {level: 1}, metric: emergence_step, target: ancestor}
+                                              # a qualifier, not an axis: two rows of each run
 
 A claim names grid values of the experiment's own axes, a metric some family reports (its
 DEFINITIONS), and optional qualifiers that pick the metric's row (cut, temperature, level,
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cfglab.errors import ConfigError, did_you_mean
+from cfglab.report.thresholds import check_threshold, is_threshold
 
 # metrics of the training record and of compare itself (the families' come from DEFINITIONS)
 RECORD_METRICS = ("final_loss", "final_val_loss", "loss_above_floor", "val_loss", "emergence_step")
-CLAIM_FIELDS = {"better", "than", "order", "metric", "stage", "higher"}
+CLAIM_FIELDS = {"better", "than", "order", "metric", "stage", "higher", "above", "below"}
 
 
 def known_metrics() -> list[str]:
@@ -69,9 +72,11 @@ def _check_one(path: Path, i: int, claim: Any, grid: dict, metrics: list[str]) -
         raise ConfigError(
             f"{path}: {where}: give a mapping such as {{better: ..., than: ..., metric: ...}}"
         )
-    if ("order" in claim) == ("better" in claim or "than" in claim):
-        raise ConfigError(f"{path}: {where}: give either better + than, or order")
-    if "order" in claim:
+    if is_threshold(claim):  # {metric: m, above: 0}: one metric against a number
+        check_threshold(path, where, claim)
+    elif ("order" in claim) == ("better" in claim or "than" in claim):
+        raise ConfigError(f"{path}: {where}: give either better + than, order, or above/below")
+    elif "order" in claim:
         order = claim["order"]
         if not isinstance(order, dict) or len(order) != 1:
             raise ConfigError(f"{path}: {where}: order: give one axis and its values in order")
@@ -79,13 +84,19 @@ def _check_one(path: Path, i: int, claim: Any, grid: dict, metrics: list[str]) -
         if not isinstance(values, list) or len(values) < 2:
             raise ConfigError(f"{path}: {where}: order: give at least two values of {axis}")
         for value in values:
-            _grid_value(path, where, axis, value, grid)
+            if axis in grid or "." in str(axis):
+                _grid_value(path, where, axis, value, grid)
     else:
         for side in ("better", "than"):
             if not isinstance(claim.get(side), dict) or not claim[side]:
                 raise ConfigError(f"{path}: {where}: {side}: give a mapping axis: value")
             for axis, value in claim[side].items():
-                _grid_value(path, f"{where}.{side}", axis, value, grid)
+                if axis in grid or "." in str(axis):  # a config key must be a grid axis
+                    _grid_value(path, f"{where}.{side}", axis, value, grid)
+                elif not isinstance(value, (str, int, float)):  # a qualifier such as level
+                    raise ConfigError(
+                        f"{path}: {where}.{side}: {axis}: a qualifier is one value, e.g. level: 1"
+                    )
         if set(claim["better"]) != set(claim["than"]) or claim["better"] == claim["than"]:
             raise ConfigError(
                 f"{path}: {where}: better and than must name the same axes with other values"

@@ -20,6 +20,9 @@ never silently dropped.
 A claim (the experiment file's `claims:`) says that one grid value is better than another on a
 metric, e.g. {better: {model.position: rot}, than: {model.position: abs}, metric: accuracy,
 cut: 0}, or orders several values ({order: {model.position: [rel, rot, abs]}, metric: kl}).
+better/than may also name a qualifier instead of a grid axis, comparing two rows of each run:
+{better: {level: 3}, than: {level: 1}, metric: emergence_step, target: ancestor} pairs, seed by
+seed, the step at which the level-3 probe emerges with the level-1 one's.
 "Better" is higher, or lower for metrics where lower is better (LOWER_IS_BETTER; `higher:`
 overrides). Its verdict is one word from a fixed rule on the paired difference (better minus
 worse, signed so that positive supports the claim): **holds** if the 95% interval excludes 0 on
@@ -36,6 +39,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+
+from cfglab.report.thresholds import is_threshold, threshold_verdicts
 
 # metrics where a smaller value is better (a claim "better" means lower for them)
 LOWER_IS_BETTER = {
@@ -248,23 +253,38 @@ def _partner(values: dict, exp, seed, where: dict, axes: list[str], than: dict) 
     return None
 
 
+def _split_sides(claim: dict, axes: list[str]) -> tuple[dict, dict, dict, dict]:
+    """better and than as (grid part, qualifier part) each: a claim may compare grid values
+    (other runs), qualifier values of one run's rows (e.g. {level: 3} than {level: 1}), or both."""
+    parts = []
+    for side in ("better", "than"):
+        parts.append({k: v for k, v in claim[side].items() if k in axes})
+        parts.append({k: v for k, v in claim[side].items() if k not in axes})
+    return parts[0], parts[1], parts[2], parts[3]
+
+
 def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict]:
     """verdicts.csv's rows: per claim and per combination of the grid axes the claim leaves
     free, the signed paired difference (positive supports the claim), its interval, p-value
-    and verdict. A claim is about the trained models: the random-init twins' rows are judged
-    only when the claim names them (`weights: random_init`)."""
+    and verdict. A claim naming qualifiers in better/than (not grid axes) pairs two rows of the
+    same run, seed by seed. A claim is about the trained models: the random-init twins' rows are
+    judged only when the claim names them (`weights: random_init`)."""
     values = _values(rows, axes)
     out = []
     for claim in expand_claims(claims):
+        if is_threshold(claim):  # {metric: m, above: 0}: cfglab.report.thresholds
+            out += threshold_verdicts(values, axes, claim, CLAIM_KEYS, summarize, verdict)
+            continue
         quals = {k: v for k, v in claim.items() if k not in CLAIM_KEYS}
         higher = claim.get("higher", claim["metric"] not in LOWER_IS_BETTER)
         sign = 1.0 if higher else -1.0
+        better_grid, better_q, than_grid, than_q = _split_sides(claim, axes)
         per_rest: dict[tuple, list[float]] = defaultdict(list)
         for (exp, point, seed), metrics in values.items():
             where = dict(zip(axes, point, strict=True))
-            if not all(same_value(where.get(k), v) for k, v in claim["better"].items()):
+            if not all(same_value(where.get(k), v) for k, v in better_grid.items()):
                 continue
-            partner = _partner(values, exp, seed, where, axes, claim["than"])
+            partner = _partner(values, exp, seed, where, axes, than_grid)
             if partner is None:
                 continue
             for key, v in metrics.items():
@@ -273,12 +293,16 @@ def verdicts(rows: list[dict], axes: list[str], claims: list[dict]) -> list[dict
                     continue
                 if claim.get("stage") not in (None, k.get("stage")):
                     continue
-                if any(k.get(q) != val for q, val in quals.items()) or key not in partner:
+                if any(k.get(q) != val for q, val in {**quals, **better_q}.items()):
                     continue
                 if "weights" not in quals and k.get("weights", "trained") != "trained":
                     continue  # a claim is about the trained model unless it names the twin
-                rest = tuple((a, where[a]) for a in axes if a not in claim["better"])
-                per_rest[(exp, rest, key)].append(sign * (v - partner[key]))
+                partner_key = tuple(sorted({**k, **than_q}.items()))
+                if partner_key not in partner:
+                    continue
+                rest = tuple((a, where[a]) for a in axes if a not in better_grid)
+                shown = tuple((q, val) for q, val in key if q not in better_q)
+                per_rest[(exp, rest, shown)].append(sign * (v - partner[partner_key]))
         if not per_rest:
             out.append(
                 {

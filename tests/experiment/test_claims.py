@@ -80,6 +80,10 @@ def test_claims_and_reference_reach_the_plan(tmp_path):
             "better and than must name the same axes with other values",
         ),
         ("reference: {model.position: alibi}\n", "reference: model.position='alibi' is not one"),
+        (
+            "claims:\n  - {better: {level: [3]}, than: {level: 1}, metric: emergence_step}\n",
+            "better: level: a qualifier is one value",
+        ),
     ],
 )
 def test_bad_claims_are_one_clear_error_at_load(tmp_path, tail, message):

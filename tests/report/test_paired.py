@@ -84,3 +84,42 @@ def test_order_claims_and_unpaired_runs():
          "seed": 4, "reason": "no run at model.position=abs"}
     ]  # fmt: skip
     assert verdict(None, None) == "not shown"
+
+
+def _emergence_rows(steps_by_level: dict[int, list[int]], weights: str = "trained") -> list[dict]:
+    """The dynamics stage's emergence rows of one arm over seeds: level -> step per seed."""
+    return [
+        {"experiment": "e", "run": f"rot,{seed}", "model.position": "rot", "seed": seed,
+         "stage": "dynamics", "metric": "emergence_step", "target": "ancestor", "level": level,
+         "weights": weights, "value": step, "n": 0}
+        for level, steps in steps_by_level.items()
+        for seed, step in enumerate(steps)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "deep, want",
+    [
+        ([300, 600, 900], "holds"),  # level 3 first in every seed, by 900-1500 steps
+        ([2700, 3000, 3000], "contradicted"),  # level 3 last
+        ([1800, 2400, 2400], "not shown"),  # a tie in two seeds
+    ],
+)
+def test_a_claim_may_compare_two_rows_of_each_run_by_a_qualifier(deep, want):
+    rows = _emergence_rows({1: [1800, 2100, 2400], 3: deep})
+    rows += _emergence_rows({1: [10, 10, 10], 3: [9000, 9000, 9000]}, weights="random_init")
+    claim = {"better": {"level": 3}, "than": {"level": 1}, "metric": "emergence_step",
+             "target": "ancestor"}  # fmt: skip
+    (row,) = verdicts(rows, ["model.position"], [claim])
+    diffs = [b - a for a, b in zip(deep, [1800, 2100, 2400], strict=True)]  # earlier is better
+    assert row["verdict"] == want and row["n_pairs"] == 3
+    assert row["mean_diff"] == pytest.approx(statistics.fmean(diffs))
+    assert row["model.position"] == "rot" and "level" not in row  # the compared qualifier
+    # an order over a qualifier expands to its pairwise claims, each judged the same way
+    rows += _emergence_rows({2: [1500, 1500, 1500]})
+    order = {"order": {"level": [3, 2, 1]}, "metric": "emergence_step", "target": "ancestor"}
+    got = [r["claim"] for r in verdicts(rows, ["model.position"], [order])]
+    assert got == [
+        "level=3 better than level=2 on emergence_step (target=ancestor)",
+        "level=2 better than level=1 on emergence_step (target=ancestor)",
+    ]
