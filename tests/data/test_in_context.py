@@ -180,3 +180,26 @@ def test_the_experiment_block_passes_the_check() -> None:
     from cfglab.stages import check_config
 
     check_config(_config())
+
+
+# sha256 of the quickstart's training batches of steps 0-2 and its first validation batch, as
+# make_data gave them at commit cdea4f8 (before data.in_context existed)
+QUICKSTART_TRAIN = "f7c12965a938ef23dd8fcb9c0fd6bdf4ba95027567c1ba399b5c02e58de57769"
+QUICKSTART_VAL = "1bfa4bda096913f8a1498b801928063b6d87a5803a8423e02c1707330f6015e2"
+
+
+def test_without_the_block_the_quickstart_stream_is_the_one_before_it_existed() -> None:
+    pytest.importorskip("torch")
+    import hashlib
+
+    from cfglab.train.dist import DistInfo
+    from cfglab.train.steps import make_data
+
+    cfg = load_config("configs/quickstart.yaml")
+    assert cfg.data.in_context is None
+    grammar, window, info = cfg.grammar.load(), cfg.model.block_size + 1, DistInfo(0, 0, 1, None)
+    train = make_data(cfg, grammar, window, info, 0)
+    got = hashlib.sha256(b"".join(train.batch_np(s).tobytes() for s in range(3))).hexdigest()
+    assert got == QUICKSTART_TRAIN
+    val = make_data(cfg, grammar, window, info, 1).batch_np(0)
+    assert hashlib.sha256(val.tobytes()).hexdigest() == QUICKSTART_VAL
