@@ -127,6 +127,14 @@ def test_without_metadata_the_stream_is_todays() -> None:
     a = FreshStream(QUICKSTART, 65, 4, seed=5).batch_np(3)
     b = FreshStream(QUICKSTART, 65, 4, seed=5, metadata=None).batch_np(3)
     assert np.array_equal(a, b) and a.max() <= eos
+    # the model's vocabulary and the targets are today's too (the stream's own hash at the commit
+    # before the block existed: tests/data/test_in_context.py, with neither block set)
+    assert md.model_vocab_size(QUICKSTART, []) == Vocab.from_grammar(QUICKSTART).size
+    vocab = Vocab.from_grammar(QUICKSTART)
+    x, y = NextToken().make_batch(torch.from_numpy(a), vocab.eos, vocab.mask)
+    assert torch.equal(x, torch.from_numpy(a[:, :-1])) and torch.equal(
+        y, torch.from_numpy(a[:, 1:])
+    )
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
@@ -204,10 +212,10 @@ def test_the_distribution_given_metadata_equals_enumeration(g, named, max_len, t
 
 def test_metadata_at_a_depth_too_far_below_unnamed_depths_is_refused() -> None:
     with pytest.raises(ConfigError, match="name them too"):
-        md.check_metadata(load("cfg3f"), [5], 0.5)
-    md.check_metadata(QUICKSTART, [2], 0.5)  # 27 combinations: fine
+        md.check_grammar(load("cfg3f"), [5], 0.5)
+    md.check_grammar(QUICKSTART, [2], 0.5)  # 27 combinations: fine
     with pytest.raises(ConfigError, match="fraction"):
-        md.check_metadata(QUICKSTART, [0], 0.0)
+        md.check_grammar(QUICKSTART, [0], 0.0)
 
 
 def _paint_rules(node, depth: int, start: int, want: np.ndarray) -> int:
