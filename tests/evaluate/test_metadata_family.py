@@ -88,11 +88,14 @@ def rows(ctx: EvalContext) -> dict[str, dict]:
 
 def test_an_oracle_given_the_metadata_obeys_it_at_kl_zero() -> None:
     r = rows(context(reads_metadata=True))
+    assert set(r) == set(family.DEFINITIONS)  # every row defined, every definition a row
     assert r["kl_given_metadata"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert r["metadata_accuracy"]["value"] == 1.0
     assert r["metadata_obeyed"]["value"] == 1.0
     # blind cut0 generations obey another string's metadata only by chance
     assert r["metadata_obeyed_chance"]["value"] < 0.8
+    assert r["metadata_obeyed_gain"]["ci_low"] > 0  # reading the metadata is what obeys it
+    assert r["metadata_accuracy_gain"]["value"] == 0.0  # the plain oracle is exact too
     # the plain model (the same oracle after BOS alone) is exact too
     assert r["kl_without_metadata"]["value"] == pytest.approx(0.0, abs=1e-9)
 
@@ -104,6 +107,8 @@ def test_an_oracle_blind_to_the_metadata_is_far_from_the_distribution_given_it()
     assert r["kl_given_metadata"]["ci_low"] > 0.05
     assert r["kl_without_metadata"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert r["kl_given_metadata"]["ci_low"] <= r["kl_given_metadata"]["value"]
+    gain = r["metadata_obeyed_gain"]  # obeying only by chance: no gain
+    assert gain["ci_low"] < 0 < gain["ci_high"] or abs(gain["value"]) < 0.1
 
 
 def test_the_family_does_not_apply_without_metadata() -> None:
