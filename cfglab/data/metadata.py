@@ -300,8 +300,39 @@ def combination_bound(grammar: Grammar, levels: Sequence[int]) -> int:
     return bound
 
 
-def check_metadata(grammar, levels: Sequence[int], fraction: float) -> None:
-    """ConfigError, before any work, for data.metadata that cannot run on `grammar`."""
+def check_metadata(cfg, grammar) -> None:
+    """ConfigError, before any work (cfglab.stages.check_config), for a config's data.metadata
+    and eval.metadata that cannot run: depths twice, eval depths the model has no tokens for,
+    settings without clean fresh trees or next-token training, then `check_grammar`."""
+    d, m, named = cfg.data, cfg.data.metadata, cfg.eval.metadata or []
+    for key, levels in (("data.metadata.levels", m.levels), ("eval.metadata", named)):
+        if len(set(levels)) != len(levels):
+            raise ConfigError(f"{key} {levels}: give each depth once, e.g. [0, 1]")
+    if named and (not m.levels or max(named) > max(m.levels)):
+        raise ConfigError(
+            f"eval.metadata {named} names depths the model has no metadata tokens for "
+            f"(data.metadata.levels {m.levels}): train with data.metadata, or set "
+            "eval.metadata=[]"
+        )
+    clashes = {
+        f"data.dataset {d.dataset}": bool(d.dataset),
+        f"data.sampler {d.sampler}": d.sampler != "fast",
+        "data.noise.fraction > 0": d.noise.fraction > 0,
+        "data.in_context": getattr(d, "in_context", None) is not None,
+        f"train.objective {cfg.train.objective}": cfg.train.objective != "next_token",
+    }
+    for what, clash in clashes.items():
+        if clash and m.levels:
+            raise ConfigError(
+                f"data.metadata reads the fast sampler's fresh trees and trains next-token "
+                f"prediction on clean strings; {what} does not combine with it: drop one, or "
+                "set data.metadata.levels=[]"
+            )
+    check_grammar(grammar, m.levels, m.fraction)
+
+
+def check_grammar(grammar, levels: Sequence[int], fraction: float) -> None:
+    """ConfigError for metadata at `levels` that cannot run on `grammar` (none: no check)."""
     if not levels:
         return
     if not isinstance(grammar, Grammar):

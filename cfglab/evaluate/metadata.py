@@ -12,6 +12,8 @@ also scores the plain prompts on its own strings so the two KLs are paired strin
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cfglab.data.metadata import Metadata, conditioned
@@ -22,6 +24,13 @@ from cfglab.evaluate.distribution import distribution_metrics
 from cfglab.evaluate.stats import wilson_interval
 
 N_BOOTSTRAP = 1000  # resamples of the strings behind each KL interval
+GENERATION_METRICS = (
+    "metadata_accuracy",
+    "metadata_obeyed",
+    "metadata_obeyed_chance",
+    "metadata_accuracy_gain",
+    "metadata_obeyed_gain",
+)
 
 DEFINITIONS: dict[str, str] = {
     "metadata_accuracy": (
@@ -39,6 +48,16 @@ DEFINITIONS: dict[str, str] = {
         "share of the model's plain cut0 generations (BOS alone; the accuracy family's) whose "
         "string is in the language given the metadata of the same-index prompt above: what "
         "obeying scores when the metadata is not read. 95% Wilson interval."
+    ),
+    "metadata_accuracy_gain": (
+        "metadata_accuracy minus the accuracy of the model's plain cut0 generations (BOS alone, "
+        "the accuracy family's, same temperature): what naming the rules adds to grammaticality."
+        " 95% normal interval of a difference of two independent proportions."
+    ),
+    "metadata_obeyed_gain": (
+        "metadata_obeyed minus metadata_obeyed_chance: how much more often the model's "
+        "generations obey the named rules when it reads them. 95% normal interval of a "
+        "difference of two independent proportions."
     ),
     "kl_given_metadata": (
         "next-token KL (the distribution family's definition: smoothed, rows k = 0..n of a true "
@@ -86,6 +105,14 @@ def _share(ok: np.ndarray) -> dict:
     n, k = len(ok), int(np.sum(ok))
     low, high = wilson_interval(k, n) if n else (0.0, 1.0)
     return {"value": k / n if n else float("nan"), "ci_low": low, "ci_high": high, "n": n}
+
+
+def _gain(a: dict, b: dict) -> dict:
+    """a - b for two shares (_share's dicts) of independent samples, 95% normal interval."""
+    d = a["value"] - b["value"]
+    var = sum(s["value"] * (1 - s["value"]) / s["n"] for s in (a, b) if s["n"])
+    half = 1.96 * math.sqrt(var)
+    return {"value": d, "ci_low": d - half, "ci_high": d + half, "n": a["n"]}
 
 
 def _kl(ctx: EvalContext, meta: Metadata) -> dict:
@@ -136,17 +163,20 @@ def _generations(ctx: EvalContext, meta: Metadata, t_index: int) -> dict:
     obeyed = np.zeros(len(strings), dtype=bool)
     for i in np.flatnonzero(correct):
         obeyed[i] = ctx.exact(cyk.recognize, _given(ctx, meta, choices[i]), [strings[i]])[0]
-    _, (plain_ok, _, plain_strings, _, _) = judged_generations(ctx, 0, t_index)
+    plain, (plain_ok, _, plain_strings, _, _) = judged_generations(ctx, 0, t_index)
     chance = np.zeros(len(plain_strings), dtype=bool)
     for i in np.flatnonzero(plain_ok[: len(choices)]):
         given = _given(ctx, meta, choices[i])
         chance[i] = ctx.exact(cyk.recognize, given, [plain_strings[i]])[0]
-    return {
+    out = {
         "temperature": temperature,
         "metadata_accuracy": _share(correct),
         "metadata_obeyed": _share(obeyed),
         "metadata_obeyed_chance": _share(chance[: len(choices)]),
     }
+    out["metadata_accuracy_gain"] = _gain(out["metadata_accuracy"], _share(plain_ok))
+    out["metadata_obeyed_gain"] = _gain(out["metadata_obeyed"], out["metadata_obeyed_chance"])
+    return out
 
 
 def measure(ctx: EvalContext) -> dict | None:
@@ -163,6 +193,6 @@ def measure(ctx: EvalContext) -> dict | None:
 def summary_rows(result: dict) -> list[dict]:
     rows = [{"metric": name, **stats} for name, stats in result["kl"].items()]
     for g in result["generations"]:
-        for name in ("metadata_accuracy", "metadata_obeyed", "metadata_obeyed_chance"):
+        for name in GENERATION_METRICS:
             rows.append({"metric": name, "cut": 0, "temperature": g["temperature"], **g[name]})
     return rows
