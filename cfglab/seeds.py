@@ -48,6 +48,10 @@ PURPOSES: dict[str, tuple[int, int]] = {
     "intervene_random": (43, 3),  # a random eraser of the control: (concept, layer, draw)
     "intervene_bootstrap": (44, 0),  # resamples of strings / pairs behind the intervals
     "intervene_pick": (45, 0),  # the order in which patching pairs are picked from the pool
+    # the metadata family (cfglab.evaluate.metadata); ids from 60
+    "eval_metadata": (60, 0),  # true strings whose metadata prompts the generations
+    "eval_metadata_generate": (61, 1),  # completions of metadata prompts: (temperature index)
+    "metadata_bootstrap": (62, 0),  # resamples of the strings behind the KL intervals
 }
 
 

@@ -247,11 +247,22 @@ def test_every_key_works_with_set_and_reaches_config_json(tmp_path: Path) -> Non
         "model.canon": "AC",
         "model.canon_kernel": 3,
         "eval.compositions": ["A -> 'a' under S -> A B"],  # (data.exclude: refused by physicslm4)
-    }
+        "data.metadata.fraction": 0.25,
+        "model.pos_init": "local",
+        "data.in_context": {"family": "permute", "levels": [1, 2], "rules": [1, 2],
+                            "length": [1, 2], "strings_per_window": 3},
+    }  # fmt: skip
     # model.family and match_params_to are tested in tests/model: lstm and ssm refuse the
     # mlm and Canon values set here, and match_params_to replaces n_embd.
-    # data.exclude needs the fast sampler (set to physicslm4 here): tests/data/test_exclude.py
-    skip = ("model.family", "model.match_params_to", "data.exclude")
+    # data.exclude and data.metadata need the fast sampler (set to physicslm4 here):
+    # tests/data/test_exclude.py, tests/data/test_metadata.py
+    skip = (
+        "model.family",
+        "model.match_params_to",
+        "data.exclude",
+        "data.metadata.levels",
+        "eval.metadata",
+    )
     keys = [k for k in _leaf_keys(default) if k not in skip]
     assert "model.rel_max_distance" in keys and "probe.n_heads" in keys and "eval.n_kl" in keys
     overrides, expected = [], {}

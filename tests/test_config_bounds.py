@@ -57,6 +57,7 @@ COMPANIONS = {
     "model.rotary_fraction": ["model.n_head=1", "model.n_embd=65536"],  # rotates >= 2 dims
     "grammar.implicit.tokens": ["grammar.implicit.mode=disjoint"],
     "grammar.implicit.seed": ["grammar.implicit.mode=overlap"],
+    "eval.metadata": ["data.metadata.levels=[64]"],
 }
 ONE_TERMINAL = "S -> 'a' S [0.5] | 'a' [0.5]\n"  # implicit tokens at 1 needs one terminal
 # the smallest value above an open lower bound that loads, where a rule between keys sets it
@@ -77,7 +78,17 @@ def test_the_sampler_and_the_config_share_the_length_cap():
 def _text(key: str, value) -> str:
     """key=value as --set writes it (a list key gets a one-element list)."""
     one = json.dumps(value) if not isinstance(value, float) else repr(value)
-    if key in ("eval.cuts", "eval.temperatures", "eval.corrupt", "train.keep_steps"):
+    if key in (
+        "eval.cuts",
+        "eval.temperatures",
+        "eval.corrupt",
+        "train.keep_steps",
+        "data.metadata.levels",
+        "eval.metadata",
+        "data.in_context.levels",
+        "data.in_context.rules",
+        "data.in_context.length",
+    ):
         return f"{key}=[{one}]"
     return f"{key}={one}"
 

@@ -114,6 +114,26 @@ CASES = {
     "data_out_is_file": (["data", QUICKSTART, "--out", "{existing_txt}", "-n", "5"], "is a file"),
     "data_out_not_empty": (["data", QUICKSTART, "--out", "{full}", "-n", "5"], "already holds"),
     "data_zero_n": (["data", QUICKSTART, "--out", "{folder}/d", "-n", "0"], "argument -n: 0"),
+    "data_metadata": (
+        ["data", QUICKSTART, "--out", "{folder}/d", "-n", "5", "--set", "data.metadata.levels=[0]"],
+        "without metadata tokens",
+    ),
+    "data_in_context": (
+        [
+            "data",
+            QUICKSTART,
+            "--out",
+            "{folder}/d",
+            "-n",
+            "5",
+            "--set",
+            "data.max_len=27",
+            'data.in_context={{"family": "permute"}}',
+        ],
+        "without a fresh grammar per window",
+    ),  # fmt: skip
+    "list_missing_path": (["grammar", "list", "{folder}/none"], "does not exist"),
+    "list_folder_without_grammars": (["grammar", "list", "{folder}"], "holds no *.cfg"),
 }
 
 

@@ -12,6 +12,8 @@ a restricted-window probe (the paper's diagonal probes, scored at NT ends only) 
 - end_label / ends / depth (any grammar): the label of the smallest constituent ending at each
   token ("none" where none ends), "a constituent of label A ends here" (one probe per label),
   and the number of constituents above each token;
+- rule (layered grammars, opt-in): the index of the rule the token's level-l ancestor chose
+  (level 0: the root's), what metadata conditioning names (cfglab.data.metadata);
 - block / offset (a language beyond context-free, cfglab.languages, which has no tree): the
   segment a token is in (aⁿbⁿcⁿ: a, b or c; ww: the first or the second w) and its position
   within the segment, from the language's own labels; block's restricted windows are scored at
@@ -77,6 +79,18 @@ def _depth(grammar: Grammar, tl: TreeLabels) -> list[Target]:
     return [Target("depth", {}, y, MAX_DEPTH_CLASS, None)]
 
 
+def _rule(grammar: Grammar, batch) -> list[Target]:
+    from cfglab.data.metadata import rule_labels
+
+    tl = tree_labels(grammar, batch)
+    labels = rule_labels(grammar, batch, tl.subtree)  # (L, N) the ancestor's rule index
+    n_rules = max(len(r) for r in grammar.rules_of)
+    return [
+        Target("rule", {"level": lev}, labels[lev], n_rules, tl.is_boundary[lev])
+        for lev in range(tl.n_levels)
+    ]
+
+
 def _block(lang, batch) -> list[Target]:
     block = batch.labels["block"]
     last = np.ones(len(block), bool)  # a segment's last token: the next differs or a string ends
@@ -108,6 +122,11 @@ class TargetSpec:
     supports: Callable[[Grammar], bool]  # the grammar has this target
     default: Callable[[Grammar], bool]  # probed when probe.targets is null
     about: str  # one line for the report
+    reads_batch: bool = False  # build takes (grammar, the labelled batch), not its TreeLabels
+
+
+def _never(grammar: Grammar) -> bool:
+    return False
 
 
 def _not_layered(grammar: Grammar) -> bool:
@@ -123,6 +142,9 @@ TARGETS: dict[str, TargetSpec] = {
     ),
     "ends": TargetSpec(_ends, _is_cfg, _not_layered, "a constituent of label A ends here"),
     "depth": TargetSpec(_depth, _is_cfg, _not_layered, "the number of constituents above a token"),
+    "rule": TargetSpec(
+        _rule, _layered, _never, "the rule its level-l ancestor chose (metadata)", True
+    ),
     "block": TargetSpec(_block, _is_language, _is_language, "the segment a token is in"),
     "offset": TargetSpec(_offset, _is_language, _is_language, "its position in the segment"),
 }
@@ -138,4 +160,8 @@ def build_targets(grammar: Grammar, batch, names: list[str]) -> list[Target]:
     if _is_language(grammar):  # no tree: the language's own labels
         return [t for name in names for t in TARGETS[name].build(grammar, batch)]
     tl = tree_labels(grammar, batch)
-    return [t for name in names for t in TARGETS[name].build(grammar, tl)]
+    return [
+        t
+        for name in names
+        for t in TARGETS[name].build(grammar, batch if TARGETS[name].reads_batch else tl)
+    ]

@@ -106,11 +106,18 @@ def run_data(args: argparse.Namespace) -> int:
     from cfglab.train.steps import training_noise
 
     grammar = cfg.grammar.load()
-    if cfg.data.exclude:
-        raise CfglabError(
-            "data.exclude: cfglab data writes the grammar's strings unfiltered; train on fresh "
-            "samples (data.dataset=null) to hold combinations out, or drop data.exclude here"
-        )
+    # what a saved dataset cannot hold: it is the grammar's plain strings
+    unsaved = {
+        "data.exclude": (bool(cfg.data.exclude), "held-out rule combinations"),
+        "data.metadata": (bool(cfg.data.metadata.levels), "metadata tokens"),
+        "data.in_context": (cfg.data.in_context is not None, "a fresh grammar per window"),
+    }
+    for key, (asked, what) in unsaved.items():
+        if asked:
+            raise CfglabError(
+                f"{key}: cfglab data writes the grammar's plain strings, without {what}; train "
+                f"on fresh samples (data.dataset=null) for {what}, or drop {key} here"
+            )
     check_length(grammar, cfg.data.max_len)
     _check_sampler(cfg)
     check_memory(grammar, args.n, cfg.data.max_len)

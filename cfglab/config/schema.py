@@ -29,6 +29,7 @@ OBJECTIVES: dict[str, bool] = {"next_token": True, "mlm": False}
 # before torch is imported. Each is the source of its registry: the registry is built with
 # `registry(NAMES, {...})`, which refuses, at import, a registry whose names differ from it.
 POSITION_NAMES = ("abs", "rel", "rot", "pos", "uni", "nope", "alibi")  # model.positions.POSITIONS
+POS_INITS = ("uniform", "local")  # model.pos_init: where pos's distance table starts
 # model family -> whether it has attention: position variants, Canon layers and the encoder
 # (train.objective mlm) apply to those that do; cfglab.model.families.FAMILIES implements them
 MODEL_FAMILIES: dict[str, bool] = {"transformer": True, "lstm": False, "ssm": False}
@@ -55,6 +56,7 @@ INTERVENTION_PARTS = ("erasure", "patching", "heads")  # cfglab.analyze.interven
 SAMPLER_NAMES = ("fast", "physicslm4")  # cfglab.data.dataset.FRESH_SAMPLERS
 NOISE_KIND_NAMES = ("token", "rule")  # cfglab.data.noise.NOISE_KINDS
 CORRUPTION_NAMES = ("substitute", "insert", "delete")  # cfglab.data.noise.KINDS
+IN_CONTEXT_FAMILY_NAMES = ("random", "permute")  # cfglab.data.in_context.GRAMMAR_FAMILIES
 # derived from their registry, which is torch-free and imports no config
 IMPLICIT_MODE_NAMES = tuple(IMPLICIT_MODES)  # cfglab.grammar.implicit
 IMPLICIT_WEIGHT_NAMES = tuple(IMPLICIT_WEIGHTS)
@@ -123,6 +125,21 @@ class NoiseConfig:
 
 
 @dataclass
+class InContextConfig:  # data.in_context: every window a fresh grammar (cfglab.data.in_context)
+    family: str = "random"  # random (the paper's recipe below) or permute (of grammar.name)
+    levels: list[int] = field(default_factory=lambda: [1, 3, 3, 3])  # random: symbols per level
+    rules: list[int] = field(default_factory=lambda: [2, 3])  # random: rules per NT, min and max
+    length: list[int] = field(default_factory=lambda: [2, 3])  # random: symbols per rule, min, max
+    strings_per_window: int = 8  # K: whole strings every window holds (eval: k = 1..K)
+
+
+@dataclass
+class MetadataConfig:  # metadata conditioning (cfglab.data.metadata); levels [] = off
+    levels: list[int] = field(default_factory=list)  # depths whose rule choices are named (root 0)
+    fraction: float = 0.5  # share of training strings that carry them, after their BOS
+
+
+@dataclass
 class DataConfig:
     seed: int = 0  # data seed: the training stream is keyed by (seed, split, step)
     max_len: int | None = None  # resample strings longer than this (None: keep all)
@@ -134,6 +151,9 @@ class DataConfig:
     # of these rule combinations are redrawn, e.g. "7 -> '3' '2' under 10 -> 8 7" (a rule under
     # a parent rule) or "... below ..." (anywhere in its subtree); the fast sampler only
     exclude: list[str] = field(default_factory=list)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)  # metadata conditioning
+    # grammars learned in context: each window draws its own grammar of a family (None: off)
+    in_context: InContextConfig | None = None
 
 
 @dataclass(kw_only=True)
@@ -153,6 +173,7 @@ class ModelShape:
     canon: str = ""  # transformer: Canon layers at these sites of each block, e.g. "AC", "ABCD"
     canon_kernel: int = 4  # Canon: positions each layer mixes (the current and K - 1 before)
     canon_residual: bool = True  # Canon: output = input + convolution (the authors' default)
+    pos_init: str = "uniform"  # pos: table starts at 0 (uniform over the prefix) or local (ALiBi)
 
 
 @dataclass(kw_only=True)
@@ -209,6 +230,9 @@ class EvalConfig:
     # rule combinations the composition family scores (None: data.exclude; set it on a run
     # trained without exclusions to score the same combinations on a full model)
     compositions: list[str] | None = None
+    # depths whose rule choices the metadata family's prompts name (None: data.metadata.levels;
+    # [] skips the family); the model must have been trained with metadata at these depths
+    metadata: list[int] | None = None
 
 
 @dataclass

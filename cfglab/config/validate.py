@@ -19,11 +19,13 @@ from cfglab.config.schema import (
     FAMILY_NAMES,
     IMPLICIT_MODE_NAMES,
     IMPLICIT_WEIGHT_NAMES,
+    IN_CONTEXT_FAMILY_NAMES,
     INTERVENTION_PARTS,
     MODEL_FAMILIES,
     NOISE_KIND_NAMES,
     OBJECTIVES,
     PER_RUN_SECTIONS,
+    POS_INITS,
     POSITION_NAMES,
     PRESET_NAMES,
     PRESETS,
@@ -65,6 +67,7 @@ def _check_names(cfg: ExperimentConfig) -> None:
     m.causal = OBJECTIVES[t.objective]
     _one_of("train.decay", t.decay, DECAYS)
     _one_of("model.position", m.position, POSITION_NAMES)
+    _one_of("model.pos_init", m.pos_init, POS_INITS)
     if m.preset is not None:
         _one_of("model.preset", m.preset, PRESET_NAMES)
     _one_of("train.dtype", t.dtype, DTYPES)
@@ -83,6 +86,9 @@ def _check_names(cfg: ExperimentConfig) -> None:
     _one_of("data.sampler", d.sampler, SAMPLER_NAMES)
     check_noise(d.noise)
     _check_exclude(cfg)
+    _check_metadata(cfg)
+    if d.in_context is not None:
+        _one_of("data.in_context.family", d.in_context.family, IN_CONTEXT_FAMILY_NAMES)
     imp = cfg.grammar.implicit
     if imp is not None:
         _one_of("grammar.implicit.mode", imp.mode, IMPLICIT_MODE_NAMES)
@@ -148,6 +154,13 @@ RANGES: dict[str, Range] = {
     "data.prefetch": Range(0, 64),
     "data.noise.fraction": PROBABILITY,
     "data.noise.rate": PROBABILITY,
+    "data.metadata.levels": Range(0, 64, why="a depth of the derivation tree, the root 0"),
+    "data.metadata.fraction": PROBABILITY,
+    "eval.metadata": Range(0, 64, why="a depth of the derivation tree, the root 0"),
+    "data.in_context.levels": Range(1, 1000, why="symbols per level of the random recipe"),
+    "data.in_context.rules": Range(1, 100, why="rules per nonterminal"),
+    "data.in_context.length": Range(1, 100, why="symbols per rule"),
+    "data.in_context.strings_per_window": Range(1, WIDE, why="whole strings per window"),
     "model.block_size": Range(2, WIDE),
     "model.n_layer": Range(1, 1024),
     "model.n_head": Range(1, 1024),
@@ -444,6 +457,13 @@ def _check_exclude(cfg: ExperimentConfig) -> None:
         )
     if e.compositions is None and d.exclude:
         e.compositions = list(d.exclude)  # derived: the family scores what training held out
+
+
+def _check_metadata(cfg: ExperimentConfig) -> None:
+    """eval.metadata None becomes data.metadata.levels; both are checked where the grammar is
+    known (cfglab.data.metadata.check_metadata, from stages.check_config)."""
+    if cfg.eval.metadata is None and cfg.data.metadata.levels:
+        cfg.eval.metadata = sorted(set(cfg.data.metadata.levels))  # what training named
 
 
 def check_cuts(cfg: ExperimentConfig) -> None:

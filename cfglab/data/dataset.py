@@ -47,6 +47,8 @@ import torch
 from cfglab.config import SAMPLER_NAMES
 from cfglab.config.schema import registry
 from cfglab.data.exclude import check_combinations
+from cfglab.data.in_context import InContextSpec, window_batch
+from cfglab.data.metadata import METADATA_PURPOSE, metadata_prefixes, pack_with_metadata
 from cfglab.data.noise import NOISE_PURPOSE, TrainingNoise, perturb_fraction
 from cfglab.data.physicslm4 import PhysicsLM4Windows
 from cfglab.data.sampler import SampleBatch, sample
@@ -116,11 +118,22 @@ def bos_aligned_windows(
 
 
 def _bos_aligned(
-    grammar, n_windows, length, key, eos, max_len, noise, want_strings=False, exclude=()
+    grammar,
+    n_windows,
+    length,
+    key,
+    eos,
+    max_len,
+    noise,
+    want_strings=False,
+    exclude=(),
+    metadata=None,
 ):
     """bos_aligned_windows, and with `want_strings` what it drew: (windows, the strings whose
     BOS falls in a window as a SampleBatch without labels, their (n,) perturbed mask).
-    `exclude`: combinations (cfglab.data.exclude) no drawn string's tree contains."""
+    `exclude`: combinations (cfglab.data.exclude) no drawn string's tree contains. `metadata`
+    (cfglab.data.metadata.Metadata): carriers drawn with (*key, i, METADATA_PURPOSE) get their
+    tree's metadata after their BOS; the clean strings are the same draws."""
     active = noise is not None and noise.is_active
     per_string = grammar.mean_length + 2
     n = math.ceil(n_windows * (length + per_string) / per_string * 1.1) + 2
@@ -134,13 +147,17 @@ def _bos_aligned(
             n,
             key_seed(*key, i),
             max_len=max_len,
-            labels=active and noise.needs_labels,
+            labels=(active and noise.needs_labels) or metadata is not None,
             exclude=exclude,
         )
         hit = np.zeros(len(b), dtype=bool)
         if active:
             b, hit = perturb_fraction(b, grammar, noise, key_seed(*key, i, NOISE_PURPOSE))
-        parts.append(pack(b, eos))
+        if metadata is not None:
+            prefixes = metadata_prefixes(metadata, b, key_seed(*key, i, METADATA_PURPOSE))
+            parts.append(pack_with_metadata(b, eos, prefixes))
+        else:
+            parts.append(pack(b, eos))
         drawn.append(b)
         hits.append(hit)
         i += 1
@@ -217,6 +234,8 @@ class FreshStream(_Batches):
     `exclude` (data.exclude, fast sampler only): rule combinations (cfglab.data.exclude) no
     training string's tree contains; such trees are rejected and redrawn, so the stream stays a
     function of (seed, split, step), and `()` leaves it bit-identical.
+    `metadata` (data.metadata, fast sampler only; cfglab.data.metadata.Metadata): a share of the
+    strings carry their tree's metadata tokens after their BOS; None leaves it bit-identical.
     """
 
     def __init__(
@@ -233,9 +252,16 @@ class FreshStream(_Batches):
         sampler: str = "fast",
         noise: TrainingNoise | None = None,
         exclude: Sequence[str] = (),
+        metadata=None,
     ) -> None:
         self._shard(global_batch, rank, world_size)
         self.grammar, self.window, self.seed, self.split = grammar, window, seed, split
+        self.metadata = metadata  # a cfglab.data.metadata.Metadata: strings carry it (fast only)
+        if metadata is not None and sampler != "fast":
+            raise ConfigError(
+                f"data.metadata needs the fast sampler's trees (data.sampler {sampler}): set "
+                "data.sampler=fast or data.metadata.levels=[]"
+            )
         self.global_batch = global_batch
         self.max_len = max_len
         self.eos = Vocab.from_grammar(grammar).eos
@@ -296,6 +322,7 @@ class _FastSteps:
             self.noise,
             want_strings,
             fs.exclude,
+            fs.metadata,
         )
 
     def windows(self, step: int) -> np.ndarray:
@@ -331,6 +358,33 @@ def _physicslm4_steps(fs: FreshStream, noise: TrainingNoise | None) -> PhysicsLM
         noise,
         lambda step, j: key_seed(seed, split, step, j, NOISE_PURPOSE),
     )
+
+
+class InContextStream(_Batches):
+    """Batches of in-context windows (data.in_context, cfglab.data.in_context): window j of step
+    s draws its own grammar and strings from (seed, split, s, j), so a rank builds only its
+    own windows and the stream never depends on the world size. (B_local, window) per step."""
+
+    def __init__(
+        self,
+        spec: InContextSpec,
+        grammar: Grammar,
+        window: int,
+        global_batch: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        split: int = TRAIN,
+    ) -> None:
+        self._shard(global_batch, rank, world_size)
+        self.spec, self.grammar, self.window, self.seed, self.split = (
+            spec, grammar, window, seed, split
+        )  # fmt: skip
+
+    def batch_np(self, step: int) -> np.ndarray:
+        args = (self.spec, self.grammar, self.seed, self.split, step)
+        return window_batch(*args, self.first, self.local, self.window)  # (B_local, window)
 
 
 # data.sampler name -> the source of a FreshStream's steps

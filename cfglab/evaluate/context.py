@@ -76,6 +76,22 @@ class EvalContext:
     def eos(self) -> int:
         return self.grammar.n_t + 1
 
+    @property
+    def in_context(self):
+        """The run's data.in_context as an InContextSpec (cfglab.data.in_context), read from its
+        config.json once per memo; None without a run, or for a run of one fixed grammar."""
+        if self.run_dir is None:
+            return None
+        key = ("in_context_spec", str(self.run_dir))
+        if key not in self.memo:
+            from cfglab import rundir
+            from cfglab.data.in_context import InContextSpec
+
+            cfg = rundir.read_run_config(self.run_dir)
+            spec = None if cfg.data.in_context is None else InContextSpec.from_config(cfg)
+            self.memo[key] = spec
+        return self.memo[key]
+
     def seed(self, purpose: str, *key: int) -> int:
         return stream_seed(self.settings.seed, purpose, *key)
 

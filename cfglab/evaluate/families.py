@@ -17,8 +17,10 @@ from cfglab.evaluate import (
     composition,
     distribution,
     diversity,
+    in_context,
     loss_floor,
     memorisation,
+    metadata,
     robustness,
 )
 
@@ -30,4 +32,6 @@ FAMILIES: dict[str, ModuleType] = {
     "robustness": robustness,  # completions of corrupted prompts (eval.corrupt)
     "memorisation": memorisation,  # generations and test strings seen in training, novelty
     "composition": composition,  # held-out rule combinations (eval.compositions, data.exclude)
+    "metadata": metadata,  # prompts that name the tree's top rules (data.metadata, eval.metadata)
+    "in_context": in_context,  # grammars learned in context (data.in_context): loss by k
 }

@@ -26,7 +26,11 @@ def evaluate(ctx: EvalContext, names: Sequence[str] | None = None) -> dict:
     """Every applicable family's (or the named families') result and summary rows; see the
     module docstring."""
     results, rows, seconds = {}, [], {}
-    for name in names if names is not None else list(FAMILIES):
+    if names is None:
+        names = list(FAMILIES)
+        if ctx.in_context is not None:  # every window its own grammar: no family of one grammar
+            names = [n for n in names if getattr(FAMILIES[n], "IN_CONTEXT", False)]
+    for name in names:
         family = FAMILIES[name]
         t0 = time.perf_counter()
         result = family.measure(ctx)

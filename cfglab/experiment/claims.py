@@ -75,7 +75,7 @@ def _check_one(path: Path, i: int, claim: Any, grid: dict, metrics: list[str]) -
     if is_threshold(claim):  # {metric: m, above: 0}: one metric against a number
         check_threshold(path, where, claim)
     elif ("order" in claim) == ("better" in claim or "than" in claim):
-        raise ConfigError(f"{path}: {where}: give either better + than, order, or above/below")
+        raise ConfigError(f"{path}: {where}: give either better + than, or order, or above/below")
     elif "order" in claim:
         order = claim["order"]
         if not isinstance(order, dict) or len(order) != 1:

@@ -44,10 +44,10 @@ STATUS_EVERY_S = 5.0  # status.json is refreshed at least this often while local
 
 def pending_stages(spec: RunSpec) -> list[str]:
     """The run's stages not yet completed under its settings (no torch needed to tell)."""
-    from cfglab.stages import stage_key
+    from cfglab.stages import stage_is_done
 
     marks = rundir.read_stage_marks(spec.dir)
-    return [s for s in spec.config.stages if marks.get(s) != stage_key(spec.config, s)]
+    return [s for s in spec.config.stages if not stage_is_done(marks, spec.config, s)]
 
 
 def check_run_folders(exp: Experiment) -> None:

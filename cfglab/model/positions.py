@@ -245,9 +245,14 @@ class PositionOnlyAttention(NoPosition):
     """`pos` (GPT_pos): attention weights depend only on positions and are learned (SPEC [ours]).
 
     logit(i, j) = b[layer, h][i - j], one learned scalar per layer, head and distance; no q, k
-    (softmax over the allowed j; values and output projection as usual). Initialised to 0, i.e.
-    a uniform average over the prefix. Encoder (causal=False): the table covers i - j in
-    [-(block_size-1), block_size-1], so it may treat left and right differently.
+    (softmax over the allowed j; values and output projection as usual). The paper says only
+    that the weights are trainable; `model.pos_init` chooses where they start: `uniform` (0: a
+    uniform average over the prefix) or `local` (b[h][d] = -m_h |d| with ALiBi's head slopes
+    m_h: head 1 nearly attends to the last token or two, the last head almost uniformly, like
+    uni's windows 1, 3, 7, ... but every weight still learnable), so that an optimiser that
+    cannot find the local pattern from 0 is not mistaken for a model that cannot express it.
+    Encoder (causal=False): the table covers i - j in [-(block_size-1), block_size-1], so it may
+    treat left and right differently.
     """
 
     sdpa = False
@@ -256,7 +261,12 @@ class PositionOnlyAttention(NoPosition):
     def __init__(self, config: ModelShape) -> None:
         super().__init__(config)
         n_dist = config.block_size if config.causal else 2 * config.block_size - 1
-        self.table = nn.Parameter(torch.zeros(config.n_layer, config.n_head, n_dist))
+        table = torch.zeros(config.n_layer, config.n_head, n_dist)
+        if config.pos_init == "local":
+            d = torch.arange(n_dist) if config.causal else torch.arange(n_dist) - (n_dist // 2)
+            slopes = torch.tensor(alibi_slopes(config.n_head))  # (H,)
+            table[:] = -slopes[:, None] * d.abs().float()  # (H, n_dist), every layer alike
+        self.table = nn.Parameter(table)
 
     def bias(self, layer, span, q, k, dtype, project=None):
         d = span.q[:, None] - span.k[None, :]  # (Tq, Tk)

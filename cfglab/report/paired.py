@@ -52,7 +52,14 @@ LOWER_IS_BETTER = {
     "final_loss",
     "final_val_loss",
     "val_loss",
+    "loss_above_floor",
     "emergence_step",
+    "icl_loss",
+    "icl_loss_oracle",
+    "icl_loss_ngram",
+    "icl_gap",
+    "kl_given_metadata",
+    "kl_without_metadata",
 }
 NOT_KEYS = {"experiment", "run", "seed", "value", "ci_low", "ci_high", "n"}
 VERDICTS = ("holds", "contradicted", "not shown")

@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import itertools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cfglab import expdir, rundir
@@ -91,6 +92,10 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
 
     stages = cfg.stages if stages is None else stages
     grammar = cfg.grammar.load()
+    if cfg.data.in_context is not None:  # every window its own grammar: no fixed-grammar stage
+        from cfglab.data.in_context import check_stages
+
+        check_stages(cfg, grammar, stages)
     check_language(cfg, grammar, stages)
     if "train" in stages and cfg.data.exclude:  # rule names, each part still seen on its own
         from cfglab.data.exclude import check_combinations
@@ -100,6 +105,10 @@ def check_config(cfg: ExperimentConfig, stages: list[str] | None = None) -> None
         from cfglab.data.exclude import parse_combinations
 
         parse_combinations(grammar, cfg.eval.compositions, "eval.compositions")
+    if cfg.data.metadata.levels or cfg.eval.metadata:  # trees to read, tokens to prompt with
+        from cfglab.data.metadata import check_metadata
+
+        check_metadata(cfg, grammar)
     if "train" in stages and cfg.data.noise.fraction > 0:
         TrainingNoise(**dataclasses.asdict(cfg.data.noise)).check(grammar)
     if "eval" in stages:
@@ -152,11 +161,18 @@ STAGE_SECTIONS = {
 }
 
 
-def stage_key(cfg: ExperimentConfig, stage: str) -> str:
-    """A hash of the settings a stage's result depends on: the training record (every grammar,
-    data, model and train setting but those that change nothing learned), plus the stage's own
-    sections (STAGE_SECTIONS) without devices and threads. Equal keys: the stage's result would
-    be the same."""
+# settings added after runs were made, with the value at which each changes nothing (the
+# feature is off): a stage key leaves them out at that value, so that a run made before the
+# setting existed stays current (its stages are not redone after an upgrade)
+ADDED_OFF = {
+    "data.metadata.levels": ("data.metadata", []),
+    "data.in_context": ("data.in_context", None),
+    "model.pos_init": ("model.pos_init", "uniform"),
+    "eval.metadata": ("eval.metadata", None),
+}
+
+
+def _keyed_settings(cfg: ExperimentConfig, stage: str) -> tuple[dict, dict]:
     settings = flat(cfg.to_dict())
     record = {
         k: v
@@ -169,7 +185,53 @@ def stage_key(cfg: ExperimentConfig, stage: str) -> str:
         if k.split(".")[0] in STAGE_SECTIONS[stage]
         and k.split(".")[-1] not in ("device", "threads")
     }
-    return rundir.sha256(json.dumps([record, own], sort_keys=True))
+    return record, own
+
+
+def _off_prefixes(settings: dict) -> list[str]:
+    """The ADDED_OFF settings that are off here (their whole section: prefix and below)."""
+    return [
+        prefix
+        for key, (prefix, off) in ADDED_OFF.items()
+        if key in settings and settings[key] == off
+    ]
+
+
+def _without(settings: dict, prefixes: Sequence[str]) -> dict:
+    return {
+        k: v
+        for k, v in settings.items()
+        if not any(k == p or k.startswith(p + ".") for p in prefixes)
+    }
+
+
+def stage_key(cfg: ExperimentConfig, stage: str) -> str:
+    """A hash of the settings a stage's result depends on: the training record (every grammar,
+    data, model and train setting but those that change nothing learned), plus the stage's own
+    sections (STAGE_SECTIONS) without devices and threads, less the ADDED_OFF settings that are
+    off. Equal keys: the stage's result would be the same."""
+    record, own = _keyed_settings(cfg, stage)
+    off = _off_prefixes({**record, **own})
+    return rundir.sha256(json.dumps([_without(record, off), _without(own, off)], sort_keys=True))
+
+
+def stage_is_done(marks: dict[str, str], cfg: ExperimentConfig, stage: str) -> bool:
+    """Whether a run's stage marks (stages.json) hold `stage` as done under cfg's settings: its
+    key, or the key an earlier cfglab wrote with some of the ADDED_OFF settings present at
+    their off value (a run made while they were being added)."""
+    mark = marks.get(stage)
+    if mark is None:
+        return False
+    if mark == stage_key(cfg, stage):
+        return True
+    record, own = _keyed_settings(cfg, stage)
+    off = _off_prefixes({**record, **own})
+    for n in range(len(off)):
+        for dropped in itertools.combinations(off, n):
+            keyed = [_without(record, dropped), _without(own, dropped)]
+            if mark == rundir.sha256(json.dumps(keyed, sort_keys=True)):
+                return True
+    return False
 
 
 def check_run_folder(name: str, cfg: ExperimentConfig, run_dir: Path) -> None:
@@ -274,7 +336,7 @@ def _run_stage_held(
     from cfglab.train import checkpoint as ckpt
 
     key = stage_key(cfg, name)
-    if skip_done and rundir.read_stage_marks(run_dir).get(name) == key:
+    if skip_done and stage_is_done(rundir.read_stage_marks(run_dir), cfg, name):
         say(f"== {name}: done earlier with these settings, skipped")
         return None
     if name == "train":
@@ -344,4 +406,5 @@ __all__ = [
     "run_stage",
     "run_stages",
     "stage_key",
+    "stage_is_done",
 ]

@@ -42,6 +42,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, to: str = "hf") -> Path
     from cfglab.train.checkpoint import load_model
 
     writer, _, _ = FORMATS[to]
+    if rundir.read_run_config(run_dir).data.metadata.levels:
+        from cfglab.errors import CfglabError
+
+        raise CfglabError(
+            f"{run_dir} was trained with data.metadata: its metadata tokens (ids after <pad>) "
+            "have no place in an exported tokenizer or model card yet; export a run trained "
+            "without metadata"
+        )
     model, cfg = load_model(run_dir)
     grammar = rundir.read_run_grammar(run_dir, cfg.grammar.name)
     vocab = Vocab.from_grammar(grammar)

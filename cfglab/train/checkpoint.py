@@ -317,12 +317,13 @@ def load_model(
     run's own grammar.cfg, never from the file the run was made from. CheckpointError if the
     run has no usable checkpoint.
     """
-    from cfglab.data.vocab import Vocab
+    from cfglab.data.metadata import model_vocab_size
     from cfglab.model import build_model, gpt_config
 
     cfg = rundir.read_run_config(run_dir)
     path = checkpoint if checkpoint is not None else latest_checkpoint(run_dir)
-    vocab = Vocab.from_grammar(rundir.read_run_grammar(run_dir, cfg.grammar.name))
-    model = build_model(gpt_config(cfg.model, vocab.size))
+    grammar = rundir.read_run_grammar(run_dir, cfg.grammar.name)
+    size = model_vocab_size(grammar, cfg.data.metadata.levels)  # Vocab's, + metadata tokens
+    model = build_model(gpt_config(cfg.model, size))
     load_weights(model, path)
     return model.to(device).eval(), cfg

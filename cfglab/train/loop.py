@@ -33,6 +33,7 @@ import torch.nn as nn
 from cfglab import rundir
 from cfglab.config import ExperimentConfig, kept_steps
 from cfglab.data.dataset import TRAIN
+from cfglab.data.metadata import model_vocab_size
 from cfglab.data.vocab import Vocab
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.grammar import Grammar
@@ -107,7 +108,8 @@ def setup(
     vocab = Vocab.from_grammar(grammar)
     objective = get_objective(t.objective, t.mlm_prob)
     # seeded by train.seed: the analyses' random-init twin is this same draw
-    model = build_model(gpt_config(cfg.model, vocab.size), seed=t.seed)  # checks the variant
+    size = model_vocab_size(grammar, cfg.data.metadata.levels)  # + data.metadata's tokens
+    model = build_model(gpt_config(cfg.model, size), seed=t.seed)  # checks the variant
     model.to(info.device)
     optimizer = make_optimizer(model, cfg)
     if run_dir.exists() and not run_dir.is_dir():

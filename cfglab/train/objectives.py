@@ -3,7 +3,8 @@
 Every objective takes windows of `block_size + 1` tokens (B, T+1) from the data stream and
 returns model inputs x (B, T), targets y (B, T) and the loss; targets of -100 are ignored.
 
-- next_token (GPT): x = window[:, :-1], y = window[:, 1:], loss on every position (the paper).
+- next_token (GPT): x = window[:, :-1], y = window[:, 1:], loss on every position (the paper)
+  but those whose target is a metadata token (an id after PAD: cfglab.data.metadata).
 - mlm (encoder, BERT/DeBERTa style): x = window[:, :-1] with 15% of positions chosen; of those
   80% become MASK, 10% a random terminal, 10% stay; y = the original token at chosen positions,
   -100 elsewhere. The choice is drawn from a generator the loop seeds by (seed, step, rank),
@@ -40,8 +41,10 @@ class NextToken:
         mask_id: int,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # window (B, T+1) -> x (B, T), y (B, T)
-        return window[:, :-1], window[:, 1:]
+        # window (B, T+1) -> x (B, T), y (B, T); ids after PAD (mask_id + 1) are metadata
+        # tokens (cfglab.data.metadata): read, never predicted
+        y = window[:, 1:]
+        return window[:, :-1], y.masked_fill(y > mask_id + 1, IGNORE)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ import torch
 import torch.nn as nn
 
 from cfglab.config import ExperimentConfig
-from cfglab.data.dataset import TRAIN, VAL, FreshStream
+from cfglab.data.dataset import TRAIN, VAL, FreshStream, InContextStream
+from cfglab.data.in_context import InContextSpec
+from cfglab.data.metadata import from_config as metadata_from_config
 from cfglab.data.noise import TrainingNoise
 from cfglab.data.saved import SavedDataset
 from cfglab.data.vocab import Vocab
@@ -89,12 +91,16 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
     fresh training split only: validation, like evaluation, draws the full grammar."""
     kw = {"seed": cfg.data.seed, "rank": info.rank, "world_size": info.world_size, "split": split}
     batch = cfg.train.batch_size
+    if cfg.data.in_context is not None:  # each window its own grammar (cfglab.data.in_context)
+        return InContextStream(InContextSpec.from_config(cfg), grammar, window, batch, **kw)
     if cfg.data.dataset:
         return SavedDataset(
             cfg.data.dataset, grammar, window, batch, noise=training_noise(cfg), **kw
         )
     noise = training_noise(cfg) if split == TRAIN else None
     exclude = cfg.data.exclude if split == TRAIN else ()
+    # metadata conditioning: the training split only, so validation measures plain strings
+    metadata = metadata_from_config(grammar, cfg.data.metadata) if split == TRAIN else None
     return FreshStream(
         grammar,
         window,
@@ -103,6 +109,7 @@ def make_data(cfg: ExperimentConfig, grammar, window: int, info: dist.DistInfo, 
         sampler=cfg.data.sampler,
         noise=noise,
         exclude=exclude,
+        metadata=metadata,
         **kw,
     )
 

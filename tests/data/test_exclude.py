@@ -357,7 +357,7 @@ def test_the_training_loops_data_holds_out_the_combination_and_validation_does_n
     [
         (["run", "{cfg}", "--set", "data.exclude=[\"8 -> '9' '9'\"]"], "8 ->"),
         (["run", "{cfg}", "--set", "eval.compositions=[\"7 -> '3' under 13 -> 10 12\"]"], "7 ->"),
-        (["data", "{cfg}", "-n", "5", "--set", f"data.exclude={[QS_COMBO]}"], "unfiltered"),
+        (["data", "{cfg}", "-n", "5", "--set", f"data.exclude={[QS_COMBO]}"], "plain strings"),
     ],
 )
 def test_bad_combinations_and_unfiltered_datasets_are_refused_before_any_work(

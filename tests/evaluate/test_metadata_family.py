@@ -143,3 +143,6 @@ def test_a_tiny_run_with_metadata_trains_and_evaluates(tmp_path) -> None:
     summary = json.loads((run / "eval" / "summary.json").read_text())
     metrics = {r["metric"] for r in summary["rows"]}
     assert {"kl_given_metadata", "metadata_obeyed", "accuracy"} <= metrics
+    # export would name the special tokens wrongly: refused in one line, nothing written
+    assert main(["export", str(run), "-o", str(tmp_path / "hf")]) == 2
+    assert not (tmp_path / "hf").exists()

@@ -463,6 +463,8 @@ def test_every_summary_row_metric_is_defined():
         ),
         training=set(),  # memorisation measures against these when there is no run
     )
-    assert set(out["results"]) == set(FAMILIES)  # every family measured
+    # every family measured (metadata and in_context need a model trained for them: their own
+    # tests check that their rows are their definitions, with planted models)
+    assert set(out["results"]) == set(FAMILIES) - {"metadata", "in_context"}
     for row in out["rows"]:
         assert row["metric"] in FAMILIES[row["family"]].DEFINITIONS, row

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfglab.model import POSITIONS
+from cfglab.model import POSITIONS, PRESETS, GPTConfig, build_model
 from cfglab.model.hooks import hook_names, run_with_cache
 from cfglab.model.positions import alibi_slopes
 
@@ -188,3 +188,24 @@ def test_every_variant_has_the_transformerlens_names(position):
         assert (f"blocks.{i}.attn.hook_k" in names) == has_qk
         assert f"blocks.{i}.attn.hook_scores" not in names  # the pre-TransformerLens name
     assert "hook_embed" in names and "ln_final.hook_normalized" in names
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("init", ["uniform", "local"])
+def test_pos_starts_uniform_or_local_by_model_pos_init(causal, init):
+    """At initialisation, head h of every layer weighs key j by exp(-m_h |i - j|) (local, ALiBi's
+    slopes m_h) or equally (uniform, the default), over the keys it may see."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=VOCAB, position="pos", causal=causal, block_size=64,
+                    pos_init=init, **{**PRESETS["tiny"], "n_head": 4})  # fmt: skip
+    model = build_model(cfg).eval()
+    T = 20
+    slopes = alibi_slopes(4) if init == "local" else [0.0] * 4
+    for p in patterns(model, tokens(T=T)):
+        for h, m in enumerate(slopes):
+            for i in range(T):
+                js = range(i + 1) if causal else range(T)
+                w = torch.tensor([math.exp(-m * abs(i - j)) for j in js], dtype=torch.float64)
+                row = torch.zeros(T, dtype=torch.float64)
+                row[list(js)] = w / w.sum()
+                torch.testing.assert_close(p[0, h, i].double(), row, rtol=1e-5, atol=1e-7)
