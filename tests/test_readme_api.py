@@ -99,7 +99,7 @@ def test_the_languages_section_runs(tmp_path, monkeypatch, capsys):
 
     blocks = section_blocks(
         (ROOT / "README.md").read_text(),
-        "## Beyond context-free: languages and metadata (under way)",
+        "## Beyond context-free: languages",
     )
     assert [language for language, _ in blocks] == ["bash", "python"]
     monkeypatch.chdir(tmp_path)

@@ -102,11 +102,12 @@ def run_grammar(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> None:
     from cfglab.grammar import BUILTIN_GRAMMARS, load
+    from cfglab.grammar.builtin import file_description
 
     # every file is loaded before the first line is printed: a bad one is an error, not a
     # half-printed table
     rows = [(name, load(name), desc) for name, desc in BUILTIN_GRAMMARS.items()]
-    rows += [(str(f), load(str(f)), _description(f)) for f in _grammar_files(args.paths)]
+    rows += [(str(f), load(str(f)), file_description(f)) for f in _grammar_files(args.paths)]
     width = max(8, *(len(name) for name, _, _ in rows))
     print(
         f"{'name':{width}} {'levels':>6} {'NTs':>5} {'rules':>6} {'terminals':>9} {'mean len':>9}"
@@ -136,17 +137,6 @@ def _grammar_files(paths: list[str]) -> list[Path]:
         else:
             raise GrammarError(f"{p} does not exist: give a grammar file or a folder of them")
     return files
-
-
-def _description(path: Path) -> str:
-    """A grammar file's description: its first comment line (`# ...`), as the built-ins'."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip().startswith("#"):
-                return line.strip().lstrip("#").strip()
-            if line.strip():
-                break
-    return ""
 
 
 def _show(args: argparse.Namespace) -> None:

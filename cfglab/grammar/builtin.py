@@ -305,3 +305,15 @@ def _drop_unreachable(g: Grammar) -> Grammar:
         if r.lhs in reach
     )
     return Grammar(tuple(g.nonterminals[a] for a in keep), g.terminals, rules, name=g.name)
+
+
+def file_description(path: str | Path) -> str:
+    """A grammar file's description: its first comment line (`# ...`) before any rule, as the
+    built-ins' one-line descriptions ('' if it has none)."""
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip().startswith("#"):
+                return line.strip().lstrip("#").strip()
+            if line.strip():
+                break
+    return ""
