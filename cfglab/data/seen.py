@@ -95,8 +95,9 @@ def string_hashes(strings: Sequence[np.ndarray], eos: int) -> tuple[np.ndarray, 
 
 def complete_strings(windows: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The strings whole inside windows (B, W): (starts, lengths, n_cut), starts indexing the
-    flattened windows at each string's first token after BOS, lengths counting its EOS;
-    n_cut the strings whose BOS is in a window but not their EOS (module docstring)."""
+    flattened windows at each string's first token after BOS and its metadata tokens (ids after
+    PAD, data.metadata: not part of the string), lengths counting its EOS; n_cut the strings
+    whose BOS is in a window but not their EOS (module docstring)."""
     b, w = windows.shape
     flat = windows.reshape(-1)
     bos = np.flatnonzero(flat == BOS)  # (n,) every string that starts in a window
@@ -105,8 +106,10 @@ def complete_strings(windows: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndar
     next_bos = np.append(bos[1:], flat.size)
     window_end = (bos // w + 1) * w
     whole = next_eos < np.minimum(next_bos, window_end)
-    starts = bos[whole] + 1
-    return starts, next_eos[whole] - bos[whole], int((~whole).sum())
+    # the first token after each BOS that is not a metadata token (eos + 2 is PAD)
+    plain = np.append(np.flatnonzero(flat <= eos + 2), flat.size)
+    first = plain[np.searchsorted(plain, bos[whole] + 1)]
+    return first, next_eos[whole] + 1 - first, int((~whole).sum())
 
 
 # ---- the set ---------------------------------------------------------------------------------

@@ -84,6 +84,25 @@ def test_worked_example_and_cut_strings():
     ]
 
 
+def test_metadata_tokens_after_bos_are_not_part_of_the_string():
+    """A metadata run's windows (data.metadata: ids after PAD = 7 right after BOS) hold the same
+    strings as a plain run's: what was seen is the string, not the metadata it came with."""
+    eos = 4  # terminals 1..3, EOS 4, MASK 5, PAD 6, metadata 7, 8, ...
+    plain = np.array([[0, 2, 1, 4, 0, 3, 3, 1], [3, 4, 0, 1, 4, 0, 2, 2]])
+    tagged = np.array([[0, 8, 7, 2, 1, 4, 0, 9], [3, 4, 0, 7, 1, 4, 0, 2]])
+    for windows, n_cut in ((plain, 2), (tagged, 2)):
+        starts, lengths, got_cut = S.complete_strings(windows, eos=eos)
+        flat = windows.reshape(-1)
+        got = [flat[a : a + n].tolist() for a, n in zip(starts, lengths, strict=True)]
+        assert got == [[2, 1, 4], [1, 4]] and got_cut == n_cut
+    seen = S.replay([(0, tagged)], eos=eos)
+    assert seen.seen([np.array([2, 1]), np.array([1]), np.array([8, 7, 2, 1])]).tolist() == [
+        True,
+        True,
+        False,
+    ]
+
+
 def test_hashes_separate_every_short_string_and_its_prefixes():
     strings = [
         np.array(s, dtype=np.int64)
