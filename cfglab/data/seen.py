@@ -49,7 +49,8 @@ from cfglab.grammar.cfg import Grammar
 
 MEMORY_BOUND = 512 * 1024**2  # bytes of sorted entries a builder holds before spilling
 CHUNK = 1 << 20  # raw entries gathered before they are sorted and merged
-SEEN_VERSION = 1  # the hash and the cache format: a change invalidates every cache
+# the hash, the strings hashed and the cache format: a change invalidates every cache
+SEEN_VERSION = 2  # 2: a string's metadata tokens (data.metadata) are not part of it
 CACHE = f"{rundir.EVAL}/seen"  # a run's cache folder (not a result family: eval/*.json only)
 _KEYS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)  # the two tabulation hashes' keys
 
