@@ -374,6 +374,11 @@ def sweep(exp: Experiment, *, cluster: str | None = None) -> tuple[dict[str, dic
     todo = [spec for spec in exp.runs if pending_stages(spec)]
     for spec in todo:  # a stale "running" from a killed sweep is pending again
         expdir.clear_run_status(spec.dir)
+    pending = {spec.dir for spec in todo}
+    for spec in exp.runs:  # every stage done, maybe by stage commands since a failed sweep
+        status = expdir.read_run_status(spec.dir)
+        if spec.dir not in pending and spec.dir.is_dir() and status.get("state") != "done":
+            expdir.write_run_status(spec.dir, {**status, "state": "done", "error": None})
     write_status(exp)
     try:
         if todo:

@@ -149,6 +149,14 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, capsys, mon
     assert bad["state"] == "failed" and bad["error"] == "eval: a planted failure"
     err = capsys.readouterr().err
     assert "model.position=rot,seed=0: failed: eval: a planted failure" in err
+    # the failed stage finished by its own command: the sweep again runs nothing, says done
+    monkeypatch.setitem(stages.STAGES, "eval", run_eval)
+    assert cli.main(["eval", str(tmp_path / "runs" / "smoke" / "model.position=rot,seed=0")]) == 0
+    assert cli.main(["sweep", str(exp), "--workers", "1"]) == 0
+    status = json.loads((tmp_path / "runs" / "smoke" / "status.json").read_text())
+    again = status["model.position=rot,seed=0"]
+    assert again["state"] == "done" and again["error"] is None
+    assert again["seconds"] == bad["seconds"]  # the wall time its sweep spent is kept
 
 
 def test_slurm_parameters_reach_submitit_unchanged(tmp_path, monkeypatch):
