@@ -1,6 +1,7 @@
 """Every verdict table in the README says what the tool wrote: the table that follows a line naming
 `results/<experiment>/verdicts.csv` has one row per row of that file, in its order, with the
-same verdict word and the same paired difference and 95% interval (to the 3 decimals shown).
+same verdict word and the same paired difference and 95% interval, to the digits shown (3
+decimals, or whole numbers for values of 10 and more such as training steps).
 
 A verdict is the tool's, never a sentence written by hand: when an experiment is rerun and its
 verdicts.csv changes, this test fails until the README's table is brought up to date.
@@ -72,8 +73,15 @@ def test_every_readme_verdict_row_is_the_tools(experiment, rows):
         verdict, numbers = parse_row(cells)
         assert verdict == want["verdict"], (cells[0], want["claim"])
         expected = (float(want["mean_diff"]), float(want["ci_low"]), float(want["ci_high"]))
-        for shown, exact in zip(numbers, expected, strict=True):
-            assert shown == pytest.approx(exact, abs=6e-4), (cells[0], want["claim"])
+        text = cells[2].replace("\u2212", "-")
+        shown_digits = re.search(rf"({NUMBER}) \[({NUMBER}), ({NUMBER})\]", text).groups()
+        for shown, exact, digits in zip(numbers, expected, shown_digits, strict=True):
+            # the value rounded to the digits shown (at least 3 decimals below 1: 0.1 would
+            # not say 0.104), never a different number
+            decimals = len(digits.partition(".")[2])
+            assert decimals >= 3 or abs(exact) >= 10, (cells[0], "show 3 decimals")
+            tol = 0.5 * 10.0**-decimals + 1e-9
+            assert shown == pytest.approx(exact, abs=tol), (cells[0], want["claim"])
 
 
 def test_the_checker_reads_words_and_intervals():
