@@ -6,6 +6,9 @@
     grid:                             # cartesian product over any config keys
       model.position: [abs, rot]
       grammar.name: [cfg3b, cfg3f]
+    # or a list of points (arms), each setting the same keys:
+    #   grid: [{grammar.implicit: null, train.max_steps: 3000},
+    #          {grammar.implicit: {mode: overlap, tokens: 9}, train.max_steps: 6000}]
     seeds: [0, 1, 2]                  # one run per seed: train.seed and data.seed
     stages: [train, eval, probe]      # default: the base config's stages
     executor: {kind: local, workers: 2}
@@ -202,7 +205,7 @@ def load_experiment(
     data = _read(path)
     name, base_path = _name_and_base(path, data)
     common = data.get("set") or {}
-    grid = data.get("grid") or {}
+    grid, points = _grid_points(path, data.get("grid") or {})
     _check_set_and_grid(path, common, grid)
     seeds = _seeds(path, data)
     stages = _stages(path, data)
@@ -219,7 +222,7 @@ def load_experiment(
         reference=check_reference(path, data.get("reference"), grid),
     )
     filters = _filters(path, only or [], grid)
-    _add_runs(exp, path, common, grid, seeds, stages, filters)
+    _add_runs(exp, path, common, points, seeds, stages, filters)
     if not exp.runs:
         raise ConfigError(f"{path}: --only {' '.join(only or [])} matches no grid point")
     exp.stages = list(exp.runs[0].config.stages)
@@ -238,6 +241,31 @@ def _name_and_base(path: Path, data: dict[str, Any]) -> tuple[str, Path]:
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {base} not found (looked for {base_path})")
     return name, base_path
+
+
+def _grid_points(path: Path, grid: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """grid: as {key: its values} and its points. A mapping is a cartesian product; a list of
+    mappings names its points one by one (arms that move several keys together, e.g. a harder
+    case trained longer), every point setting the same keys."""
+    if not isinstance(grid, list):
+        if not isinstance(grid, dict):
+            return grid, []  # refused by _check_set_and_grid
+        lists = [v if isinstance(v, list) else [v] for v in grid.values()]
+        return grid, [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*lists)]
+    if not all(isinstance(p, dict) and p for p in grid):
+        raise ConfigError(f"{path}: grid: a list of points, each a mapping of dotted keys")
+    keys = list(grid[0])
+    for point in grid:
+        if set(point) != set(keys):
+            raise ConfigError(
+                f"{path}: grid: every point must set the same keys ({', '.join(keys)}); "
+                f"{point} does not"
+            )
+    texts = [json.dumps(point, sort_keys=True) for point in grid]
+    if len(set(texts)) != len(texts):
+        raise ConfigError(f"{path}: grid: a point is listed twice")
+    values = {k: list({json.dumps(p[k]): p[k] for p in grid}.values()) for k in keys}
+    return values, [{k: p[k] for k in keys} for p in grid]
 
 
 def _check_set_and_grid(path: Path, common: Any, grid: Any) -> None:
@@ -308,14 +336,13 @@ def _add_runs(
     exp: Experiment,
     path: Path,
     common: dict[str, Any],
-    grid: dict[str, list],
+    points: list[dict[str, Any]],
     seeds: list[int],
     stages: list[str] | None,
     filters: list[tuple[str, str]],
 ) -> None:
     """One RunSpec per grid point x seed into exp.all_runs (and exp.runs if it matches every
     filter), each config validated; two runs may share neither a folder nor a config."""
-    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     common_items = [f"{k}={_value_text(_near(path, k, v))}" for k, v in common.items()]
     seen: dict[str, dict] = {}  # run folder name -> its grid point
     configs: dict[str, dict] = {}  # resolved config (JSON) -> its grid point

@@ -43,6 +43,58 @@ def test_the_grid_is_the_cartesian_product_times_seeds(tmp_path):
     assert not (tmp_path / "runs").exists()  # loading writes nothing
 
 
+def test_a_grid_may_list_its_points_one_by_one(tmp_path):
+    """Arms: each point moves several keys together (the harder case trained longer), and only
+    the points listed run; claims name their values like a product grid's."""
+    p = write(
+        tmp_path,
+        "grid:\n"
+        "  - {model.position: abs, train.max_steps: 7}\n"
+        "  - {model.position: rot, train.max_steps: 14}\n"
+        "seeds: [0, 1]\nout_dir: " + str(tmp_path / "runs") + "\n"
+        "claims:\n  - {better: {model.position: rot, train.max_steps: 14},\n"
+        "     than: {model.position: abs, train.max_steps: 7}, metric: accuracy, cut: 0}\n",
+    )
+    exp = load_experiment(p)
+    assert exp.axes == ["model.position", "train.max_steps"] and len(exp.runs) == 2 * 2
+    assert {(r.config.model.position, r.config.train.max_steps) for r in exp.runs} == {
+        ("abs", 7),
+        ("rot", 14),
+    }
+    assert "model.position=rot,train.max_steps=14,seed=1" in {r.dir.name for r in exp.runs}
+    assert len(exp.claims) == 1
+    only = load_experiment(p, only=["model.position=rot"])
+    assert {r.config.train.max_steps for r in only.runs} == {14}
+
+
+@pytest.mark.parametrize(
+    "grid, needle",
+    [
+        ("[abs, rot]", "a list of points, each a mapping"),
+        ("[{model.position: abs}, {train.lr: 0.1}]", "every point must set the same keys"),
+        ("[{model.position: abs}, {model.position: abs}]", "a point is listed twice"),
+        ("[{train.seed: 1}, {train.seed: 2}]", "grid.train.seed: the seeds: list sets"),
+        ("[{model.position: abs}, {model.position: rotary}]", "unknown value 'rotary'"),
+    ],
+)
+def test_bad_grid_points_fail_at_load(tmp_path, grid, needle):
+    p = write(tmp_path, f"grid: {grid}\nout_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    assert needle in str(exc.value)
+
+
+def test_a_claim_must_name_values_some_point_has(tmp_path):
+    p = write(
+        tmp_path,
+        "grid: [{model.position: abs}, {model.position: rot}]\n"
+        "claims:\n  - {better: {model.position: rel}, than: {model.position: abs}, metric: kl}\n",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    assert "model.position='rel' is not one of the grid's values" in str(exc.value)
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
