@@ -71,3 +71,9 @@ def stream_seed(seed: int, purpose: str, *key: int) -> int:
 def rng(seed: int, purpose: str, *key: int) -> np.random.Generator:
     """A numpy Generator for the stream (seed, purpose, *key)."""
     return np.random.default_rng(stream_seed(seed, purpose, *key))
+
+
+def key_seed(*key: int) -> int:
+    """A 63-bit sampler seed from an integer key (SeedSequence mixes the parts): the data
+    streams' (cfglab.data.dataset, cfglab.data.in_context) per-step and per-window seeds."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)

@@ -55,14 +55,10 @@ from cfglab.data.sampler import SampleBatch, sample
 from cfglab.data.vocab import BOS, Vocab
 from cfglab.errors import ConfigError
 from cfglab.grammar.cfg import Grammar
+from cfglab.seeds import key_seed
 
 TRAIN, VAL = 0, 1  # split ids in the seed key
 PHYSICSLM4_PURPOSE = 0x706C6D34  # "plm4": keys the validation split's authors' stream
-
-
-def key_seed(*key: int) -> int:
-    """A 63-bit sampler seed from an integer key (SeedSequence mixes the parts)."""
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def pack(batch: SampleBatch, eos: int) -> np.ndarray:

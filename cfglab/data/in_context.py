@@ -46,6 +46,7 @@ from cfglab.data.vocab import BOS, Vocab
 from cfglab.errors import CfglabError, ConfigError
 from cfglab.grammar.builtin import random_cfg
 from cfglab.grammar.cfg import Grammar, Rule
+from cfglab.seeds import key_seed
 
 IN_CONTEXT_PURPOSE = 0x69636C67  # "iclg": keys every draw of an in-context window
 EVAL_SPLIT = 2  # the evaluation's windows: a split no training or validation window uses
@@ -74,11 +75,6 @@ class InContextSpec:
             ic.strings_per_window,
             cfg.data.max_len,
         )
-
-
-def key_seed(*key: int) -> int:
-    """A 63-bit seed from an integer key (cfglab.data.dataset.key_seed's formula, torch-free)."""
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)
 
 
 # ---- the families ------------------------------------------------------------------------------
